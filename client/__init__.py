@@ -1,0 +1,1 @@
+"""Confide site agent: Flower ClientApp, local data, model/adapter building, training."""

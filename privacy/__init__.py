@@ -1,0 +1,1 @@
+"""What protects the data: DP-SGD, accountants, the site ledger, secure aggregation, audit."""

@@ -1,0 +1,1 @@
+"""What crosses the wire: message kinds, round config, adapter codec, atomic file I/O."""

@@ -1,0 +1,1 @@
+"""Confide coordinator: Flower ServerApp, round driver, aggregation, checkpoints."""

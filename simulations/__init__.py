@@ -1,0 +1,1 @@
+"""Local simulation runner, the `confide` CLI, data/model generation scripts and benchmarks."""

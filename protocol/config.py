@@ -1,0 +1,136 @@
+"""Typed, validated run configuration shared by the ServerApp, the ClientApp and the CLI.
+
+Flower hands both apps ``context.run_config``: a flat mapping with kebab-case keys
+(``[tool.flwr.app.config]`` in pyproject.toml, overridden by ``--run-config``).
+:class:`RunConfig` is its typed form. Unknown keys and wrong types are refused with an
+error naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["AGGREGATION_MODES", "ConfigError", "RunConfig"]
+
+AGGREGATION_MODES = ("fedavg", "frozen-a")
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything the coordinator decides for a run (sites decide their own privacy policy)."""
+
+    num_server_rounds: int = 3
+    fraction_train: float = 1.0
+    min_sites: int = 2
+    local_steps: int = 10
+    batch_size: int = 16
+    max_seq_len: int = 128
+    learning_rate: float = 3e-3
+    aggregation: str = "frozen-a"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "q_proj,v_proj"
+    lora_seed: int = 0
+    model: str = "embedded"
+    data_dir: str = "embedded"
+    eval_fraction: float = 0.1
+    split_seed: int = 0
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "runs/flwr"
+    round_timeout: float = 600.0
+    max_eval_examples: int = 0
+    resume: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            expected = f.type
+            key = _kebab(f.name)
+            if expected == "int" and type(value) is not int:
+                raise ConfigError(f"`{key}` must be an integer, got {value!r}")
+            if expected == "float":
+                if type(value) is int:
+                    object.__setattr__(self, f.name, float(value))
+                elif type(value) is not float:
+                    raise ConfigError(f"`{key}` must be a number, got {value!r}")
+            if expected == "str" and not isinstance(value, str):
+                raise ConfigError(f"`{key}` must be a string, got {value!r}")
+            if expected == "bool" and type(value) is not bool:
+                raise ConfigError(f"`{key}` must be true or false, got {value!r}")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        def need(ok: bool, key: str, rule: str) -> None:
+            if not ok:
+                value = getattr(self, key.replace("-", "_"))
+                raise ConfigError(f"`{key}` must be {rule}, got {value!r}")
+
+        need(self.num_server_rounds > 0, "num-server-rounds", "> 0")
+        need(0.0 < self.fraction_train <= 1.0, "fraction-train", "in (0, 1]")
+        need(self.min_sites >= 1, "min-sites", ">= 1")
+        need(self.local_steps > 0, "local-steps", "> 0")
+        need(self.batch_size > 0, "batch-size", "> 0")
+        need(8 <= self.max_seq_len <= 1 << 16, "max-seq-len", "in [8, 65536]")
+        need(0.0 < self.learning_rate < 10.0, "learning-rate", "in (0, 10)")
+        need(self.aggregation in AGGREGATION_MODES, "aggregation", f"one of {AGGREGATION_MODES}")
+        need(self.lora_r > 0, "lora-r", "> 0")
+        need(self.lora_alpha > 0, "lora-alpha", "> 0")
+        need(0.0 <= self.lora_dropout < 1.0, "lora-dropout", "in [0, 1)")
+        need(bool(self.target_modules), "lora-target-modules", "a comma-separated list")
+        need(bool(self.model.strip()), "model", "a path or hub id")
+        need(0.0 < self.eval_fraction < 1.0, "eval-fraction", "in (0, 1)")
+        need(self.device in _DEVICES, "device", f"one of {_DEVICES}")
+        need(self.round_timeout > 0, "round-timeout", "> 0")
+        need(self.max_eval_examples >= 0, "max-eval-examples", ">= 0")
+
+    @property
+    def target_modules(self) -> list[str]:
+        """LoRA target module names, parsed from the comma-separated string."""
+        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], *, allow_extra: bool = False) -> RunConfig:
+        """Build from a kebab-case mapping such as Flower's ``context.run_config``.
+
+        Keys this class does not know are an error unless ``allow_extra`` is set, in which
+        case they are kept in :attr:`extra` for the components that own them (DP,
+        secure aggregation).
+        """
+        known = {_kebab(f.name): f.name for f in fields(cls) if f.name != "extra"}
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in mapping.items():
+            if key in known:
+                kwargs[known[key]] = value
+            elif allow_extra:
+                extra[key] = value
+            else:
+                raise ConfigError(f"unknown configuration key `{key}` (value {value!r})")
+        return cls(**kwargs, extra=extra)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The kebab-case mapping, extras included (JSON-serialisable)."""
+        out = {_kebab(f.name): getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out.update(dict(self.extra))
+        return out
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,89 @@
+"""Resolve the ``model`` setting: the embedded default, a local checkpoint or a hub id."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+__all__ = [
+    "EMBEDDED",
+    "ModelError",
+    "bundled_sites_dir",
+    "embedded_model_dir",
+    "resolve_data_dir",
+    "resolve_model",
+]
+
+EMBEDDED = "embedded"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ModelError(ValueError):
+    """The model reference cannot be resolved or loaded."""
+
+
+def embedded_model_dir() -> Path:
+    """The checkpoint shipped with the project (``client/embedded``).
+
+    Looked up in ``$CONFIDE_EMBEDDED_MODEL``, next to the ``client`` package, then under
+    every ``sys.path`` entry (a Flower FAB carries only the code; the installed project
+    carries the weights).
+    """
+    candidates: list[Path] = []
+    env = os.environ.get("CONFIDE_EMBEDDED_MODEL")
+    if env:
+        candidates.append(Path(env))
+    candidates.append(Path(__file__).resolve().parent.parent / "client" / "embedded")
+    candidates += [Path(p) / "client" / "embedded" for p in sys.path if p]
+    for cand in candidates:
+        if (cand / "config.json").is_file() and any(cand.glob("*.safetensors")):
+            return cand.resolve()
+    raise ModelError(
+        "the embedded default model is not installed (looked in "
+        f"{', '.join(str(c) for c in candidates[:3])}); rebuild it with "
+        "`python -m simulations.make_embedded --out client/embedded`"
+    )
+
+
+def resolve_model(spec: str) -> str:
+    """Turn ``--model`` into a local directory or a hub id; refuse a missing path.
+
+    ``embedded`` is the bundled checkpoint. An existing directory must hold ``config.json``.
+    Anything that looks like a filesystem path but does not exist is an error; ``name`` or
+    ``org/name`` that is not a local directory is taken as a hub id.
+    """
+    if spec == EMBEDDED:
+        return str(embedded_model_dir())
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"`model` directory {str(path)!r} has no config.json")
+        return str(path.resolve())
+    if path.exists():
+        raise ModelError(f"`model` must be a checkpoint directory or a hub id, got file {spec!r}")
+    looks_like_path = spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or "\\" in spec
+    if looks_like_path or not _HUB_ID.match(spec):
+        raise ModelError(f"`model` path does not exist: {spec!r}")
+    return spec
+
+
+def bundled_sites_dir() -> Path:
+    """The demo site data shipped with the project (``simulations/data/sites``)."""
+    candidates = [Path(__file__).resolve().parent.parent / "simulations" / "data" / "sites"]
+    candidates += [Path(p) / "simulations" / "data" / "sites" for p in sys.path if p]
+    for cand in candidates:
+        if cand.is_dir():
+            return cand.resolve()
+    raise ModelError("the bundled demo data (simulations/data/sites) is not installed")
+
+
+def resolve_data_dir(spec: str) -> str:
+    """``embedded`` -> the bundled demo sites; anything else must be an existing directory."""
+    if spec == EMBEDDED:
+        return str(bundled_sites_dir())
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ModelError(f"`data-dir` is not a directory: {spec!r}")
+    return str(path.resolve())

@@ -1,0 +1,95 @@
+"""Flower ServerApp: the coordinator's entry point (Message API)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import uuid
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from protocol.adapter import adapter_shapes, initial_adapter_state, lora_config
+from protocol.config import RunConfig
+from protocol.model_ref import resolve_model
+from server.rounds import RoundDriver
+from server.rundir import ResumeError, RunDir, RunState
+
+__all__ = ["app", "run_server"]
+
+logger = logging.getLogger("confide.server")
+
+app = ServerApp()
+
+
+def _configure_logging() -> None:
+    """One line per event on stdout (streamed by ``flwr run --stream``)."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    for name in ("confide", "server", "protocol", "privacy"):
+        lg = logging.getLogger(name)
+        if not lg.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(fmt)
+            lg.addHandler(handler)
+            lg.setLevel(logging.INFO)
+            lg.propagate = False
+
+
+def run_server(grid: Grid, cfg: RunConfig) -> Path:
+    """Run (or resume) the whole federated run; returns RUN_DIR."""
+    rundir = RunDir(cfg.out_dir)
+    model_ref = resolve_model(cfg.model)
+    lcfg = lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                       target_modules=cfg.target_modules, base_model=model_ref)
+    shapes = adapter_shapes(model_ref, lcfg)
+    if cfg.resume and rundir.state_path.exists():
+        prev = rundir.read_state()
+        if prev.status == "completed":
+            raise ResumeError(f"run in {rundir.root} already completed {prev.completed_round} rounds")
+        run_id = prev.run_id
+        rundir.truncate_after(prev.completed_round)
+        if prev.completed_round == 0 and not rundir.round_adapter(0).is_dir():
+            rundir.truncate_after(-1)
+            state, start = initial_adapter_state(shapes, seed=cfg.lora_seed), 0
+        else:
+            state = rundir.load_round(prev.completed_round)
+            start = prev.completed_round + 1
+        logger.info("resuming run %s from round %d in %s", run_id, start, rundir.root)
+    else:
+        if rundir.state_path.exists():
+            raise ResumeError(f"{rundir.root} already holds a run; pass resume to continue it")
+        run_id = uuid.uuid4().hex[:12]
+        state = initial_adapter_state(shapes, seed=cfg.lora_seed)
+        start = 0
+    rundir.write_run_json(run_id=run_id, config=cfg.to_mapping(), extra={
+        "model_resolved": model_ref,
+        "adapter_tensors": len(shapes),
+        "adapter_parameters": int(sum(math.prod(s) for s in shapes.values())),
+    })
+    logger.info("run %s: %d rounds, aggregation %s, LoRA r=%d on %s, out %s", run_id,
+                cfg.num_server_rounds, cfg.aggregation, cfg.lora_r, cfg.lora_target_modules,
+                rundir.root)
+    driver = RoundDriver(grid, cfg, rundir, run_id=run_id, lora_cfg=lcfg, shapes=shapes)
+    try:
+        driver.run(state, start_round=start)
+    except BaseException:
+        try:
+            last = rundir.read_state().completed_round
+        except ResumeError:
+            last = 0
+        rundir.write_state(RunState(run_id, last, cfg.num_server_rounds, "failed"))
+        raise
+    rundir.finalise(cfg.num_server_rounds)
+    rundir.write_state(RunState(run_id, cfg.num_server_rounds, cfg.num_server_rounds, "completed"))
+    logger.info("run %s completed: adapter in %s", run_id, rundir.final_adapter)
+    return rundir.root
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point: configuration comes from ``context.run_config``."""
+    _configure_logging()
+    cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
+    run_server(grid, cfg)

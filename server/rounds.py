@@ -1,0 +1,217 @@
+"""The coordinator's round loop: sample, train, aggregate, checkpoint, evaluate."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from protocol.adapter import AdapterError, check_state, trainable_keys
+from protocol.config import RunConfig
+from protocol.messages import ARRAYS, CONFIG, METRICS, STATUS_OK, record_to_state, state_to_record
+from server.aggregate import apply_delta, weighted_mean
+from server.rundir import RunDir, RunState
+
+__all__ = ["RoundDriver", "SiteReply", "wait_for_nodes"]
+
+logger = logging.getLogger(__name__)
+
+
+class NoSitesError(RuntimeError):
+    """Not enough sites connected within the timeout."""
+
+
+def wait_for_nodes(grid: Grid, *, minimum: int, timeout: float, poll: float = 1.0) -> list[int]:
+    """Wait until at least ``minimum`` sites are connected; error after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= minimum:
+            return nodes
+        if time.monotonic() > deadline:
+            raise NoSitesError(
+                f"waited {timeout:.0f} s for at least {minimum} sites to connect, "
+                f"{len(nodes)} connected"
+            )
+        time.sleep(poll)
+
+
+@dataclass
+class SiteReply:
+    """One site's answer to a train or evaluate message."""
+
+    node_id: int
+    site: str
+    status: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] | None = None
+    reason: str = ""
+
+
+def _parse_reply(msg: Message) -> SiteReply:
+    node = int(msg.metadata.src_node_id)
+    if msg.has_error():
+        return SiteReply(node, f"node-{node}", "failed", reason=str(msg.error.reason)[:500])
+    content = msg.content
+    status: Any = content[CONFIG] if CONFIG in content else {}
+    metrics = dict(content[METRICS]) if METRICS in content else {}
+    arrays = record_to_state(content[ARRAYS]) if ARRAYS in content else None
+    return SiteReply(node, str(status.get("site", f"node-{node}")), str(status.get("status", "")),
+                     metrics, arrays, str(status.get("reason", "")))
+
+
+class RoundDriver:
+    """Runs rounds over a Flower :class:`Grid` and records everything in a :class:`RunDir`."""
+
+    def __init__(self, grid: Grid, cfg: RunConfig, rundir: RunDir, *, run_id: str,
+                 lora_cfg: Any, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        self.grid = grid
+        self.cfg = cfg
+        self.rundir = rundir
+        self.run_id = run_id
+        self.lora_cfg = lora_cfg
+        self.shapes = dict(shapes)
+        self.site_names: dict[int, str] = {}
+        self.upload_keys = trainable_keys(list(shapes), cfg.aggregation)
+
+    # messaging ---------------------------------------------------------------------------
+    def _instructions(self, round_num: int) -> ConfigRecord:
+        c = self.cfg
+        return ConfigRecord({
+            "round": round_num, "run-id": self.run_id, "aggregation": c.aggregation,
+            "local-steps": c.local_steps, "batch-size": c.batch_size,
+            "learning-rate": c.learning_rate,
+        })
+
+    def _send(self, nodes: Iterable[int], kind: str, content: RecordDict,
+              round_num: int) -> list[SiteReply]:
+        messages = [Message(content, dst_node_id=n, message_type=kind, group_id=str(round_num))
+                    for n in nodes]
+        replies = [_parse_reply(m) for m in
+                   self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout)]
+        got = {r.node_id for r in replies}
+        for n in nodes:
+            if n not in got:
+                replies.append(SiteReply(n, self.site_names.get(n, f"node-{n}"), "timeout",
+                                         reason=f"no reply within {self.cfg.round_timeout:.0f} s"))
+        for r in replies:
+            if r.status == STATUS_OK:
+                self.site_names[r.node_id] = r.site
+            elif r.site.startswith("node-"):
+                r.site = self.site_names.get(r.node_id, r.site)
+        return sorted(replies, key=lambda r: r.node_id)
+
+    # phases ------------------------------------------------------------------------------
+    def sample(self, round_num: int) -> list[int]:
+        nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites, timeout=self.cfg.round_timeout)
+        k = max(self.cfg.min_sites, math.ceil(self.cfg.fraction_train * len(nodes)))
+        rng = random.Random(f"{self.cfg.seed}|{round_num}")
+        return sorted(rng.sample(nodes, min(k, len(nodes))))
+
+    def evaluate(self, round_num: int, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites, timeout=self.cfg.round_timeout)
+        content = RecordDict({ARRAYS: state_to_record(state), CONFIG: self._instructions(round_num)})
+        replies = self._send(nodes, MessageType.EVALUATE, content, round_num)
+        ok = [r for r in replies if r.status == STATUS_OK]
+        for r in replies:
+            if r.status != STATUS_OK:
+                logger.warning("round %d: evaluation at %s %s: %s", round_num, r.site, r.status,
+                               r.reason)
+        if not ok:
+            raise RuntimeError(f"round {round_num}: no site returned an evaluation")
+        sites = {
+            r.site: {
+                "eval_loss": float(r.metrics["eval-loss"]),
+                "eval_perplexity": math.exp(min(float(r.metrics["eval-loss"]), 50.0)),
+                "num_examples": int(r.metrics["num-examples"]),
+                "num_tokens": int(r.metrics["num-tokens"]),
+            }
+            for r in ok
+        }
+        total = sum(s["num_examples"] for s in sites.values())
+        loss = sum(s["eval_loss"] * s["num_examples"] for s in sites.values()) / total
+        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "sites": sites}
+
+    def train_and_aggregate(
+        self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int]
+    ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
+        """Send ``train``, check and aggregate the replies; return the new state (or None)."""
+        content = RecordDict({ARRAYS: state_to_record(state), CONFIG: self._instructions(round_num)})
+        replies = self._send(nodes, MessageType.TRAIN, content, round_num)
+        expected = {k: self.shapes[k] for k in self.upload_keys}
+        accepted: list[SiteReply] = []
+        part: dict[str, Any] = {"round": round_num, "sampled": [], "contributed": [],
+                                "declined": {}, "failed": {}}
+        for r in replies:
+            part["sampled"].append(r.site)
+            if r.status != STATUS_OK:
+                bucket = "declined" if r.status == "declined" else "failed"
+                part[bucket][r.site] = r.reason or r.status
+                logger.warning("round %d: site %s %s: %s", round_num, r.site, r.status, r.reason)
+                continue
+            try:
+                if r.arrays is None:
+                    raise AdapterError("reply carries no adapter delta")
+                check_state(r.arrays, expected, what=f"delta from {r.site}")
+                n = r.metrics.get("num-examples")
+                if type(n) is not int or n <= 0:
+                    raise AdapterError(f"`num-examples` must be a positive integer, got {n!r}")
+            except AdapterError as exc:
+                part["failed"][r.site] = f"rejected: {exc}"
+                logger.warning("round %d: rejected update from %s: %s", round_num, r.site, exc)
+                continue
+            accepted.append(r)
+        if len(accepted) < 1:
+            part["released"] = False
+            return None, part
+        mean = weighted_mean([r.arrays for r in accepted if r.arrays is not None],
+                             [float(r.metrics["num-examples"]) for r in accepted])
+        part["contributed"] = [r.site for r in accepted]
+        part["released"] = True
+        part["train_loss"] = {r.site: float(r.metrics.get("train-loss", float("nan")))
+                              for r in accepted}
+        return apply_delta(state, mean), part
+
+    # the run -----------------------------------------------------------------------------
+    def run(self, state: dict[str, np.ndarray], *, start_round: int) -> dict[str, np.ndarray]:
+        cfg = self.cfg
+        check_state(state, self.shapes, what="starting adapter")
+        if start_round == 0:
+            start_round = 1
+            t0 = time.perf_counter()
+            ev = self.evaluate(0, state)
+            self.rundir.save_round(0, state, self.lora_cfg)
+            self.rundir.append_metrics({"round": 0, **ev, "round_time_s": time.perf_counter() - t0})
+            self.rundir.write_state(RunState(self.run_id, 0, cfg.num_server_rounds, "running"))
+            logger.info("round 0/%d: eval loss %.4f (perplexity %.2f)", cfg.num_server_rounds,
+                        ev["eval_loss"], ev["eval_perplexity"])
+        for rnd in range(start_round, cfg.num_server_rounds + 1):
+            t0 = time.perf_counter()
+            nodes = self.sample(rnd)
+            new_state, part = self.train_and_aggregate(rnd, state, nodes)
+            if new_state is None:
+                logger.warning("round %d: no update released; global adapter unchanged", rnd)
+            else:
+                state = new_state
+            self.rundir.save_round(rnd, state, self.lora_cfg)
+            ev = self.evaluate(rnd, state)
+            elapsed = time.perf_counter() - t0
+            self.rundir.append_participation(part)
+            self.rundir.append_metrics({
+                "round": rnd, **ev, "round_time_s": elapsed,
+                "contributed": part["contributed"], "released": part["released"],
+                "train_loss": part.get("train_loss", {}),
+            })
+            self.rundir.write_state(RunState(self.run_id, rnd, cfg.num_server_rounds, "running"))
+            logger.info("round %d/%d: %d/%d sites contributed, eval loss %.4f (perplexity %.2f), "
+                        "%.1f s", rnd, cfg.num_server_rounds, len(part["contributed"]), len(nodes),
+                        ev["eval_loss"], ev["eval_perplexity"], elapsed)
+        return state

@@ -1,0 +1,222 @@
+"""The ``confide`` command line: ``simulate`` (and, as they land, ``server``, ``client``, ``audit``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
+
+
+class UsageError(ValueError):
+    """Bad command-line input: the message names the flag and the value."""
+
+
+def _positive_int(flag: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be > 0, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(flag: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be > 0, got {text}")
+        return value
+    return parse
+
+
+def _add_simulate(sub: Any) -> None:
+    p = sub.add_parser("simulate", help="run N virtual sites on this machine (Flower simulation)")
+    p.add_argument("--sites", type=_positive_int("--sites"), default=3, help="virtual sites")
+    p.add_argument("--rounds", type=_positive_int("--rounds"), default=3, help="server rounds")
+    p.add_argument("--out", required=True, help="RUN_DIR for adapter, metrics and report")
+    p.add_argument("--model", default="embedded",
+                   help="local checkpoint directory or hub id (default: embedded)")
+    p.add_argument("--data", default="embedded",
+                   help="directory with one folder (or file) per site (default: bundled demo)")
+    p.add_argument("--local-steps", type=_positive_int("--local-steps"), default=None)
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None)
+    p.add_argument("--learning-rate", type=_positive_float("--learning-rate"), default=None)
+    p.add_argument("--max-seq-len", type=_positive_int("--max-seq-len"), default=None)
+    p.add_argument("--aggregation", choices=("frozen-a", "fedavg"), default=None)
+    p.add_argument("--lora-r", type=_positive_int("--lora-r"), default=None)
+    p.add_argument("--lora-alpha", type=_positive_int("--lora-alpha"), default=None)
+    p.add_argument("--lora-dropout", type=float, default=None)
+    p.add_argument("--lora-target-modules", default=None, help="comma-separated, e.g. q_proj,v_proj")
+    p.add_argument("--fraction-train", type=float, default=None)
+    p.add_argument("--min-sites", type=_positive_int("--min-sites"), default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    p.add_argument("--cpus-per-site", type=_positive_int("--cpus-per-site"), default=1,
+                   help="CPU cores Flower reserves per virtual site")
+    p.add_argument("--max-eval-examples", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue a crashed run in --out")
+    p.add_argument("--quiet", action="store_true", help="do not stream the server log")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="confide",
+        description="Federated LoRA fine-tuning with site-enforced DP and secure aggregation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_simulate(sub)
+    return parser
+
+
+def _run_config(args: argparse.Namespace) -> Any:
+    from protocol.config import ConfigError, RunConfig
+    from protocol.model_ref import ModelError, resolve_data_dir, resolve_model
+
+    try:
+        model = resolve_model(args.model)
+    except ModelError as exc:
+        raise UsageError(f"--model: {exc}") from None
+    if not Path(model).is_dir():  # a hub id: check we can at least read its config
+        try:
+            from transformers import AutoConfig
+            AutoConfig.from_pretrained(model)
+        except Exception as exc:  # noqa: BLE001 - any failure means unusable
+            raise UsageError(f"--model {args.model!r}: cannot load it as a hub id ({exc})") from None
+    try:
+        data = resolve_data_dir(args.data)
+    except ModelError as exc:
+        raise UsageError(f"--data: {exc}") from None
+    _check_data(Path(data), args.sites)
+    out = Path(args.out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} exists and is not a directory")
+    if (out / "state.json").exists() and not args.resume:
+        raise UsageError(f"--out {args.out!r} already holds a run; pass --resume to continue it "
+                         "or choose another directory")
+    if args.resume and not (out / "state.json").exists():
+        raise UsageError(f"--resume: {args.out!r} holds no run to resume")
+    overrides: dict[str, Any] = {
+        "num-server-rounds": args.rounds, "model": model, "data-dir": data,
+        "out-dir": str(out), "resume": bool(args.resume),
+        "min-sites": min(args.sites, args.min_sites or min(args.sites, 2)),
+    }
+    for flag in ("local_steps", "batch_size", "learning_rate", "max_seq_len", "aggregation",
+                 "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                 "fraction_train", "seed", "device", "max_eval_examples"):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[flag.replace("_", "-")] = value
+    try:
+        return RunConfig.from_mapping(overrides)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_data(root: Path, n_sites: int) -> None:
+    """Fail fast on a missing, empty or malformed site file before starting Flower."""
+    from client.data import DataError, load_examples, shard_for_partition
+
+    try:
+        paths = {shard_for_partition(root, i, n_sites)[0] for i in range(n_sites)}
+        for path in sorted(paths):
+            if len(load_examples(path)) < 2:
+                raise DataError(f"site data {path} holds fewer than 2 examples")
+    except DataError as exc:
+        raise UsageError(f"--data: {exc}") from None
+
+
+def _summary(out: Path) -> str:
+    from server.rundir import RunDir
+
+    rows = RunDir(out).read_metrics()
+    if not rows:
+        return "(no metrics recorded)"
+    lines = [f"{'round':>5}  {'eval loss':>9}  {'perplexity':>10}  {'sites':>5}  {'time s':>7}"]
+    for r in rows:
+        contributed = r.get("contributed")
+        sites = "-" if contributed is None else str(len(contributed))
+        lines.append(f"{r['round']:>5}  {r['eval_loss']:>9.4f}  {r['eval_perplexity']:>10.2f}  "
+                     f"{sites:>5}  {r.get('round_time_s', 0.0):>7.1f}")
+    first, last = rows[0], rows[-1]
+    lines.append("")
+    lines.append(f"{'site':<16}  {'loss r0':>8}  {'loss final':>10}  {'ppl r0':>8}  "
+                 f"{'ppl final':>9}  {'examples':>8}")
+    for site in sorted(last["sites"]):
+        a, b = first["sites"].get(site, {}), last["sites"][site]
+        lines.append(f"{site:<16}  {a.get('eval_loss', float('nan')):>8.4f}  "
+                     f"{b['eval_loss']:>10.4f}  {a.get('eval_perplexity', float('nan')):>8.2f}  "
+                     f"{b['eval_perplexity']:>9.2f}  {b['num_examples']:>8}")
+    return "\n".join(lines)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulations.runner import SimulationError, run_simulation
+
+    cfg = _run_config(args)
+    out = Path(cfg.out_dir)
+    print(f"confide simulate: {args.sites} sites x {cfg.num_server_rounds} rounds, "
+          f"model {cfg.model}, data {cfg.data_dir}, out {out}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        code = run_simulation(cfg, num_sites=args.sites, cpus_per_site=args.cpus_per_site,
+                              quiet=args.quiet)
+    except SimulationError as exc:
+        print(f"confide simulate: error: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    state_path = out / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if code != 0 or state.get("status") != "completed":
+        print(f"confide simulate: the run did not complete (flwr exit {code}, state "
+              f"{state.get('status', 'missing')}, last round {state.get('completed_round', '-')}); "
+              f"see the log above; resume with --resume --out {out}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    print()
+    print(_summary(out))
+    print()
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    print(f"  adapter:  {out / 'adapter'}")
+    print(f"  metrics:  {out / 'metrics.jsonl'}")
+    print(f"  run info: {out / 'run.json'}")
+    audit = out / "audit"
+    if audit.exists():
+        print(f"  audit:    {audit}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``confide`` console script."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "simulate":
+            return _simulate(args)
+    except UsageError as exc:
+        print(f"confide {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"confide {args.command}: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

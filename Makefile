@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine: `make demo` (main job) and `make test` (test suite).
+PYTHON ?= python3
+VENV ?= .venv
+# CPU-only machines: torch is installed first from this exact spec, so nothing pulls CUDA
+# wheels. A GPU site may choose another build, e.g. TORCH_SPEC="torch==2.13.0" with an
+# index URL of its choice via PIP_EXTRA_INDEX_URL.
+TORCH_SPEC ?= torch==2.13.0
+DEMO_OUT ?= runs/demo
+DEMO_SITES ?= 3
+DEMO_ROUNDS ?= 3
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-slow clean
+
+setup: $(VENV)/.confide-installed
+
+$(VENV)/.confide-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	rm -rf $(DEMO_OUT)
+	$(BIN)/confide simulate --sites $(DEMO_SITES) --rounds $(DEMO_ROUNDS) --out $(DEMO_OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf runs .pytest_cache

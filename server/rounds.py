@@ -174,10 +174,11 @@ class RoundDriver:
             return None, part
         mean = weighted_mean([r.arrays for r in accepted if r.arrays is not None],
                              [float(r.metrics["num-examples"]) for r in accepted])
-        part["contributed"] = [r.site for r in accepted]
+        part["contributed"] = sorted(r.site for r in accepted)
         part["released"] = True
         part["train_loss"] = {r.site: float(r.metrics.get("train-loss", float("nan")))
                               for r in accepted}
+        part["sampled"].sort()
         return apply_delta(state, mean), part
 
     # the run -----------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""End to end through Flower's simulation engine: rounds, metrics, adapters, no leftovers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EMBEDDED, has_embedded
+
+FLOWER_PROCS = ("flower-superlink", "flower-supernode", "flwr-serverapp", "flwr-clientapp",
+                "flwr-simulation", "flower-superexec", "raylet", "gcs_server")
+
+
+def _flower_processes() -> list[str]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat.split(")")[-1].split()[0] == "Z":
+            continue
+        if any(p in cmd for p in FLOWER_PROCS):
+            out.append(f"{entry.name}: {cmd[:120]}")
+    return out
+
+
+def _simulate(*args: str, timeout: int = 420) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "confide"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([str(exe), "simulate", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _metrics(out: Path) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_writes_every_artifact_and_leaves_no_process(
+    tmp_path: Path, tiny_model: Path, tiny_sites: Path
+) -> None:
+    before = _flower_processes()
+    out = tmp_path / "run"
+    proc = _simulate("--sites", "3", "--rounds", "2", "--out", str(out), "--model",
+                     str(tiny_model), "--data", str(tiny_sites), "--local-steps", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _metrics(out)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert {"round", "eval_loss", "eval_perplexity", "sites"} <= set(r)
+        assert sorted(r["sites"]) == ["alpha", "beta", "gamma"]
+    assert rows[1]["contributed"] == ["alpha", "beta", "gamma"]
+    for n in (0, 1, 2):
+        assert (out / "rounds" / str(n) / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["num-server-rounds"] == 2 and run["versions"]["flwr"].startswith("1.39")
+    assert json.loads((out / "state.json").read_text())["status"] == "completed"
+    part = [json.loads(x) for x in (out / "participation.jsonl").read_text().splitlines()]
+    assert [p["round"] for p in part] == [1, 2]
+    assert "eval loss" in proc.stdout and "adapter:" in proc.stdout  # summary table printed
+    assert _flower_processes() == before
+
+
+@pytest.mark.skipif(not has_embedded(), reason="embedded model not built")
+def test_three_sites_two_rounds_on_embedded_model_lower_held_out_loss(tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    proc = _simulate("--sites", "3", "--rounds", "2", "--out", str(out), "--local-steps", "8",
+                     "--max-eval-examples", "64")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _metrics(out)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[2]["eval_loss"] < rows[1]["eval_loss"] < rows[0]["eval_loss"]
+    for site, m in rows[2]["sites"].items():
+        assert m["eval_loss"] < rows[0]["sites"][site]["eval_loss"], site
+    base = AutoModelForCausalLM.from_pretrained(str(EMBEDDED))
+    PeftModel.from_pretrained(base, str(out / "adapter"))

@@ -213,7 +213,7 @@ def calibrate_noise_multiplier(
                 f"no noise multiplier up to {_SIGMA_MAX:g} fits {steps} steps at q={q:g} "
                 f"in eps={target:g} (already spent {spent:.4g})"
             )
-    while hi - lo > rtol * hi:
+    while hi - lo > rtol * hi and hi > 1e-6:
         mid = 0.5 * (lo + hi)
         if eps_at(mid) > target:
             lo = mid

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 __all__ = [
     "EMBEDDED",
@@ -24,6 +26,23 @@ class ModelError(ValueError):
     """The model reference cannot be resolved or loaded."""
 
 
+def _project_roots() -> list[Path]:
+    """Where the project's files may live: next to this code, the editable source, sys.path."""
+    roots = [Path(__file__).resolve().parent.parent]
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        direct = distribution("confide").read_text("direct_url.json")
+        if direct:
+            url = json.loads(direct).get("url", "")
+            if url.startswith("file://"):
+                roots.append(Path(unquote(url[len("file://"):])))
+    except (PackageNotFoundError, ValueError, OSError):
+        pass
+    roots += [Path(p) for p in sys.path if p]
+    return roots
+
+
 def embedded_model_dir() -> Path:
     """The checkpoint shipped with the project (``client/embedded``).
 
@@ -35,8 +54,7 @@ def embedded_model_dir() -> Path:
     env = os.environ.get("CONFIDE_EMBEDDED_MODEL")
     if env:
         candidates.append(Path(env))
-    candidates.append(Path(__file__).resolve().parent.parent / "client" / "embedded")
-    candidates += [Path(p) / "client" / "embedded" for p in sys.path if p]
+    candidates += [root / "client" / "embedded" for root in _project_roots()]
     for cand in candidates:
         if (cand / "config.json").is_file() and any(cand.glob("*.safetensors")):
             return cand.resolve()
@@ -71,8 +89,7 @@ def resolve_model(spec: str) -> str:
 
 def bundled_sites_dir() -> Path:
     """The demo site data shipped with the project (``simulations/data/sites``)."""
-    candidates = [Path(__file__).resolve().parent.parent / "simulations" / "data" / "sites"]
-    candidates += [Path(p) / "simulations" / "data" / "sites" for p in sys.path if p]
+    candidates = [root / "simulations" / "data" / "sites" for root in _project_roots()]
     for cand in candidates:
         if cand.is_dir():
             return cand.resolve()

@@ -1,0 +1,123 @@
+"""Where the time of one round goes, on the embedded default (or ``--model``).
+
+Runs the phases of one round with the product's own code, in one process, for ``--sites``
+sites: model load (base + LoRA injection, cold), local training (``local-steps`` steps per
+site), serialisation (adapter -> Flower ArrayRecord -> bytes -> back, both directions),
+aggregation (check + weighted mean + apply), evaluation (held-out loss at every site).
+Prints seconds and the share of the round; ``--json PATH`` writes ``{"phase": seconds}``.
+
+    python -m simulations.bench_round [--sites 3] [--local-steps 10] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from client.model import _load_cached, get_adapter_state, load_site_model, resolve_device, set_adapter_state
+from client.site import load_site_data, site_spec
+from client.train import evaluate, train_steps
+from protocol.adapter import check_state, initial_adapter_state, trainable_keys
+from protocol.config import RunConfig
+from protocol.messages import record_to_state, state_to_record
+from protocol.model_ref import resolve_data_dir, resolve_model
+from server.aggregate import apply_delta, weighted_mean
+
+__all__ = ["main"]
+
+
+def _roundtrip(state: dict) -> tuple[dict, int]:  # type: ignore[type-arg]
+    from flwr.app import ArrayRecord
+
+    rec = state_to_record(state)
+    blob = rec.deflate()
+    children = {k: v for k, v in rec.children.items()}
+    back = ArrayRecord.inflate(blob, children=children)
+    nbytes = len(blob) + sum(len(c.deflate()) for c in children.values())
+    return record_to_state(back), nbytes
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sites", type=int, default=3)
+    ap.add_argument("--local-steps", type=int, default=RunConfig().local_steps)
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--data", default="embedded")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
+    ap.add_argument("--json", dest="json_path", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = RunConfig.from_mapping({"local-steps": args.local_steps, "model": resolve_model(args.model),
+                                  "data-dir": resolve_data_dir(args.data)})
+    phases: dict[str, float] = {}
+
+    t = time.perf_counter()
+    _load_cached.cache_clear()
+    sm = load_site_model(cfg.model, device=resolve_device(cfg.device), r=cfg.lora_r,
+                         alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                         target_modules=cfg.target_modules)
+    phases["model_load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    sites = [load_site_data(site_spec({"partition-id": i, "num-partitions": args.sites}, cfg), cfg,
+                            sm.tokenizer) for i in range(args.sites)]
+    phases["data_load"] = time.perf_counter() - t
+
+    state = initial_adapter_state(sm.shapes, seed=cfg.lora_seed)
+    keys = trainable_keys(list(state), cfg.aggregation)
+    deltas, weights = [], []
+    phases["local_training"] = phases["serialisation"] = 0.0
+    nbytes = 0
+    for data in sites:
+        t = time.perf_counter()
+        received, n_down = _roundtrip(state)
+        phases["serialisation"] += time.perf_counter() - t
+        set_adapter_state(sm, received, aggregation=cfg.aggregation)
+        t = time.perf_counter()
+        train_steps(sm.model, data.train, steps=cfg.local_steps, batch_size=cfg.batch_size,
+                    learning_rate=cfg.learning_rate, pad_id=int(sm.tokenizer.pad_token_id),
+                    device=sm.device, seed=cfg.seed)
+        phases["local_training"] += time.perf_counter() - t
+        t = time.perf_counter()
+        local = get_adapter_state(sm)
+        delta, n_up = _roundtrip({k: local[k] - state[k] for k in keys})
+        phases["serialisation"] += time.perf_counter() - t
+        nbytes += n_down + n_up
+        deltas.append(delta)
+        weights.append(float(len(data.train)))
+
+    t = time.perf_counter()
+    for d in deltas:
+        check_state(d, {k: sm.shapes[k] for k in keys})
+    state = apply_delta(state, weighted_mean(deltas, weights))
+    phases["aggregation"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    set_adapter_state(sm, state, aggregation=cfg.aggregation)
+    for data in sites:
+        evaluate(sm.model, data.held_out, batch_size=max(cfg.batch_size, 16),
+                 pad_id=int(sm.tokenizer.pad_token_id), device=sm.device)
+    phases["evaluation"] = time.perf_counter() - t
+
+    total = sum(phases.values())
+    print(f"one round: {args.sites} sites x {cfg.local_steps} steps, model {cfg.model}, "
+          f"device {sm.device}, torch threads {torch.get_num_threads()}, "
+          f"{nbytes / 1e6:.2f} MB on the wire")
+    print(f"{'phase':<16}{'seconds':>10}{'share':>8}")
+    for name, sec in phases.items():
+        print(f"{name:<16}{sec:>10.3f}{sec / total:>8.1%}")
+    print(f"{'total':<16}{total:>10.3f}")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(phases, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Secure aggregation of encoded adapter deltas: Shamir, keys, masks, graphs, site and server."""
+
+from privacy.secagg.config import SecAggConfig, default_degree, default_threshold
+from privacy.secagg.errors import SecAggAbort, SecAggError, StageError
+from privacy.secagg.graph import NeighbourGraph, validate_threshold
+from privacy.secagg.server import SecAggResult, ServerSession
+from privacy.secagg.site import SiteSession
+from privacy.secagg.stages import Stage, check_transition, is_valid_transition
+
+__all__ = [
+    "NeighbourGraph",
+    "SecAggAbort",
+    "SecAggConfig",
+    "SecAggError",
+    "SecAggResult",
+    "ServerSession",
+    "SiteSession",
+    "Stage",
+    "StageError",
+    "check_transition",
+    "default_degree",
+    "default_threshold",
+    "is_valid_transition",
+    "validate_threshold",
+]

@@ -1,0 +1,103 @@
+"""Mask expansion: AES-256-CTR keystreams read as integer vectors mod 2^k.
+
+A mask is the AES-256-CTR keystream under a 32-byte key (counter block starting at zero;
+every key is used for one mask only), read as little-endian ``uint32`` (k <= 32) or
+``uint64`` (k > 32) words. Arithmetic wraps modulo 2^32 or 2^64, which 2^k divides, so
+reducing with ``& (2^k - 1)`` once at the end gives the result mod 2^k.
+
+:func:`apply_masks` adds and subtracts many masks into one vector chunk by chunk: the
+chunk of the accumulator stays in cache while each key's keystream is written into one
+reusable buffer with ``update_into`` and added through a ``frombuffer`` view, so the cost
+is close to that of the raw keystream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+
+from privacy.secagg.errors import SecAggError
+from protocol.codec import ring_dtype, ring_reduce
+
+__all__ = ["CHUNK_BYTES", "apply_masks", "expand_mask", "keystream_rate_probe"]
+
+#: Keystream bytes produced per cipher call; fits the accumulator chunk in L2 cache.
+CHUNK_BYTES = 128 * 1024
+_ZERO_NONCE = bytes(16)
+_BLOCK = 16
+
+
+def _encryptor(key: bytes) -> CipherContext:
+    if not isinstance(key, (bytes, bytearray)) or len(key) != 32:
+        raise SecAggError("mask key must be 32 bytes")
+    return Cipher(algorithms.AES(bytes(key)), modes.CTR(_ZERO_NONCE)).encryptor()
+
+
+def apply_masks(
+    acc: np.ndarray,
+    *,
+    add: Sequence[bytes] = (),
+    subtract: Sequence[bytes] = (),
+    modulus_bits: int,
+) -> np.ndarray:
+    """Add the masks of ``add`` and subtract those of ``subtract`` into ``acc``, in place.
+
+    Parameters
+    ----------
+    acc : numpy.ndarray
+        1-D, C-contiguous vector of :func:`~protocol.codec.ring_dtype` ``(modulus_bits)``.
+    add, subtract : sequence of bytes
+        32-byte mask keys.
+    modulus_bits : int
+        k; the result is reduced mod 2^k.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``acc``, holding ``(acc + sum(add) - sum(subtract)) mod 2^k``.
+    """
+    dtype = ring_dtype(modulus_bits)
+    if acc.dtype != dtype or acc.ndim != 1 or not acc.flags.c_contiguous:
+        raise ValueError(
+            f"`acc` must be a 1-D contiguous {dtype} vector, got {acc.dtype} {acc.shape}"
+        )
+    jobs = [(_encryptor(k), np.add) for k in add] + [(_encryptor(k), np.subtract) for k in subtract]
+    if jobs:
+        item = dtype.itemsize
+        chunk = max(1, CHUNK_BYTES // item)
+        zeros = bytes(chunk * item)
+        out = np.empty(chunk * item + _BLOCK, dtype=np.uint8)
+        length = acc.shape[0]
+        for start in range(0, length, chunk):
+            stop = min(start + chunk, length)
+            nbytes = (stop - start) * item
+            src = zeros if nbytes == len(zeros) else memoryview(zeros)[:nbytes]
+            view = out[:nbytes].view(dtype)
+            part = acc[start:stop]
+            for enc, op in jobs:
+                enc.update_into(src, out)
+                op(part, view, out=part)
+    return ring_reduce(acc, modulus_bits)
+
+
+def expand_mask(key: bytes, *, length: int, modulus_bits: int) -> np.ndarray:
+    """Return the mask of ``key`` as a fresh vector of ``length`` elements mod 2^k."""
+    if type(length) is not int or length < 0:
+        raise ValueError(f"`length` must be an int >= 0, got {length!r}")
+    return apply_masks(
+        np.zeros(length, dtype=ring_dtype(modulus_bits)), add=[key], modulus_bits=modulus_bits
+    )
+
+
+def keystream_rate_probe(key: bytes, *, nbytes: int) -> None:
+    """Produce ``nbytes`` of raw AES-256-CTR keystream in :data:`CHUNK_BYTES` calls.
+
+    The reference the mask rate is measured against (benchmarks only).
+    """
+    enc = _encryptor(key)
+    zeros = bytes(CHUNK_BYTES)
+    out = bytearray(CHUNK_BYTES + _BLOCK)
+    for _ in range(nbytes // CHUNK_BYTES):
+        enc.update_into(zeros, out)

@@ -1,0 +1,440 @@
+"""The server's side of one secure-aggregation round.
+
+Drive it stage by stage: ``*_requests()`` closes the previous stage and returns one
+request payload per site still in the round; ``receive_*()`` takes one site's reply and
+returns whether it was accepted (a rejected reply is logged with its reason and leaves
+the sum untouched; the site then counts as dropped). :meth:`ServerSession.finish`
+reconstructs the secrets it needs and returns the aggregate vector mod 2^k.
+
+Sets, in the notation of Bonawitz et al. (2017): U1 advertised keys, U2 shared keys, U3
+sent a masked input. The server keeps only the running sum of masked inputs, never an
+individual one. When fewer than ``threshold`` sites (or shares) remain, it raises
+:class:`~privacy.secagg.errors.SecAggAbort` and forgets the sum.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from privacy.secagg import keys, shamir
+from privacy.secagg.config import SecAggConfig
+from privacy.secagg.errors import SecAggAbort, SecAggError
+from privacy.secagg.masks import apply_masks
+from privacy.secagg.payloads import REPLY_KEYS, check_reply, get_bytes, get_ids, split_fixed
+from privacy.secagg.stages import Stage, check_transition
+from protocol.codec import ring_dtype
+
+__all__ = ["SecAggResult", "ServerSession"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SecAggResult:
+    """Outcome of a completed round.
+
+    Attributes
+    ----------
+    vector : numpy.ndarray
+        Sum mod 2^k of the encoded inputs of ``contributors``; decode it with
+        :func:`protocol.codec.decode`.
+    contributors : tuple of int
+        Sites whose input is in the sum.
+    dropped : tuple of int
+        Sampled sites whose input is not in the sum.
+    threshold : int
+        The round's threshold t.
+    rejections : tuple of (int, str, str)
+        ``(node id, stage, reason)`` of every rejected reply.
+    """
+
+    vector: np.ndarray
+    contributors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    threshold: int
+    rejections: tuple[tuple[int, str, str], ...]
+
+
+class ServerSession:
+    """The server's state machine for one round.
+
+    Parameters
+    ----------
+    config : SecAggConfig
+        The round's configuration; ``config.cohort`` is the set of sampled sites.
+    registry : mapping of int to bytes
+        Raw Ed25519 identity public keys of (at least) every sampled site.
+    """
+
+    def __init__(self, *, config: SecAggConfig, registry: Mapping[int, bytes]) -> None:
+        if not isinstance(config, SecAggConfig):
+            raise ValueError(f"`config` must be a SecAggConfig, got {type(config).__name__}")
+        missing = [n for n in config.cohort if n not in registry]
+        if missing:
+            raise ValueError(f"`registry` has no identity key for sampled node {missing[0]}")
+        self._config = config
+        self._binding = config.binding
+        self._graph = config.graph()
+        self._registry = {n: registry[n] for n in config.cohort}
+        self._stage = Stage.SETUP
+        self._adverts: dict[int, tuple[bytes, bytes, bytes, bytes]] = {}
+        self._u1: frozenset[int] = frozenset()
+        self._expected_recipients: dict[int, list[int]] = {}
+        self._inbox: dict[int, dict[int, bytes]] = {}
+        self._shared: set[int] = set()
+        self._u2: frozenset[int] = frozenset()
+        self._acc: np.ndarray | None = None
+        self._u3: set[int] = set()
+        self._unmask_lists: dict[int, tuple[list[int], list[int]]] = {}
+        self._unmask_done: set[int] = set()
+        self._seed_shares: dict[int, list[bytes]] = {}
+        self._key_shares: dict[int, list[bytes]] = {}
+        self._rejections: list[tuple[int, str, str]] = []
+
+    @property
+    def stage(self) -> Stage:
+        """The stage whose replies are being collected."""
+        return self._stage
+
+    @property
+    def config(self) -> SecAggConfig:
+        """The round's configuration."""
+        return self._config
+
+    @property
+    def rejections(self) -> tuple[tuple[int, str, str], ...]:
+        """``(node id, stage, reason)`` of every rejected reply so far."""
+        return tuple(self._rejections)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _advance(self, stage: Stage) -> None:
+        check_transition(self._stage, stage)
+        self._stage = stage
+
+    def _abort(self, reason: str) -> SecAggAbort:
+        stage = self._stage.value
+        logger.warning(
+            "secure aggregation round %d aborted at %s: %s", self._config.round, stage, reason
+        )
+        self._stage = Stage.ABORTED
+        self._acc = None
+        self._seed_shares.clear()
+        self._key_shares.clear()
+        self._inbox.clear()
+        return SecAggAbort(stage, reason)
+
+    def _reject(self, node_id: object, stage: Stage, reason: str) -> bool:
+        logger.warning("rejected %s reply from node %s: %s", stage.value, node_id, reason)
+        self._rejections.append((node_id if type(node_id) is int else -1, stage.value, reason))
+        return False
+
+    def _accept(
+        self, node_id: int, reply: Mapping[str, Any], stage: Stage, allowed: frozenset[int]
+    ) -> str | None:
+        """Reason to reject a reply before reading its body, or None."""
+        if type(node_id) is not int or node_id not in self._config.cohort:
+            return "node was not sampled"
+        if self._stage != stage:
+            return f"the server is at stage {self._stage.value!r}"
+        if node_id not in allowed:
+            return "node is no longer in the round"
+        try:
+            check_reply(
+                reply, stage=stage, binding=self._binding, node_id=node_id, extra=REPLY_KEYS[stage]
+            )
+        except SecAggError as exc:
+            return str(exc)
+        return None
+
+    def _header(self, stage: Stage) -> dict[str, Any]:
+        return {
+            "run-id": self._config.run_id,
+            "round": self._config.round,
+            "stage": stage.value,
+            "config-digest": self._binding.config_digest,
+        }
+
+    def _prune(self, alive: set[int], stage: str) -> frozenset[int]:
+        """Drop nodes with fewer than t - 1 live neighbours, until none is left to drop."""
+        t = self._config.threshold
+        changed = True
+        while changed:
+            changed = False
+            for node in sorted(alive):
+                live = sum(1 for v in self._graph.neighbours(node) if v in alive)
+                if live + 1 < t:
+                    logger.warning(
+                        "node %d leaves round %d at %s: %d live neighbours, threshold %d",
+                        node,
+                        self._config.round,
+                        stage,
+                        live,
+                        t,
+                    )
+                    alive.discard(node)
+                    changed = True
+        if len(alive) < t:
+            raise self._abort(f"{len(alive)} sites remain, threshold is {t}")
+        return frozenset(alive)
+
+    # ------------------------------------------------------------------ stage 1
+
+    def advertise_requests(self) -> dict[int, dict[str, Any]]:
+        """Open stage 1: the config, sent to every sampled site."""
+        self._advance(Stage.ADVERTISE_KEYS)
+        logger.info("%s", self._config.summary())
+        payload = {**self._config.to_payload(), "stage": Stage.ADVERTISE_KEYS.value}
+        return {node: dict(payload) for node in self._config.cohort}
+
+    def receive_advertisement(self, node_id: int, reply: Mapping[str, Any]) -> bool:
+        """Accept a site's signed public keys (bad signature, duplicate, unsampled: rejected)."""
+        stage = Stage.ADVERTISE_KEYS
+        reason = self._accept(node_id, reply, stage, frozenset(self._config.cohort))
+        if reason is None and node_id in self._adverts:
+            reason = "duplicate advertisement"
+        if reason is not None:
+            return self._reject(node_id, stage, reason)
+        fields = tuple(reply[k] for k in ("enc-pk", "mask-pk", "seed-commit", "signature"))
+        try:
+            keys.verify_advertisement(
+                self._registry[node_id],
+                fields[3],
+                self._binding,
+                node_id=node_id,
+                enc_pk=fields[0],
+                mask_pk=fields[1],
+                seed_commit=fields[2],
+            )
+        except SecAggError as exc:
+            return self._reject(node_id, stage, str(exc))
+        self._adverts[node_id] = fields
+        return True
+
+    # ------------------------------------------------------------------ stage 2
+
+    def share_keys_requests(self) -> dict[int, dict[str, Any]]:
+        """Close stage 1 and open stage 2: each site gets its neighbours' signed adverts.
+
+        Raises
+        ------
+        SecAggAbort
+            If fewer than ``threshold`` sites advertised keys.
+        """
+        self._advance(Stage.SHARE_KEYS)
+        self._u1 = self._prune(set(self._adverts), Stage.ADVERTISE_KEYS.value)
+        requests = {}
+        for node in sorted(self._u1):
+            ids = [v for v in self._graph.neighbours(node) if v in self._u1]
+            self._expected_recipients[node] = ids
+            adverts = [self._adverts[v] for v in ids]
+            requests[node] = {
+                **self._header(Stage.SHARE_KEYS),
+                "node-ids": ids,
+                "enc-pks": b"".join(a[0] for a in adverts),
+                "mask-pks": b"".join(a[1] for a in adverts),
+                "seed-commits": b"".join(a[2] for a in adverts),
+                "signatures": b"".join(a[3] for a in adverts),
+            }
+        return requests
+
+    def receive_shares(self, node_id: int, reply: Mapping[str, Any]) -> bool:
+        """Accept a site's encrypted shares, one ciphertext per neighbour, for routing."""
+        stage = Stage.SHARE_KEYS
+        reason = self._accept(node_id, reply, stage, self._u1)
+        if reason is None and node_id in self._shared:
+            reason = "duplicate shares"
+        if reason is None:
+            try:
+                recipients = get_ids(reply, "recipients")
+                if recipients != self._expected_recipients[node_id]:
+                    raise SecAggError("`recipients` differ from the neighbours it was sent")
+                ciphertexts = split_fixed(reply, "ciphertexts", len(recipients))
+            except SecAggError as exc:
+                reason = str(exc)
+        if reason is not None:
+            return self._reject(node_id, stage, reason)
+        for recipient, ciphertext in zip(recipients, ciphertexts):
+            self._inbox.setdefault(recipient, {})[node_id] = ciphertext
+        self._shared.add(node_id)
+        return True
+
+    # ------------------------------------------------------------------ stage 3
+
+    def masked_input_requests(self) -> dict[int, dict[str, Any]]:
+        """Close stage 2 and open stage 3: route each site the shares addressed to it.
+
+        Raises
+        ------
+        SecAggAbort
+            If fewer than ``threshold`` sites shared keys.
+        """
+        self._advance(Stage.MASKED_INPUT)
+        self._u2 = self._prune(set(self._shared), Stage.SHARE_KEYS.value)
+        requests = {}
+        for node in sorted(self._u2):
+            box = self._inbox.get(node, {})
+            senders = [v for v in self._graph.neighbours(node) if v in self._u2 and v in box]
+            requests[node] = {
+                **self._header(Stage.MASKED_INPUT),
+                "senders": senders,
+                "ciphertexts": b"".join(box[v] for v in senders),
+            }
+        self._inbox.clear()
+        self._acc = np.zeros(self._config.vector_length, dtype=ring_dtype(self._config.modulus_bits))
+        return requests
+
+    def receive_masked_input(self, node_id: int, reply: Mapping[str, Any]) -> bool:
+        """Add a site's masked vector to the running sum (wrong length/dtype: rejected)."""
+        stage = Stage.MASKED_INPUT
+        reason = self._accept(node_id, reply, stage, self._u2)
+        if reason is None and node_id in self._u3:
+            reason = "duplicate masked input"
+        cfg = self._config
+        dtype = ring_dtype(cfg.modulus_bits)
+        vector = reply.get("masked-vector") if reason is None else None
+        if reason is None:
+            if not isinstance(vector, np.ndarray) or vector.dtype != dtype:
+                reason = f"masked vector must be a {dtype} array"
+            elif vector.shape != (cfg.vector_length,):
+                reason = f"masked vector has shape {vector.shape}, expected ({cfg.vector_length},)"
+            elif cfg.modulus_bits < 8 * dtype.itemsize and np.any(
+                vector >> dtype.type(cfg.modulus_bits)
+            ):
+                reason = f"masked vector holds values >= 2^{cfg.modulus_bits}"
+        if reason is not None:
+            return self._reject(node_id, stage, reason)
+        assert self._acc is not None and isinstance(vector, np.ndarray)
+        np.add(self._acc, vector, out=self._acc)
+        self._u3.add(node_id)
+        return True
+
+    # ------------------------------------------------------------------ stage 4
+
+    def unmask_requests(self) -> dict[int, dict[str, Any]]:
+        """Close stage 3 and open stage 4: ask each contributor for the shares to unmask.
+
+        A contributor is asked for the self-mask-seed shares of every live holder it holds
+        shares of (itself included) and for the mask-key shares of its neighbours that
+        shared keys but sent no masked input.
+
+        Raises
+        ------
+        SecAggAbort
+            If fewer than ``threshold`` sites sent a masked input, or a secret that must be
+            reconstructed has fewer than ``threshold`` live holders.
+        """
+        self._advance(Stage.UNMASK)
+        t, u3 = self._config.threshold, frozenset(self._u3)
+        if len(u3) < t:
+            raise self._abort(f"{len(u3)} sites sent a masked input, threshold is {t}")
+        for node in sorted(u3):
+            live = sum(1 for v in self._graph.holders(node) if v in u3)
+            if live < t:
+                raise self._abort(f"node {node} has {live} live share holders, threshold is {t}")
+        for node in sorted(self._u2 - u3):
+            live = sum(1 for v in self._graph.neighbours(node) if v in u3)
+            if 0 < live < t:
+                raise self._abort(f"dropped node {node} has {live} live share holders, need {t}")
+        requests = {}
+        for node in sorted(u3):
+            alive = [v for v in self._graph.holders(node) if v in u3]
+            dropped = [v for v in self._graph.neighbours(node) if v in self._u2 and v not in u3]
+            self._unmask_lists[node] = (alive, dropped)
+            requests[node] = {**self._header(Stage.UNMASK), "alive": alive, "dropped": dropped}
+        return requests
+
+    def receive_unmask(self, node_id: int, reply: Mapping[str, Any]) -> bool:
+        """Collect a site's shares (ids must match what it was asked; x must be its own)."""
+        stage = Stage.UNMASK
+        reason = self._accept(node_id, reply, stage, frozenset(self._unmask_lists))
+        if reason is None and node_id in self._unmask_done:
+            reason = "duplicate unmask reply"
+        if reason is None:
+            try:
+                alive, dropped = self._unmask_lists[node_id]
+                if get_ids(reply, "seed-share-ids") != alive:
+                    raise SecAggError("`seed-share-ids` differ from the request")
+                if get_ids(reply, "key-share-ids") != dropped:
+                    raise SecAggError("`key-share-ids` differ from the request")
+                seed_shares = split_fixed(reply, "seed-shares", len(alive))
+                key_shares = split_fixed(reply, "key-shares", len(dropped))
+                own_x = self._config.cohort.index(node_id) + 1
+                if any(shamir.share_x(s) != own_x for s in (*seed_shares, *key_shares)):
+                    raise SecAggError("a share is not the sender's own")
+            except SecAggError as exc:
+                reason = str(exc)
+        if reason is not None:
+            return self._reject(node_id, stage, reason)
+        self._unmask_done.add(node_id)
+        for owner, share in zip(alive, seed_shares):
+            self._seed_shares.setdefault(owner, []).append(share)
+        for owner, share in zip(dropped, key_shares):
+            self._key_shares.setdefault(owner, []).append(share)
+        return True
+
+    def finish(self) -> SecAggResult:
+        """Close stage 4: reconstruct, remove the masks, return the aggregate.
+
+        Raises
+        ------
+        SecAggAbort
+            If a needed secret has fewer than ``threshold`` shares, or a reconstructed
+            secret does not match what its owner committed to or advertised.
+        """
+        check_transition(self._stage, Stage.DONE)
+        cfg, t, u3 = self._config, self._config.threshold, frozenset(self._u3)
+        add, subtract = [], []
+        try:
+            for node in sorted(u3):
+                shares = self._seed_shares.get(node, [])
+                if len(shares) < t:
+                    raise self._abort(f"{len(shares)} seed shares of node {node}, need {t}")
+                seed = shamir.combine_shares(shares, threshold=t)
+                commit = keys.seed_commitment(seed, self._binding, node_id=node)
+                if not keys.ct_equal(commit, self._adverts[node][2]):
+                    raise self._abort(f"seed shares of node {node} do not match its commitment")
+                subtract.append(keys.self_mask_key(seed, self._binding, node_id=node))
+            for node in sorted(self._u2 - u3):
+                live = [v for v in self._graph.neighbours(node) if v in u3]
+                if not live:
+                    continue
+                shares = self._key_shares.get(node, [])
+                if len(shares) < t:
+                    raise self._abort(f"{len(shares)} key shares of node {node}, need {t}")
+                secret = keys.x25519_private_from_bytes(shamir.combine_shares(shares, threshold=t))
+                if not keys.ct_equal(keys.x25519_public_from_private(secret), self._adverts[node][1]):
+                    raise self._abort(f"key shares of node {node} do not match its advertised key")
+                for peer in live:
+                    shared = keys.agree(secret, self._adverts[peer][1])
+                    key = keys.pair_mask_key(shared, self._binding, a=node, b=peer)
+                    # peer added +mask if peer < node, else -mask: undo it
+                    (subtract if peer < node else add).append(key)
+        except SecAggError as exc:
+            raise self._abort(f"reconstruction failed: {exc}") from None
+        assert self._acc is not None
+        vector = apply_masks(self._acc, add=add, subtract=subtract, modulus_bits=cfg.modulus_bits)
+        self._acc = None
+        self._seed_shares.clear()
+        self._key_shares.clear()
+        self._stage = Stage.DONE
+        dropped = tuple(n for n in cfg.cohort if n not in u3)
+        logger.info(
+            "secure aggregation round %d: %d contributors, %d dropped, threshold %d",
+            cfg.round,
+            len(u3),
+            len(dropped),
+            t,
+        )
+        return SecAggResult(
+            vector=vector,
+            contributors=tuple(sorted(u3)),
+            dropped=dropped,
+            threshold=t,
+            rejections=tuple(self._rejections),
+        )

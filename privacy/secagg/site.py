@@ -1,0 +1,490 @@
+"""A site's side of one secure-aggregation round.
+
+Each method takes the server's request payload for one stage and returns the reply payload
+(see :mod:`privacy.secagg.payloads` for the keys). Requests for another run, round, config
+or stage are refused before anything is used; a failure inside a stage (bad signature, bad
+ciphertext, an unsafe unmask request) aborts the session and wipes its secrets.
+
+Per-round secrets: two X25519 key pairs (``enc`` for share encryption, ``mask`` for
+pairwise masks) and a 32-byte self-mask seed. They are dropped as soon as the masked
+input is sent; what remains until the unmask stage are the shares held for neighbours.
+:meth:`SiteSession.to_state` / :meth:`SiteSession.from_state` carry the session across
+Flower messages (in ``context.state``); :meth:`SiteSession.wipe` ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from privacy.secagg import keys, shamir
+from privacy.secagg.config import SecAggConfig
+from privacy.secagg.errors import SecAggError
+from privacy.secagg.masks import apply_masks
+from privacy.secagg.payloads import (
+    REQUEST_KEYS,
+    SHARE_PAIR_LEN,
+    check_request,
+    get_ids,
+    split_fixed,
+)
+from privacy.secagg.stages import Stage, check_transition
+from protocol.codec import ring_dtype
+
+__all__ = ["SiteSession"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_VERSION = b"1"
+
+
+class SiteSession:
+    """One site's state machine for one round.
+
+    Parameters
+    ----------
+    config : SecAggConfig
+        The round's configuration (from the advertise-keys request:
+        :meth:`from_request`).
+    node_id : int
+        This site's node id; must be in ``config.cohort``.
+    identity_key : Ed25519PrivateKey
+        This site's long-term identity key; signs the advertised keys.
+    registry : mapping of int to bytes
+        Raw Ed25519 identity public keys of the other sites, by node id; a neighbour's
+        advertisement is used only after its signature verifies against this registry.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: SecAggConfig,
+        node_id: int,
+        identity_key: Ed25519PrivateKey,
+        registry: Mapping[int, bytes],
+    ) -> None:
+        if not isinstance(config, SecAggConfig):
+            raise ValueError(f"`config` must be a SecAggConfig, got {type(config).__name__}")
+        if type(node_id) is not int or node_id not in config.cohort:
+            raise ValueError(f"`node_id` {node_id!r} is not in the round's cohort")
+        if not isinstance(identity_key, Ed25519PrivateKey):
+            raise ValueError("`identity_key` must be an Ed25519PrivateKey")
+        self._config = config
+        self._binding = config.binding
+        self._node_id = node_id
+        self._identity_key = identity_key
+        self._registry = dict(registry)
+        self._neighbours = frozenset(config.graph().neighbours(node_id))
+        self._x = {v: i + 1 for i, v in enumerate(config.cohort)}  # Shamir evaluation points
+        self._stage = Stage.SETUP
+        self._enc_sk: X25519PrivateKey | None = None
+        self._mask_sk: X25519PrivateKey | None = None
+        self._seed: bytearray | None = None
+        # Verified advertisements of neighbours: node -> (enc_pk, mask_pk).
+        self._peers: dict[int, tuple[bytes, bytes]] = {}
+        # Shares held for neighbours that sent them: node -> (seed share, key share).
+        self._held: dict[int, tuple[bytes, bytes]] = {}
+        self._own_seed_share: bytes | None = None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_request(
+        cls,
+        request: Mapping[str, Any],
+        *,
+        node_id: int,
+        identity_key: Ed25519PrivateKey,
+        registry: Mapping[int, bytes],
+    ) -> SiteSession:
+        """Create the session from the server's advertise-keys request.
+
+        Raises
+        ------
+        SecAggError
+            If the request's config is malformed.
+        """
+        try:
+            config = SecAggConfig.from_payload(request, allow_extra=("stage",))
+        except (ValueError, TypeError) as exc:
+            raise SecAggError(f"invalid secure-aggregation config: {exc}") from None
+        return cls(config=config, node_id=node_id, identity_key=identity_key, registry=registry)
+
+    @property
+    def stage(self) -> Stage:
+        """The last stage this session completed (or ``SETUP``, ``DONE``, ``ABORTED``)."""
+        return self._stage
+
+    @property
+    def config(self) -> SecAggConfig:
+        """The round's configuration."""
+        return self._config
+
+    @property
+    def node_id(self) -> int:
+        """This site's node id."""
+        return self._node_id
+
+    # ------------------------------------------------------------------ helpers
+
+    def _enter(self, request: Mapping[str, Any], stage: Stage) -> None:
+        """Refuse a request for another run, round, config or stage (state unchanged)."""
+        check_transition(self._stage, stage)
+        if stage == Stage.ADVERTISE_KEYS:
+            check_request(
+                request,
+                stage=stage,
+                binding=self._binding,
+                extra=[k for k in self._config.to_payload() if k not in ("run-id", "round")],
+                with_digest=False,
+            )
+            try:
+                same = SecAggConfig.from_payload(request, allow_extra=("stage",)) == self._config
+            except (ValueError, TypeError):
+                same = False
+            if not same:
+                raise SecAggError("advertise-keys request is for another config")
+        else:
+            check_request(request, stage=stage, binding=self._binding, extra=REQUEST_KEYS[stage])
+
+    def _header(self, stage: Stage) -> dict[str, Any]:
+        return {
+            "run-id": self._config.run_id,
+            "round": self._config.round,
+            "stage": stage.value,
+            "node-id": self._node_id,
+        }
+
+    def _fail(self, exc: Exception) -> SecAggError:
+        logger.warning(
+            "node %d: secure aggregation aborted after stage %r: %s",
+            self._node_id,
+            self._stage.value,
+            exc,
+        )
+        self.wipe()
+        return exc if isinstance(exc, SecAggError) else SecAggError(str(exc))
+
+    # ------------------------------------------------------------------ stages
+
+    def advertise_keys(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Stage 1: fresh X25519 key pairs and self-mask seed; sign the public parts."""
+        self._enter(request, Stage.ADVERTISE_KEYS)
+        self._enc_sk, enc_pk = keys.x25519_keypair()
+        self._mask_sk, mask_pk = keys.x25519_keypair()
+        self._seed = bytearray(os.urandom(keys.KEY_LEN))
+        commit = keys.seed_commitment(self._seed, self._binding, node_id=self._node_id)
+        signature = keys.sign_advertisement(
+            self._identity_key,
+            self._binding,
+            node_id=self._node_id,
+            enc_pk=enc_pk,
+            mask_pk=mask_pk,
+            seed_commit=commit,
+        )
+        self._stage = Stage.ADVERTISE_KEYS
+        logger.debug("node %d: advertised keys for round %d", self._node_id, self._config.round)
+        return {
+            **self._header(Stage.ADVERTISE_KEYS),
+            "enc-pk": enc_pk,
+            "mask-pk": mask_pk,
+            "seed-commit": commit,
+            "signature": signature,
+        }
+
+    def share_keys(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Stage 2: verify neighbours' adverts, Shamir-share seed and mask key to them."""
+        self._enter(request, Stage.SHARE_KEYS)
+        try:
+            return self._share_keys(request)
+        except (SecAggError, ValueError) as exc:
+            raise self._fail(exc) from None
+
+    def _share_keys(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        assert self._enc_sk is not None and self._mask_sk is not None and self._seed is not None
+        ids = get_ids(request, "node-ids")
+        count = len(ids)
+        fields = {
+            k: split_fixed(request, k, count)
+            for k in ("enc-pks", "mask-pks", "seed-commits", "signatures")
+        }
+        for node in ids:
+            if node not in self._neighbours:
+                raise SecAggError(f"share-keys request names node {node}, not a neighbour")
+        if count + 1 < self._config.threshold:
+            raise SecAggError(
+                f"only {count} neighbours advertised keys; threshold is {self._config.threshold}"
+            )
+        for i, node in enumerate(ids):  # signatures are checked before anything is used
+            if node not in self._registry:
+                raise SecAggError(f"node {node} has no identity key in the registry")
+            keys.verify_advertisement(
+                self._registry[node],
+                fields["signatures"][i],
+                self._binding,
+                node_id=node,
+                enc_pk=fields["enc-pks"][i],
+                mask_pk=fields["mask-pks"][i],
+                seed_commit=fields["seed-commits"][i],
+            )
+        self._peers = {n: (fields["enc-pks"][i], fields["mask-pks"][i]) for i, n in enumerate(ids)}
+        holders = sorted([*ids, self._node_id])
+        xs = [self._x[h] for h in holders]
+        t = self._config.threshold
+        seed_shares = shamir.split_secret(bytes(self._seed), threshold=t, xs=xs)
+        key_shares = shamir.split_secret(
+            keys.x25519_private_bytes(self._mask_sk), threshold=t, xs=xs
+        )
+        recipients, ciphertexts = [], []
+        for holder, seed_share, key_share in zip(holders, seed_shares, key_shares):
+            if holder == self._node_id:
+                self._own_seed_share = seed_share  # own key share is never kept nor revealed
+                continue
+            shared = keys.agree(self._enc_sk, self._peers[holder][0])
+            key = keys.share_enc_key(shared, self._binding, a=self._node_id, b=holder)
+            recipients.append(holder)
+            ciphertexts.append(
+                keys.encrypt_shares(
+                    key,
+                    seed_share + key_share,
+                    self._binding,
+                    sender=self._node_id,
+                    recipient=holder,
+                )
+            )
+        self._stage = Stage.SHARE_KEYS
+        return {
+            **self._header(Stage.SHARE_KEYS),
+            "recipients": recipients,
+            "ciphertexts": b"".join(ciphertexts),
+        }
+
+    def masked_input(self, request: Mapping[str, Any], *, vector: np.ndarray) -> dict[str, Any]:
+        """Stage 3: store neighbours' shares, return ``vector`` + pairwise masks + self mask.
+
+        Parameters
+        ----------
+        request : mapping
+            The server's masked-input request (the shares addressed to this site).
+        vector : numpy.ndarray
+            The encoded update (see :func:`protocol.codec.encode`): 1-D, length
+            ``config.vector_length``, dtype ``ring_dtype(config.modulus_bits)``. Not modified.
+        """
+        self._enter(request, Stage.MASKED_INPUT)
+        cfg = self._config
+        dtype = ring_dtype(cfg.modulus_bits)
+        if (
+            not isinstance(vector, np.ndarray)
+            or vector.dtype != dtype
+            or vector.shape != (cfg.vector_length,)
+        ):
+            raise ValueError(
+                f"`vector` must be a {dtype} array of shape ({cfg.vector_length},), got "
+                f"{getattr(vector, 'dtype', type(vector).__name__)} "
+                f"{getattr(vector, 'shape', '')}"
+            )
+        if cfg.modulus_bits < 8 * dtype.itemsize and np.any(vector >> dtype.type(cfg.modulus_bits)):
+            raise ValueError(f"`vector` holds values >= 2^{cfg.modulus_bits}")
+        try:
+            return self._masked_input(request, vector)
+        except (SecAggError, ValueError) as exc:
+            raise self._fail(exc) from None
+
+    def _masked_input(self, request: Mapping[str, Any], vector: np.ndarray) -> dict[str, Any]:
+        assert self._enc_sk is not None and self._mask_sk is not None and self._seed is not None
+        senders = get_ids(request, "senders")
+        ciphertexts = split_fixed(request, "ciphertexts", len(senders))
+        for node in senders:
+            if node not in self._peers:
+                raise SecAggError(f"masked-input request names node {node}, not a neighbour")
+        if len(senders) + 1 < self._config.threshold:
+            raise SecAggError(
+                f"only {len(senders)} neighbours shared keys; threshold is "
+                f"{self._config.threshold}"
+            )
+        own_x = self._x[self._node_id]
+        held: dict[int, tuple[bytes, bytes]] = {}
+        for node, ciphertext in zip(senders, ciphertexts):
+            shared = keys.agree(self._enc_sk, self._peers[node][0])
+            key = keys.share_enc_key(shared, self._binding, a=self._node_id, b=node)
+            plain = keys.decrypt_shares(
+                key, ciphertext, self._binding, sender=node, recipient=self._node_id
+            )
+            if len(plain) != SHARE_PAIR_LEN:
+                raise SecAggError(f"shares from node {node} are malformed")
+            seed_share, key_share = plain[: shamir.SHARE_LEN], plain[shamir.SHARE_LEN :]
+            if shamir.share_x(seed_share) != own_x or shamir.share_x(key_share) != own_x:
+                raise SecAggError(f"shares from node {node} are not addressed to this site")
+            held[node] = (seed_share, key_share)
+        plus = [keys.self_mask_key(self._seed, self._binding, node_id=self._node_id)]
+        minus = []
+        for node in senders:
+            shared = keys.agree(self._mask_sk, self._peers[node][1])
+            key = keys.pair_mask_key(shared, self._binding, a=self._node_id, b=node)
+            (plus if self._node_id < node else minus).append(key)
+        masked = apply_masks(
+            vector.copy(), add=plus, subtract=minus, modulus_bits=self._config.modulus_bits
+        )
+        self._held = held
+        self._drop_key_material()
+        self._stage = Stage.MASKED_INPUT
+        logger.debug("node %d: masked input with %d neighbours", self._node_id, len(senders))
+        return {**self._header(Stage.MASKED_INPUT), "masked-vector": masked}
+
+    def unmask(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Stage 4: reveal seed shares of live holders and key shares of dropped ones.
+
+        Refuses (and aborts) a request that names a node whose shares this site does not
+        hold, names a node both alive and dropped, lists this site as dropped, or names
+        fewer than ``threshold`` live holders of this site's shares.
+        """
+        self._enter(request, Stage.UNMASK)
+        try:
+            reply = self._unmask(request)
+        except (SecAggError, ValueError) as exc:
+            raise self._fail(exc) from None
+        self._stage = Stage.UNMASK
+        self.wipe()
+        return reply
+
+    def _unmask(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        alive, dropped = get_ids(request, "alive"), get_ids(request, "dropped")
+        both = set(alive) & set(dropped)
+        if both:
+            raise SecAggError(f"unmask request names node {min(both)} both alive and dropped")
+        if self._node_id not in alive:
+            raise SecAggError("unmask request does not list this site as alive")
+        for node in (*alive, *dropped):
+            if node != self._node_id and node not in self._held:
+                raise SecAggError(f"unmask request names node {node}, whose shares are not held")
+        if len(alive) < self._config.threshold:
+            raise SecAggError(
+                f"unmask request names {len(alive)} live holders; threshold is "
+                f"{self._config.threshold}"
+            )
+        assert self._own_seed_share is not None
+        seed_shares = [
+            self._own_seed_share if n == self._node_id else self._held[n][0] for n in alive
+        ]
+        key_shares = [self._held[n][1] for n in dropped]
+        return {
+            **self._header(Stage.UNMASK),
+            "seed-share-ids": alive,
+            "seed-shares": b"".join(seed_shares),
+            "key-share-ids": dropped,
+            "key-shares": b"".join(key_shares),
+        }
+
+    # ------------------------------------------------------------------ secrets
+
+    def _drop_key_material(self) -> None:
+        if self._seed is not None:
+            self._seed[:] = bytes(len(self._seed))
+        self._seed = None
+        self._enc_sk = None
+        self._mask_sk = None
+
+    def wipe(self) -> None:
+        """Forget every per-round secret; the session ends (``DONE`` after unmask, else
+        ``ABORTED``). Python cannot guarantee erasure: buffers are zeroed where mutable and
+        every reference is dropped."""
+        self._drop_key_material()
+        self._held = {}
+        self._own_seed_share = None
+        self._peers = {}
+        if self._stage == Stage.UNMASK:
+            self._stage = Stage.DONE
+        elif self._stage != Stage.DONE:
+            self._stage = Stage.ABORTED
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_state(self) -> dict[str, bytes]:
+        """Serialise the session (secrets included) to a dict of bytes for ``context.state``.
+
+        The dict holds per-round secrets: keep it only in the site's own state and call
+        :meth:`wipe` (then store again) when the round ends.
+        """
+        state: dict[str, bytes] = {
+            "version": _STATE_VERSION,
+            "config": _config_to_bytes(self._config),
+            "node-id": str(self._node_id).encode(),
+            "stage": self._stage.value.encode(),
+            "peers": json.dumps(
+                {str(n): [e.hex(), m.hex()] for n, (e, m) in self._peers.items()}
+            ).encode(),
+            "held": json.dumps(
+                {str(n): [s.hex(), k.hex()] for n, (s, k) in self._held.items()}
+            ).encode(),
+        }
+        if self._enc_sk is not None and self._mask_sk is not None and self._seed is not None:
+            state["enc-sk"] = keys.x25519_private_bytes(self._enc_sk)
+            state["mask-sk"] = keys.x25519_private_bytes(self._mask_sk)
+            state["seed"] = bytes(self._seed)
+        if self._own_seed_share is not None:
+            state["own-seed-share"] = self._own_seed_share
+        return state
+
+    @classmethod
+    def from_state(
+        cls,
+        state: Mapping[str, bytes],
+        *,
+        identity_key: Ed25519PrivateKey,
+        registry: Mapping[int, bytes],
+    ) -> SiteSession:
+        """Rebuild a session from :meth:`to_state` output.
+
+        Raises
+        ------
+        SecAggError
+            If the state is malformed or of another version.
+        """
+        try:
+            if state["version"] != _STATE_VERSION:
+                raise SecAggError("secure-aggregation state has an unknown version")
+            session = cls(
+                config=_config_from_bytes(state["config"]),
+                node_id=int(state["node-id"].decode()),
+                identity_key=identity_key,
+                registry=registry,
+            )
+            session._stage = Stage(state["stage"].decode())
+            session._peers = {
+                int(n): (bytes.fromhex(e), bytes.fromhex(m))
+                for n, (e, m) in json.loads(state["peers"]).items()
+            }
+            session._held = {
+                int(n): (bytes.fromhex(s), bytes.fromhex(k))
+                for n, (s, k) in json.loads(state["held"]).items()
+            }
+            if "seed" in state:
+                session._enc_sk = keys.x25519_private_from_bytes(state["enc-sk"])
+                session._mask_sk = keys.x25519_private_from_bytes(state["mask-sk"])
+                session._seed = bytearray(state["seed"])
+            session._own_seed_share = state.get("own-seed-share")
+        except SecAggError:
+            raise
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise SecAggError(f"malformed secure-aggregation state ({type(exc).__name__})") from None
+        return session
+
+
+def _config_to_bytes(config: SecAggConfig) -> bytes:
+    payload = config.to_payload()
+    payload["graph-seed"] = config.graph_seed.hex()
+    return json.dumps(payload, sort_keys=True).encode()
+
+
+def _config_from_bytes(data: bytes) -> SecAggConfig:
+    payload = json.loads(data)
+    payload["graph-seed"] = bytes.fromhex(payload["graph-seed"])
+    return SecAggConfig.from_payload(payload)
+

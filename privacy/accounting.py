@@ -14,6 +14,7 @@ audit does not rest on one implementation.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -129,6 +130,12 @@ def epsilon(history: Iterable[Any], *, delta: float, accountant: str = "rdp") ->
         return 0.0
     if any(m.noise_multiplier == 0.0 for m in merged):
         return math.inf
+    return _epsilon_cached(tuple(sorted(merged)), float(delta), accountant)
+
+
+@functools.lru_cache(maxsize=512)
+def _epsilon_cached(merged: tuple[Mechanism, ...], delta: float, accountant: str) -> float:
+    """ε of a validated, merged, sorted history (cached: plans ask for the same ones)."""
     opacus_history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in merged]
     if accountant == "rdp":
         from opacus.accountants import RDPAccountant

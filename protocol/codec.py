@@ -373,7 +373,7 @@ def decode(
         raise ManifestError(
             f"sum vector has shape {sum_vec.shape}, manifest says ({manifest.dim},)"
         )
-    if modulus_bits < 8 * dtype.itemsize and np.any(sum_vec >> dtype.type(modulus_bits)):
+    if sum_vec.size and int(sum_vec.max()) >> modulus_bits:
         raise ManifestError(f"sum vector holds values >= 2^{modulus_bits}")
     flat = _centred_lift(sum_vec, modulus_bits).astype(np.float64) * step
     out: dict[str, np.ndarray] = {}

@@ -41,8 +41,9 @@ def apply_masks(
     add: Sequence[bytes] = (),
     subtract: Sequence[bytes] = (),
     modulus_bits: int,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Add the masks of ``add`` and subtract those of ``subtract`` into ``acc``, in place.
+    """Return ``(acc + sum(add) - sum(subtract)) mod 2^k``, in place unless ``out`` is given.
 
     Parameters
     ----------
@@ -52,34 +53,49 @@ def apply_masks(
         32-byte mask keys.
     modulus_bits : int
         k; the result is reduced mod 2^k.
+    out : numpy.ndarray, optional
+        Where to write the result (same shape and dtype as ``acc``); ``acc`` itself by
+        default. Writing elsewhere saves copying an input that must stay unchanged.
 
     Returns
     -------
     numpy.ndarray
-        ``acc``, holding ``(acc + sum(add) - sum(subtract)) mod 2^k``.
+        ``out`` (or ``acc``).
     """
     dtype = ring_dtype(modulus_bits)
     if acc.dtype != dtype or acc.ndim != 1 or not acc.flags.c_contiguous:
         raise ValueError(
             f"`acc` must be a 1-D contiguous {dtype} vector, got {acc.dtype} {acc.shape}"
         )
+    if out is None:
+        out = acc
+    elif out.dtype != dtype or out.shape != acc.shape or not out.flags.c_contiguous:
+        raise ValueError(f"`out` must be a contiguous {dtype} vector of shape {acc.shape}")
     jobs = [(_encryptor(k), np.add) for k in add] + [(_encryptor(k), np.subtract) for k in subtract]
-    if jobs:
-        item = dtype.itemsize
-        chunk = max(1, CHUNK_BYTES // item)
-        zeros = bytes(chunk * item)
-        out = np.empty(chunk * item + _BLOCK, dtype=np.uint8)
-        length = acc.shape[0]
-        for start in range(0, length, chunk):
-            stop = min(start + chunk, length)
-            nbytes = (stop - start) * item
-            src = zeros if nbytes == len(zeros) else memoryview(zeros)[:nbytes]
-            view = out[:nbytes].view(dtype)
-            part = acc[start:stop]
-            for enc, op in jobs:
-                enc.update_into(src, out)
-                op(part, view, out=part)
-    return ring_reduce(acc, modulus_bits)
+    if not jobs:
+        if out is not acc:
+            np.copyto(out, acc)
+        return ring_reduce(out, modulus_bits)
+    width = 8 * dtype.itemsize
+    reduce_mask = dtype.type((1 << modulus_bits) - 1) if modulus_bits < width else None
+    item = dtype.itemsize
+    chunk = max(1, CHUNK_BYTES // item)
+    zeros = bytes(chunk * item)
+    stream = np.empty(chunk * item + _BLOCK, dtype=np.uint8)
+    length = acc.shape[0]
+    for start in range(0, length, chunk):
+        stop = min(start + chunk, length)
+        nbytes = (stop - start) * item
+        src = zeros if nbytes == len(zeros) else memoryview(zeros)[:nbytes]
+        view = stream[:nbytes].view(dtype)
+        first, part = acc[start:stop], out[start:stop]
+        for enc, op in jobs:
+            enc.update_into(src, stream)
+            op(first, view, out=part)
+            first = part
+        if reduce_mask is not None:  # while the chunk is in cache
+            np.bitwise_and(part, reduce_mask, out=part)
+    return out
 
 
 def expand_mask(key: bytes, *, length: int, modulus_bits: int) -> np.ndarray:

@@ -303,9 +303,7 @@ class ServerSession:
                 reason = f"masked vector must be a {dtype} array"
             elif vector.shape != (cfg.vector_length,):
                 reason = f"masked vector has shape {vector.shape}, expected ({cfg.vector_length},)"
-            elif cfg.modulus_bits < 8 * dtype.itemsize and np.any(
-                vector >> dtype.type(cfg.modulus_bits)
-            ):
+            elif int(vector.max()) >> cfg.modulus_bits:
                 reason = f"masked vector holds values >= 2^{cfg.modulus_bits}"
         if reason is not None:
             return self._reject(node_id, stage, reason)

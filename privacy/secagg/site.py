@@ -290,7 +290,7 @@ class SiteSession:
                 f"{getattr(vector, 'dtype', type(vector).__name__)} "
                 f"{getattr(vector, 'shape', '')}"
             )
-        if cfg.modulus_bits < 8 * dtype.itemsize and np.any(vector >> dtype.type(cfg.modulus_bits)):
+        if int(vector.max()) >> cfg.modulus_bits:
             raise ValueError(f"`vector` holds values >= 2^{cfg.modulus_bits}")
         try:
             return self._masked_input(request, vector)
@@ -330,7 +330,11 @@ class SiteSession:
             key = keys.pair_mask_key(shared, self._binding, a=self._node_id, b=node)
             (plus if self._node_id < node else minus).append(key)
         masked = apply_masks(
-            vector.copy(), add=plus, subtract=minus, modulus_bits=self._config.modulus_bits
+            vector,
+            add=plus,
+            subtract=minus,
+            modulus_bits=self._config.modulus_bits,
+            out=np.empty_like(vector),
         )
         self._held = held
         self._drop_key_material()

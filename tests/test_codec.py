@@ -149,7 +149,9 @@ def test_encode_clips_weights_and_lands_on_the_ring() -> None:
     vec = _encode(delta, m, weight=3.0, bits=24)
     assert vec.dtype == ring_dtype(24) == np.uint32 and vec.shape == (m.dim,)
     assert int(vec.max()) < 2**24
-    decoded = np.concatenate([a.ravel() for a in decode(vec, m, scale=PARAMS["scale"], modulus_bits=24).values()])
+    decoded = np.concatenate(
+        [a.ravel() for a in decode(vec, m, scale=PARAMS["scale"], modulus_bits=24).values()]
+    )
     expected = 3.0 * clip_l2(flatten(delta, m), PARAMS["clip_norm"])
     assert np.max(np.abs(decoded - expected)) < PARAMS["scale"]
     assert np.linalg.norm(clip_l2(flatten(delta, m), 2.0)) <= 2.0 * (1 + 1e-12)
@@ -177,15 +179,29 @@ def test_stochastic_rounding_is_unbiased() -> None:
     delta = {"w": np.full((1,), 0.3, np.float64)}
     m = Manifest.from_arrays(delta)
     values = [
-        decode(encode(delta, m, clip_norm=1.0, weight=1.0, scale=1.0, modulus_bits=8,
-                      rng=np.random.default_rng(s)), m, scale=1.0, modulus_bits=8)["w"][0]
+        decode(
+            encode(
+                delta,
+                m,
+                clip_norm=1.0,
+                weight=1.0,
+                scale=1.0,
+                modulus_bits=8,
+                rng=np.random.default_rng(s),
+            ),
+            m,
+            scale=1.0,
+            modulus_bits=8,
+        )["w"][0]
         for s in range(4000)
     ]
     assert set(values) == {0.0, 1.0}
     assert abs(np.mean(values) - 0.3) < 0.03
 
 
-@pytest.mark.parametrize("n,grid_bits,k_expected", [(7, 2, 7), (7, 28, 32), (7, 29, 33), (3000, 51, 64)])
+@pytest.mark.parametrize(
+    "n,grid_bits,k_expected", [(7, 2, 7), (7, 28, 32), (7, 29, 33), (3000, 51, 64)]
+)
 def test_extreme_sums_do_not_wrap(n: int, grid_bits: int, k_expected: int) -> None:
     """Every site at +C or -C on one coordinate with the maximal weight: the sum survives,
     and k is minimal: the worst-case sum does not fit in k - 1 bits."""
@@ -197,14 +213,27 @@ def test_extreme_sums_do_not_wrap(n: int, grid_bits: int, k_expected: int) -> No
     m = Manifest((TensorSpec("w", (dim,), "float64"),))
     for sign in (1.0, -1.0):
         delta = {"w": np.array([sign * clip, 0.0])}
-        vecs = [encode(delta, m, clip_norm=clip, weight=weight, scale=scale, modulus_bits=k,
-                       rng=np.random.default_rng(i), max_weight=weight) for i in range(n)]
+        vecs = [
+            encode(
+                delta,
+                m,
+                clip_norm=clip,
+                weight=weight,
+                scale=scale,
+                modulus_bits=k,
+                rng=np.random.default_rng(i),
+                max_weight=weight,
+            )
+            for i in range(n)
+        ]
         total = vecs[0].astype(np.uint64)
         for v in vecs[1:]:
             total = total + v.astype(np.uint64)
         total = (total & np.uint64((1 << k) - 1) if k < 64 else total).astype(ring_dtype(k))
         out = decode(total, m, scale=scale, modulus_bits=k)["w"]
-        bound = decoding_error_bound(n_sites=n, clip_norm=clip, max_weight=weight, scale=scale, dim=dim)
+        bound = decoding_error_bound(
+            n_sites=n, clip_norm=clip, max_weight=weight, scale=scale, dim=dim
+        )
         assert abs(out[0] - sign * n * clip * weight) <= bound.per_coordinate
 
 
@@ -249,9 +278,19 @@ def test_decoded_sum_equals_weighted_sum_within_bound(
 ) -> None:
     scale = clip * max_weight * 2.0**-grid_bits
     dim = sum(math.prod(s) for s in shapes)
-    k = choose_modulus_bits(n_sites=n_sites, clip_norm=clip, max_weight=max_weight, scale=scale, dim=dim)
-    dtypes = data.draw(st.lists(st.sampled_from(["float32", "float64"]), min_size=len(shapes), max_size=len(shapes)))
-    manifest = Manifest(tuple(TensorSpec(f"t{i}", s, d) for i, (s, d) in enumerate(zip(shapes, dtypes))))
+    k = choose_modulus_bits(
+        n_sites=n_sites, clip_norm=clip, max_weight=max_weight, scale=scale, dim=dim
+    )
+    dtypes = data.draw(
+        st.lists(
+            st.sampled_from(["float32", "float64"]), min_size=len(shapes), max_size=len(shapes)
+        )
+    )
+    manifest = Manifest(
+        tuple(
+            TensorSpec(f"t{i}", s, d) for i, (s, d) in enumerate(zip(shapes, dtypes, strict=True))
+        )
+    )
     elements = st.floats(-1e4, 1e4, width=32)
     total = np.zeros(dim, dtype=np.uint64)
     expected = np.zeros(dim)
@@ -261,15 +300,25 @@ def test_decoded_sum_equals_weighted_sum_within_bound(
             for spec in manifest.tensors
         }
         weight = data.draw(st.floats(0.0, max_weight))
-        vec = encode(delta, manifest, clip_norm=clip, weight=weight, scale=scale, modulus_bits=k,
-                     rng=np.random.default_rng(i), max_weight=max_weight)
+        vec = encode(
+            delta,
+            manifest,
+            clip_norm=clip,
+            weight=weight,
+            scale=scale,
+            modulus_bits=k,
+            rng=np.random.default_rng(i),
+            max_weight=max_weight,
+        )
         total = total + vec.astype(np.uint64)
         expected += weight * clip_l2(flatten(delta, manifest), clip)
     if k < 64:
         total &= np.uint64((1 << k) - 1)
     decoded = decode(total.astype(ring_dtype(k)), manifest, scale=scale, modulus_bits=k)
     got = np.concatenate([decoded[s.name].ravel() for s in manifest.tensors])
-    bound = decoding_error_bound(n_sites=n_sites, clip_norm=clip, max_weight=max_weight, scale=scale, dim=dim)
+    bound = decoding_error_bound(
+        n_sites=n_sites, clip_norm=clip, max_weight=max_weight, scale=scale, dim=dim
+    )
     err = got - expected
     assert np.max(np.abs(err)) <= bound.per_coordinate
     assert np.linalg.norm(err) <= bound.l2

@@ -78,7 +78,10 @@ def random_inputs(config: SecAggConfig, seed: int = 0) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)
     dtype = ring_dtype(config.modulus_bits)
     return {
-        v: (rng.integers(0, 2**63, config.vector_length, dtype=np.uint64) >> (64 - config.modulus_bits)).astype(dtype)
+        v: (
+            rng.integers(0, 2**63, config.vector_length, dtype=np.uint64)
+            >> (64 - config.modulus_bits)
+        ).astype(dtype)
         for v in config.cohort
     }
 

@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from privacy.secagg import SecAggError
-from privacy.secagg import keys
+from privacy.secagg import SecAggError, keys
 from privacy.secagg.keys import RoundBinding
 
 B = RoundBinding(run_id=5, round=3, config_digest=bytes(32))

@@ -28,8 +28,15 @@ def _deltas() -> dict[int, dict[str, np.ndarray]]:
 
 def _inputs(deltas: dict[int, dict[str, np.ndarray]]) -> dict[int, np.ndarray]:
     return {
-        v: encode(d, MANIFEST, clip_norm=1.0, weight=1.0, scale=SCALE, modulus_bits=BITS,
-                  rng=np.random.default_rng(v))
+        v: encode(
+            d,
+            MANIFEST,
+            clip_norm=1.0,
+            weight=1.0,
+            scale=SCALE,
+            modulus_bits=BITS,
+            rng=np.random.default_rng(v),
+        )
         for v, d in deltas.items()
     }
 
@@ -69,7 +76,8 @@ class RecordingServer(ServerSession):
 
     def _snapshot(self) -> None:
         self.held.extend(
-            a.copy() for a in _arrays({k: v for k, v in vars(self).items() if k not in ("uploads", "held")})
+            a.copy()
+            for a in _arrays({k: v for k, v in vars(self).items() if k not in ("uploads", "held")})
         )
 
     def receive_masked_input(self, node_id: int, reply: dict[str, Any]) -> bool:
@@ -91,8 +99,13 @@ class RecordingServer(ServerSession):
 
 @pytest.mark.parametrize(
     "drop",
-    [{}, {"share-keys": [12]}, {"masked-input": [13]}, {"unmask": [14]},
-     {"advertise-keys": [11], "masked-input": [15], "unmask": [16]}],
+    [
+        {},
+        {"share-keys": [12]},
+        {"masked-input": [13]},
+        {"unmask": [14]},
+        {"advertise-keys": [11], "masked-input": [15], "unmask": [16]},
+    ],
     ids=["none", "after-advertise", "after-share-keys", "after-masked-input", "every-stage"],
 )
 def test_server_never_holds_an_individual_unmasked_vector(drop: dict[str, list[int]]) -> None:
@@ -142,7 +155,9 @@ def test_dropped_sites_upload_stays_masked_even_with_every_share_the_server_got(
         key = keys.pair_mask_key(shared, config.binding, a=late, b=peer)
         # the late site added +mask for peers above it and -mask below: undo both
         (pair_keys_sub if late < peer else pair_keys_add).append(key)
-    stripped = apply_masks(upload.copy(), add=pair_keys_add, subtract=pair_keys_sub, modulus_bits=BITS)
+    stripped = apply_masks(
+        upload.copy(), add=pair_keys_add, subtract=pair_keys_sub, modulus_bits=BITS
+    )
     assert _uniform_p(stripped) > 1e-6
     assert not np.array_equal(stripped, inputs[late])
     run.server.finish()

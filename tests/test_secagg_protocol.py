@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from privacy.secagg import SecAggAbort, ServerSession
+from privacy.secagg import SecAggAbort
 from protocol.codec import (
     Manifest,
     TensorSpec,
@@ -22,7 +20,6 @@ from protocol.codec import (
 )
 from tests.test_secagg_harness import (
     STAGES,
-    cohort_of,
     expected_outcome,
     make_config,
     ring_sum,
@@ -57,7 +54,12 @@ def test_one_dropout_at_each_stage_is_recovered(stage: str) -> None:
 def test_dropouts_at_every_stage_at_once_on_a_sparse_graph() -> None:
     nodes = list(range(100, 130))
     config = make_config(nodes, degree=10, threshold=6, vector_length=50)
-    drop = {"advertise-keys": [100], "share-keys": [111], "masked-input": [120, 121], "unmask": [129]}
+    drop = {
+        "advertise-keys": [100],
+        "share-keys": [111],
+        "masked-input": [120, 121],
+        "unmask": [129],
+    }
     assert expected_outcome(config, drop)[0]
     run = run_round(config, drop=drop)
     assert run.result is not None
@@ -120,7 +122,9 @@ def test_decoded_aggregate_equals_plaintext_weighted_sum_within_bound(
     scale = clip * max_weight * 2.0**-grid_bits
     k = choose_modulus_bits(n_sites=n, clip_norm=clip, max_weight=max_weight, scale=scale, dim=dim)
     manifest = Manifest((TensorSpec("lora", (dim,), "float32"),))
-    config = make_config(nodes, modulus_bits=k, vector_length=dim, degree=degree, threshold=threshold)
+    config = make_config(
+        nodes, modulus_bits=k, vector_length=dim, degree=degree, threshold=threshold
+    )
     # up to one more dropout than the threshold tolerates, each at a random stage
     gone = data.draw(st.lists(st.sampled_from(nodes), max_size=n - threshold + 1, unique=True))
     drop: dict[str, list[int]] = {stage: [] for stage in STAGES}
@@ -128,10 +132,23 @@ def test_decoded_aggregate_equals_plaintext_weighted_sum_within_bound(
         drop[data.draw(st.sampled_from(STAGES))].append(v)
     deltas, weights, inputs = {}, {}, {}
     for i, v in enumerate(nodes):
-        deltas[v] = {"lora": np.asarray(data.draw(st.lists(st.floats(-5, 5, width=32), min_size=dim, max_size=dim)), dtype=np.float32)}
+        deltas[v] = {
+            "lora": np.asarray(
+                data.draw(st.lists(st.floats(-5, 5, width=32), min_size=dim, max_size=dim)),
+                dtype=np.float32,
+            )
+        }
         weights[v] = data.draw(st.floats(0.0, max_weight))
-        inputs[v] = encode(deltas[v], manifest, clip_norm=clip, weight=weights[v], scale=scale,
-                           modulus_bits=k, rng=np.random.default_rng(i), max_weight=max_weight)
+        inputs[v] = encode(
+            deltas[v],
+            manifest,
+            clip_norm=clip,
+            weight=weights[v],
+            scale=scale,
+            modulus_bits=k,
+            rng=np.random.default_rng(i),
+            max_weight=max_weight,
+        )
     completes, contributors = expected_outcome(config, drop)
     event("completes" if completes else "aborts")
     if not completes:
@@ -142,6 +159,8 @@ def test_decoded_aggregate_equals_plaintext_weighted_sum_within_bound(
     assert run.result is not None and set(run.result.contributors) == contributors
     decoded = decode(run.result.vector, manifest, scale=scale, modulus_bits=k)["lora"]
     plain = sum(weights[v] * clip_l2(flatten(deltas[v], manifest), clip) for v in contributors)
-    bound = decoding_error_bound(n_sites=len(contributors), clip_norm=clip, max_weight=max_weight, scale=scale, dim=dim)
+    bound = decoding_error_bound(
+        n_sites=len(contributors), clip_norm=clip, max_weight=max_weight, scale=scale, dim=dim
+    )
     assert np.max(np.abs(decoded - plain)) <= bound.per_coordinate
     assert np.linalg.norm(decoded - plain) <= bound.l2

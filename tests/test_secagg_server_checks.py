@@ -189,7 +189,9 @@ def test_unmask_reply_with_other_ids_or_someone_elses_shares_is_rejected() -> No
     replies = {v: run.sites[v].unmask(r) for v, r in requests.items()}
     assert not run.server.receive_unmask(1, {**replies[1], "seed-share-ids": [2, 1, 3, 4, 5]})
     assert "differ" in run.server.rejections[-1][2]
-    assert not run.server.receive_unmask(1, {**replies[1], "seed-shares": replies[2]["seed-shares"]})
+    assert not run.server.receive_unmask(
+        1, {**replies[1], "seed-shares": replies[2]["seed-shares"]}
+    )
     assert "not the sender's own" in run.server.rejections[-1][2]
 
 

@@ -6,9 +6,8 @@ import itertools
 
 import pytest
 
-from privacy.secagg import Stage, StageError, check_transition, is_valid_transition
+from privacy.secagg import SiteSession, Stage, StageError, check_transition, is_valid_transition
 from privacy.secagg.stages import parse_stage
-from privacy.secagg import SiteSession
 from tests.test_secagg_harness import cohort_of, make_config, run_round
 
 VALID = {

@@ -56,6 +56,7 @@ def test_round_completes_when_sites_are_restored_from_state_before_every_message
             (server.masked_input_requests, server.receive_masked_input),
             (server.unmask_requests, server.receive_unmask),
         ],
+        strict=True,
     ):
         for v, request in make().items():
             call = getattr(wrapped[v], stage.replace("-", "_"))
@@ -106,7 +107,9 @@ def test_malformed_state_is_refused(mutate: Any) -> None:
     cohort = cohort_of(NODES)
     with pytest.raises(SecAggError):
         SiteSession.from_state(
-            mutate(run.sites[5].to_state()), identity_key=cohort.identities[5], registry=cohort.registry
+            mutate(run.sites[5].to_state()),
+            identity_key=cohort.identities[5],
+            registry=cohort.registry,
         )
 
 

@@ -109,8 +109,11 @@ class SecAggConfig:
         threshold: int | None = None,
         graph_seed: bytes | None = None,
     ) -> SecAggConfig:
-        """Build a config with defaults: degree from the cohort size, a majority threshold
-        and a fresh random graph seed."""
+        """Build a config, filling in defaults for what is not given.
+
+        The degree defaults to :func:`default_degree` of the cohort size, the threshold to
+        the smallest majority of share holders, and the graph seed to 32 fresh random bytes.
+        """
         nodes = tuple(sorted(cohort))
         deg = default_degree(len(nodes)) if degree is None else degree
         return cls(
@@ -125,7 +128,7 @@ class SecAggConfig:
         )
 
     def to_payload(self) -> dict[str, Any]:
-        """The config as payload entries (kebab-case keys, ints, list of ints, bytes)."""
+        """Return the config as payload entries (kebab-case keys; ints, int list, bytes)."""
         return {
             "run-id": self.run_id,
             "round": self.round,
@@ -175,7 +178,9 @@ class SecAggConfig:
             struct.pack(">QQ", self.run_id, self.round),
             struct.pack(">I", len(self.cohort)),
             *(struct.pack(">Q", v) for v in self.cohort),
-            struct.pack(">IIIQ", self.threshold, self.degree, self.modulus_bits, self.vector_length),
+            struct.pack(
+                ">IIIQ", self.threshold, self.degree, self.modulus_bits, self.vector_length
+            ),
             self.graph_seed,
         ]
         return hashlib.sha256(b"".join(parts)).digest()
@@ -186,7 +191,7 @@ class SecAggConfig:
         return RoundBinding(self.run_id, self.round, self.digest())
 
     def graph(self) -> NeighbourGraph:
-        """The round's neighbour graph."""
+        """Build the round's neighbour graph."""
         return NeighbourGraph(self.cohort, self.degree, self.graph_seed)
 
     def summary(self) -> str:

@@ -32,8 +32,11 @@ _SEED_LEN = 32
 
 
 def default_degree(n_nodes: int) -> int:
-    """Default degree: ``n - 1`` (complete) up to :data:`COMPLETE_GRAPH_MAX` nodes, else
-    the even number ``2 * ceil(log2 n)`` (14 for 100 nodes, 18 for 500)."""
+    """Return the default degree for a cohort of ``n_nodes``.
+
+    ``n - 1`` (the complete graph) up to :data:`COMPLETE_GRAPH_MAX` nodes, else the even
+    number ``2 * ceil(log2 n)`` (14 for 100 nodes, 18 for 500).
+    """
     if type(n_nodes) is not int or n_nodes < 1:
         raise ValueError(f"`n_nodes` must be an int >= 1, got {n_nodes!r}")
     if n_nodes <= COMPLETE_GRAPH_MAX:

@@ -257,14 +257,14 @@ def share_enc_key(shared: bytes, binding: RoundBinding, *, a: int, b: int) -> by
     return _hkdf(shared, _frame(_DOMAIN + b"share-enc", binding.encode(), _pair(a, b)))
 
 
-def self_mask_key(seed: bytes, binding: RoundBinding, *, node_id: int) -> bytes:
+def self_mask_key(seed: bytes | bytearray, binding: RoundBinding, *, node_id: int) -> bytes:
     """AES key of node ``node_id``'s self mask, from its 32-byte self-mask seed."""
     if len(seed) != KEY_LEN:
         raise SecAggError("self-mask seed must be 32 bytes")
     return _hkdf(bytes(seed), _frame(_DOMAIN + b"self-mask", binding.encode(), _u64(node_id)))
 
 
-def seed_commitment(seed: bytes, binding: RoundBinding, *, node_id: int) -> bytes:
+def seed_commitment(seed: bytes | bytearray, binding: RoundBinding, *, node_id: int) -> bytes:
     """Hiding, binding commitment to a 32-byte uniformly random self-mask seed."""
     if len(seed) != KEY_LEN:
         raise SecAggError("self-mask seed must be 32 bytes")

@@ -82,6 +82,7 @@ def apply_masks(
     chunk = max(1, CHUNK_BYTES // item)
     zeros = bytes(chunk * item)
     stream = np.empty(chunk * item + _BLOCK, dtype=np.uint8)
+    sink = stream.data
     length = acc.shape[0]
     for start in range(0, length, chunk):
         stop = min(start + chunk, length)
@@ -90,7 +91,7 @@ def apply_masks(
         view = stream[:nbytes].view(dtype)
         first, part = acc[start:stop], out[start:stop]
         for enc, op in jobs:
-            enc.update_into(src, stream)
+            enc.update_into(src, sink)
             op(first, view, out=part)
             first = part
         if reduce_mask is not None:  # while the chunk is in cache

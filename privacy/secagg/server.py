@@ -25,7 +25,7 @@ from privacy.secagg import keys, shamir
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggAbort, SecAggError
 from privacy.secagg.masks import apply_masks
-from privacy.secagg.payloads import REPLY_KEYS, check_reply, get_bytes, get_ids, split_fixed
+from privacy.secagg.payloads import REPLY_KEYS, check_reply, get_ids, split_fixed
 from privacy.secagg.stages import Stage, check_transition
 from protocol.codec import ring_dtype
 
@@ -259,7 +259,7 @@ class ServerSession:
                 reason = str(exc)
         if reason is not None:
             return self._reject(node_id, stage, reason)
-        for recipient, ciphertext in zip(recipients, ciphertexts):
+        for recipient, ciphertext in zip(recipients, ciphertexts, strict=True):
             self._inbox.setdefault(recipient, {})[node_id] = ciphertext
         self._shared.add(node_id)
         return True
@@ -286,7 +286,9 @@ class ServerSession:
                 "ciphertexts": b"".join(box[v] for v in senders),
             }
         self._inbox.clear()
-        self._acc = np.zeros(self._config.vector_length, dtype=ring_dtype(self._config.modulus_bits))
+        self._acc = np.zeros(
+            self._config.vector_length, dtype=ring_dtype(self._config.modulus_bits)
+        )
         return requests
 
     def receive_masked_input(self, node_id: int, reply: Mapping[str, Any]) -> bool:
@@ -370,9 +372,9 @@ class ServerSession:
         if reason is not None:
             return self._reject(node_id, stage, reason)
         self._unmask_done.add(node_id)
-        for owner, share in zip(alive, seed_shares):
+        for owner, share in zip(alive, seed_shares, strict=True):
             self._seed_shares.setdefault(owner, []).append(share)
-        for owner, share in zip(dropped, key_shares):
+        for owner, share in zip(dropped, key_shares, strict=True):
             self._key_shares.setdefault(owner, []).append(share)
         return True
 
@@ -387,7 +389,8 @@ class ServerSession:
         """
         check_transition(self._stage, Stage.DONE)
         cfg, t, u3 = self._config, self._config.threshold, frozenset(self._u3)
-        add, subtract = [], []
+        add: list[bytes] = []
+        subtract: list[bytes] = []
         try:
             for node in sorted(u3):
                 shares = self._seed_shares.get(node, [])
@@ -406,7 +409,9 @@ class ServerSession:
                 if len(shares) < t:
                     raise self._abort(f"{len(shares)} key shares of node {node}, need {t}")
                 secret = keys.x25519_private_from_bytes(shamir.combine_shares(shares, threshold=t))
-                if not keys.ct_equal(keys.x25519_public_from_private(secret), self._adverts[node][1]):
+                if not keys.ct_equal(
+                    keys.x25519_public_from_private(secret), self._adverts[node][1]
+                ):
                     raise self._abort(f"key shares of node {node} do not match its advertised key")
                 for peer in live:
                     shared = keys.agree(secret, self._adverts[peer][1])

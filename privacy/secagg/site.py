@@ -129,7 +129,7 @@ class SiteSession:
 
     @property
     def node_id(self) -> int:
-        """This site's node id."""
+        """Node id of this site."""
         return self._node_id
 
     # ------------------------------------------------------------------ helpers
@@ -243,7 +243,7 @@ class SiteSession:
             keys.x25519_private_bytes(self._mask_sk), threshold=t, xs=xs
         )
         recipients, ciphertexts = [], []
-        for holder, seed_share, key_share in zip(holders, seed_shares, key_shares):
+        for holder, seed_share, key_share in zip(holders, seed_shares, key_shares, strict=True):
             if holder == self._node_id:
                 self._own_seed_share = seed_share  # own key share is never kept nor revealed
                 continue
@@ -306,12 +306,11 @@ class SiteSession:
                 raise SecAggError(f"masked-input request names node {node}, not a neighbour")
         if len(senders) + 1 < self._config.threshold:
             raise SecAggError(
-                f"only {len(senders)} neighbours shared keys; threshold is "
-                f"{self._config.threshold}"
+                f"only {len(senders)} neighbours shared keys; threshold is {self._config.threshold}"
             )
         own_x = self._x[self._node_id]
         held: dict[int, tuple[bytes, bytes]] = {}
-        for node, ciphertext in zip(senders, ciphertexts):
+        for node, ciphertext in zip(senders, ciphertexts, strict=True):
             shared = keys.agree(self._enc_sk, self._peers[node][0])
             key = keys.share_enc_key(shared, self._binding, a=self._node_id, b=node)
             plain = keys.decrypt_shares(
@@ -324,7 +323,7 @@ class SiteSession:
                 raise SecAggError(f"shares from node {node} are not addressed to this site")
             held[node] = (seed_share, key_share)
         plus = [keys.self_mask_key(self._seed, self._binding, node_id=self._node_id)]
-        minus = []
+        minus: list[bytes] = []
         for node in senders:
             shared = keys.agree(self._mask_sk, self._peers[node][1])
             key = keys.pair_mask_key(shared, self._binding, a=self._node_id, b=node)
@@ -396,9 +395,11 @@ class SiteSession:
         self._mask_sk = None
 
     def wipe(self) -> None:
-        """Forget every per-round secret; the session ends (``DONE`` after unmask, else
-        ``ABORTED``). Python cannot guarantee erasure: buffers are zeroed where mutable and
-        every reference is dropped."""
+        """Forget every per-round secret and end the session.
+
+        The stage becomes ``DONE`` after unmask, else ``ABORTED``. Python cannot guarantee
+        erasure: buffers are zeroed where mutable and every reference is dropped.
+        """
         self._drop_key_material()
         self._held = {}
         self._own_seed_share = None
@@ -477,7 +478,9 @@ class SiteSession:
         except SecAggError:
             raise
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise SecAggError(f"malformed secure-aggregation state ({type(exc).__name__})") from None
+            raise SecAggError(
+                f"malformed secure-aggregation state ({type(exc).__name__})"
+            ) from None
         return session
 
 
@@ -491,4 +494,3 @@ def _config_from_bytes(data: bytes) -> SecAggConfig:
     payload = json.loads(data)
     payload["graph-seed"] = bytes.fromhex(payload["graph-seed"])
     return SecAggConfig.from_payload(payload)
-

@@ -38,7 +38,7 @@ _ORDER = (
 TRANSITIONS: dict[Stage, frozenset[Stage]] = {
     **{
         current: frozenset({nxt, Stage.ABORTED})
-        for current, nxt in zip(_ORDER[:-1], _ORDER[1:])
+        for current, nxt in zip(_ORDER[:-1], _ORDER[1:], strict=True)
     },
     Stage.DONE: frozenset(),
     Stage.ABORTED: frozenset(),
@@ -77,4 +77,6 @@ def parse_stage(value: object) -> Stage:
     try:
         return Stage(value)
     except ValueError:
-        raise StageError(f"`stage` must be one of {[s.value for s in Stage]}, got {value!r}") from None
+        raise StageError(
+            f"`stage` must be one of {[s.value for s in Stage]}, got {value!r}"
+        ) from None

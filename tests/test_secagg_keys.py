@@ -155,3 +155,11 @@ def test_constant_time_compare() -> None:
     assert keys.ct_equal(b"abc", b"abc")
     assert not keys.ct_equal(b"abc", b"abd")
     assert not keys.ct_equal(b"abc", b"ab")
+
+
+def test_identity_private_key_round_trip() -> None:
+    identity = keys.generate_identity_key()
+    again = keys.load_identity_private_key(keys.identity_private_bytes(identity))
+    assert keys.identity_public_bytes(again) == keys.identity_public_bytes(identity)
+    with pytest.raises(SecAggError):
+        keys.load_identity_private_key(b"short")

@@ -3,6 +3,12 @@
 from privacy.secagg.config import SecAggConfig, default_degree, default_threshold
 from privacy.secagg.errors import SecAggAbort, SecAggError, StageError
 from privacy.secagg.graph import NeighbourGraph, validate_threshold
+from privacy.secagg.keys import (
+    generate_identity_key,
+    identity_private_bytes,
+    identity_public_bytes,
+    load_identity_private_key,
+)
 from privacy.secagg.server import SecAggResult, ServerSession
 from privacy.secagg.site import SiteSession
 from privacy.secagg.stages import Stage, check_transition, is_valid_transition
@@ -20,6 +26,10 @@ __all__ = [
     "check_transition",
     "default_degree",
     "default_threshold",
+    "generate_identity_key",
+    "identity_private_bytes",
+    "identity_public_bytes",
     "is_valid_transition",
+    "load_identity_private_key",
     "validate_threshold",
 ]

@@ -39,7 +39,9 @@ __all__ = [
     "decrypt_shares",
     "encrypt_shares",
     "generate_identity_key",
+    "identity_private_bytes",
     "identity_public_bytes",
+    "load_identity_private_key",
     "load_identity_public_key",
     "pair_mask_key",
     "seed_commitment",
@@ -119,6 +121,24 @@ def generate_identity_key() -> Ed25519PrivateKey:
 def identity_public_bytes(key: Ed25519PrivateKey) -> bytes:
     """Return the raw 32-byte public key of an identity key."""
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def identity_private_bytes(key: Ed25519PrivateKey) -> bytes:
+    """Return the raw 32-byte private key of an identity key (to store it at the site)."""
+    return key.private_bytes_raw()
+
+
+def load_identity_private_key(raw: bytes) -> Ed25519PrivateKey:
+    """Load a raw 32-byte Ed25519 private key.
+
+    Raises
+    ------
+    SecAggError
+        If ``raw`` is not 32 bytes.
+    """
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) != KEY_LEN:
+        raise SecAggError("identity private key must be 32 bytes")
+    return Ed25519PrivateKey.from_private_bytes(bytes(raw))
 
 
 def load_identity_public_key(raw: bytes) -> Ed25519PublicKey:

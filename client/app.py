@@ -12,13 +12,17 @@ from flwr.clientapp import ClientApp
 
 from client.model import SiteModel, get_adapter_state, load_site_model, resolve_device, set_adapter_state
 from client.site import SiteData, load_site_data, site_spec
-from client.train import evaluate, train_steps
+from client.privacy_agent import SitePrivacy, policy_from_config
+from client.train import dp_train, evaluate, train_steps
+from privacy.budget import Decline, RoundPlan
+from privacy.policy import PolicyError
 from protocol.adapter import trainable_keys
 from protocol.config import RunConfig
 from protocol.messages import (
     ARRAYS,
     CONFIG,
     METRICS,
+    STATUS_DECLINED,
     STATUS_OK,
     record_to_state,
     state_to_record,
@@ -49,40 +53,92 @@ def _round_seed(cfg_seed: int, round_num: int, site: str) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def _site_privacy(context: Context, cfg: RunConfig, data: SiteData) -> SitePrivacy | None:
+    policy = policy_from_config(context.node_config, cfg.site_dp_policy)
+    if policy is None:
+        return None
+    if data.spec.state_dir is None:
+        raise PolicyError(f"site {data.spec.name} has a privacy policy but no state directory "
+                          "for its ledger (`state-dir`)")
+    return SitePrivacy.open(policy, data.spec.state_dir, site=data.spec.name,
+                            num_examples=len(data.train))
+
+
+def _reply(msg: Message, *, site: str, status: str, reason: str = "",
+           metrics: dict[str, Any] | None = None, arrays: Any = None) -> Message:
+    content = RecordDict({CONFIG: ConfigRecord({"status": status, "site": site, "reason": reason})})
+    if metrics:
+        content[METRICS] = MetricRecord(metrics)
+    if arrays is not None:
+        content[ARRAYS] = arrays
+    return Message(content, reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the LoRA parameters locally and return the adapter delta (trained tensors only)."""
+    """Train the LoRA parameters locally and return the adapter delta (trained tensors only).
+
+    With a site privacy policy: decide first (train or decline), train with DP-SGD, write
+    the ledger entry, and only then build the reply.
+    """
     t0 = time.perf_counter()
     cfg, sm, data = _setup(context)
     instr: Any = msg.content[CONFIG]
     round_num = int(instr["round"])
+    run_id = str(instr.get("run-id", context.run_id))
     aggregation = str(instr.get("aggregation", cfg.aggregation))
     steps = int(instr.get("local-steps", cfg.local_steps))
+    batch_size = int(instr.get("batch-size", cfg.batch_size))
+    dp_enabled = bool(instr.get("dp-enabled", False))
+    requested = float(instr.get("noise-multiplier", -1.0))
+    site = data.spec.name
+
+    privacy = _site_privacy(context, cfg, data)
+    plan: RoundPlan | None = None
+    if privacy is not None:
+        decision = privacy.plan(
+            run_id=run_id, batch_size=batch_size, local_steps=steps,
+            planned_rounds=int(instr.get("planned-rounds", cfg.num_server_rounds)),
+            dp_enabled=dp_enabled, requested_noise_multiplier=requested if requested >= 0 else None)
+        if isinstance(decision, Decline):
+            privacy.record_decline(decision, run_id=run_id, round_num=round_num)
+            logger.warning("site %s declines round %d: %s (%s)", site, round_num,
+                           decision.reason, decision.detail)
+            return _reply(msg, site=site, status=STATUS_DECLINED, reason=decision.reason,
+                          metrics={"epsilon": decision.epsilon_spent, "delta": decision.delta})
+        plan = decision
+        logger.info("site %s round %d: DP plan %s", site, round_num, plan.summary())
+    elif dp_enabled:
+        return _reply(msg, site=site, status=STATUS_DECLINED, reason="no-privacy-policy")
+
     global_state = record_to_state(msg.content[ARRAYS])
     set_adapter_state(sm, global_state, aggregation=aggregation)
     t_setup = time.perf_counter() - t0
-    result = train_steps(
-        sm.model, data.train, steps=steps,
-        batch_size=int(instr.get("batch-size", cfg.batch_size)),
-        learning_rate=float(instr.get("learning-rate", cfg.learning_rate)),
-        pad_id=int(sm.tokenizer.pad_token_id), device=sm.device,
-        seed=_round_seed(cfg.seed, round_num, data.spec.name),
-    )
+    seed = _round_seed(cfg.seed, round_num, site)
+    lr = float(instr.get("learning-rate", cfg.learning_rate))
+    pad_id = int(sm.tokenizer.pad_token_id)
+    if plan is not None and privacy is not None:
+        mean_loss = dp_train(sm, data, plan=plan, policy=privacy.policy, learning_rate=lr,
+                             pad_id=pad_id, seed=seed)
+        privacy.record(plan, run_id=run_id, round_num=round_num)  # before anything leaves
+    else:
+        mean_loss = train_steps(sm.model, data.train, steps=steps, batch_size=batch_size,
+                                learning_rate=lr, pad_id=pad_id, device=sm.device,
+                                seed=seed).mean_loss
     t_train = time.perf_counter() - t0 - t_setup
     local = get_adapter_state(sm)
     delta = {k: local[k] - global_state[k] for k in trainable_keys(list(local), aggregation)}
-    metrics = MetricRecord({
-        "num-examples": len(data.train),
-        "train-loss": result.mean_loss,
-        "steps": result.steps,
-        "time-setup": t_setup,
-        "time-train": t_train,
-    })
-    status = ConfigRecord({"status": STATUS_OK, "site": data.spec.name})
-    logger.info("site %s round %d: %d steps, train loss %.4f", data.spec.name, round_num,
-                result.steps, result.mean_loss)
-    content = RecordDict({ARRAYS: state_to_record(delta), METRICS: metrics, CONFIG: status})
-    return Message(content, reply_to=msg)
+    metrics: dict[str, Any] = {
+        "num-examples": len(data.train), "train-loss": mean_loss, "steps": steps,
+        "time-setup": t_setup, "time-train": t_train,
+    }
+    if plan is not None:
+        metrics.update({"epsilon": plan.epsilon_after, "delta": plan.delta,
+                        "noise-multiplier": plan.noise_multiplier,
+                        "sample-rate": plan.sample_rate, "max-grad-norm": plan.max_grad_norm})
+    logger.info("site %s round %d: %d steps, train loss %.4f", site, round_num, steps, mean_loss)
+    return _reply(msg, site=site, status=STATUS_OK, metrics=metrics,
+                  arrays=state_to_record(delta))
 
 
 @app.evaluate()

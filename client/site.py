@@ -67,8 +67,8 @@ def site_spec(node_config: Mapping[str, Any], cfg: RunConfig) -> SiteSpec:
     pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
     path, shard, shards = shard_for_partition(resolve_data_dir(cfg.data_dir), pid, n)
     name = path.stem if shards == 1 else f"{path.stem}-{shard}"
-    state_root = cfg.extra.get("sites-state-dir")
-    state_dir = Path(str(state_root)) / f"site-{pid:03d}-{name}" if state_root else None
+    state_root = cfg.sites_state_dir
+    state_dir = Path(str(state_root)) / name if state_root else None
     return SiteSpec(name=name, data_path=path, shard=shard, num_shards=shards,
                     state_dir=state_dir, device=cfg.device)
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from client.data import IGNORE_INDEX, TokenizedExample, collate
 
-__all__ = ["EvalResult", "TrainResult", "evaluate", "sequence_loss", "train_steps"]
+__all__ = ["EvalResult", "TrainResult", "dp_train", "evaluate", "sequence_loss", "train_steps"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,3 +136,39 @@ def evaluate(
         total += float(nll)
         tokens += int((labels != IGNORE_INDEX).sum())
     return EvalResult(loss=total / max(tokens, 1), num_tokens=tokens, num_examples=len(data))
+
+
+def dp_train(
+    site_model: Any,
+    data: Any,
+    *,
+    plan: Any,
+    policy: Any,
+    learning_rate: float,
+    pad_id: int,
+    seed: int,
+) -> float:
+    """DP-SGD (Opacus) on the LoRA parameters for ``plan.steps`` Poisson-sampled steps.
+
+    ``plan`` (a :class:`privacy.budget.RoundPlan`) fixes q, σ, C and the steps; ``policy``
+    chooses the per-sample-gradient mode and secure mode. Returns the mean batch loss.
+    """
+    from privacy.dp_sgd import dp_train_steps, make_private
+
+    model = site_model.model
+    model.train()  # Opacus validates a model in training mode
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    generator = None if policy.secure_mode else torch.Generator().manual_seed(seed)
+    private = make_private(
+        model, optimizer, data.train, sample_rate=plan.sample_rate,
+        noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+        grad_sample_mode=policy.grad_sample_mode, secure_mode=policy.secure_mode,
+        generator=generator, collate_fn=lambda batch: collate(batch, pad_id),
+    )
+    try:
+        mean_loss = dp_train_steps(private, steps=plan.steps)
+    finally:
+        private.close()
+    model.eval()
+    return float(mean_loss)

@@ -54,6 +54,10 @@ class RunConfig:
     round_timeout: float = 600.0
     max_eval_examples: int = 0
     resume: bool = False
+    dp: bool = False
+    dp_noise_multiplier: float = -1.0
+    site_dp_policy: str = ""
+    sites_state_dir: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +103,8 @@ class RunConfig:
         need(self.device in _DEVICES, "device", f"one of {_DEVICES}")
         need(self.round_timeout > 0, "round-timeout", "> 0")
         need(self.max_eval_examples >= 0, "max-eval-examples", ">= 0")
+        need(self.dp_noise_multiplier == -1.0 or self.dp_noise_multiplier >= 0.0,
+             "dp-noise-multiplier", ">= 0 (or -1: left to each site)")
 
     @property
     def target_modules(self) -> list[str]:

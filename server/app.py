@@ -81,8 +81,10 @@ def run_server(grid: Grid, cfg: RunConfig) -> Path:
             last = 0
         rundir.write_state(RunState(run_id, last, cfg.num_server_rounds, "failed"))
         raise
-    rundir.finalise(cfg.num_server_rounds)
-    rundir.write_state(RunState(run_id, cfg.num_server_rounds, cfg.num_server_rounds, "completed"))
+    last = rundir.read_state().completed_round
+    rundir.finalise(last)
+    rundir.write_state(RunState(run_id, last, cfg.num_server_rounds, "completed",
+                                driver.stopped_early))
     logger.info("run %s completed: adapter in %s", run_id, rundir.final_adapter)
     return rundir.root
 

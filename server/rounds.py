@@ -59,7 +59,7 @@ class SiteReply:
 def _parse_reply(msg: Message) -> SiteReply:
     node = int(msg.metadata.src_node_id)
     if msg.has_error():
-        return SiteReply(node, f"node-{node}", "failed", reason=str(msg.error.reason)[:500])
+        return SiteReply(node, f"node-{node}", "failed", reason=str(msg.error.reason)[-600:])
     content = msg.content
     status: Any = content[CONFIG] if CONFIG in content else {}
     metrics = dict(content[METRICS]) if METRICS in content else {}
@@ -81,6 +81,8 @@ class RoundDriver:
         self.shapes = dict(shapes)
         self.site_names: dict[int, str] = {}
         self.upload_keys = trainable_keys(list(shapes), cfg.aggregation)
+        self.exhausted: set[int] = set()  # declined for budget: never sampled again
+        self.stopped_early = ""
 
     # messaging ---------------------------------------------------------------------------
     def _instructions(self, round_num: int) -> ConfigRecord:
@@ -88,7 +90,8 @@ class RoundDriver:
         return ConfigRecord({
             "round": round_num, "run-id": self.run_id, "aggregation": c.aggregation,
             "local-steps": c.local_steps, "batch-size": c.batch_size,
-            "learning-rate": c.learning_rate,
+            "learning-rate": c.learning_rate, "planned-rounds": c.num_server_rounds,
+            "dp-enabled": c.dp, "noise-multiplier": c.dp_noise_multiplier,
         })
 
     def _send(self, nodes: Iterable[int], kind: str, content: RecordDict,
@@ -111,10 +114,12 @@ class RoundDriver:
 
     # phases ------------------------------------------------------------------------------
     def sample(self, round_num: int) -> list[int]:
+        """Sites for this round, among those whose budget is not known to be exhausted."""
         nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites, timeout=self.cfg.round_timeout)
-        k = max(self.cfg.min_sites, math.ceil(self.cfg.fraction_train * len(nodes)))
+        able = [n for n in nodes if n not in self.exhausted]
+        k = max(self.cfg.min_sites, math.ceil(self.cfg.fraction_train * len(able)))
         rng = random.Random(f"{self.cfg.seed}|{round_num}")
-        return sorted(rng.sample(nodes, min(k, len(nodes))))
+        return sorted(rng.sample(able, min(k, len(able))))
 
     def evaluate(self, round_num: int, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
         nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites, timeout=self.cfg.round_timeout)
@@ -149,9 +154,13 @@ class RoundDriver:
         expected = {k: self.shapes[k] for k in self.upload_keys}
         accepted: list[SiteReply] = []
         part: dict[str, Any] = {"round": round_num, "sampled": [], "contributed": [],
-                                "declined": {}, "failed": {}}
+                                "declined": {}, "failed": {}, "epsilon": {}}
         for r in replies:
             part["sampled"].append(r.site)
+            if "epsilon" in r.metrics:
+                part["epsilon"][r.site] = float(r.metrics["epsilon"])
+            if r.status == "declined" and r.reason == "budget-exhausted":
+                self.exhausted.add(r.node_id)
             if r.status != STATUS_OK:
                 bucket = "declined" if r.status == "declined" else "failed"
                 part[bucket][r.site] = r.reason or r.status
@@ -171,6 +180,7 @@ class RoundDriver:
             accepted.append(r)
         if len(accepted) < 1:
             part["released"] = False
+            part["sampled"].sort()
             return None, part
         mean = weighted_mean([r.arrays for r in accepted if r.arrays is not None],
                              [float(r.metrics["num-examples"]) for r in accepted])
@@ -197,6 +207,11 @@ class RoundDriver:
         for rnd in range(start_round, cfg.num_server_rounds + 1):
             t0 = time.perf_counter()
             nodes = self.sample(rnd)
+            if not nodes:
+                self.stopped_early = (f"before round {rnd}: every site has declined for "
+                                      "budget-exhausted; no site can train")
+                logger.warning("stopping %s", self.stopped_early)
+                break
             new_state, part = self.train_and_aggregate(rnd, state, nodes)
             if new_state is None:
                 logger.warning("round %d: no update released; global adapter unchanged", rnd)
@@ -209,7 +224,8 @@ class RoundDriver:
             self.rundir.append_metrics({
                 "round": rnd, **ev, "round_time_s": elapsed,
                 "contributed": part["contributed"], "released": part["released"],
-                "train_loss": part.get("train_loss", {}),
+                "train_loss": part.get("train_loss", {}), "epsilon": part["epsilon"],
+                "declined": part["declined"],
             })
             self.rundir.write_state(RunState(self.run_id, rnd, cfg.num_server_rounds, "running"))
             logger.info("round %d/%d: %d/%d sites contributed, eval loss %.4f (perplexity %.2f), "

@@ -53,6 +53,7 @@ class RunState:
     completed_round: int
     num_rounds: int
     status: str  # "running" | "completed" | "failed"
+    stopped_early: str = ""
 
 
 class RunDir:
@@ -127,6 +128,7 @@ class RunDir:
             "completed_round": state.completed_round,
             "num_rounds": state.num_rounds,
             "status": state.status,
+            "stopped_early": state.stopped_early,
         })
 
     # readers -----------------------------------------------------------------------------
@@ -136,7 +138,8 @@ class RunDir:
         try:
             doc = json.loads(self.state_path.read_text(encoding="utf-8"))
             return RunState(str(doc["run_id"]), int(doc["completed_round"]),
-                            int(doc["num_rounds"]), str(doc["status"]))
+                            int(doc["num_rounds"]), str(doc["status"]),
+                            str(doc.get("stopped_early", "")))
         except (KeyError, ValueError, TypeError) as exc:
             raise ResumeError(f"{self.state_path} is malformed: {exc}") from exc
 

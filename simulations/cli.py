@@ -72,6 +72,21 @@ def _add_simulate(sub: Any) -> None:
                    help="CPU cores Flower reserves per virtual site")
     p.add_argument("--max-eval-examples", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue a crashed run in --out")
+    dp = p.add_argument_group("differential privacy (each virtual site's own policy)")
+    dp.add_argument("--dp", choices=("on", "off"), default="on",
+                    help="DP-SGD at every site (default on)")
+    dp.add_argument("--epsilon", type=_positive_float("--epsilon"), default=8.0,
+                    help="each site's budget epsilon over all rounds and runs (default 8)")
+    dp.add_argument("--delta", type=float, default=None,
+                    help="delta (default: min(1e-5, 1/(10 n)) for a site with n examples)")
+    dp.add_argument("--max-grad-norm", type=_positive_float("--max-grad-norm"), default=1.0,
+                    help="per-example clipping bound C (default 1.0)")
+    dp.add_argument("--noise-multiplier", type=float, default=None,
+                    help="fixed sigma (default: calibrated so the planned rounds fit the budget)")
+    dp.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
+    dp.add_argument("--grad-sample-mode", choices=("hooks", "ghost"), default="hooks")
+    dp.add_argument("--secure-mode", action="store_true",
+                    help="OS CSPRNG for sampling and noise (slower; for production)")
     p.add_argument("--quiet", action="store_true", help="do not stream the server log")
 
 
@@ -112,9 +127,12 @@ def _run_config(args: argparse.Namespace) -> Any:
                          "or choose another directory")
     if args.resume and not (out / "state.json").exists():
         raise UsageError(f"--resume: {args.out!r} holds no run to resume")
+    policy = _site_policy(args)
     overrides: dict[str, Any] = {
         "num-server-rounds": args.rounds, "model": model, "data-dir": data,
         "out-dir": str(out), "resume": bool(args.resume),
+        "dp": policy is not None, "site-dp-policy": json.dumps(policy) if policy else "",
+        "sites-state-dir": str(out / "sites"),
         "min-sites": min(args.sites, args.min_sites or min(args.sites, 2)),
     }
     for flag in ("local_steps", "batch_size", "learning_rate", "max_seq_len", "aggregation",
@@ -127,6 +145,67 @@ def _run_config(args: argparse.Namespace) -> Any:
         return RunConfig.from_mapping(overrides)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _site_policy(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The policy every virtual site sets for itself (``--dp off``: none)."""
+    if args.dp == "off":
+        return None
+    from privacy.policy import PolicyError, SitePrivacyPolicy
+
+    doc: dict[str, Any] = {
+        "budget-epsilon": args.epsilon, "max-grad-norm": args.max_grad_norm,
+        "accountant": args.accountant, "grad-sample-mode": args.grad_sample_mode,
+        "secure-mode": bool(args.secure_mode),
+    }
+    if args.delta is not None:
+        doc["delta"] = args.delta
+    if args.noise_multiplier is not None:
+        doc["noise-multiplier"] = args.noise_multiplier
+    try:
+        SitePrivacyPolicy.from_mapping(doc)
+    except PolicyError as exc:
+        flag = str(exc).split("`")[1].replace("_", "-") if "`" in str(exc) else "dp"
+        raise UsageError(f"--{flag.replace('budget-epsilon', 'epsilon')}: {exc}") from None
+    return doc
+
+
+def dp_summary(cfg: Any, num_sites: int) -> str:
+    """One screen: per site budget, delta, sigma, q, C, planned steps and projected epsilon."""
+    from client.model import load_site_model, resolve_device
+    from client.privacy_agent import policy_from_config, projected_summary
+    from client.site import load_site_data, site_spec
+    from privacy.ledger import PrivacyLedger
+
+    policy = policy_from_config({}, cfg.site_dp_policy)
+    if policy is None:
+        return "differential privacy: off (sites train without DP; no epsilon is claimed)"
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cfg.model)
+    lines = [f"differential privacy (site policies): {policy.summary()}",
+             f"{'site':<14}{'n':>6}{'budget':>8}{'delta':>10}{'sigma':>8}{'q':>9}{'C':>6}"
+             f"{'steps':>7}{'proj. eps':>10}{'spent':>8}"]
+    for i in range(num_sites):
+        spec = site_spec({"partition-id": i, "num-partitions": num_sites}, cfg)
+        data = load_site_data(spec, cfg, tok)
+        history = PrivacyLedger(spec.state_dir).history() if spec.state_dir else []
+        spent_now = 0.0
+        if history:
+            from privacy.accounting import epsilon as _eps
+            spent_now = _eps(history, delta=policy.resolve_delta(len(data.train)),
+                             accountant=policy.accountant)
+        try:
+            row = projected_summary(policy, site=spec.name, num_examples=len(data.train),
+                                    batch_size=cfg.batch_size, local_steps=cfg.local_steps,
+                                    planned_rounds=cfg.num_server_rounds, history=history)
+        except Exception as exc:  # noqa: BLE001 - e.g. budget already spent
+            lines.append(f"{spec.name:<14}{len(data.train):>6}  cannot plan: {exc}")
+            continue
+        lines.append(f"{row['site']:<14}{row['n']:>6}{row['budget']:>8g}{row['delta']:>10.2e}"
+                     f"{row['sigma']:>8.3f}{row['q']:>9.4f}{row['C']:>6g}{row['steps']:>7}"
+                     f"{row['projected_epsilon']:>10.3f}{spent_now:>8.3f}")
+    return "\n".join(lines)
 
 
 def _check_data(root: Path, n_sites: int) -> None:
@@ -148,21 +227,31 @@ def _summary(out: Path) -> str:
     rows = RunDir(out).read_metrics()
     if not rows:
         return "(no metrics recorded)"
-    lines = [f"{'round':>5}  {'eval loss':>9}  {'perplexity':>10}  {'sites':>5}  {'time s':>7}"]
+    lines = [f"{'round':>5}  {'eval loss':>9}  {'perplexity':>10}  {'sites':>5}  "
+             f"{'max eps':>8}  {'time s':>7}"]
     for r in rows:
         contributed = r.get("contributed")
         sites = "-" if contributed is None else str(len(contributed))
+        max_eps = f"{max(r['epsilon'].values()):.3f}" if r.get("epsilon") else "-"
         lines.append(f"{r['round']:>5}  {r['eval_loss']:>9.4f}  {r['eval_perplexity']:>10.2f}  "
-                     f"{sites:>5}  {r.get('round_time_s', 0.0):>7.1f}")
+                     f"{sites:>5}  {max_eps:>8}  {r.get('round_time_s', 0.0):>7.1f}")
     first, last = rows[0], rows[-1]
     lines.append("")
+    eps: dict[str, float] = {}
+    declined: dict[str, int] = {}
+    for r in rows:
+        eps.update(r.get("epsilon", {}))
+        for site in r.get("declined", {}):
+            declined[site] = declined.get(site, 0) + 1
     lines.append(f"{'site':<16}  {'loss r0':>8}  {'loss final':>10}  {'ppl r0':>8}  "
-                 f"{'ppl final':>9}  {'examples':>8}")
+                 f"{'ppl final':>9}  {'examples':>8}  {'epsilon':>8}  {'declined':>8}")
     for site in sorted(last["sites"]):
         a, b = first["sites"].get(site, {}), last["sites"][site]
+        e = f"{eps[site]:.3f}" if site in eps else "-"
         lines.append(f"{site:<16}  {a.get('eval_loss', float('nan')):>8.4f}  "
                      f"{b['eval_loss']:>10.4f}  {a.get('eval_perplexity', float('nan')):>8.2f}  "
-                     f"{b['eval_perplexity']:>9.2f}  {b['num_examples']:>8}")
+                     f"{b['eval_perplexity']:>9.2f}  {b['num_examples']:>8}  {e:>8}  "
+                     f"{declined.get(site, 0):>8}")
     return "\n".join(lines)
 
 
@@ -173,6 +262,10 @@ def _simulate(args: argparse.Namespace) -> int:
     out = Path(cfg.out_dir)
     print(f"confide simulate: {args.sites} sites x {cfg.num_server_rounds} rounds, "
           f"model {cfg.model}, data {cfg.data_dir}, out {out}", flush=True)
+    try:
+        print(dp_summary(cfg, args.sites), flush=True)
+    except Exception as exc:  # noqa: BLE001 - a broken ledger, a bad policy: refuse to start
+        raise UsageError(f"site privacy state: {exc}") from None
     t0 = time.perf_counter()
     try:
         code = run_simulation(cfg, num_sites=args.sites, cpus_per_site=args.cpus_per_site,

@@ -216,8 +216,7 @@ def run_simulation(
             args = [_bin("flwr"), "run", str(app_dir), "confide", "--stream",
                     "--federation-config",
                     f"num-supernodes={num_sites} client-resources-num-cpus={cpus_per_site}"]
-            for key, value in sorted(cfg.to_mapping().items()):
-                args += ["--run-config", f"{key}={toml_value(value)}"]
+            # the whole configuration travels as the staged app's [tool.flwr.app.config]
             proc = subprocess.Popen(args, env=env, cwd=str(work), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, bufsize=1,
                                     start_new_session=True)

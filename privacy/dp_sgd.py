@@ -126,10 +126,12 @@ class PoissonSampler:
         """One Poisson batch of example indices."""
         if self.secure:
             words = np.frombuffer(os.urandom(8 * self.num_examples), dtype=np.uint64)
-            u = (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
-            return np.nonzero(u < self.sample_rate)[0].tolist()
+            coins = (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
+            picked: list[int] = np.flatnonzero(coins < self.sample_rate).tolist()
+            return picked
         u = torch.rand(self.num_examples, generator=self.generator)
-        return torch.nonzero(u < self.sample_rate).view(-1).tolist()
+        chosen: list[int] = torch.nonzero(u < self.sample_rate).view(-1).tolist()
+        return chosen
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
@@ -153,7 +155,7 @@ def _tensor_data(data: Any) -> tuple[int, Callable[[list[int]], Batch]] | None:
             isinstance(t, torch.Tensor) for t in data):
         if len(data) not in (1, 2, 3):
             raise ValueError("tensor data must be (input_ids[, attention_mask[, labels]])")
-        tensors = dict(zip(("input_ids", "attention_mask", "labels"), data))
+        tensors = dict(zip(("input_ids", "attention_mask", "labels"), data, strict=False))
     else:
         return None
     if "input_ids" not in tensors:
@@ -210,6 +212,7 @@ class PrivateTraining:
 
     @property
     def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters DP-SGD updates (the LoRA ones)."""
         return list(self.optimizer.params)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> Any:
@@ -256,7 +259,8 @@ class PrivateTraining:
                 if self.grad_sample_mode == "ghost":
                     p.grad = torch.zeros_like(p)
                 else:
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+                    p.grad_sample = torch.zeros(  # type: ignore[attr-defined]
+                        (0, *p.shape), dtype=p.dtype, device=p.device)
         self.optimizer.step()
         self.steps_taken += 1
         return loss_value
@@ -309,8 +313,8 @@ def make_private(
         Sampling coins and noise from ``os.urandom`` (see :func:`secure_gaussian`);
         ``generator`` must then be ``None``.
     generator : torch.Generator, optional
-        Seeds sampling and noise (tests, simulations). Ignored by nothing; refused in
-        secure mode.
+        Seeds Poisson sampling and noise (tests, simulations); refused in secure mode.
+        On CUDA the noise uses a CUDA generator seeded from it.
     collate_fn : callable, optional
         Needed when ``data`` is a sequence of examples.
     """

@@ -1,0 +1,264 @@
+"""Benchmark: cost of DP-SGD (Opacus ``hooks`` / ``ghost``) over a non-private LoRA step.
+
+For each model (the embedded checkpoint, and a larger Llama config: hidden 512, 4 layers)
+and each mode (``none``, ``hooks``, ``ghost``) it runs LoRA r=8 on ``q_proj, v_proj`` with a
+batch of 16 sequences of 128 tokens and reports steps/s and peak memory, then a table with
+ratios against ``none``. Every (model, mode) runs in a fresh Python process, started by this
+one, so one mode's memory (and the allocator's cache) cannot leak into the next.
+
+Peak memory (``peak_mem_mb``) is the *working* memory of training, above the loaded model:
+
+* on CUDA: ``torch.cuda.max_memory_allocated()`` during the steps minus the memory allocated
+  before the first step (tensors only);
+* on CPU: the peak resident set size (RSS, sampled every 2 ms by a thread) during the steps
+  minus the RSS before the first step (includes the allocator's overhead, whole process).
+
+The DP steps use a fixed batch of 16 (the Poisson sampler is bypassed so every mode does
+the same work); σ = 1, C = 1.
+
+Usage::
+
+    python -m simulations.bench_dp [--steps N] [--json PATH] [--device auto|cpu|cuda] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "run_one"]
+
+logger = logging.getLogger(__name__)
+
+MODES = ("none", "hooks", "ghost")
+LARGER = "llama-h512-l4"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _RssPeak:
+    """Samples this process's RSS in a thread; ``peak`` is the largest seen since start."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self._page
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> _RssPeak:
+        self.peak = self.rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def _build(model_name: str, device: Any, vocab: int) -> Any:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if model_name == "embedded":
+        from protocol.model_ref import embedded_model_dir
+
+        base = AutoModelForCausalLM.from_pretrained(str(embedded_model_dir()),
+                                                    dtype=torch.float32)
+    else:
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=512, intermediate_size=1376,
+                          num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8,
+                          max_position_embeddings=512, bos_token_id=0, eos_token_id=0)
+        base = LlamaForCausalLM(cfg)
+    base.config.use_cache = False
+    base.to(device)  # before wrapping with PEFT (opacus#820)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                            target_modules=["q_proj", "v_proj"]))
+    model.train()
+    return model
+
+
+def run_one(model_name: str, mode: str, *, steps: int, batch: int, seq: int, device: str,
+            warmup: int = 2) -> dict[str, Any]:
+    """Time ``steps`` training steps of one (model, mode) in this process."""
+    import torch
+
+    from privacy.dp_sgd import make_private, sequence_losses
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                       else ("cpu" if device == "auto" else device))
+    vocab = 8192
+    if model_name == "embedded":
+        from transformers import AutoConfig
+
+        from protocol.model_ref import embedded_model_dir
+
+        vocab = AutoConfig.from_pretrained(str(embedded_model_dir())).vocab_size
+    model = _build(model_name, dev, vocab)
+    gen = torch.Generator().manual_seed(0)
+    n = batch * 4
+    ids = torch.randint(0, model.get_input_embeddings().weight.shape[0], (n, seq), generator=gen)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    indices = list(range(batch))
+
+    if mode == "none":
+        x = ids[:batch].to(dev)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            out = model(input_ids=x, attention_mask=torch.ones_like(x))
+            sequence_losses(out.logits, x).mean().backward()
+            optimizer.step()
+    else:
+        private = make_private(model, optimizer, (ids,), sample_rate=batch / n,
+                               noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode,
+                               generator=torch.Generator().manual_seed(1))
+
+        def step() -> None:
+            private.step(indices)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    if dev.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        base_mem = torch.cuda.memory_allocated()
+        for _ in range(warmup):
+            step()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        elapsed = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() - base_mem
+    else:
+        with _RssPeak() as rss:
+            base_mem = rss.peak
+            for _ in range(warmup):
+                step()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            elapsed = time.perf_counter() - t0
+        peak = rss.peak - base_mem
+    return {"model": model_name, "mode": mode, "steps_per_s": steps / elapsed,
+            "peak_mem_mb": peak / 2**20, "device": dev.type, "batch": batch, "seq": seq,
+            "steps": steps}
+
+
+def _embedded_available() -> bool:
+    try:
+        from protocol.model_ref import embedded_model_dir
+
+        embedded_model_dir()
+    except Exception:  # noqa: BLE001 - any failure means: not installed
+        return False
+    return True
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    base = {r["model"]: r for r in rows if r["mode"] == "none"}
+    lines = [f"{'model':<16} {'mode':<6} {'steps/s':>8} {'cost x':>7} {'peak MB':>9} "
+             f"{'mem x':>6}", "-" * 58]
+    for r in rows:
+        ref = base.get(r["model"])
+        cost = ref["steps_per_s"] / r["steps_per_s"] if ref else float("nan")
+        mem = r["peak_mem_mb"] / ref["peak_mem_mb"] if ref and ref["peak_mem_mb"] > 0 else (
+            float("nan"))
+        lines.append(f"{r['model']:<16} {r['mode']:<6} {r['steps_per_s']:>8.3f} {cost:>7.2f} "
+                     f"{r['peak_mem_mb']:>9.1f} {mem:>6.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with ``--worker``, one (model, mode) of it)."""
+    parser = argparse.ArgumentParser(prog="bench_dp", description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per mode")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 steps, batch 4, seq 32")
+    parser.add_argument("--models", default=f"embedded,{LARGER}")
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.batch, args.seq = 2, 4, 32
+    if args.steps < 1 or args.batch < 1 or args.seq < 2:
+        parser.error("--steps and --batch must be >= 1 and --seq >= 2")
+
+    if args.worker:
+        row = run_one(args.worker[0], args.worker[1], steps=args.steps, batch=args.batch,
+                      seq=args.seq, device=args.device, warmup=1 if args.quick else 2)
+        print("BENCH_ROW " + json.dumps(row), flush=True)
+        return 0
+
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in ("embedded", LARGER)]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from embedded, {LARGER}")
+    if "embedded" in models and not _embedded_available():
+        print("embedded model (client/embedded) is not installed: skipped", file=sys.stderr)
+        models.remove("embedded")
+    rows: list[dict[str, Any]] = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    for model in models:
+        for mode in MODES:
+            cmd = [sys.executable, "-m", "simulations.bench_dp", "--worker", model, mode,
+                   "--steps", str(args.steps), "--batch", str(args.batch), "--seq",
+                   str(args.seq), "--device", args.device] + (["--quick"] if args.quick else [])
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT,
+                                  timeout=3600)
+            found = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_ROW ")]
+            if proc.returncode != 0 or not found:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                print(f"bench_dp: {model}/{mode} failed (exit {proc.returncode})",
+                      file=sys.stderr)
+                return 1
+            row = json.loads(found[-1][len("BENCH_ROW "):])
+            rows.append(row)
+            print(f"  {model:<16} {mode:<6} {row['steps_per_s']:.3f} steps/s, "
+                  f"{row['peak_mem_mb']:.1f} MB", flush=True)
+    if not rows:
+        print("bench_dp: nothing to run", file=sys.stderr)
+        return 1
+    dev = rows[0]["device"]
+    print(f"\nDP-SGD cost on {dev}: LoRA r=8 q_proj,v_proj, batch {args.batch}, seq {args.seq},"
+          f" {args.steps} steps; peak MB = working memory above the loaded model "
+          f"({'CUDA max allocated' if dev == 'cuda' else 'CPU peak RSS'})")
+    print(_table(rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(
+            [{k: r[k] for k in ("model", "mode", "steps_per_s", "peak_mem_mb")} for r in rows],
+            indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The privacy audit report: per-site ε per round, independent recomputation, canary audit."""
+
+from privacy.audit.model import (
+    AuditInputError,
+    AuditReport,
+    build_report,
+    report_data,
+    report_sha256,
+)
+from privacy.audit.render_html import render_html
+from privacy.audit.render_json import SCHEMA_PATH, load_schema, render_json
+from privacy.audit.render_md import render_md
+from privacy.audit.write import FORMATS, write_audit
+
+__all__ = [
+    "FORMATS",
+    "SCHEMA_PATH",
+    "AuditInputError",
+    "AuditReport",
+    "build_report",
+    "load_schema",
+    "render_html",
+    "render_json",
+    "render_md",
+    "report_data",
+    "report_sha256",
+    "write_audit",
+]

@@ -1,0 +1,325 @@
+"""The audit report's data, built from a RUN_DIR: what a privacy officer signs.
+
+RUN_DIR layout read here (a simulation run; deployment adds signed ledger summaries)::
+
+    run.json               {"run_id", "created", "config": {...}, "versions": {...}}
+    metrics.jsonl          per round: eval loss, "contributed", "released", "epsilon": {site: ε}
+    participation.jsonl    per round: "sampled", "contributed", "declined", "failed",
+                           "released" [, "dropped", "threshold" with secure aggregation]
+    sites/<site>/privacy-ledger.jsonl   the site's PrivacyLedger (``ledger.jsonl`` also read)
+    sites/<site>/policy.json            SitePrivacyPolicy.to_mapping() + site, num_examples, delta
+    canary-audit.json      optional: an empirical canary audit (privacy.audit.canary)
+
+:func:`build_report` never raises on bad *content*: an unreadable, tampered or missing ledger
+becomes an unverified site with its problems listed, so the report still renders. It raises
+:class:`AuditInputError` only when RUN_DIR itself is missing or is not a run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from privacy.audit.sites import SiteReport, build_site
+from privacy.ledger import canonical_json
+
+__all__ = [
+    "CANARY_RESULT_FILENAME",
+    "SCHEMA_VERSION",
+    "AggregateRound",
+    "AuditInputError",
+    "AuditReport",
+    "Flag",
+    "build_report",
+    "report_data",
+    "report_sha256",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CANARY_RESULT_FILENAME = "canary-audit.json"
+
+class AuditInputError(ValueError):
+    """RUN_DIR is missing or holds no run (the message names the path)."""
+
+
+@dataclass(frozen=True)
+class Flag:
+    """Something the reader must act on. ``red`` means the run's privacy claim is in doubt."""
+
+    severity: str  # "red" | "warning"
+    site_id: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class AggregateRound:
+    """One server round: who was in the (secure) aggregate and whether it was released."""
+
+    round: int
+    sampled: tuple[str, ...]
+    contributed: tuple[str, ...]
+    declined: Mapping[str, str]
+    failed: Mapping[str, str]
+    dropped: tuple[str, ...]
+    threshold: int | None
+    released: bool | None
+    eval_loss: float | None
+    eval_perplexity: float | None
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """Everything the report shows; :func:`report_data` is its JSON form."""
+
+    schema_version: int
+    mode: str
+    run_id: str | None
+    created: str | None
+    config: Mapping[str, Any]
+    versions: Mapping[str, Any]
+    num_rounds: int
+    sites: tuple[SiteReport, ...]
+    rounds: tuple[AggregateRound, ...]
+    initial_eval_loss: float | None
+    empirical: Mapping[str, Any] | None
+    flags: tuple[Flag, ...]
+    sha256: str = ""
+
+    @property
+    def all_verified(self) -> bool:
+        """Every site's ledger verified."""
+        return all(s.verification.verified for s in self.sites)
+
+    @property
+    def red_flags(self) -> tuple[Flag, ...]:
+        return tuple(f for f in self.flags if f.severity == "red")
+
+
+# ---- reading RUN_DIR ------------------------------------------------------------------
+
+
+def _read_json(path: Path, flags: list[Flag]) -> dict[str, Any]:
+    if not path.is_file():
+        flags.append(Flag("warning", None, f"{path.name} is missing"))
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        flags.append(Flag("warning", None, f"{path.name} is unreadable: {exc}"))
+        return {}
+    if not isinstance(doc, dict):
+        flags.append(Flag("warning", None, f"{path.name} is not a JSON object"))
+        return {}
+    return doc
+
+
+def _read_jsonl(path: Path, flags: list[Flag]) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows: list[dict[str, Any]] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        flags.append(Flag("warning", None, f"{path.name} is unreadable: {exc}"))
+        return []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            flags.append(Flag("warning", None, f"{path.name}:{lineno} is malformed: {exc}"))
+            continue
+        if isinstance(row, dict) and type(row.get("round")) is int:
+            rows.append(row)
+        else:
+            flags.append(Flag("warning", None, f"{path.name}:{lineno} has no integer `round`"))
+    return rows
+
+
+def _num_or_none(x: Any) -> float | None:
+    if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x):
+        return float(x)
+    return None
+
+
+def _names(x: Any) -> tuple[str, ...]:
+    return tuple(sorted(str(s) for s in x)) if isinstance(x, (list, tuple)) else ()
+
+
+def _reasons(x: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in sorted(x.items())} if isinstance(x, dict) else {}
+
+
+def _aggregate_rounds(participation: Sequence[Mapping[str, Any]],
+                      metrics: Sequence[Mapping[str, Any]]) -> tuple[AggregateRound, ...]:
+    by_round_metrics = {int(m["round"]): m for m in metrics}
+    by_round_part = {int(p["round"]): p for p in participation}
+    out = []
+    for rnd in sorted(r for r in set(by_round_part) | set(by_round_metrics) if r >= 1):
+        p, m = by_round_part.get(rnd, {}), by_round_metrics.get(rnd, {})
+        released = p.get("released", m.get("released"))
+        threshold = p.get("threshold")
+        out.append(AggregateRound(
+            round=rnd,
+            sampled=_names(p.get("sampled")),
+            contributed=_names(p.get("contributed", m.get("contributed"))),
+            declined=_reasons(p.get("declined")),
+            failed=_reasons(p.get("failed")),
+            dropped=_names(p.get("dropped")),
+            threshold=threshold if type(threshold) is int else None,
+            released=released if isinstance(released, bool) else None,
+            eval_loss=_num_or_none(m.get("eval_loss")),
+            eval_perplexity=_num_or_none(m.get("eval_perplexity")),
+        ))
+    return tuple(out)
+
+
+def _site_dirs(run_dir: Path) -> dict[str, Path]:
+    root = run_dir / "sites"
+    if not root.is_dir():
+        return {}
+    return {d.name: d for d in sorted(root.iterdir()) if d.is_dir()}
+
+
+def _empirical(run_dir: Path, canary_result: Path | Mapping[str, Any] | None,
+               flags: list[Flag]) -> dict[str, Any] | None:
+    if canary_result is None:
+        default = run_dir / CANARY_RESULT_FILENAME
+        if not default.is_file():
+            return None
+        canary_result = default
+    if isinstance(canary_result, Mapping):
+        doc: Any = dict(canary_result)
+    else:
+        try:
+            doc = json.loads(Path(canary_result).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            flags.append(Flag("warning", None, f"canary audit result unreadable: {exc}"))
+            return None
+    from privacy.audit.canary import CanaryAuditResult
+
+    try:
+        result = CanaryAuditResult.from_mapping(doc)
+    except (TypeError, ValueError, KeyError) as exc:
+        flags.append(Flag("warning", None, f"canary audit result malformed: {exc}"))
+        return None
+    if result.exceeds_formal:
+        flags.append(Flag("red", result.site_id, (
+            f"empirical lower bound eps >= {result.epsilon_lower_bound:.3g} exceeds the formal "
+            f"eps {result.formal_epsilon:.3g}: the implementation or the accounting is broken")))
+    return result.to_mapping()
+
+
+# ---- building -------------------------------------------------------------------------
+
+
+def build_report(run_dir: str | Path, *,
+                 canary_result: Path | Mapping[str, Any] | None = None) -> AuditReport:
+    """Build the audit report of a simulation run.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The run directory (see the module docstring).
+    canary_result : Path or mapping, optional
+        An empirical canary audit (:meth:`CanaryAuditResult.to_mapping` or a JSON file of
+        it); by default ``RUN_DIR/canary-audit.json`` when present.
+
+    Returns
+    -------
+    AuditReport
+        With :attr:`AuditReport.sha256` set (see :func:`report_sha256`).
+
+    Raises
+    ------
+    AuditInputError
+        If ``run_dir`` does not exist, is not a directory, or holds neither ``run.json``
+        nor ``sites/``.
+    """
+    root = Path(run_dir)
+    if not root.exists():
+        raise AuditInputError(f"RUN_DIR {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise AuditInputError(f"RUN_DIR {str(root)!r} is not a directory")
+    if not (root / "run.json").is_file() and not (root / "sites").is_dir():
+        raise AuditInputError(f"RUN_DIR {str(root)!r} holds no run (no run.json, no sites/)")
+    flags: list[Flag] = []
+    run = _read_json(root / "run.json", flags)
+    metrics = _read_jsonl(root / "metrics.jsonl", flags)
+    participation = _read_jsonl(root / "participation.jsonl", flags)
+    rounds = _aggregate_rounds(participation, metrics)
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    planned = config.get("num-server-rounds") if isinstance(config, dict) else None
+    num_rounds = max([r.round for r in rounds] + [planned if type(planned) is int else 0])
+    run_id = str(run["run_id"]) if "run_id" in run else None
+
+    dirs = _site_dirs(root)
+    seen = {s for r in rounds for s in (*r.sampled, *r.contributed, *r.dropped)}
+    sites = []
+    for name in sorted(set(dirs) | seen):
+        site, notes = build_site(name, dirs.get(name), run_id=run_id, num_rounds=num_rounds,
+                                 rounds=rounds, metrics=metrics)
+        sites.append(site)
+        flags.extend(Flag(sev, site.site_id, msg) for sev, msg in notes)
+    empirical = _empirical(root, canary_result, flags)
+    round0 = next((m for m in metrics if m["round"] == 0), {})
+    report = AuditReport(
+        schema_version=SCHEMA_VERSION, mode="simulation", run_id=run_id,
+        created=str(run["created"]) if "created" in run else None,
+        config=dict(config), versions=dict(run.get("versions") or {}),
+        num_rounds=num_rounds, sites=tuple(sites), rounds=rounds,
+        initial_eval_loss=_num_or_none(round0.get("eval_loss")),
+        empirical=empirical, flags=tuple(flags),
+    )
+    report = dataclasses.replace(report, sha256=report_sha256(report))
+    logger.info("audit of %s: %d sites, %d rounds, %d red flags, sha256 %s", root, len(sites),
+                num_rounds, len(report.red_flags), report.sha256[:16])
+    return report
+
+
+# ---- JSON form and digest -------------------------------------------------------------
+
+
+def _jsonable(obj: Any) -> Any:
+    """Dataclasses, mappings, tuples -> JSON types; non-finite floats -> None."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def report_data(report: AuditReport, *, with_digest: bool = True) -> dict[str, Any]:
+    """The report as JSON-ready data (the object ``schema.json`` describes).
+
+    ``sha256`` is left out when ``with_digest`` is false (that is what it is computed over).
+    """
+    data = _jsonable(report)
+    data["kind"] = "confide-audit-report"
+    for site, site_data in zip(report.sites, data["sites"]):
+        site_data["verified"] = site.verification.verified
+    data["all_verified"] = report.all_verified
+    if not with_digest:
+        del data["sha256"]
+    return data  # type: ignore[no-any-return]
+
+
+def report_sha256(report: AuditReport) -> str:
+    """SHA-256 (hex) over the canonical JSON (sorted keys, no spaces, ASCII) of the report's
+    data without its ``sha256`` field. Building the report twice from the same RUN_DIR gives
+    the same digest: nothing time- or path-dependent is in the data."""
+    return hashlib.sha256(canonical_json(report_data(report, with_digest=False))).hexdigest()

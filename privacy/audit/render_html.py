@@ -1,0 +1,283 @@
+"""The audit report as one self-contained HTML file: inline CSS and SVG, no external assets.
+
+It reads in a browser and prints (A4, colours kept for the red flags). The ε plot is an
+inline ``<svg id="epsilon-plot">``: one ``<polyline class="eps-line" data-site=...>`` per
+site over rounds 0..R, and a dashed ``<line class="budget-line">`` per distinct budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from html import escape
+
+from privacy.audit._format import fmt_eps, fmt_names, fmt_num, recomputation_cells
+from privacy.audit.model import AuditReport
+from privacy.audit.sites import SiteReport
+
+__all__ = ["epsilon_plot_svg", "render_html"]
+
+logger = logging.getLogger(__name__)
+
+_PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#393b79")
+_RED = "#b00020"
+
+_CSS = """
+:root { --red: #b00020; --ok: #1b5e20; --muted: #555; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #111;
+       max-width: 1100px; margin: 0 auto; padding: 24px; }
+h1 { font-size: 1.6em; margin: 0 0 .2em; } h2 { font-size: 1.25em; margin: 1.4em 0 .4em;
+     border-bottom: 1px solid #ccc; padding-bottom: .15em; } h3 { font-size: 1.05em; }
+.meta { color: var(--muted); margin: .1em 0; } code, .mono { font-family: ui-monospace, monospace;
+     font-size: .92em; word-break: break-all; }
+table { border-collapse: collapse; width: 100%; margin: .4em 0 .8em; font-size: .92em; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.bad, .red { color: var(--red); font-weight: 700; } .ok { color: var(--ok); font-weight: 700; }
+.status { font-size: 1.1em; padding: .4em .6em; border: 2px solid currentColor; display: inline-block; }
+tr.altered td { background: #fde7ea; }
+ul.flags li.red { color: var(--red); } ul.flags li.warning { color: #8a5a00; }
+figure { margin: 0; } figcaption { color: var(--muted); font-size: .9em; }
+svg text { font: 11px system-ui, sans-serif; fill: #222; }
+pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: .85em; }
+.signoff td { height: 2.2em; }
+@page { size: A4; margin: 14mm; }
+@media print {
+  body { font-size: 9.5pt; padding: 0; max-width: none; }
+  * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+  h2, h3 { break-after: avoid; } tr, figure, .site { break-inside: avoid; }
+  table { font-size: 8.5pt; } pre { white-space: pre-wrap; }
+}
+"""
+
+
+def _nice_step(span: float, ticks: int = 5) -> float:
+    raw = span / ticks
+    mag = 10 ** math.floor(math.log10(raw))
+    return next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+
+
+def epsilon_plot_svg(sites: Sequence[SiteReport], num_rounds: int, *, width: int = 760,
+                     height: int = 320) -> str:
+    """Inline SVG: ε after each round per site, with each distinct budget as a dashed line."""
+    left, right, top, bottom = 56, 170, 16, 40
+    pw, ph = width - left - right, height - top - bottom
+    rounds = max(1, num_rounds)
+    values = [p.epsilon for s in sites for p in s.epsilon_series
+              if p.epsilon is not None and math.isfinite(p.epsilon)]
+    budgets = sorted({s.budget_epsilon for s in sites if s.budget_epsilon is not None})
+    ymax = max(values + budgets + [0.0]) * 1.1 or 1.0
+    step = _nice_step(ymax)
+    ymax = math.ceil(ymax / step) * step
+
+    def x(r: float) -> float:
+        return left + pw * r / rounds
+
+    def y(e: float) -> float:
+        return top + ph * (1.0 - e / ymax)
+
+    out = [f'<svg id="epsilon-plot" xmlns="http://www.w3.org/2000/svg" role="img" '
+           f'viewBox="0 0 {width} {height}" width="100%" style="max-width:{width}px" '
+           f'aria-labelledby="epsilon-plot-title">',
+           '<title id="epsilon-plot-title">Privacy loss epsilon after each round, per site, '
+           'with budget lines</title>',
+           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>']
+    tick = 0.0
+    while tick <= ymax + 1e-12:
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" '
+                   f'stroke="#e5e5e5"/><text x="{left - 6}" y="{y(tick) + 4:.1f}" '
+                   f'text-anchor="end">{tick:g}</text>')
+        tick += step
+    every = max(1, math.ceil(rounds / 12))
+    for r in range(0, rounds + 1, every):
+        out.append(f'<text x="{x(r):.1f}" y="{top + ph + 16}" text-anchor="middle">{r}</text>')
+    out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 6}" text-anchor="middle">round</text>')
+    out.append(f'<text transform="translate(14 {top + ph / 2:.1f}) rotate(-90)" '
+               f'text-anchor="middle">ε (at each site\'s δ)</text>')
+    for b in budgets:
+        who = [s.site_id for s in sites if s.budget_epsilon == b]
+        label = f"budget ε={b:g}" + ("" if len(who) == len(sites) else f" ({', '.join(who)})")
+        out.append(f'<line class="budget-line" data-budget="{b:g}" x1="{left}" x2="{left + pw}" '
+                   f'y1="{y(b):.1f}" y2="{y(b):.1f}" stroke="{_RED}" stroke-width="1.5" '
+                   f'stroke-dasharray="6 4"><title>{escape(label)}</title></line>'
+                   f'<text x="{left + pw - 4}" y="{y(b) - 4:.1f}" text-anchor="end" '
+                   f'fill="{_RED}" style="fill:{_RED}">{escape(label)}</text>')
+    for i, s in enumerate(sites):
+        color = _PALETTE[i % len(_PALETTE)]
+        pts = [(p.round, p.epsilon) for p in s.epsilon_series
+               if p.epsilon is not None and math.isfinite(p.epsilon) and p.round <= rounds]
+        points = " ".join(f"{x(r):.1f},{y(e):.1f}" for r, e in pts)
+        dash = "" if s.verification.verified else ' stroke-dasharray="2 3"'
+        out.append(f'<polyline class="eps-line" data-site="{escape(s.site_id)}" fill="none" '
+                   f'stroke="{color}" stroke-width="2"{dash} points="{points}">'
+                   f'<title>{escape(s.site_id)}</title></polyline>')
+        for r, e in pts:
+            out.append(f'<circle cx="{x(r):.1f}" cy="{y(e):.1f}" r="3" fill="{color}">'
+                       f'<title>{escape(s.site_id)}: round {r}, ε={e:.4g}</title></circle>')
+        ly = top + 14 + 18 * i
+        name = escape(s.site_id) + ("" if s.verification.verified else " (UNVERIFIED)")
+        fill = "" if s.verification.verified else f' style="fill:{_RED}"'
+        out.append(f'<line x1="{left + pw + 12}" x2="{left + pw + 34}" y1="{ly - 4}" '
+                   f'y2="{ly - 4}" stroke="{color}" stroke-width="2"{dash}/>'
+                   f'<text x="{left + pw + 40}" y="{ly}"{fill}>{name}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _td(text: str, cls: str = "") -> str:
+    return f'<td class="{cls}">{escape(text)}</td>' if cls else f"<td>{escape(text)}</td>"
+
+
+def _table(head: Sequence[str], rows: Sequence[str], cls: str = "") -> str:
+    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    attr = f' class="{cls}"' if cls else ""
+    return f"<table{attr}><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _verified_badge(site: SiteReport) -> str:
+    if site.verification.verified:
+        return f'<span class="ok">VERIFIED</span> ({escape(site.verification.method)})'
+    return f'<span class="bad">UNVERIFIED</span> ({escape(site.verification.method)})'
+
+
+def _sites_table(report: AuditReport) -> str:
+    rows = []
+    for s in report.sites:
+        same, second, tight = recomputation_cells(s.recomputation)
+        rc = s.recomputation
+        bad_same = rc is not None and (not rc.matches or bool(rc.error))
+        below = rc is not None and rc.below_tight
+        over = s.budget_left is not None and s.budget_left < 0
+        rows.append(
+            "<tr>" + _td(s.site_id)
+            + f"<td>{_verified_badge(s)}</td>"
+            + _td(fmt_eps(s.epsilon), "num red" if below or over else "num")
+            + _td(fmt_num(s.delta, ".3g"), "num") + _td(s.accountant or "-")
+            + _td(fmt_eps(s.budget_epsilon), "num") + _td(fmt_eps(s.budget_left),
+                                                          "num red" if over else "num")
+            + _td(str(s.rounds_trained), "num") + _td(str(s.rounds_declined), "num")
+            + _td(str(s.rounds_dropped), "num") + _td(same, "red" if bad_same else "")
+            + _td(second) + _td(tight, "red" if below else "") + "</tr>")
+    return _table(["site", "ledger", "ε", "δ", "accountant", "budget", "left", "trained",
+                   "declined", "dropped", "recomputed (same accountant)",
+                   "second accountant", "tight lower bound"], rows)
+
+
+def _site_section(s: SiteReport) -> str:
+    parts = [f'<section class="site" id="site-{escape(s.site_id)}">',
+             f"<h3>{escape(s.site_id)} — {_verified_badge(s)}</h3>"]
+    if s.verification.problems:
+        parts.append('<ul class="flags">' + "".join(
+            f'<li class="red">{escape(p)}</li>' for p in s.verification.problems) + "</ul>")
+    parts.append(
+        f'<p>ε = <b>{fmt_eps(s.epsilon)}</b> at δ = {fmt_num(s.delta, ".3g")} '
+        f'({escape(s.accountant or "-")}); budget {fmt_eps(s.budget_epsilon)}, left '
+        f'{fmt_eps(s.budget_left)}; ε before this run {fmt_eps(s.epsilon_before_run)}; '
+        f'{s.num_examples if s.num_examples is not None else "-"} examples; clipping C = '
+        f'{fmt_num(s.max_grad_norm)}. Ledger head <code>{escape(s.verification.head)}</code>.</p>')
+    rows = []
+    for r in s.rounds:
+        agg = "yes" if r.in_aggregate else ("dropped" if r.dropped else "no")
+        rows.append(
+            f'<tr class="{"" if r.intact else "altered"}">' + _td(str(r.round), "num")
+            + _td(r.status + ("" if r.intact else " (line altered)"))
+            + _td(str(r.steps), "num") + _td(fmt_num(r.sample_rate), "num")
+            + _td(fmt_num(r.noise_multiplier), "num") + _td(fmt_num(r.max_grad_norm), "num")
+            + _td(fmt_eps(r.epsilon_after), "num") + _td(fmt_eps(r.epsilon_recomputed), "num")
+            + _td(agg) + _td(r.reason or "") + _td(str(r.ledger_line), "num") + "</tr>")
+    parts.append(_table(["round", "status", "steps", "q", "σ", "C", "ε after", "recomputed",
+                         "in aggregate", "reason", "ledger line"], rows))
+    if s.failed:
+        parts.append("<p>Failed: " + escape("; ".join(
+            f"round {n.round}: {n.reason}" for n in s.failed)) + "</p>")
+    return "\n".join(parts) + "</section>"
+
+
+def _rounds_table(report: AuditReport) -> str:
+    rows = []
+    for r in report.rounds:
+        released = {True: "yes", False: "no", None: "-"}[r.released]
+        rows.append(
+            "<tr>" + _td(str(r.round), "num") + _td(fmt_names(r.sampled))
+            + _td(fmt_names(r.contributed))
+            + _td(fmt_names(f"{k} ({v})" for k, v in r.declined.items()))
+            + _td(fmt_names(f"{k} ({v})" for k, v in r.failed.items()))
+            + _td(fmt_names(r.dropped)) + _td(fmt_num(r.threshold, "d"), "num")
+            + _td(released, "" if r.released is not False else "red")
+            + _td(fmt_num(r.eval_loss), "num") + "</tr>")
+    return _table(["round", "sampled", "in aggregate", "declined", "failed", "dropped",
+                   "threshold", "released", "eval loss"], rows)
+
+
+def _empirical(report: AuditReport) -> str:
+    e = report.empirical
+    if e is None:
+        return ("<p>No empirical audit in this run (run <code>simulations/audit_canaries.py"
+                "</code> and pass its result with <code>--canary-result</code>).</p>")
+    formal = "∞ (no DP)" if e["formal_epsilon"] is None else fmt_eps(e["formal_epsilon"])
+    verdict = ('<p class="red">The empirical lower bound exceeds the formal ε: the '
+               'implementation or the accounting is broken.</p>' if e.get("exceeds_formal")
+               else '<p class="ok">Consistent: the empirical lower bound does not exceed the '
+                    'formal ε.</p>')
+    rows = ["<tr>" + _td(str(e["site_id"])) + _td(str(e["canaries"]), "num")
+            + _td(f"{e['correct']} / {e['guesses']}", "num") + _td(formal, "num")
+            + _td(fmt_eps(e["epsilon_lower_bound"]), "num")
+            + _td(f"{100 * e['confidence']:g}%", "num") + _td(fmt_num(e["delta"], ".3g"), "num")
+            + "</tr>"]
+    return (_table(["site", "canaries", "correct / guesses", "formal ε", "empirical ε ≥",
+                    "confidence", "δ"], rows) + verdict
+            + "<p class=\"meta\">One-run audit after Steinke, Nasr &amp; Jagielski (NeurIPS 2023): "
+              "each canary included by a recorded fair coin; top-k loss drops guessed IN, "
+              "bottom-k OUT; δ-aware binomial bound, Bonferroni over the k tried.</p>")
+
+
+def render_html(report: AuditReport) -> str:
+    """The whole report as one self-contained HTML document."""
+    red = report.red_flags
+    title = f"Privacy audit — run {report.run_id or '(unknown)'}"
+    status = (f'<p class="status bad">{len(red)} red flag(s)'
+              + ("" if report.all_verified else " — some ledgers UNVERIFIED") + "</p>"
+              if red else '<p class="status ok">No red flags; every ledger verified</p>')
+    flags = ""
+    if report.flags:
+        flags = ('<section id="flags"><h2>Flags</h2><ul class="flags">' + "".join(
+            f'<li class="{escape(f.severity)}">{"RED: " if f.severity == "red" else ""}'
+            f'{"[" + escape(f.site_id) + "] " if f.site_id else ""}{escape(f.message)}</li>'
+            for f in report.flags) + "</ul></section>")
+    versions = _table(["package", "version"], [
+        "<tr>" + _td(k) + _td(str(v)) + "</tr>" for k, v in sorted(report.versions.items())])
+    body = [
+        f"<header><h1>{escape(title)}</h1>",
+        f'<p class="meta">Mode: {escape(report.mode)} · created {escape(report.created or "-")}'
+        f" · {report.num_rounds} rounds · {len(report.sites)} sites</p>",
+        f'<p class="meta">Report SHA-256: <code id="report-sha256">{report.sha256}</code></p>',
+        status, "</header>", flags,
+        '<section id="plot"><h2>ε per round</h2><figure>',
+        epsilon_plot_svg(report.sites, report.num_rounds),
+        "<figcaption>ε(δ) the site ledgers state after each round (dotted: unverified ledger); "
+        "dashed red: budget.</figcaption></figure></section>",
+        '<section id="sites"><h2>Sites and independent recomputation</h2>',
+        _sites_table(report),
+        '<p class="meta">Recomputed from the parameters each ledger records: same accountant '
+        "(must match to 1%), the second accountant (PRV for RDP runs and vice versa), and the "
+        "PRV lower bound (a stated ε below it is flagged red).</p>",
+        *(_site_section(s) for s in report.sites), "</section>",
+        '<section id="rounds"><h2>Rounds: who was in each aggregate</h2>',
+        _rounds_table(report), "</section>",
+        '<section id="empirical"><h2>Empirical audit</h2>', _empirical(report), "</section>",
+        '<section id="config"><h2>Configuration</h2><pre>'
+        + escape(json.dumps(dict(report.config), indent=2, sort_keys=True)) + "</pre></section>",
+        f'<section id="versions"><h2>Software versions</h2>{versions}</section>',
+        '<section id="signoff"><h2>Sign-off</h2>' + _table(
+            ["name", "role", "date", "signature"],
+            ['<tr class="signoff"><td></td><td>privacy officer</td><td></td><td></td></tr>'])
+        + "</section>",
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")

@@ -1,0 +1,109 @@
+"""The audit report as Markdown, for pasting into tickets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+from privacy.audit._format import fmt_eps, fmt_names, fmt_num, recomputation_cells
+from privacy.audit.model import AuditReport
+from privacy.audit.sites import SiteReport
+
+__all__ = ["render_md"]
+
+logger = logging.getLogger(__name__)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _site_section(site: SiteReport) -> list[str]:
+    status = "VERIFIED" if site.verification.verified else "**UNVERIFIED**"
+    lines = [f"### {site.site_id} — {status} ({site.verification.method})", ""]
+    for problem in site.verification.problems:
+        lines.append(f"- ⛔ {problem}")
+    if site.verification.problems:
+        lines.append("")
+    lines.append(f"ε = {fmt_eps(site.epsilon)} at δ = {fmt_num(site.delta, '.3g')} "
+                 f"({site.accountant or '-'}); budget {fmt_eps(site.budget_epsilon)}, "
+                 f"left {fmt_eps(site.budget_left)}; ε before this run "
+                 f"{fmt_eps(site.epsilon_before_run)}; ledger head `{site.verification.head}`")
+    lines.append("")
+    rows = [[str(r.round), r.status + ("" if r.intact else " (line altered)"),
+             str(r.steps), fmt_num(r.sample_rate), fmt_num(r.noise_multiplier),
+             fmt_num(r.max_grad_norm), fmt_eps(r.epsilon_after), fmt_eps(r.epsilon_recomputed),
+             "yes" if r.in_aggregate else ("dropped" if r.dropped else "no"),
+             r.reason or ""] for r in site.rounds]
+    lines += _table(["round", "status", "steps", "q", "σ", "C", "ε after", "recomputed",
+                     "in aggregate", "reason"], rows)
+    if site.failed:
+        lines += ["", "Failed: " + "; ".join(f"round {n.round}: {n.reason}" for n in site.failed)]
+    return lines + [""]
+
+
+def render_md(report: AuditReport) -> str:
+    """The whole report as GitHub-flavoured Markdown."""
+    red = report.red_flags
+    lines = [f"# Privacy audit — run {report.run_id or '(unknown)'}", "",
+             f"- mode: {report.mode}; created: {report.created or '-'}; "
+             f"rounds: {report.num_rounds}",
+             f"- report SHA-256: `{report.sha256}`",
+             "- status: " + (f"**{len(red)} RED FLAG(S)**" if red else "no red flags")
+             + ("" if report.all_verified else "; **some ledgers UNVERIFIED**"), ""]
+    if report.flags:
+        lines += ["## Flags", ""]
+        lines += [f"- {'⛔ **RED**' if f.severity == 'red' else '⚠️ warning'}"
+                  f"{f' [{f.site_id}]' if f.site_id else ''}: {f.message}" for f in report.flags]
+        lines.append("")
+    lines += ["## Sites", ""]
+    rows = []
+    for s in report.sites:
+        same, second, tight = recomputation_cells(s.recomputation)
+        rows.append([s.site_id, "yes" if s.verification.verified else "**NO**",
+                     fmt_eps(s.epsilon), fmt_num(s.delta, ".3g"), s.accountant or "-",
+                     fmt_eps(s.budget_epsilon), fmt_eps(s.budget_left), str(s.rounds_trained),
+                     str(s.rounds_declined), str(s.rounds_dropped), same, second, tight])
+    lines += _table(["site", "verified", "ε", "δ", "accountant", "budget", "left", "trained",
+                     "declined", "dropped", "same accountant", "second accountant",
+                     "tight lower"], rows)
+    lines += ["", "ε after each round:", ""]
+    rounds = list(range(report.num_rounds + 1))
+    lines += _table(["site"] + [str(r) for r in rounds],
+                    [[s.site_id] + [fmt_eps(p.epsilon) for p in s.epsilon_series[:len(rounds)]]
+                     for s in report.sites])
+    lines.append("")
+    for s in report.sites:
+        lines += _site_section(s)
+    lines += ["## Rounds", ""]
+    lines += _table(
+        ["round", "sampled", "in aggregate", "declined", "failed", "dropped", "threshold",
+         "released", "eval loss"],
+        [[str(r.round), fmt_names(r.sampled), fmt_names(r.contributed),
+          fmt_names(f"{k} ({v})" for k, v in r.declined.items()),
+          fmt_names(f"{k} ({v})" for k, v in r.failed.items()), fmt_names(r.dropped),
+          fmt_num(r.threshold, "d"), {True: "yes", False: "**no**", None: "-"}[r.released],
+          fmt_num(r.eval_loss)] for r in report.rounds])
+    lines.append("")
+    e = report.empirical
+    if e is not None:
+        verdict = ("**lower bound exceeds the formal ε: implementation or accounting broken**"
+                   if e.get("exceeds_formal") else "consistent with the formal ε")
+        lines += ["## Empirical audit (one-run canaries)", "",
+                  f"Site {e['site_id']}: {e['canaries']} canaries, {e['correct']} of "
+                  f"{e['guesses']} guesses correct; empirical ε ≥ "
+                  f"{fmt_eps(e['epsilon_lower_bound'])} at {100 * e['confidence']:g}% confidence "
+                  f"vs formal ε {fmt_eps(e['formal_epsilon']) if e['formal_epsilon'] is not None else '∞ (no DP)'}"
+                  f": {verdict}.", ""]
+    lines += ["## Configuration", "", "```json",
+              json.dumps(dict(report.config), indent=2, sort_keys=True), "```", "",
+              "## Software versions", ""]
+    lines += _table(["package", "version"], [[k, str(v)] for k, v in sorted(report.versions.items())])
+    return "\n".join(lines) + "\n"

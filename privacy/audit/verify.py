@@ -1,0 +1,189 @@
+"""Read a site's ledger for an audit without trusting it: verify what can be, salvage the rest.
+
+:class:`~privacy.ledger.PrivacyLedger` refuses a ledger that fails verification, which is
+right for a site that must keep spending privacy but wrong for an audit: a privacy officer
+still needs to see what the file says, marked as unverified. :func:`check_ledger` parses
+every line it can, checks the hash chain line by line, and says which lines break it.
+
+A site's ledger is *verified* when
+
+* simulation (``method="hash-chain"``): every line parses, ``seq`` counts up from 0, every
+  ``prev_hash`` is the previous line's ``hash`` and every ``hash`` matches its content (the
+  same rules :class:`~privacy.ledger.PrivacyLedger` enforces), and the run's own records
+  (``metrics.jsonl``, ``participation.jsonl``) agree with it (a cut-off tail shows up as a
+  round the site contributed to without a ledger entry);
+* deployment (``method="signature"``, later): additionally the site's signed summary (the
+  chain head signed with its identity key) verifies and names this chain's head.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from privacy.ledger import GENESIS_HASH, LEDGER_FILENAME, LedgerEntry, LedgerError, PrivacyLedger
+
+__all__ = [
+    "LEDGER_FILENAMES",
+    "LedgerCheck",
+    "LedgerLine",
+    "Verification",
+    "check_ledger",
+    "find_ledger",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Ledger file names looked for in a site's directory, in order.
+LEDGER_FILENAMES: tuple[str, ...] = (LEDGER_FILENAME, "ledger.jsonl")
+_FIELDS = tuple(f.name for f in fields(LedgerEntry))
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Whether a site's privacy record can be trusted, and why not.
+
+    Attributes
+    ----------
+    verified : bool
+        The record passed every check of ``method`` (the report's VERIFIED / UNVERIFIED).
+    method : {"hash-chain", "signature"}
+        ``hash-chain``: the ledger's own chain plus the run's records (simulation).
+        ``signature``: the chain head is also signed by the site's identity key (deployment).
+    chain_intact : bool
+        Every ledger line parses and the hash chain holds from the first line to the last.
+    signature : str or None
+        ``valid`` / ``invalid`` / ``missing`` for ``method="signature"``; None otherwise.
+    head : str
+        Hash of the last ledger line (``GENESIS_HASH`` for an empty ledger).
+    problems : tuple of str
+        Every failed check, each naming the file / line / round concerned.
+    """
+
+    verified: bool
+    method: str
+    chain_intact: bool
+    signature: str | None
+    head: str
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LedgerLine:
+    """One ledger line as read, with whether it passed the chain checks."""
+
+    line: int
+    entry: LedgerEntry
+    intact: bool
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    """A ledger read for an audit: its readable lines and the chain verdict."""
+
+    path: Path | None
+    lines: tuple[LedgerLine, ...]
+    chain_intact: bool
+    head: str
+    problems: tuple[str, ...]
+
+
+def find_ledger(site_dir: Path) -> Path | None:
+    """The ledger file in ``site_dir`` (see :data:`LEDGER_FILENAMES`), or None."""
+    for name in LEDGER_FILENAMES:
+        path = site_dir / name
+        if path.is_file():
+            return path
+    return None
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _coerce(obj: Any) -> LedgerEntry | str:
+    """A :class:`LedgerEntry` from a parsed line, or what is wrong with it."""
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {type(obj).__name__}"
+    if set(obj) != set(_FIELDS):
+        missing, extra = sorted(set(_FIELDS) - set(obj)), sorted(set(obj) - set(_FIELDS))
+        return f"fields differ from the ledger format (missing {missing}, unexpected {extra})"
+    for name in ("seq", "round", "steps"):
+        if type(obj[name]) is not int or obj[name] < 0:
+            return f"`{name}` must be an int >= 0, got {obj[name]!r}"
+    for name in ("run_id", "status", "accountant", "timestamp", "prev_hash", "hash"):
+        if not isinstance(obj[name], str):
+            return f"`{name}` must be a string, got {obj[name]!r}"
+    for name in ("delta", "epsilon_after"):
+        if not _num(obj[name]):
+            return f"`{name}` must be a finite number, got {obj[name]!r}"
+    for name in ("sample_rate", "noise_multiplier", "max_grad_norm"):
+        if obj[name] is not None and not _num(obj[name]):
+            return f"`{name}` must be a finite number or null, got {obj[name]!r}"
+    if obj["reason"] is not None and not isinstance(obj["reason"], str):
+        return f"`reason` must be a string or null, got {obj['reason']!r}"
+    return LedgerEntry(**obj)
+
+
+def check_ledger(path: Path | None) -> LedgerCheck:
+    """Read and verify a ledger file line by line; never raises on bad content.
+
+    Parameters
+    ----------
+    path : Path or None
+        The ledger file; None (no ledger found) gives an empty, unverified check.
+
+    Returns
+    -------
+    LedgerCheck
+        Every line that parses into an entry (marked ``intact`` or not), whether the
+        whole chain holds, and one problem per failed check.
+    """
+    if path is None:
+        return LedgerCheck(None, (), False, GENESIS_HASH, ("no privacy ledger found",))
+    problems: list[str] = []
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return LedgerCheck(path, (), False, GENESIS_HASH, (f"cannot read {path}: {exc}",))
+    text_lines = raw.split(b"\n")
+    if text_lines[-1] != b"":
+        problems.append(f"{path}:{len(text_lines)}: truncated line (no newline at the end)")
+    else:
+        text_lines = text_lines[:-1]
+    out: list[LedgerLine] = []
+    prev = GENESIS_HASH
+    for lineno, line in enumerate(text_lines, start=1):
+        try:
+            parsed = _coerce(json.loads(line.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            parsed = f"malformed line ({exc})"
+        if isinstance(parsed, str):
+            problems.append(f"{path}:{lineno}: {parsed}")
+            prev = ""  # the next line cannot chain onto an unreadable one
+            continue
+        entry = parsed
+        wrong: list[str] = []
+        if entry.seq != lineno - 1:
+            wrong.append(f"`seq` is {entry.seq}, expected {lineno - 1} "
+                         "(a line was removed or reordered)")
+        if entry.prev_hash != prev:
+            wrong.append("hash chain broken (`prev_hash` is not the previous line's hash)")
+        if entry.compute_hash() != entry.hash:
+            wrong.append("line was modified (its hash does not match its content)")
+        problems.extend(f"{path}:{lineno}: {w}" for w in wrong)
+        out.append(LedgerLine(lineno, entry, not wrong))
+        prev = entry.hash
+    if not problems and path.name == LEDGER_FILENAME:
+        try:  # the site's own, stricter reader must accept it too
+            PrivacyLedger(path.parent)
+        except LedgerError as exc:
+            problems.append(str(exc))
+    head = out[-1].entry.hash if out else GENESIS_HASH
+    if problems:
+        logger.warning("ledger %s failed verification: %s", path, problems[0])
+    return LedgerCheck(path, tuple(out), not problems, head, tuple(problems))

@@ -36,7 +36,9 @@ h1 { font-size: 1.6em; margin: 0 0 .2em; } h2 { font-size: 1.25em; margin: 1.4em
      font-size: .92em; word-break: break-all; }
 table { border-collapse: collapse; width: 100%; margin: .4em 0 .8em; font-size: .92em; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f2f2f2; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.earlier td { color: var(--muted); }
 .bad, .red { color: var(--red); font-weight: 700; } .ok { color: var(--ok); font-weight: 700; }
 .status { font-size: 1.1em; padding: .4em .6em; border: 2px solid currentColor; display: inline-block; }
 tr.altered td { background: #fde7ea; }
@@ -167,7 +169,7 @@ def _sites_table(report: AuditReport) -> str:
                    "second accountant", "tight lower bound"], rows)
 
 
-def _site_section(s: SiteReport) -> str:
+def _site_section(s: SiteReport, run_id: str | None) -> str:
     parts = [f'<section class="site" id="site-{escape(s.site_id)}">',
              f"<h3>{escape(s.site_id)} — {_verified_badge(s)}</h3>"]
     if s.verification.problems:
@@ -181,9 +183,12 @@ def _site_section(s: SiteReport) -> str:
         f'{fmt_num(s.max_grad_norm)}. Ledger head <code>{escape(s.verification.head)}</code>.</p>')
     rows = []
     for r in s.rounds:
-        agg = "yes" if r.in_aggregate else ("dropped" if r.dropped else "no")
+        earlier = r.run_id != run_id
+        agg = (f"earlier run {r.run_id}" if earlier else
+               "yes" if r.in_aggregate else ("dropped" if r.dropped else "no"))
+        cls = "altered" if not r.intact else ("earlier" if earlier else "")
         rows.append(
-            f'<tr class="{"" if r.intact else "altered"}">' + _td(str(r.round), "num")
+            f'<tr class="{cls}">' + _td(str(r.round), "num")
             + _td(r.status + ("" if r.intact else " (line altered)"))
             + _td(str(r.steps), "num") + _td(fmt_num(r.sample_rate), "num")
             + _td(fmt_num(r.noise_multiplier), "num") + _td(fmt_num(r.max_grad_norm), "num")
@@ -265,7 +270,7 @@ def render_html(report: AuditReport) -> str:
         '<p class="meta">Recomputed from the parameters each ledger records: same accountant '
         "(must match to 1%), the second accountant (PRV for RDP runs and vice versa), and the "
         "PRV lower bound (a stated ε below it is flagged red).</p>",
-        *(_site_section(s) for s in report.sites), "</section>",
+        *(_site_section(s, report.run_id) for s in report.sites), "</section>",
         '<section id="rounds"><h2>Rounds: who was in each aggregate</h2>',
         _rounds_table(report), "</section>",
         '<section id="empirical"><h2>Empirical audit</h2>', _empirical(report), "</section>",

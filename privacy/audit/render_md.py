@@ -25,7 +25,7 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return out
 
 
-def _site_section(site: SiteReport) -> list[str]:
+def _site_section(site: SiteReport, run_id: str | None) -> list[str]:
     status = "VERIFIED" if site.verification.verified else "**UNVERIFIED**"
     lines = [f"### {site.site_id} — {status} ({site.verification.method})", ""]
     for problem in site.verification.problems:
@@ -40,6 +40,7 @@ def _site_section(site: SiteReport) -> list[str]:
     rows = [[str(r.round), r.status + ("" if r.intact else " (line altered)"),
              str(r.steps), fmt_num(r.sample_rate), fmt_num(r.noise_multiplier),
              fmt_num(r.max_grad_norm), fmt_eps(r.epsilon_after), fmt_eps(r.epsilon_recomputed),
+             f"earlier run {r.run_id}" if r.run_id != run_id else
              "yes" if r.in_aggregate else ("dropped" if r.dropped else "no"),
              r.reason or ""] for r in site.rounds]
     lines += _table(["round", "status", "steps", "q", "σ", "C", "ε after", "recomputed",
@@ -81,7 +82,7 @@ def render_md(report: AuditReport) -> str:
                      for s in report.sites])
     lines.append("")
     for s in report.sites:
-        lines += _site_section(s)
+        lines += _site_section(s, report.run_id)
     lines += ["## Rounds", ""]
     lines += _table(
         ["round", "sampled", "in aggregate", "declined", "failed", "dropped", "threshold",

@@ -112,7 +112,7 @@ def test_bad_delta_or_accountant_is_refused() -> None:
         epsilon([(0.1, 1.0, 1)], delta=1e-5, accountant="gdp")
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     target=st.floats(0.3, 12.0),
     q=st.floats(1e-3, 1.0),
@@ -159,3 +159,19 @@ def test_calibration_refuses_bad_arguments() -> None:
 def test_prv_is_tighter_than_rdp() -> None:
     history = [(0.01, 1.0, 1000)]
     assert epsilon(history, delta=1e-5, accountant="prv") < epsilon(history, delta=1e-5)
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    target=st.floats(0.1, 20.0),
+    q=st.floats(1e-4, 1.0),
+    steps=st.integers(1, 10_000),
+    delta=st.sampled_from([1e-8, 1e-6, 1e-5, 1e-3]),
+    accountant=st.sampled_from(["rdp", "rdp", "prv"]),
+)
+def test_calibration_never_overshoots_many_cases(target: float, q: float, steps: int,
+                                                 delta: float, accountant: str) -> None:
+    sigma = calibrate_noise_multiplier(target_epsilon=target, delta=delta, sample_rate=q,
+                                       steps=steps, accountant=accountant)
+    assert epsilon([(q, sigma, steps)], delta=delta, accountant=accountant) <= target

@@ -253,3 +253,26 @@ def test_cli_missing_run_dir_is_exit_2_with_a_clear_error(
     assert "does not exist" in capsys.readouterr().err
     assert run_audit(argparse.Namespace(run_dir=str(tmp_path), format=None, out=None,
                                         canary_result=None)) == EXIT_BAD_INPUT
+
+
+def test_empirical_audit_results_are_shown_and_an_excess_is_flagged_red(tmp_path: Path
+                                                                        ) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    root = write_run_dir(tmp_path / "run")
+    common = {"site_id": "alpha", "canaries": 1000, "included": 500, "k_in": 100,
+              "k_out": 100, "guesses": 200, "candidates": 4, "confidence": 0.95,
+              "delta": 1e-5, "accountant": "rdp"}
+    runs = [{**common, "correct": 200, "epsilon_lower_bound": 3.4, "formal_epsilon": None,
+             "dp": False, "training": {"steps": 600}},
+            {**common, "correct": 190, "epsilon_lower_bound": 2.5, "formal_epsilon": 2.0,
+             "dp": True}]
+    (root / "canary-audit.json").write_text(json.dumps({"runs": runs}))
+
+    report = build_report(root)
+
+    assert [e["exceeds_formal"] for e in report.empirical] == [False, True]
+    assert any("exceeds the formal" in f.message for f in report.red_flags)
+    jsonschema.validate(json.loads(render_json(report)), load_schema(),
+                        cls=jsonschema.Draft202012Validator)
+    assert "∞ (no DP)" in render_html(report) and "implementation or accounting" in render_md(
+        report)

@@ -90,7 +90,7 @@ class AuditReport:
     sites: tuple[SiteReport, ...]
     rounds: tuple[AggregateRound, ...]
     initial_eval_loss: float | None
-    empirical: Mapping[str, Any] | None
+    empirical: tuple[Mapping[str, Any], ...]
     flags: tuple[Flag, ...]
     sha256: str = ""
 
@@ -192,11 +192,12 @@ def _site_dirs(run_dir: Path) -> dict[str, Path]:
 
 
 def _empirical(run_dir: Path, canary_result: Path | Mapping[str, Any] | None,
-               flags: list[Flag]) -> dict[str, Any] | None:
+               flags: list[Flag]) -> tuple[dict[str, Any], ...]:
+    """Canary audit results: one result mapping, or ``{"runs": [...]}`` of them."""
     if canary_result is None:
         default = run_dir / CANARY_RESULT_FILENAME
         if not default.is_file():
-            return None
+            return ()
         canary_result = default
     if isinstance(canary_result, Mapping):
         doc: Any = dict(canary_result)
@@ -205,19 +206,24 @@ def _empirical(run_dir: Path, canary_result: Path | Mapping[str, Any] | None,
             doc = json.loads(Path(canary_result).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             flags.append(Flag("warning", None, f"canary audit result unreadable: {exc}"))
-            return None
+            return ()
     from privacy.audit.canary import CanaryAuditResult
 
-    try:
-        result = CanaryAuditResult.from_mapping(doc)
-    except (TypeError, ValueError, KeyError) as exc:
-        flags.append(Flag("warning", None, f"canary audit result malformed: {exc}"))
-        return None
-    if result.exceeds_formal:
-        flags.append(Flag("red", result.site_id, (
-            f"empirical lower bound eps >= {result.epsilon_lower_bound:.3g} exceeds the formal "
-            f"eps {result.formal_epsilon:.3g}: the implementation or the accounting is broken")))
-    return result.to_mapping()
+    items = doc.get("runs") if isinstance(doc, dict) and "runs" in doc else [doc]
+    out = []
+    for item in items if isinstance(items, list) else [items]:
+        try:
+            result = CanaryAuditResult.from_mapping(item)
+        except (TypeError, ValueError, KeyError) as exc:
+            flags.append(Flag("warning", None, f"canary audit result malformed: {exc}"))
+            continue
+        if result.exceeds_formal:
+            flags.append(Flag("red", result.site_id, (
+                f"empirical lower bound eps >= {result.epsilon_lower_bound:.3g} exceeds the "
+                f"formal eps {result.formal_epsilon:.3g}: the implementation or the accounting "
+                "is broken")))
+        out.append(result.to_mapping())
+    return tuple(out)
 
 
 # ---- building -------------------------------------------------------------------------
@@ -232,8 +238,9 @@ def build_report(run_dir: str | Path, *,
     run_dir : str or Path
         The run directory (see the module docstring).
     canary_result : Path or mapping, optional
-        An empirical canary audit (:meth:`CanaryAuditResult.to_mapping` or a JSON file of
-        it); by default ``RUN_DIR/canary-audit.json`` when present.
+        Empirical canary audit results (a :meth:`CanaryAuditResult.to_mapping`, or
+        ``{"runs": [...]}`` of them as ``simulations/audit_canaries.py --json`` writes, or a
+        JSON file of either); by default ``RUN_DIR/canary-audit.json`` when present.
 
     Returns
     -------

@@ -219,25 +219,31 @@ def _rounds_table(report: AuditReport) -> str:
 
 
 def _empirical(report: AuditReport) -> str:
-    e = report.empirical
-    if e is None:
+    if not report.empirical:
         return ("<p>No empirical audit in this run (run <code>simulations/audit_canaries.py"
-                "</code> and pass its result with <code>--canary-result</code>).</p>")
-    formal = "∞ (no DP)" if e["formal_epsilon"] is None else fmt_eps(e["formal_epsilon"])
-    verdict = ('<p class="red">The empirical lower bound exceeds the formal ε: the '
-               'implementation or the accounting is broken.</p>' if e.get("exceeds_formal")
-               else '<p class="ok">Consistent: the empirical lower bound does not exceed the '
-                    'formal ε.</p>')
-    rows = ["<tr>" + _td(str(e["site_id"])) + _td(str(e["canaries"]), "num")
-            + _td(f"{e['correct']} / {e['guesses']}", "num") + _td(formal, "num")
-            + _td(fmt_eps(e["epsilon_lower_bound"]), "num")
-            + _td(f"{100 * e['confidence']:g}%", "num") + _td(fmt_num(e["delta"], ".3g"), "num")
-            + "</tr>"]
-    return (_table(["site", "canaries", "correct / guesses", "formal ε", "empirical ε ≥",
-                    "confidence", "δ"], rows) + verdict
-            + "<p class=\"meta\">One-run audit after Steinke, Nasr &amp; Jagielski (NeurIPS 2023): "
+                "</code> and save its <code>--json</code> as <code>RUN_DIR/canary-audit.json"
+                "</code>, or pass it with <code>--canary-result</code>).</p>")
+    rows, broken = [], False
+    for e in report.empirical:
+        formal = "∞ (no DP)" if e["formal_epsilon"] is None else fmt_eps(e["formal_epsilon"])
+        bad = bool(e.get("exceeds_formal"))
+        broken = broken or bad
+        rows.append("<tr>" + _td(str(e["site_id"])) + _td("on" if e.get("dp") else "off")
+                    + _td(str(e["canaries"]), "num")
+                    + _td(f"{e['correct']} / {e['guesses']}", "num") + _td(formal, "num")
+                    + _td(fmt_eps(e["epsilon_lower_bound"]), "num red" if bad else "num")
+                    + _td(f"{100 * e['confidence']:g}%", "num")
+                    + _td(fmt_num(e["delta"], ".3g"), "num") + "</tr>")
+    verdict = ('<p class="red">An empirical lower bound exceeds its formal ε: the '
+               "implementation or the accounting is broken.</p>" if broken
+               else '<p class="ok">Consistent: no empirical lower bound exceeds its formal '
+                    "ε.</p>")
+    return (_table(["site", "DP", "canaries", "correct / guesses", "formal ε",
+                    "empirical ε ≥", "confidence", "δ"], rows) + verdict
+            + '<p class="meta">One-run audit after Steinke, Nasr &amp; Jagielski (NeurIPS 2023): '
               "each canary included by a recorded fair coin; top-k loss drops guessed IN, "
-              "bottom-k OUT; δ-aware binomial bound, Bonferroni over the k tried.</p>")
+              "bottom-k OUT; δ-aware binomial bound, Bonferroni over the k tried. A run with "
+              "DP off shows the attack has power.</p>")
 
 
 def render_html(report: AuditReport) -> str:

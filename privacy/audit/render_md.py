@@ -93,16 +93,19 @@ def render_md(report: AuditReport) -> str:
           fmt_num(r.threshold, "d"), {True: "yes", False: "**no**", None: "-"}[r.released],
           fmt_num(r.eval_loss)] for r in report.rounds])
     lines.append("")
-    e = report.empirical
-    if e is not None:
-        verdict = ("**lower bound exceeds the formal ε: implementation or accounting broken**"
-                   if e.get("exceeds_formal") else "consistent with the formal ε")
-        lines += ["## Empirical audit (one-run canaries)", "",
-                  f"Site {e['site_id']}: {e['canaries']} canaries, {e['correct']} of "
-                  f"{e['guesses']} guesses correct; empirical ε ≥ "
-                  f"{fmt_eps(e['epsilon_lower_bound'])} at {100 * e['confidence']:g}% confidence "
-                  f"vs formal ε {fmt_eps(e['formal_epsilon']) if e['formal_epsilon'] is not None else '∞ (no DP)'}"
-                  f": {verdict}.", ""]
+    if report.empirical:
+        lines += ["## Empirical audit (one-run canaries)", ""]
+        for e in report.empirical:
+            formal = ("∞ (no DP)" if e["formal_epsilon"] is None
+                      else fmt_eps(e["formal_epsilon"]))
+            verdict = ("**lower bound exceeds the formal ε: implementation or accounting "
+                       "broken**" if e.get("exceeds_formal") else "consistent")
+            lines.append(f"- site {e['site_id']}, DP {'on' if e.get('dp') else 'off'}: "
+                         f"{e['canaries']} canaries, {e['correct']} of {e['guesses']} guesses "
+                         f"correct; empirical ε ≥ {fmt_eps(e['epsilon_lower_bound'])} at "
+                         f"{100 * e['confidence']:g}% confidence vs formal ε {formal}: "
+                         f"{verdict}.")
+        lines.append("")
     lines += ["## Configuration", "", "```json",
               json.dumps(dict(report.config), indent=2, sort_keys=True), "```", "",
               "## Software versions", ""]

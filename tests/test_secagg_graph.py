@@ -78,3 +78,17 @@ def test_bad_thresholds_are_named(kwargs: dict, match: str) -> None:  # type: ig
 def test_bad_graphs_are_named(nodes: tuple[int, ...], degree: int, seed: bytes, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         NeighbourGraph(nodes, degree, seed)
+
+
+def test_pruning_cascades_until_every_kept_node_can_be_unmasked() -> None:
+    from privacy.secagg.graph import prune_to_threshold
+
+    nodes = tuple(range(12))
+    graph = NeighbourGraph(nodes, 4, SEED)
+    victim = nodes[0]
+    alive = set(nodes) - set(graph.neighbours(victim)[:3])
+    kept, removed = prune_to_threshold(graph, alive, threshold=3)
+    assert victim in removed and victim not in kept
+    for node in kept:
+        assert sum(v in kept for v in graph.neighbours(node)) + 1 >= 3
+    assert prune_to_threshold(graph, nodes, threshold=5) == (frozenset(nodes), ())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 from collections.abc import Mapping, Sequence
@@ -170,6 +171,27 @@ class SecAggConfig:
             modulus_bits=payload["modulus-bits"],
             vector_length=payload["vector-length"],
         )
+
+    def to_json(self) -> bytes:
+        """Canonical JSON of :meth:`to_payload` (graph seed in hex), for storage."""
+        payload = self.to_payload()
+        payload["graph-seed"] = self.graph_seed.hex()
+        return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SecAggConfig:
+        """Parse :meth:`to_json` output.
+
+        Raises
+        ------
+        ValueError
+            If the JSON is malformed or a field is out of range.
+        """
+        payload = json.loads(data)
+        if not isinstance(payload, dict) or not isinstance(payload.get("graph-seed"), str):
+            raise ValueError("stored secure-aggregation config is malformed")
+        payload["graph-seed"] = bytes.fromhex(payload["graph-seed"])
+        return cls.from_payload(payload)
 
     def digest(self) -> bytes:
         """SHA-256 of the canonical binary encoding of every field."""

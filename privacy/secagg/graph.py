@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "NeighbourGraph",
     "default_degree",
     "default_threshold",
+    "prune_to_threshold",
     "validate_threshold",
 ]
 
@@ -157,3 +158,33 @@ class NeighbourGraph:
     def for_cohort(cls, nodes: Sequence[int], *, degree: int, seed: bytes) -> NeighbourGraph:
         """Build the graph for a cohort given in any order."""
         return cls(tuple(sorted(nodes)), degree, seed)
+
+
+def prune_to_threshold(
+    graph: NeighbourGraph, alive: Iterable[int], *, threshold: int
+) -> tuple[frozenset[int], tuple[int, ...]]:
+    """Drop live nodes with fewer than ``threshold - 1`` live neighbours, repeatedly.
+
+    A node whose neighbourhood (with itself) holds fewer than ``threshold`` live sites
+    could never have its secrets reconstructed; removing it can starve its neighbours, so
+    the rule is applied until nothing changes.
+
+    Returns
+    -------
+    kept : frozenset of int
+        The nodes that stay.
+    removed : tuple of int
+        The nodes dropped, in the order they were dropped.
+    """
+    kept = set(alive)
+    removed: list[int] = []
+    changed = True
+    while changed:
+        changed = False
+        for node in sorted(kept):
+            live = sum(1 for v in graph.neighbours(node) if v in kept)
+            if live + 1 < threshold:
+                kept.discard(node)
+                removed.append(node)
+                changed = True
+    return frozenset(kept), tuple(removed)

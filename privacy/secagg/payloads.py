@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from privacy.secagg import shamir
 from privacy.secagg.errors import SecAggError, StageError
 from privacy.secagg.keys import (
@@ -26,6 +28,7 @@ from privacy.secagg.keys import (
     ct_equal,
 )
 from privacy.secagg.stages import Stage, parse_stage
+from protocol.codec import ring_dtype
 
 __all__ = [
     "CIPHERTEXT_LEN",
@@ -35,6 +38,7 @@ __all__ = [
     "check_request",
     "get_bytes",
     "get_ids",
+    "ring_vector_problem",
     "split_fixed",
 ]
 
@@ -167,3 +171,15 @@ def split_fixed(payload: Mapping[str, Any], key: str, count: int) -> list[bytes]
     if len(data) != count * width:
         raise SecAggError(f"`{key}` must hold {count} entries of {width} bytes")
     return [data[i * width : (i + 1) * width] for i in range(count)]
+
+
+def ring_vector_problem(vector: object, *, modulus_bits: int, length: int) -> str | None:
+    """Say what is wrong with a vector that should be ``length`` elements of Z/2^k, or None."""
+    dtype = ring_dtype(modulus_bits)
+    if not isinstance(vector, np.ndarray) or vector.dtype != dtype:
+        return f"must be a {dtype} array, got {getattr(vector, 'dtype', type(vector).__name__)}"
+    if vector.shape != (length,):
+        return f"has shape {vector.shape}, expected ({length},)"
+    if int(vector.max()) >> modulus_bits:
+        return f"holds values >= 2^{modulus_bits}"
+    return None

@@ -24,8 +24,16 @@ import numpy as np
 from privacy.secagg import keys, shamir
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggAbort, SecAggError
+from privacy.secagg.graph import prune_to_threshold
 from privacy.secagg.masks import apply_masks
-from privacy.secagg.payloads import REPLY_KEYS, check_reply, get_ids, split_fixed
+from privacy.secagg.payloads import (
+    REPLY_KEYS,
+    check_reply,
+    get_ids,
+    ring_vector_problem,
+    split_fixed,
+)
+from privacy.secagg.recovery import recover_mask_keys, unrecoverable
 from privacy.secagg.stages import Stage, check_transition
 from protocol.codec import ring_dtype
 
@@ -160,28 +168,21 @@ class ServerSession:
             "config-digest": self._binding.config_digest,
         }
 
-    def _prune(self, alive: set[int], stage: str) -> frozenset[int]:
-        """Drop nodes with fewer than t - 1 live neighbours, until none is left to drop."""
+    def _prune(self, alive: set[int], stage: Stage) -> frozenset[int]:
+        """Keep the sites that still have t - 1 live neighbours; abort if fewer than t."""
         t = self._config.threshold
-        changed = True
-        while changed:
-            changed = False
-            for node in sorted(alive):
-                live = sum(1 for v in self._graph.neighbours(node) if v in alive)
-                if live + 1 < t:
-                    logger.warning(
-                        "node %d leaves round %d at %s: %d live neighbours, threshold %d",
-                        node,
-                        self._config.round,
-                        stage,
-                        live,
-                        t,
-                    )
-                    alive.discard(node)
-                    changed = True
-        if len(alive) < t:
-            raise self._abort(f"{len(alive)} sites remain, threshold is {t}")
-        return frozenset(alive)
+        kept, removed = prune_to_threshold(self._graph, alive, threshold=t)
+        for node in removed:
+            logger.warning(
+                "node %d leaves round %d at %s: too few live neighbours for threshold %d",
+                node,
+                self._config.round,
+                stage.value,
+                t,
+            )
+        if len(kept) < t:
+            raise self._abort(f"{len(kept)} sites remain, threshold is {t}")
+        return kept
 
     # ------------------------------------------------------------------ stage 1
 
@@ -227,7 +228,7 @@ class ServerSession:
             If fewer than ``threshold`` sites advertised keys.
         """
         self._advance(Stage.SHARE_KEYS)
-        self._u1 = self._prune(set(self._adverts), Stage.ADVERTISE_KEYS.value)
+        self._u1 = self._prune(set(self._adverts), Stage.ADVERTISE_KEYS)
         requests = {}
         for node in sorted(self._u1):
             ids = [v for v in self._graph.neighbours(node) if v in self._u1]
@@ -275,7 +276,7 @@ class ServerSession:
             If fewer than ``threshold`` sites shared keys.
         """
         self._advance(Stage.MASKED_INPUT)
-        self._u2 = self._prune(set(self._shared), Stage.SHARE_KEYS.value)
+        self._u2 = self._prune(set(self._shared), Stage.SHARE_KEYS)
         requests = {}
         for node in sorted(self._u2):
             box = self._inbox.get(node, {})
@@ -297,16 +298,13 @@ class ServerSession:
         reason = self._accept(node_id, reply, stage, self._u2)
         if reason is None and node_id in self._u3:
             reason = "duplicate masked input"
-        cfg = self._config
-        dtype = ring_dtype(cfg.modulus_bits)
         vector = reply.get("masked-vector") if reason is None else None
         if reason is None:
-            if not isinstance(vector, np.ndarray) or vector.dtype != dtype:
-                reason = f"masked vector must be a {dtype} array"
-            elif vector.shape != (cfg.vector_length,):
-                reason = f"masked vector has shape {vector.shape}, expected ({cfg.vector_length},)"
-            elif int(vector.max()) >> cfg.modulus_bits:
-                reason = f"masked vector holds values >= 2^{cfg.modulus_bits}"
+            reason = ring_vector_problem(
+                vector,
+                modulus_bits=self._config.modulus_bits,
+                length=self._config.vector_length,
+            )
         if reason is not None:
             return self._reject(node_id, stage, reason)
         assert self._acc is not None and isinstance(vector, np.ndarray)
@@ -330,17 +328,12 @@ class ServerSession:
             reconstructed has fewer than ``threshold`` live holders.
         """
         self._advance(Stage.UNMASK)
-        t, u3 = self._config.threshold, frozenset(self._u3)
-        if len(u3) < t:
-            raise self._abort(f"{len(u3)} sites sent a masked input, threshold is {t}")
-        for node in sorted(u3):
-            live = sum(1 for v in self._graph.holders(node) if v in u3)
-            if live < t:
-                raise self._abort(f"node {node} has {live} live share holders, threshold is {t}")
-        for node in sorted(self._u2 - u3):
-            live = sum(1 for v in self._graph.neighbours(node) if v in u3)
-            if 0 < live < t:
-                raise self._abort(f"dropped node {node} has {live} live share holders, need {t}")
+        u3 = frozenset(self._u3)
+        reason = unrecoverable(
+            self._graph, threshold=self._config.threshold, shared=self._u2, contributors=u3
+        )
+        if reason is not None:
+            raise self._abort(reason)
         requests = {}
         for node in sorted(u3):
             alive = [v for v in self._graph.holders(node) if v in u3]
@@ -389,35 +382,17 @@ class ServerSession:
         """
         check_transition(self._stage, Stage.DONE)
         cfg, t, u3 = self._config, self._config.threshold, frozenset(self._u3)
-        add: list[bytes] = []
-        subtract: list[bytes] = []
         try:
-            for node in sorted(u3):
-                shares = self._seed_shares.get(node, [])
-                if len(shares) < t:
-                    raise self._abort(f"{len(shares)} seed shares of node {node}, need {t}")
-                seed = shamir.combine_shares(shares, threshold=t)
-                commit = keys.seed_commitment(seed, self._binding, node_id=node)
-                if not keys.ct_equal(commit, self._adverts[node][2]):
-                    raise self._abort(f"seed shares of node {node} do not match its commitment")
-                subtract.append(keys.self_mask_key(seed, self._binding, node_id=node))
-            for node in sorted(self._u2 - u3):
-                live = [v for v in self._graph.neighbours(node) if v in u3]
-                if not live:
-                    continue
-                shares = self._key_shares.get(node, [])
-                if len(shares) < t:
-                    raise self._abort(f"{len(shares)} key shares of node {node}, need {t}")
-                secret = keys.x25519_private_from_bytes(shamir.combine_shares(shares, threshold=t))
-                if not keys.ct_equal(
-                    keys.x25519_public_from_private(secret), self._adverts[node][1]
-                ):
-                    raise self._abort(f"key shares of node {node} do not match its advertised key")
-                for peer in live:
-                    shared = keys.agree(secret, self._adverts[peer][1])
-                    key = keys.pair_mask_key(shared, self._binding, a=node, b=peer)
-                    # peer added +mask if peer < node, else -mask: undo it
-                    (subtract if peer < node else add).append(key)
+            add, subtract = recover_mask_keys(
+                binding=self._binding,
+                graph=self._graph,
+                threshold=t,
+                contributors=u3,
+                dropped=self._u2 - u3,
+                adverts=self._adverts,
+                seed_shares=self._seed_shares,
+                key_shares=self._key_shares,
+            )
         except SecAggError as exc:
             raise self._abort(f"reconstruction failed: {exc}") from None
         assert self._acc is not None

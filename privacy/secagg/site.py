@@ -14,7 +14,6 @@ Flower messages (in ``context.state``); :meth:`SiteSession.wipe` ends it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -22,7 +21,6 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privacy.secagg import keys, shamir
 from privacy.secagg.config import SecAggConfig
@@ -30,19 +28,18 @@ from privacy.secagg.errors import SecAggError
 from privacy.secagg.masks import apply_masks
 from privacy.secagg.payloads import (
     REQUEST_KEYS,
-    SHARE_PAIR_LEN,
     check_request,
     get_ids,
+    ring_vector_problem,
     split_fixed,
 )
+from privacy.secagg.sharebox import open_shares, seal_shares
+from privacy.secagg.site_state import SiteSecrets, dump_state, load_state
 from privacy.secagg.stages import Stage, check_transition
-from protocol.codec import ring_dtype
 
 __all__ = ["SiteSession"]
 
 logger = logging.getLogger(__name__)
-
-_STATE_VERSION = b"1"
 
 
 class SiteSession:
@@ -84,14 +81,7 @@ class SiteSession:
         self._neighbours = frozenset(config.graph().neighbours(node_id))
         self._x = {v: i + 1 for i, v in enumerate(config.cohort)}  # Shamir evaluation points
         self._stage = Stage.SETUP
-        self._enc_sk: X25519PrivateKey | None = None
-        self._mask_sk: X25519PrivateKey | None = None
-        self._seed: bytearray | None = None
-        # Verified advertisements of neighbours: node -> (enc_pk, mask_pk).
-        self._peers: dict[int, tuple[bytes, bytes]] = {}
-        # Shares held for neighbours that sent them: node -> (seed share, key share).
-        self._held: dict[int, tuple[bytes, bytes]] = {}
-        self._own_seed_share: bytes | None = None
+        self._secrets = SiteSecrets()
 
     # ------------------------------------------------------------------ construction
 
@@ -177,10 +167,11 @@ class SiteSession:
     def advertise_keys(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Stage 1: fresh X25519 key pairs and self-mask seed; sign the public parts."""
         self._enter(request, Stage.ADVERTISE_KEYS)
-        self._enc_sk, enc_pk = keys.x25519_keypair()
-        self._mask_sk, mask_pk = keys.x25519_keypair()
-        self._seed = bytearray(os.urandom(keys.KEY_LEN))
-        commit = keys.seed_commitment(self._seed, self._binding, node_id=self._node_id)
+        sec = self._secrets
+        sec.enc_sk, enc_pk = keys.x25519_keypair()
+        sec.mask_sk, mask_pk = keys.x25519_keypair()
+        sec.seed = bytearray(os.urandom(keys.KEY_LEN))
+        commit = keys.seed_commitment(sec.seed, self._binding, node_id=self._node_id)
         signature = keys.sign_advertisement(
             self._identity_key,
             self._binding,
@@ -208,7 +199,8 @@ class SiteSession:
             raise self._fail(exc) from None
 
     def _share_keys(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        assert self._enc_sk is not None and self._mask_sk is not None and self._seed is not None
+        sec = self._secrets
+        assert sec.enc_sk is not None and sec.mask_sk is not None and sec.seed is not None
         ids = get_ids(request, "node-ids")
         count = len(ids)
         fields = {
@@ -234,29 +226,27 @@ class SiteSession:
                 mask_pk=fields["mask-pks"][i],
                 seed_commit=fields["seed-commits"][i],
             )
-        self._peers = {n: (fields["enc-pks"][i], fields["mask-pks"][i]) for i, n in enumerate(ids)}
+        sec.peers = {n: (fields["enc-pks"][i], fields["mask-pks"][i]) for i, n in enumerate(ids)}
         holders = sorted([*ids, self._node_id])
         xs = [self._x[h] for h in holders]
         t = self._config.threshold
-        seed_shares = shamir.split_secret(bytes(self._seed), threshold=t, xs=xs)
-        key_shares = shamir.split_secret(
-            keys.x25519_private_bytes(self._mask_sk), threshold=t, xs=xs
-        )
+        seed_shares = shamir.split_secret(bytes(sec.seed), threshold=t, xs=xs)
+        key_shares = shamir.split_secret(keys.x25519_private_bytes(sec.mask_sk), threshold=t, xs=xs)
         recipients, ciphertexts = [], []
         for holder, seed_share, key_share in zip(holders, seed_shares, key_shares, strict=True):
             if holder == self._node_id:
-                self._own_seed_share = seed_share  # own key share is never kept nor revealed
+                sec.own_seed_share = seed_share  # own key share is never kept nor revealed
                 continue
-            shared = keys.agree(self._enc_sk, self._peers[holder][0])
-            key = keys.share_enc_key(shared, self._binding, a=self._node_id, b=holder)
             recipients.append(holder)
             ciphertexts.append(
-                keys.encrypt_shares(
-                    key,
-                    seed_share + key_share,
+                seal_shares(
+                    sec.enc_sk,
+                    sec.peers[holder][0],
                     self._binding,
                     sender=self._node_id,
                     recipient=holder,
+                    seed_share=seed_share,
+                    key_share=key_share,
                 )
             )
         self._stage = Stage.SHARE_KEYS
@@ -278,54 +268,44 @@ class SiteSession:
             ``config.vector_length``, dtype ``ring_dtype(config.modulus_bits)``. Not modified.
         """
         self._enter(request, Stage.MASKED_INPUT)
-        cfg = self._config
-        dtype = ring_dtype(cfg.modulus_bits)
-        if (
-            not isinstance(vector, np.ndarray)
-            or vector.dtype != dtype
-            or vector.shape != (cfg.vector_length,)
-        ):
-            raise ValueError(
-                f"`vector` must be a {dtype} array of shape ({cfg.vector_length},), got "
-                f"{getattr(vector, 'dtype', type(vector).__name__)} "
-                f"{getattr(vector, 'shape', '')}"
-            )
-        if int(vector.max()) >> cfg.modulus_bits:
-            raise ValueError(f"`vector` holds values >= 2^{cfg.modulus_bits}")
+        problem = ring_vector_problem(
+            vector, modulus_bits=self._config.modulus_bits, length=self._config.vector_length
+        )
+        if problem is not None:
+            raise ValueError(f"`vector`: {problem}")
         try:
             return self._masked_input(request, vector)
         except (SecAggError, ValueError) as exc:
             raise self._fail(exc) from None
 
     def _masked_input(self, request: Mapping[str, Any], vector: np.ndarray) -> dict[str, Any]:
-        assert self._enc_sk is not None and self._mask_sk is not None and self._seed is not None
+        sec = self._secrets
+        assert sec.enc_sk is not None and sec.mask_sk is not None and sec.seed is not None
         senders = get_ids(request, "senders")
         ciphertexts = split_fixed(request, "ciphertexts", len(senders))
         for node in senders:
-            if node not in self._peers:
+            if node not in sec.peers:
                 raise SecAggError(f"masked-input request names node {node}, not a neighbour")
         if len(senders) + 1 < self._config.threshold:
             raise SecAggError(
                 f"only {len(senders)} neighbours shared keys; threshold is {self._config.threshold}"
             )
-        own_x = self._x[self._node_id]
-        held: dict[int, tuple[bytes, bytes]] = {}
-        for node, ciphertext in zip(senders, ciphertexts, strict=True):
-            shared = keys.agree(self._enc_sk, self._peers[node][0])
-            key = keys.share_enc_key(shared, self._binding, a=self._node_id, b=node)
-            plain = keys.decrypt_shares(
-                key, ciphertext, self._binding, sender=node, recipient=self._node_id
+        held = {
+            node: open_shares(
+                sec.enc_sk,
+                sec.peers[node][0],
+                self._binding,
+                ciphertext,
+                sender=node,
+                recipient=self._node_id,
+                own_x=self._x[self._node_id],
             )
-            if len(plain) != SHARE_PAIR_LEN:
-                raise SecAggError(f"shares from node {node} are malformed")
-            seed_share, key_share = plain[: shamir.SHARE_LEN], plain[shamir.SHARE_LEN :]
-            if shamir.share_x(seed_share) != own_x or shamir.share_x(key_share) != own_x:
-                raise SecAggError(f"shares from node {node} are not addressed to this site")
-            held[node] = (seed_share, key_share)
-        plus = [keys.self_mask_key(self._seed, self._binding, node_id=self._node_id)]
+            for node, ciphertext in zip(senders, ciphertexts, strict=True)
+        }
+        plus = [keys.self_mask_key(sec.seed, self._binding, node_id=self._node_id)]
         minus: list[bytes] = []
         for node in senders:
-            shared = keys.agree(self._mask_sk, self._peers[node][1])
+            shared = keys.agree(sec.mask_sk, sec.peers[node][1])
             key = keys.pair_mask_key(shared, self._binding, a=self._node_id, b=node)
             (plus if self._node_id < node else minus).append(key)
         masked = apply_masks(
@@ -335,8 +315,8 @@ class SiteSession:
             modulus_bits=self._config.modulus_bits,
             out=np.empty_like(vector),
         )
-        self._held = held
-        self._drop_key_material()
+        sec.held = held
+        sec.drop_key_material()
         self._stage = Stage.MASKED_INPUT
         logger.debug("node %d: masked input with %d neighbours", self._node_id, len(senders))
         return {**self._header(Stage.MASKED_INPUT), "masked-vector": masked}
@@ -365,18 +345,17 @@ class SiteSession:
         if self._node_id not in alive:
             raise SecAggError("unmask request does not list this site as alive")
         for node in (*alive, *dropped):
-            if node != self._node_id and node not in self._held:
+            if node != self._node_id and node not in self._secrets.held:
                 raise SecAggError(f"unmask request names node {node}, whose shares are not held")
         if len(alive) < self._config.threshold:
             raise SecAggError(
                 f"unmask request names {len(alive)} live holders; threshold is "
                 f"{self._config.threshold}"
             )
-        assert self._own_seed_share is not None
-        seed_shares = [
-            self._own_seed_share if n == self._node_id else self._held[n][0] for n in alive
-        ]
-        key_shares = [self._held[n][1] for n in dropped]
+        own, held = self._secrets.own_seed_share, self._secrets.held
+        assert own is not None
+        seed_shares = [own if n == self._node_id else held[n][0] for n in alive]
+        key_shares = [held[n][1] for n in dropped]
         return {
             **self._header(Stage.UNMASK),
             "seed-share-ids": alive,
@@ -387,55 +366,27 @@ class SiteSession:
 
     # ------------------------------------------------------------------ secrets
 
-    def _drop_key_material(self) -> None:
-        if self._seed is not None:
-            self._seed[:] = bytes(len(self._seed))
-        self._seed = None
-        self._enc_sk = None
-        self._mask_sk = None
-
     def wipe(self) -> None:
         """Forget every per-round secret and end the session.
 
         The stage becomes ``DONE`` after unmask, else ``ABORTED``. Python cannot guarantee
         erasure: buffers are zeroed where mutable and every reference is dropped.
         """
-        self._drop_key_material()
-        self._held = {}
-        self._own_seed_share = None
-        self._peers = {}
+        self._secrets.wipe()
         if self._stage == Stage.UNMASK:
             self._stage = Stage.DONE
         elif self._stage != Stage.DONE:
             self._stage = Stage.ABORTED
 
-    # ------------------------------------------------------------------ persistence
-
     def to_state(self) -> dict[str, bytes]:
         """Serialise the session (secrets included) to a dict of bytes for ``context.state``.
 
-        The dict holds per-round secrets: keep it only in the site's own state and call
-        :meth:`wipe` (then store again) when the round ends.
+        The dict holds per-round secrets: keep it only in the site's own state, and store
+        it again after the round ends (the secrets are gone by then).
         """
-        state: dict[str, bytes] = {
-            "version": _STATE_VERSION,
-            "config": _config_to_bytes(self._config),
-            "node-id": str(self._node_id).encode(),
-            "stage": self._stage.value.encode(),
-            "peers": json.dumps(
-                {str(n): [e.hex(), m.hex()] for n, (e, m) in self._peers.items()}
-            ).encode(),
-            "held": json.dumps(
-                {str(n): [s.hex(), k.hex()] for n, (s, k) in self._held.items()}
-            ).encode(),
-        }
-        if self._enc_sk is not None and self._mask_sk is not None and self._seed is not None:
-            state["enc-sk"] = keys.x25519_private_bytes(self._enc_sk)
-            state["mask-sk"] = keys.x25519_private_bytes(self._mask_sk)
-            state["seed"] = bytes(self._seed)
-        if self._own_seed_share is not None:
-            state["own-seed-share"] = self._own_seed_share
-        return state
+        return dump_state(
+            config=self._config, node_id=self._node_id, stage=self._stage, secrets=self._secrets
+        )
 
     @classmethod
     def from_state(
@@ -452,45 +403,13 @@ class SiteSession:
         SecAggError
             If the state is malformed or of another version.
         """
+        config, node_id, stage, secrets = load_state(state)
         try:
-            if state["version"] != _STATE_VERSION:
-                raise SecAggError("secure-aggregation state has an unknown version")
             session = cls(
-                config=_config_from_bytes(state["config"]),
-                node_id=int(state["node-id"].decode()),
-                identity_key=identity_key,
-                registry=registry,
+                config=config, node_id=node_id, identity_key=identity_key, registry=registry
             )
-            session._stage = Stage(state["stage"].decode())
-            session._peers = {
-                int(n): (bytes.fromhex(e), bytes.fromhex(m))
-                for n, (e, m) in json.loads(state["peers"]).items()
-            }
-            session._held = {
-                int(n): (bytes.fromhex(s), bytes.fromhex(k))
-                for n, (s, k) in json.loads(state["held"]).items()
-            }
-            if "seed" in state:
-                session._enc_sk = keys.x25519_private_from_bytes(state["enc-sk"])
-                session._mask_sk = keys.x25519_private_from_bytes(state["mask-sk"])
-                session._seed = bytearray(state["seed"])
-            session._own_seed_share = state.get("own-seed-share")
-        except SecAggError:
-            raise
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise SecAggError(
-                f"malformed secure-aggregation state ({type(exc).__name__})"
-            ) from None
+        except ValueError as exc:
+            raise SecAggError(f"malformed secure-aggregation state: {exc}") from None
+        session._stage = stage
+        session._secrets = secrets
         return session
-
-
-def _config_to_bytes(config: SecAggConfig) -> bytes:
-    payload = config.to_payload()
-    payload["graph-seed"] = config.graph_seed.hex()
-    return json.dumps(payload, sort_keys=True).encode()
-
-
-def _config_from_bytes(data: bytes) -> SecAggConfig:
-    payload = json.loads(data)
-    payload["graph-seed"] = bytes.fromhex(payload["graph-seed"])
-    return SecAggConfig.from_payload(payload)

@@ -212,7 +212,8 @@ def test_tampered_ledger_line_is_detected_and_shown_unverified(tmp_path: Path) -
     assert _site(report, "alpha").verification.verified
     assert any(f.severity == "red" and f.site_id == "beta" for f in report.flags)
     html = render_html(report)
-    assert '<span class="bad">UNVERIFIED</span>' in html and ".bad, .red { color: var(--red)" in html
+    assert '<span class="bad">UNVERIFIED</span>' in html
+    assert ".bad, .red { color: var(--red)" in html
     assert "**UNVERIFIED**" in render_md(report)
     assert _cli(["audit", str(root)]) == EXIT_BAD_INPUT
     assert (root / "audit" / "report.html").is_file()

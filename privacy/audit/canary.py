@@ -8,7 +8,7 @@ model before training) ranks them; the auditor guesses the top ``k_in`` IN, the 
 
 If training is (ε, δ)-DP, then (the paper's Theorem 3.1 and Appendix D)
 
-    P[v correct] <= P[Binomial(r, p_ε) >= v] + 2 m δ · max_{i=1..v} P[v-i <= Binomial(r, p_ε) < v] / i
+    P[v correct] <= P[Bin(r, p_ε) >= v] + 2 m δ · max_{i=1..v} P[v-i <= Bin(r, p_ε) < v] / i
 
 with ``p_ε = e^ε / (1 + e^ε)`` (the accuracy of ε-DP randomised response). The empirical lower
 bound at confidence ``1 - β`` is the largest ε whose bound is still below β: any smaller ε is
@@ -152,8 +152,11 @@ class CanaryPlan:
     @classmethod
     def draw(cls, m: int, *, length: int, vocab_size: int, seed: int,
              exclude: Sequence[int] = ()) -> CanaryPlan:
-        """``m`` random token sequences of ``length`` ids (uniform, avoiding ``exclude``)
-        and a fair coin for each, from a seeded generator (the seed is recorded)."""
+        """Draw ``m`` random canaries and a fair coin for each.
+
+        Token sequences of ``length`` ids, uniform over the vocabulary minus ``exclude``,
+        from a generator seeded with ``seed`` (recorded in the plan).
+        """
         if type(m) is not int or m < 1:
             raise ValueError(f"`m` must be an int >= 1, got {m!r}")
         if type(length) is not int or length < 2:
@@ -169,6 +172,7 @@ class CanaryPlan:
 
     @property
     def m(self) -> int:
+        """Number of canaries."""
         return len(self.sequences)
 
     def indices(self, *, included: bool) -> list[int]:
@@ -184,8 +188,8 @@ def membership_scores(loss_before: Sequence[float], loss_after: Sequence[float])
     return a - b
 
 
-def count_correct(scores: Sequence[float], included: Sequence[bool], *, k_in: int,
-                  k_out: int) -> tuple[int, int]:
+def count_correct(scores: Sequence[float] | np.ndarray, included: Sequence[bool], *,
+                  k_in: int, k_out: int) -> tuple[int, int]:
     """Guess the ``k_in`` top-scored canaries IN and the ``k_out`` lowest OUT.
 
     Ties are broken by index (independent of the coins). Returns ``(r, v)``: guesses made
@@ -242,17 +246,20 @@ class CanaryAuditResult:
         return self.formal_epsilon is not None and self.epsilon_lower_bound > self.formal_epsilon
 
     def to_mapping(self) -> dict[str, Any]:
+        """The result as JSON-ready data (with ``exceeds_formal``)."""
         return {**asdict(self), "exceeds_formal": self.exceeds_formal}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> CanaryAuditResult:
+        """Inverse of :meth:`to_mapping`; keys it does not know are ignored."""
         if not isinstance(data, Mapping):
             raise TypeError(f"a canary audit result must be a mapping, got {type(data).__name__}")
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def audit_scores(scores: Sequence[float], included: Sequence[bool], *, delta: float,
+def audit_scores(scores: Sequence[float] | np.ndarray, included: Sequence[bool], *,
+                 delta: float,
                  formal_epsilon: float | None, site_id: str = "site",
                  accountant: str | None = None, confidence: float = 0.95,
                  k_grid: Sequence[int] | None = None) -> CanaryAuditResult:

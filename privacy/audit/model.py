@@ -101,6 +101,7 @@ class AuditReport:
 
     @property
     def red_flags(self) -> tuple[Flag, ...]:
+        """The flags of severity ``red``."""
         return tuple(f for f in self.flags if f.severity == "red")
 
 
@@ -209,7 +210,7 @@ def _empirical(run_dir: Path, canary_result: Path | Mapping[str, Any] | None,
             return ()
     from privacy.audit.canary import CanaryAuditResult
 
-    items = doc.get("runs") if isinstance(doc, dict) and "runs" in doc else [doc]
+    items: Any = doc.get("runs") if isinstance(doc, dict) and "runs" in doc else [doc]
     out = []
     for item in items if isinstance(items, list) else [items]:
         try:
@@ -265,9 +266,8 @@ def build_report(run_dir: str | Path, *,
     metrics = _read_jsonl(root / "metrics.jsonl", flags)
     participation = _read_jsonl(root / "participation.jsonl", flags)
     rounds = _aggregate_rounds(participation, metrics)
-    config = run.get("config") if isinstance(run.get("config"), dict) else {}
-    planned = config.get("num-server-rounds") if isinstance(config, dict) else None
-    num_rounds = max([r.round for r in rounds] + [planned if type(planned) is int else 0])
+    config: dict[str, Any] = run["config"] if isinstance(run.get("config"), dict) else {}
+    num_rounds = max((r.round for r in rounds), default=0)  # completed, not planned
     run_id = str(run["run_id"]) if "run_id" in run else None
 
     dirs = _site_dirs(root)
@@ -283,7 +283,8 @@ def build_report(run_dir: str | Path, *,
     report = AuditReport(
         schema_version=SCHEMA_VERSION, mode="simulation", run_id=run_id,
         created=str(run["created"]) if "created" in run else None,
-        config=dict(config), versions=dict(run.get("versions") or {}),
+        config=dict(config),
+        versions=dict(run["versions"]) if isinstance(run.get("versions"), dict) else {},
         num_rounds=num_rounds, sites=tuple(sites), rounds=rounds,
         initial_eval_loss=_num_or_none(round0.get("eval_loss")),
         empirical=empirical, flags=tuple(flags),
@@ -317,7 +318,7 @@ def report_data(report: AuditReport, *, with_digest: bool = True) -> dict[str, A
     """
     data = _jsonable(report)
     data["kind"] = "confide-audit-report"
-    for site, site_data in zip(report.sites, data["sites"]):
+    for site, site_data in zip(report.sites, data["sites"], strict=True):
         site_data["verified"] = site.verification.verified
     data["all_verified"] = report.all_verified
     if not with_digest:
@@ -326,7 +327,9 @@ def report_data(report: AuditReport, *, with_digest: bool = True) -> dict[str, A
 
 
 def report_sha256(report: AuditReport) -> str:
-    """SHA-256 (hex) over the canonical JSON (sorted keys, no spaces, ASCII) of the report's
-    data without its ``sha256`` field. Building the report twice from the same RUN_DIR gives
-    the same digest: nothing time- or path-dependent is in the data."""
+    """SHA-256 (hex) of the report's data without its ``sha256`` field.
+
+    Over the canonical JSON (sorted keys, no spaces, ASCII). Building the report twice from
+    the same RUN_DIR gives the same digest: nothing time- or path-dependent is in the data.
+    """
     return hashlib.sha256(canonical_json(report_data(report, with_digest=False))).hexdigest()

@@ -37,10 +37,12 @@ h1 { font-size: 1.6em; margin: 0 0 .2em; } h2 { font-size: 1.25em; margin: 1.4em
 table { border-collapse: collapse; width: 100%; margin: .4em 0 .8em; font-size: .92em; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums;
+         white-space: nowrap; }
 tr.earlier td { color: var(--muted); }
 .bad, .red { color: var(--red); font-weight: 700; } .ok { color: var(--ok); font-weight: 700; }
-.status { font-size: 1.1em; padding: .4em .6em; border: 2px solid currentColor; display: inline-block; }
+.status { font-size: 1.1em; padding: .4em .6em; border: 2px solid currentColor;
+          display: inline-block; }
 tr.altered td { background: #fde7ea; }
 ul.flags li.red { color: var(--red); } ul.flags li.warning { color: #8a5a00; }
 figure { margin: 0; } figcaption { color: var(--muted); font-size: .9em; }
@@ -59,8 +61,8 @@ pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: .85em; }
 
 def _nice_step(span: float, ticks: int = 5) -> float:
     raw = span / ticks
-    mag = 10 ** math.floor(math.log10(raw))
-    return next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    return float(next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw))
 
 
 def epsilon_plot_svg(sites: Sequence[SiteReport], num_rounds: int, *, width: int = 760,
@@ -82,11 +84,11 @@ def epsilon_plot_svg(sites: Sequence[SiteReport], num_rounds: int, *, width: int
     def y(e: float) -> float:
         return top + ph * (1.0 - e / ymax)
 
-    out = [f'<svg id="epsilon-plot" xmlns="http://www.w3.org/2000/svg" role="img" '
-           f'viewBox="0 0 {width} {height}" width="100%" style="max-width:{width}px" '
-           f'aria-labelledby="epsilon-plot-title">',
-           '<title id="epsilon-plot-title">Privacy loss epsilon after each round, per site, '
-           'with budget lines</title>',
+    out = [(f'<svg id="epsilon-plot" xmlns="http://www.w3.org/2000/svg" role="img" '
+            f'viewBox="0 0 {width} {height}" width="100%" style="max-width:{width}px" '
+            f'aria-labelledby="epsilon-plot-title">'),
+           ('<title id="epsilon-plot-title">Privacy loss epsilon after each round, per site, '
+            'with budget lines</title>'),
            f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>']
     tick = 0.0
     while tick <= ymax + 1e-12:
@@ -263,19 +265,20 @@ def render_html(report: AuditReport) -> str:
         "<tr>" + _td(k) + _td(str(v)) + "</tr>" for k, v in sorted(report.versions.items())])
     body = [
         f"<header><h1>{escape(title)}</h1>",
-        f'<p class="meta">Mode: {escape(report.mode)} · created {escape(report.created or "-")}'
-        f" · {report.num_rounds} rounds · {len(report.sites)} sites</p>",
+        (f'<p class="meta">Mode: {escape(report.mode)} · created '
+         f'{escape(report.created or "-")} · {report.num_rounds} rounds · '
+         f"{len(report.sites)} sites</p>"),
         f'<p class="meta">Report SHA-256: <code id="report-sha256">{report.sha256}</code></p>',
         status, "</header>", flags,
         '<section id="plot"><h2>ε per round</h2><figure>',
         epsilon_plot_svg(report.sites, report.num_rounds),
-        "<figcaption>ε(δ) the site ledgers state after each round (dotted: unverified ledger); "
-        "dashed red: budget.</figcaption></figure></section>",
+        ("<figcaption>ε(δ) the site ledgers state after each round (dotted: unverified "
+         "ledger); dashed red: budget.</figcaption></figure></section>"),
         '<section id="sites"><h2>Sites and independent recomputation</h2>',
         _sites_table(report),
-        '<p class="meta">Recomputed from the parameters each ledger records: same accountant '
-        "(must match to 1%), the second accountant (PRV for RDP runs and vice versa), and the "
-        "PRV lower bound (a stated ε below it is flagged red).</p>",
+        ('<p class="meta">Recomputed from the parameters each ledger records: same accountant '
+         "(must match to 1%), the second accountant (PRV for RDP runs and vice versa), and the "
+         "PRV lower bound (a stated ε below it is flagged red).</p>"),
         *(_site_section(s, report.run_id) for s in report.sites), "</section>",
         '<section id="rounds"><h2>Rounds: who was in each aggregate</h2>',
         _rounds_table(report), "</section>",

@@ -54,8 +54,8 @@ def render_md(report: AuditReport) -> str:
     """The whole report as GitHub-flavoured Markdown."""
     red = report.red_flags
     lines = [f"# Privacy audit — run {report.run_id or '(unknown)'}", "",
-             f"- mode: {report.mode}; created: {report.created or '-'}; "
-             f"rounds: {report.num_rounds}",
+             (f"- mode: {report.mode}; created: {report.created or '-'}; "
+              f"rounds: {report.num_rounds}"),
              f"- report SHA-256: `{report.sha256}`",
              "- status: " + (f"**{len(red)} RED FLAG(S)**" if red else "no red flags")
              + ("" if report.all_verified else "; **some ledgers UNVERIFIED**"), ""]
@@ -109,5 +109,6 @@ def render_md(report: AuditReport) -> str:
     lines += ["## Configuration", "", "```json",
               json.dumps(dict(report.config), indent=2, sort_keys=True), "```", "",
               "## Software versions", ""]
-    lines += _table(["package", "version"], [[k, str(v)] for k, v in sorted(report.versions.items())])
+    lines += _table(["package", "version"],
+                    [[k, str(v)] for k, v in sorted(report.versions.items())])
     return "\n".join(lines) + "\n"

@@ -136,8 +136,8 @@ def _run_lines(lines: Sequence[LedgerLine], run_id: str | None,
         return mine
     ids = sorted({ln.entry.run_id for ln in lines})
     if len(ids) == 1:
-        notes.append(("warning", f"ledger entries carry run id {ids[0]!r}, run.json says "
-                                 f"{run_id!r}; taking them as this run's"))
+        notes.append(("warning", (f"ledger entries carry run id {ids[0]!r}, run.json says "
+                                  f"{run_id!r}; taking them as this run's")))
         return list(lines)
     notes.append(("warning", f"no ledger entry for run {run_id!r} (ledger has runs {ids})"))
     return []
@@ -165,14 +165,16 @@ def _consistency(site_names: set[str], run_lines: Sequence[LedgerLine],
             stated = series.get(rnd)
             if stated is None or not math.isclose(float(value), stated, rel_tol=_METRIC_RTOL,
                                                   abs_tol=1e-9):
+                said = "nothing" if stated is None else f"{stated:.6g}"
                 problems.append(f"metrics.jsonl: round {rnd} reports eps={float(value):.6g}, "
-                                f"the ledger states {stated if stated is None else f'{stated:.6g}'}")
+                                f"the ledger states {said}")
     return problems
 
 
-def build_site(name: str, site_dir: Path | None, *, run_id: str | None, num_rounds: int,
-               rounds: Sequence[AggregateRound], metrics: Sequence[Mapping[str, Any]],
-               ) -> tuple[SiteReport, list[tuple[str, str]]]:
+def build_site(
+    name: str, site_dir: Path | None, *, run_id: str | None, num_rounds: int,
+    rounds: Sequence[AggregateRound], metrics: Sequence[Mapping[str, Any]],
+) -> tuple[SiteReport, list[tuple[str, str]]]:
     """Build one site's report and its ``(severity, message)`` flags; never raises on content.
 
     Parameters
@@ -218,8 +220,8 @@ def build_site(name: str, site_dir: Path | None, *, run_id: str | None, num_roun
             continue
         mech = _mechanism(ln)
         if ln.entry.status == "trained" and mech is None:
-            notes.append(("red", f"ledger line {ln.line}: a trained entry with invalid "
-                                 "parameters (cannot be composed)"))
+            notes.append(("red", (f"ledger line {ln.line}: a trained entry with invalid "
+                                  "parameters (cannot be composed)")))
         if mech is not None:
             history.append(mech)
         e = ln.entry
@@ -248,7 +250,7 @@ def build_site(name: str, site_dir: Path | None, *, run_id: str | None, num_roun
     by_round = {r.round: r.epsilon_after for r in mine}
     series: list[SeriesPoint] = []
     current = eps_before
-    for rnd in range(0, last_round + 1):
+    for rnd in range(last_round + 1):
         current = by_round.get(rnd, current)
         series.append(SeriesPoint(rnd, current))
 
@@ -263,8 +265,8 @@ def build_site(name: str, site_dir: Path | None, *, run_id: str | None, num_roun
                 failed.setdefault(agg.round, agg.failed[n])
     trained_rounds = [r.round for r in mine if r.status == "trained"]
     for rnd in sorted({r for r in trained_rounds if trained_rounds.count(r) > 1}):
-        notes.append(("warning", f"round {rnd} is recorded {trained_rounds.count(rnd)} times "
-                                 "in the ledger; each is composed"))
+        notes.append(("warning", (f"round {rnd} is recorded {trained_rounds.count(rnd)} "
+                                  "times in the ledger; each is composed")))
     dropped = sum(1 for agg in rounds if names & set(agg.dropped))
 
     problems = list(check.problems)
@@ -284,13 +286,14 @@ def build_site(name: str, site_dir: Path | None, *, run_id: str | None, num_roun
             notes.append(("red", f"eps could not be recomputed: {recomp.error}"))
         elif not recomp.matches:
             rel = recomp.relative_error
-            notes.append(("red", f"stated eps {stated:.6g} differs from its same-accountant "
-                                 f"recomputation {recomp.same} by "
-                                 f"{'inf' if rel is None else f'{100 * rel:.2f}'}% "
-                                 f"(> {100 * MATCH_RTOL:g}%)"))
+            pct = "inf" if rel is None else f"{100 * rel:.2f}"
+            notes.append(("red", (f"stated eps {stated:.6g} differs from its same-accountant "
+                                  f"recomputation {recomp.same} by {pct}% "
+                                  f"(> {100 * MATCH_RTOL:g}%)")))
         if recomp.below_tight:
-            notes.append(("red", f"stated eps {stated:.6g} is below the tight (PRV) lower bound "
-                                 f"{recomp.tight_lower}: the run understates its privacy loss"))
+            notes.append(("red", (f"stated eps {stated:.6g} is below the tight (PRV) lower "
+                                  f"bound {recomp.tight_lower}: the run understates its "
+                                  "privacy loss")))
     elif history:
         notes.append(("red", "no usable delta / accountant: eps cannot be recomputed"))
     pdelta = _pnum(policy, "delta")

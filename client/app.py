@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -74,16 +77,25 @@ def _reply(msg: Message, *, site: str, status: str, reason: str = "",
     return Message(content, reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train the LoRA parameters locally and return the adapter delta (trained tensors only).
+@dataclass
+class LocalUpdate:
+    """The outcome of a site's local round: a delta, or a decline with its reason."""
 
-    With a site privacy policy: decide first (train or decline), train with DP-SGD, write
-    the ledger entry, and only then build the reply.
+    site: str
+    status: str
+    reason: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    delta: dict[str, np.ndarray] | None = None
+
+
+def local_update(instr: Any, arrays: Any, context: Context) -> LocalUpdate:
+    """Plan (or decline) under the site's policy, train, write the ledger, return the delta.
+
+    With a site privacy policy the ledger entry is written before this returns, i.e. before
+    anything derived from the round's training can leave the site.
     """
     t0 = time.perf_counter()
     cfg, sm, data = _setup(context)
-    instr: Any = msg.content[CONFIG]
     round_num = int(instr["round"])
     run_id = str(instr.get("run-id", context.run_id))
     aggregation = str(instr.get("aggregation", cfg.aggregation))
@@ -104,14 +116,14 @@ def train(msg: Message, context: Context) -> Message:
             privacy.record_decline(decision, run_id=run_id, round_num=round_num)
             logger.warning("site %s declines round %d: %s (%s)", site, round_num,
                            decision.reason, decision.detail)
-            return _reply(msg, site=site, status=STATUS_DECLINED, reason=decision.reason,
-                          metrics={"epsilon": decision.epsilon_spent, "delta": decision.delta})
+            return LocalUpdate(site, STATUS_DECLINED, decision.reason,
+                               {"epsilon": decision.epsilon_spent, "delta": decision.delta})
         plan = decision
         logger.info("site %s round %d: DP plan %s", site, round_num, plan.summary())
     elif dp_enabled:
-        return _reply(msg, site=site, status=STATUS_DECLINED, reason="no-privacy-policy")
+        return LocalUpdate(site, STATUS_DECLINED, "no-privacy-policy")
 
-    global_state = record_to_state(msg.content[ARRAYS])
+    global_state = record_to_state(arrays)
     set_adapter_state(sm, global_state, aggregation=aggregation)
     t_setup = time.perf_counter() - t0
     seed = _round_seed(cfg.seed, round_num, site)
@@ -137,8 +149,21 @@ def train(msg: Message, context: Context) -> Message:
                         "noise-multiplier": plan.noise_multiplier,
                         "sample-rate": plan.sample_rate, "max-grad-norm": plan.max_grad_norm})
     logger.info("site %s round %d: %d steps, train loss %.4f", site, round_num, steps, mean_loss)
-    return _reply(msg, site=site, status=STATUS_OK, metrics=metrics,
-                  arrays=state_to_record(delta))
+    return LocalUpdate(site, STATUS_OK, metrics=metrics, delta=delta)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Plain (unmasked) round: return the adapter delta of the trained tensors."""
+    from client.secure import inject_fault
+
+    cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
+    inject_fault(cfg, site_spec(context.node_config, cfg).name, "train",
+                 int(msg.content[CONFIG]["round"]))
+    upd = local_update(msg.content[CONFIG], msg.content[ARRAYS], context)
+    arrays = state_to_record(upd.delta) if upd.delta is not None else None
+    return _reply(msg, site=upd.site, status=upd.status, reason=upd.reason,
+                  metrics=upd.metrics, arrays=arrays)
 
 
 @app.evaluate()
@@ -159,3 +184,15 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
     })
     status = ConfigRecord({"status": STATUS_OK, "site": data.spec.name})
     return Message(RecordDict({METRICS: metrics, CONFIG: status}), reply_to=msg)
+
+
+@app.query("hello")
+def hello(msg: Message, context: Context) -> Message:
+    """Tell the coordinator this node's site name (no model or data is loaded)."""
+    cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
+    spec = site_spec(context.node_config, cfg)
+    return _reply(msg, site=spec.name, status=STATUS_OK)
+
+
+# secure-aggregation stages register themselves on `app`
+from client import secure as _secure  # noqa: E402,F401

@@ -58,6 +58,11 @@ class RunConfig:
     dp_noise_multiplier: float = -1.0
     site_dp_policy: str = ""
     sites_state_dir: str = ""
+    secagg: bool = False
+    secagg_enrolment: str = ""
+    secagg_clip: float = 10.0
+    secagg_max_weight: float = 100000.0
+    faults: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +108,10 @@ class RunConfig:
         need(self.device in _DEVICES, "device", f"one of {_DEVICES}")
         need(self.round_timeout > 0, "round-timeout", "> 0")
         need(self.max_eval_examples >= 0, "max-eval-examples", ">= 0")
+        need(self.secagg_clip > 0, "secagg-clip", "> 0")
+        need(self.secagg_max_weight >= 1, "secagg-max-weight", ">= 1")
+        need(not self.secagg or bool(self.secagg_enrolment), "secagg-enrolment",
+             "the path of the enrolment list when secagg is on")
         need(self.dp_noise_multiplier == -1.0 or self.dp_noise_multiplier >= 0.0,
              "dp-noise-multiplier", ">= 0 (or -1: left to each site)")
 

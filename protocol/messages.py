@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 __all__ = [
     "ARRAYS",
     "CONFIG",
     "METRICS",
     "PROTOCOL_VERSION",
+    "SECAGG",
+    "SECAGG_ARRAYS",
     "STATUS_DECLINED",
     "STATUS_OK",
+    "get_payload",
+    "put_payload",
     "record_to_state",
     "state_to_record",
 ]
@@ -39,3 +46,61 @@ def state_to_record(state: Mapping[str, np.ndarray]) -> ArrayRecord:
 def record_to_state(record: ArrayRecord) -> dict[str, np.ndarray]:
     """ArrayRecord -> adapter tensors (numpy arrays, dtype as sent)."""
     return {k: record[k].numpy() for k in record}
+
+
+# --- secure-aggregation payloads ------------------------------------------------------------
+SECAGG = "secagg"  # ConfigRecord {"payload": canonical JSON of the non-array fields}
+SECAGG_ARRAYS = "secagg-arrays"  # ArrayRecord of the payload's numpy arrays (masked vectors)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    raise TypeError(f"cannot put {type(value).__name__} in a secure-aggregation payload")
+
+
+def _from_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) != {"b64"}:
+            raise ValueError("malformed secure-aggregation payload field")
+        return base64.b64decode(value["b64"], validate=True)
+    if isinstance(value, list):
+        return [_from_jsonable(v) for v in value]
+    return value
+
+
+def put_payload(content: RecordDict, payload: Mapping[str, Any]) -> RecordDict:
+    """Store a secure-aggregation payload (bytes, ints, lists, numpy arrays) in ``content``."""
+    plain = {k: _jsonable(v) for k, v in payload.items() if not isinstance(v, np.ndarray)}
+    arrays = {k: v for k, v in payload.items() if isinstance(v, np.ndarray)}
+    content[SECAGG] = ConfigRecord({"payload": json.dumps(plain, sort_keys=True)})
+    if arrays:
+        content[SECAGG_ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v))
+                                              for k, v in arrays.items()})
+    return content
+
+
+def get_payload(content: RecordDict) -> dict[str, Any]:
+    """Inverse of :func:`put_payload`; a missing or malformed payload raises ``ValueError``."""
+    if SECAGG not in content:
+        raise ValueError("message carries no secure-aggregation payload")
+    raw: Any = content[SECAGG]["payload"]
+    try:
+        doc = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"secure-aggregation payload is not JSON: {exc.msg}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("secure-aggregation payload must be an object")
+    out = {k: _from_jsonable(v) for k, v in doc.items()}
+    if SECAGG_ARRAYS in content:
+        rec: Any = content[SECAGG_ARRAYS]
+        out.update({k: rec[k].numpy() for k in rec})
+    return out

@@ -15,6 +15,7 @@ from protocol.adapter import adapter_shapes, initial_adapter_state, lora_config
 from protocol.config import RunConfig
 from protocol.model_ref import resolve_model
 from server.rounds import RoundDriver
+from server.secure import SecureAggregator, load_enrolment
 from server.rundir import ResumeError, RunDir, RunState
 
 __all__ = ["app", "run_server"]
@@ -72,6 +73,13 @@ def run_server(grid: Grid, cfg: RunConfig) -> Path:
                 cfg.num_server_rounds, cfg.aggregation, cfg.lora_r, cfg.lora_target_modules,
                 rundir.root)
     driver = RoundDriver(grid, cfg, rundir, run_id=run_id, lora_cfg=lcfg, shapes=shapes)
+    if cfg.secagg:
+        driver.secure = SecureAggregator(driver, enrolment=load_enrolment(cfg.secagg_enrolment),
+                                         clip=cfg.secagg_clip, max_weight=cfg.secagg_max_weight)
+        logger.info("secure aggregation on: %d enrolled sites, delta clip %g, max weight %g",
+                    len(driver.secure.enrolment), cfg.secagg_clip, cfg.secagg_max_weight)
+    else:
+        logger.warning("secure aggregation off: the server sees every site's update in the clear")
     try:
         driver.run(state, start_round=start)
     except BaseException:

@@ -16,7 +16,16 @@ from flwr.serverapp import Grid
 
 from protocol.adapter import AdapterError, check_state, trainable_keys
 from protocol.config import RunConfig
-from protocol.messages import ARRAYS, CONFIG, METRICS, STATUS_OK, record_to_state, state_to_record
+from protocol.messages import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    SECAGG,
+    STATUS_OK,
+    get_payload,
+    record_to_state,
+    state_to_record,
+)
 from server.aggregate import apply_delta, weighted_mean
 from server.rundir import RunDir, RunState
 
@@ -54,6 +63,7 @@ class SiteReply:
     metrics: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] | None = None
     reason: str = ""
+    payload: dict[str, Any] | None = None
 
 
 def _parse_reply(msg: Message) -> SiteReply:
@@ -64,8 +74,15 @@ def _parse_reply(msg: Message) -> SiteReply:
     status: Any = content[CONFIG] if CONFIG in content else {}
     metrics = dict(content[METRICS]) if METRICS in content else {}
     arrays = record_to_state(content[ARRAYS]) if ARRAYS in content else None
+    payload = None
+    if SECAGG in content:
+        try:
+            payload = get_payload(content)
+        except ValueError as exc:
+            return SiteReply(node, str(status.get("site", f"node-{node}")), "failed",
+                             reason=f"malformed secure-aggregation payload: {exc}")
     return SiteReply(node, str(status.get("site", f"node-{node}")), str(status.get("status", "")),
-                     metrics, arrays, str(status.get("reason", "")))
+                     metrics, arrays, str(status.get("reason", "")), payload)
 
 
 class RoundDriver:
@@ -83,6 +100,7 @@ class RoundDriver:
         self.upload_keys = trainable_keys(list(shapes), cfg.aggregation)
         self.exhausted: set[int] = set()  # declined for budget: never sampled again
         self.stopped_early = ""
+        self.secure: Any = None  # a server.secure.SecureAggregator when secure aggregation is on
 
     # messaging ---------------------------------------------------------------------------
     def _instructions(self, round_num: int) -> ConfigRecord:
@@ -96,11 +114,21 @@ class RoundDriver:
 
     def _send(self, nodes: Iterable[int], kind: str, content: RecordDict,
               round_num: int) -> list[SiteReply]:
-        messages = [Message(content, dst_node_id=n, message_type=kind, group_id=str(round_num))
-                    for n in nodes]
+        return self.send_each({n: content for n in nodes}, kind, round_num)
+
+    def send_each(self, contents: Mapping[int, RecordDict], kind: str,
+                  round_num: int) -> list[SiteReply]:
+        """Send each node its own content; wait at most ``round-timeout`` for the replies."""
+        nodes = sorted(contents)
+        messages = [Message(contents[n], dst_node_id=n, message_type=kind,
+                            group_id=str(round_num)) for n in nodes]
         replies = [_parse_reply(m) for m in
                    self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout)]
+        replies = [r for r in replies if r.node_id in contents]
         got = {r.node_id for r in replies}
+        if len(got) < len(nodes):
+            logger.warning("round %d: %s: %d of %d sites replied within %.0f s", round_num, kind,
+                           len(got), len(nodes), self.cfg.round_timeout)
         for n in nodes:
             if n not in got:
                 replies.append(SiteReply(n, self.site_names.get(n, f"node-{n}"), "timeout",
@@ -111,6 +139,12 @@ class RoundDriver:
             elif r.site.startswith("node-"):
                 r.site = self.site_names.get(r.node_id, r.site)
         return sorted(replies, key=lambda r: r.node_id)
+
+    def discover_names(self, nodes: Iterable[int], round_num: int) -> None:
+        """Ask nodes whose site name is not known yet (cheap: no model is loaded)."""
+        unknown = [n for n in nodes if n not in self.site_names]
+        if unknown:
+            self._send(unknown, "query.hello", RecordDict({CONFIG: ConfigRecord({})}), round_num)
 
     # phases ------------------------------------------------------------------------------
     def sample(self, round_num: int) -> list[int]:
@@ -212,7 +246,11 @@ class RoundDriver:
                                       "budget-exhausted; no site can train")
                 logger.warning("stopping %s", self.stopped_early)
                 break
-            new_state, part = self.train_and_aggregate(rnd, state, nodes)
+            if self.secure is not None:
+                self.discover_names(nodes, rnd)
+                new_state, part = self.secure.round(rnd, state, nodes, self._instructions(rnd))
+            else:
+                new_state, part = self.train_and_aggregate(rnd, state, nodes)
             if new_state is None:
                 logger.warning("round %d: no update released; global adapter unchanged", rnd)
             else:
@@ -224,6 +262,7 @@ class RoundDriver:
             self.rundir.append_metrics({
                 "round": rnd, **ev, "round_time_s": elapsed,
                 "contributed": part["contributed"], "released": part["released"],
+                "dropped": part.get("dropped", []),
                 "train_loss": part.get("train_loss", {}), "epsilon": part["epsilon"],
                 "declined": part["declined"],
             })

@@ -72,6 +72,10 @@ def _add_simulate(sub: Any) -> None:
                    help="CPU cores Flower reserves per virtual site")
     p.add_argument("--max-eval-examples", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue a crashed run in --out")
+    p.add_argument("--secagg", choices=("on", "off"), default="on",
+                   help="secure aggregation of the masked updates (default on)")
+    p.add_argument("--secagg-clip", type=_positive_float("--secagg-clip"), default=None,
+                   help="L2 bound on each site's delta before encoding (default 10)")
     dp = p.add_argument_group("differential privacy (each virtual site's own policy)")
     dp.add_argument("--dp", choices=("on", "off"), default="on",
                     help="DP-SGD at every site (default on)")
@@ -133,8 +137,12 @@ def _run_config(args: argparse.Namespace) -> Any:
         "out-dir": str(out), "resume": bool(args.resume),
         "dp": policy is not None, "site-dp-policy": json.dumps(policy) if policy else "",
         "sites-state-dir": str(out / "sites"),
+        "secagg": args.secagg == "on",
+        "secagg-enrolment": str(out / "enrolment.json") if args.secagg == "on" else "",
         "min-sites": min(args.sites, args.min_sites or min(args.sites, 2)),
     }
+    if args.secagg_clip is not None:
+        overrides["secagg-clip"] = args.secagg_clip
     for flag in ("local_steps", "batch_size", "learning_rate", "max_seq_len", "aggregation",
                  "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                  "fraction_train", "seed", "device", "max_eval_examples"):
@@ -168,6 +176,28 @@ def _site_policy(args: argparse.Namespace) -> dict[str, Any] | None:
         flag = str(exc).split("`")[1].replace("_", "-") if "`" in str(exc) else "dp"
         raise UsageError(f"--{flag.replace('budget-epsilon', 'epsilon')}: {exc}") from None
     return doc
+
+
+def enrol_sites(cfg: Any, num_sites: int) -> None:
+    """Stand in for each site's operator: an identity key per site, and the enrolment list."""
+    from client.secure import IDENTITY_FILE
+    from client.site import site_spec
+    from privacy.secagg import generate_identity_key, identity_private_bytes
+    from privacy.secagg.keys import load_identity_private_key, identity_public_bytes
+    from protocol.io import atomic_write_bytes, atomic_write_json
+
+    enrolment: dict[str, str] = {}
+    for i in range(num_sites):
+        spec = site_spec({"partition-id": i, "num-partitions": num_sites}, cfg)
+        path = spec.state_dir / IDENTITY_FILE
+        if path.exists():
+            key = load_identity_private_key(path.read_bytes())
+        else:
+            key = generate_identity_key()
+            atomic_write_bytes(path, identity_private_bytes(key))
+            path.chmod(0o600)
+        enrolment[spec.name] = identity_public_bytes(key).hex()
+    atomic_write_json(cfg.secagg_enrolment, enrolment)
 
 
 def dp_summary(cfg: Any, num_sites: int) -> str:
@@ -262,6 +292,12 @@ def _simulate(args: argparse.Namespace) -> int:
     out = Path(cfg.out_dir)
     print(f"confide simulate: {args.sites} sites x {cfg.num_server_rounds} rounds, "
           f"model {cfg.model}, data {cfg.data_dir}, out {out}", flush=True)
+    if cfg.secagg:
+        enrol_sites(cfg, args.sites)
+        print(f"secure aggregation: on ({args.sites} enrolled sites, delta clip "
+              f"{cfg.secagg_clip:g}); the coordinator sees only the sum", flush=True)
+    else:
+        print("secure aggregation: off (the coordinator sees each update)", flush=True)
     try:
         print(dp_summary(cfg, args.sites), flush=True)
     except Exception as exc:  # noqa: BLE001 - a broken ledger, a bad policy: refuse to start

@@ -92,6 +92,8 @@ def _add_simulate(sub: Any) -> None:
     dp.add_argument("--secure-mode", action="store_true",
                     help="OS CSPRNG for sampling and noise (slower; for production)")
     p.add_argument("--quiet", action="store_true", help="do not stream the server log")
+    p.add_argument("--faults", default=None,
+                   help="scenario: crash sites at given stages, e.g. 'bank@unmask@2,law@train'")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -143,7 +145,7 @@ def _run_config(args: argparse.Namespace) -> Any:
     }
     if args.secagg_clip is not None:
         overrides["secagg-clip"] = args.secagg_clip
-    for flag in ("local_steps", "batch_size", "learning_rate", "max_seq_len", "aggregation",
+    for flag in ("faults", "local_steps", "batch_size", "learning_rate", "max_seq_len", "aggregation",
                  "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                  "fraction_train", "seed", "device", "max_eval_examples"):
         value = getattr(args, flag)

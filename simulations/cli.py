@@ -103,6 +103,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_simulate(sub)
+    from privacy.audit.cli import add_audit_parser
+
+    add_audit_parser(sub)
     return parser
 
 
@@ -318,6 +321,13 @@ def _simulate(args: argparse.Namespace) -> int:
               f"{state.get('status', 'missing')}, last round {state.get('completed_round', '-')}); "
               f"see the log above; resume with --resume --out {out}", file=sys.stderr)
         return EXIT_RUN_FAILED
+    try:
+        from privacy.audit.write import write_audit
+
+        report, paths = write_audit(out)
+        audit_note = f"  audit:    {paths.get('html', out / 'audit')} (+ .json, .md)"
+    except Exception as exc:  # noqa: BLE001 - the run is done; say the report failed
+        audit_note = f"  audit:    FAILED to write the report: {exc}"
     print()
     print(_summary(out))
     print()
@@ -325,9 +335,7 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"  adapter:  {out / 'adapter'}")
     print(f"  metrics:  {out / 'metrics.jsonl'}")
     print(f"  run info: {out / 'run.json'}")
-    audit = out / "audit"
-    if audit.exists():
-        print(f"  audit:    {audit}")
+    print(audit_note)
     return 0
 
 
@@ -339,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return _simulate(args)
+        if hasattr(args, "handler"):
+            return int(args.handler(args))
     except UsageError as exc:
         print(f"confide {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

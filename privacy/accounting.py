@@ -137,25 +137,31 @@ def epsilon(history: Iterable[Any], *, delta: float, accountant: str = "rdp") ->
 def _epsilon_cached(merged: tuple[Mechanism, ...], delta: float, accountant: str) -> float:
     """ε of a validated, merged, sorted history (cached: plans ask for the same ones)."""
     opacus_history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in merged]
-    if accountant == "rdp":
-        from opacus.accountants import RDPAccountant
+    with warnings.catch_warnings(), np.errstate(divide="ignore", over="ignore",
+                                                invalid="ignore"):
+        # Opacus warns when the RDP optimum is at an end of the order range (the value is
+        # still a valid upper bound), and PRV's discretisation takes log(0) / overflows at
+        # q = 1 or extreme domains; a NaN that results is caught below.
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        if accountant == "rdp":
+            from opacus.accountants import RDPAccountant
 
-        rdp = RDPAccountant()
-        rdp.history = opacus_history
-        with warnings.catch_warnings():
-            # Opacus warns when the optimum is at an end of the order range; the value
-            # is still a valid upper bound, so note it at debug level only.
-            warnings.filterwarnings("ignore", message="Optimal order is the")
-            eps, alpha = rdp.get_privacy_spent(delta=delta, alphas=list(RDP_ORDERS))
-        if alpha in (RDP_ORDERS[0], RDP_ORDERS[-1]):
-            logger.debug("RDP optimum at the end of the order range (alpha=%s)", alpha)
-        return float(eps)
-    from opacus.accountants import PRVAccountant
+            rdp = RDPAccountant()
+            rdp.history = opacus_history
+            eps, _ = rdp.get_privacy_spent(delta=delta, alphas=list(RDP_ORDERS))
+        else:
+            from opacus.accountants import PRVAccountant
 
-    prv = PRVAccountant()
-    prv.history = opacus_history
-    with np.errstate(divide="ignore"):  # q = 1 takes log(0) inside Opacus' PRV; harmless
-        return float(prv.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
+            prv = PRVAccountant()
+            prv.history = opacus_history
+            eps = prv.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR)
+    eps = float(eps)
+    if math.isnan(eps):
+        # Never let a numerical failure pass as "fits the budget".
+        logger.warning("%s accountant returned NaN for %s at delta=%g; treating eps as inf",
+                       accountant, merged, delta)
+        return math.inf
+    return eps
 
 
 def calibrate_noise_multiplier(

@@ -156,17 +156,24 @@ def test_calibration_refuses_bad_arguments() -> None:
         calibrate_noise_multiplier(target_epsilon=1.0, delta=1e-5, sample_rate=2.0, steps=5)
 
 
+def test_numerical_failure_counts_as_infinite_epsilon(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opacus.accountants import PRVAccountant
+
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", lambda self, **kw: float("nan"))
+    assert math.isinf(epsilon([(0.3, 0.77, 13)], delta=1e-5, accountant="prv"))
+
+
 def test_prv_is_tighter_than_rdp() -> None:
     history = [(0.01, 1.0, 1000)]
     assert epsilon(history, delta=1e-5, accountant="prv") < epsilon(history, delta=1e-5)
 
 
 @pytest.mark.slow
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     target=st.floats(0.1, 20.0),
     q=st.floats(1e-4, 1.0),
-    steps=st.integers(1, 10_000),
+    steps=st.integers(1, 5_000),
     delta=st.sampled_from([1e-8, 1e-6, 1e-5, 1e-3]),
     accountant=st.sampled_from(["rdp", "rdp", "prv"]),
 )

@@ -193,7 +193,9 @@ def run_simulation(
         app_dir = stage_app(work / "app", cfg.to_mapping())
         home = work / "flwr-home"
         home.mkdir()
-        token = uuid.uuid4().hex
+        # every process the run starts carries this token in its environment, so the run
+        # can find and stop them all (a caller may set it to check that afterwards)
+        token = os.environ.get("CONFIDE_SIM_TOKEN") or uuid.uuid4().hex
         env = dict(os.environ)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.update({

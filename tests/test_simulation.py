@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ FLOWER_PROCS = ("flower-superlink", "flower-supernode", "flwr-serverapp", "flwr-
                 "flwr-simulation", "flower-superexec", "raylet", "gcs_server")
 
 
-def _flower_processes() -> list[str]:
+def _flower_processes(token: str | None = None) -> list[str]:
+    """Live Flower/Ray processes; with ``token``, only those started by that run."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -28,14 +30,24 @@ def _flower_processes() -> list[str]:
             continue
         if stat.split(")")[-1].split()[0] == "Z":
             continue
-        if any(p in cmd for p in FLOWER_PROCS):
+        if token is not None:
+            try:
+                if f"CONFIDE_SIM_TOKEN={token}".encode() not in (entry / "environ").read_bytes():
+                    continue
+            except OSError:
+                continue
+            out.append(f"{entry.name}: {cmd[:120]}")
+        elif any(p in cmd for p in FLOWER_PROCS):
             out.append(f"{entry.name}: {cmd[:120]}")
     return out
 
 
-def _simulate(*args: str, timeout: int = 420) -> subprocess.CompletedProcess[str]:
+def _simulate(*args: str, timeout: int = 420, token: str | None = None
+              ) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "confide"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if token:
+        env["CONFIDE_SIM_TOKEN"] = token
     return subprocess.run([str(exe), "simulate", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -47,10 +59,11 @@ def _metrics(out: Path) -> list[dict]:  # type: ignore[type-arg]
 def test_tiny_run_writes_every_artifact_and_leaves_no_process(
     tmp_path: Path, tiny_model: Path, tiny_sites: Path
 ) -> None:
-    before = _flower_processes()
+    token = f"test-{uuid.uuid4().hex}"
     out = tmp_path / "run"
     proc = _simulate("--sites", "3", "--rounds", "2", "--out", str(out), "--model",
-                     str(tiny_model), "--data", str(tiny_sites), "--local-steps", "2")
+                     str(tiny_model), "--data", str(tiny_sites), "--local-steps", "2",
+                     token=token)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _metrics(out)
     assert [r["round"] for r in rows] == [0, 1, 2]
@@ -67,7 +80,7 @@ def test_tiny_run_writes_every_artifact_and_leaves_no_process(
     part = [json.loads(x) for x in (out / "participation.jsonl").read_text().splitlines()]
     assert [p["round"] for p in part] == [1, 2]
     assert "eval loss" in proc.stdout and "adapter:" in proc.stdout  # summary table printed
-    assert _flower_processes() == before
+    assert _flower_processes(token) == []  # the SuperLink, ServerApp and Ray are all gone
 
 
 @pytest.mark.skipif(not has_embedded(), reason="embedded model not built")

@@ -344,6 +344,9 @@ def make_private(
     if {id(p) for p in opt_params} != {id(p) for p in trainable}:
         raise ValueError("the optimizer must hold exactly the model's trainable parameters "
                          "(build it after moving the model to its device)")
+    if any(hasattr(p, "_forward_counter") for p in trainable):
+        raise ValueError("the model is still wrapped by an open PrivateTraining; close() it "
+                         "before wrapping it again (hooks would be doubled)")
     ModuleValidator.validate(model, strict=True)
 
     tensor_data = _tensor_data(data)

@@ -14,14 +14,20 @@ Peak memory (``peak_mem_mb``) is the *working* memory of training, above the loa
   minus the RSS before the first step (includes the allocator's overhead, whole process).
 
 The DP steps use a fixed batch of 16 (the Poisson sampler is bypassed so every mode does
-the same work); σ = 1, C = 1. steps/s is 1 / the median step time (after warm-up steps);
+the same work); σ = 1, C = 1. steps/s is 1 / the median step time (after warm-up steps).
+On CPU the table also shows the median process CPU time per step (all threads): on a shared
+machine it is much less disturbed by other load than wall time, so its ratio ("cpu x") is
+the steadier estimate of DP's cost.
 ``--repeats R`` runs the whole sequence R times, interleaved, and keeps each (model, mode)'s
 fastest run, so a burst of other load on a shared machine does not land on one mode only.
 
 Usage::
 
-    python -m simulations.bench_dp [--steps N] [--repeats R] [--json PATH]
+    python -m simulations.bench_dp [--steps N] [--repeats R] [--threads T] [--json PATH]
                                    [--device auto|cpu|cuda] [--quick]
+
+CPU workers run with ``--threads 1`` by default: on a shared machine multi-threaded torch
+spins and waits on busy cores, which swamps the difference being measured.
 """
 
 from __future__ import annotations
@@ -146,6 +152,7 @@ def run_one(model_name: str, mode: str, *, steps: int, batch: int, seq: int, dev
             torch.cuda.synchronize()
 
     times: list[float] = []
+    cpu_times: list[float] = []
     if dev.type == "cuda":
         sync()
         torch.cuda.reset_peak_memory_stats()
@@ -165,12 +172,15 @@ def run_one(model_name: str, mode: str, *, steps: int, batch: int, seq: int, dev
             for _ in range(warmup):
                 step()
             for _ in range(steps):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 step()
                 times.append(time.perf_counter() - t0)
+                cpu_times.append(time.process_time() - c0)
         peak = rss.peak - base_mem
     return {"model": model_name, "mode": mode, "steps_per_s": 1.0 / statistics.median(times),
-            "peak_mem_mb": peak / 2**20, "device": dev.type, "batch": batch, "seq": seq,
+            "peak_mem_mb": peak / 2**20,
+            "cpu_s_per_step": statistics.median(cpu_times) if cpu_times else None,
+            "device": dev.type, "batch": batch, "seq": seq,
             "steps": steps}
 
 
@@ -186,14 +196,18 @@ def _embedded_available() -> bool:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     base = {r["model"]: r for r in rows if r["mode"] == "none"}
-    lines = [f"{'model':<16} {'mode':<6} {'steps/s':>8} {'cost x':>7} {'peak MB':>9} "
-             f"{'mem x':>6}", "-" * 58]
+    lines = [f"{'model':<16} {'mode':<6} {'steps/s':>8} {'cost x':>7} {'cpu s':>7} "
+             f"{'cpu x':>6} {'peak MB':>9} {'mem x':>6}", "-" * 72]
+    nan = float("nan")
     for r in rows:
         ref = base.get(r["model"])
-        cost = ref["steps_per_s"] / r["steps_per_s"] if ref else float("nan")
-        mem = r["peak_mem_mb"] / ref["peak_mem_mb"] if ref and ref["peak_mem_mb"] > 0 else (
-            float("nan"))
+        cost = ref["steps_per_s"] / r["steps_per_s"] if ref else nan
+        cpu = r.get("cpu_s_per_step")
+        cpu_ref = ref.get("cpu_s_per_step") if ref else None
+        cpu_x = cpu / cpu_ref if cpu and cpu_ref else nan
+        mem = r["peak_mem_mb"] / ref["peak_mem_mb"] if ref and ref["peak_mem_mb"] > 0 else nan
         lines.append(f"{r['model']:<16} {r['mode']:<6} {r['steps_per_s']:>8.3f} {cost:>7.2f} "
+                     f"{cpu if cpu is not None else nan:>7.2f} {cpu_x:>6.2f} "
                      f"{r['peak_mem_mb']:>9.1f} {mem:>6.2f}")
     return "\n".join(lines)
 
@@ -203,7 +217,8 @@ def _run_worker(model: str, mode: str, args: argparse.Namespace,
     """Run one (model, mode) in a fresh interpreter; its row, or None on failure."""
     cmd = [sys.executable, "-m", "simulations.bench_dp", "--worker", model, mode,
            "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq),
-           "--device", args.device] + (["--quick"] if args.quick else [])
+           "--device", args.device, "--threads", str(args.threads)] + (
+               ["--quick"] if args.quick else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
     found = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_ROW ")]
     if proc.returncode != 0 or not found:
@@ -225,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 steps, batch 4, seq 32")
     parser.add_argument("--models", default=f"embedded,{LARGER}")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads per worker (0: torch's default); one thread "
+                             "keeps CPU timings steady on a shared machine")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every (model, mode) this many times, interleaved, and keep "
                              "the fastest (filters out other load on the machine)")
@@ -232,10 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.batch, args.seq = 2, 4, 32
-    if args.steps < 1 or args.batch < 1 or args.seq < 2 or args.repeats < 1:
+    if args.steps < 1 or args.batch < 1 or args.seq < 2 or args.repeats < 1 or (
+            args.threads < 0):
         parser.error("--steps, --batch and --repeats must be >= 1 and --seq >= 2")
 
     if args.worker:
+        if args.threads > 0:
+            import torch
+
+            torch.set_num_threads(args.threads)
         row = run_one(args.worker[0], args.worker[1], steps=args.steps, batch=args.batch,
                       seq=args.seq, device=args.device, warmup=1 if args.quick else 2)
         print("BENCH_ROW " + json.dumps(row), flush=True)
@@ -259,10 +282,14 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 key = (model, mode)
                 if key in best:
-                    mem = max(best[key]["peak_mem_mb"], row["peak_mem_mb"])
-                    if row["steps_per_s"] > best[key]["steps_per_s"]:
+                    old = best[key]
+                    mem = max(old["peak_mem_mb"], row["peak_mem_mb"])
+                    cpus = [c for c in (old.get("cpu_s_per_step"), row.get("cpu_s_per_step"))
+                            if c is not None]
+                    if row["steps_per_s"] > old["steps_per_s"]:
                         best[key] = row
                     best[key]["peak_mem_mb"] = mem
+                    best[key]["cpu_s_per_step"] = min(cpus) if cpus else None
                 else:
                     best[key] = row
                 print(f"  {model:<16} {mode:<6} {row['steps_per_s']:.3f} steps/s, "
@@ -273,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     dev = rows[0]["device"]
     print(f"\nDP-SGD cost on {dev}: LoRA r=8 q_proj,v_proj, batch {args.batch}, seq {args.seq},"
-          f" median of {args.steps} steps (best of {args.repeats}); peak MB = working memory "
+          f" median of {args.steps} steps (best of {args.repeats}), "
+          f"{args.threads or 'default'} CPU thread(s); peak MB = working memory "
           f"above the loaded model "
           f"({'CUDA max allocated' if dev == 'cuda' else 'CPU peak RSS'})")
     print(_table(rows))

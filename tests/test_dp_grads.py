@@ -289,6 +289,12 @@ def test_bad_wiring_is_refused() -> None:
         make_private(model, everything, (ids,), sample_rate=0.5, noise_multiplier=1.0,
                      max_grad_norm=1.0)
     opt = torch.optim.SGD(_trainable(model), lr=0.1)
+    open_one = make_private(model, opt, (ids,), sample_rate=0.5, noise_multiplier=1.0,
+                            max_grad_norm=1.0)
+    with pytest.raises(ValueError, match="still wrapped"):
+        make_private(model, opt, (ids,), sample_rate=0.5, noise_multiplier=1.0,
+                     max_grad_norm=1.0)
+    open_one.close()
     with pytest.raises(PolicyError, match="`sample_rate`"):
         make_private(model, opt, (ids,), sample_rate=0.0, noise_multiplier=1.0,
                      max_grad_norm=1.0)

@@ -61,6 +61,7 @@ def _load_cached(
     tokenizer = AutoTokenizer.from_pretrained(model_ref)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.model_max_length = 1 << 30  # sites truncate to `max-seq-len` themselves
     base = AutoModelForCausalLM.from_pretrained(model_ref, dtype=torch.float32)
     base.config.use_cache = False
     cfg = lora_config(

@@ -41,21 +41,14 @@ class EvalResult:
 
 
 def sequence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sequence causal-LM loss: mean NLL over each sequence's tokens, shape ``(batch,)``.
+    """Per-sequence causal-LM loss, shape ``(batch,)``: the same loss DP-SGD makes private.
 
     Each sequence is one unit (the privacy unit under DP-SGD); positions labelled ``-100``
-    (padding, prompt tokens) carry no loss.
+    (padding, prompt tokens) carry no loss. See :func:`privacy.dp_sgd.sequence_losses`.
     """
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(shift_labels.shape)
-    mask = (shift_labels != IGNORE_INDEX).float()
-    return (nll * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+    from privacy.dp_sgd import sequence_losses
+
+    return sequence_losses(logits, labels)
 
 
 def _batches(

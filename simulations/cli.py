@@ -83,8 +83,10 @@ def _add_simulate(sub: Any) -> None:
                     help="each site's budget epsilon over all rounds and runs (default 8)")
     dp.add_argument("--delta", type=float, default=None,
                     help="delta (default: min(1e-5, 1/(10 n)) for a site with n examples)")
-    dp.add_argument("--max-grad-norm", type=_positive_float("--max-grad-norm"), default=1.0,
-                    help="per-example clipping bound C (default 1.0)")
+    dp.add_argument("--max-grad-norm", type=_positive_float("--max-grad-norm"), default=0.01,
+                    help="per-sequence clipping bound C (default 0.01: below the LoRA "
+                         "gradient norms of the embedded model; with AdamW the update is "
+                         "then independent of C's scale)")
     dp.add_argument("--noise-multiplier", type=float, default=None,
                     help="fixed sigma (default: calibrated so the planned rounds fit the budget)")
     dp.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")

@@ -67,7 +67,7 @@ class BuildConfig:
     min_lr_ratio: float = 0.1
     warmup_steps: int = 30
     weight_decay: float = 0.1
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.15
     grad_clip: float = 1.0
     heldout_fraction: float = 0.02
     seed: int = 0

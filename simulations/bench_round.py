@@ -38,7 +38,7 @@ def _roundtrip(state: dict) -> tuple[dict, int]:  # type: ignore[type-arg]
     blob = rec.deflate()
     children = {k: v for k, v in rec.children.items()}
     back = ArrayRecord.inflate(blob, children=children)
-    nbytes = len(blob) + sum(len(c.deflate()) for c in children.values())
+    nbytes = sum(int(a.nbytes) for a in state.values())  # tensor payload, both directions
     return record_to_state(back), nbytes
 
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(phases.values())
     print(f"one round: {args.sites} sites x {cfg.local_steps} steps, model {cfg.model}, "
           f"device {sm.device}, torch threads {torch.get_num_threads()}, "
-          f"{nbytes / 1e6:.2f} MB on the wire")
+          f"{nbytes / 1e6:.2f} MB of adapter tensors sent and received")
     print(f"{'phase':<16}{'seconds':>10}{'share':>8}")
     for name, sec in phases.items():
         print(f"{name:<16}{sec:>10.3f}{sec / total:>8.1%}")

@@ -7,10 +7,17 @@ plus the included canaries; each canary's membership score is its loss drop agai
 model before training; the top-k are guessed IN and the bottom-k OUT, and the number of
 correct guesses gives an ε lower bound at 95% confidence.
 
-* ``--dp off``: plain AdamW for enough epochs to memorise: the bound should be clearly >= 1
-  (the audit has power).
-* ``--dp on``: Opacus DP-SGD with σ calibrated by :mod:`privacy.accounting` so the planned
-  steps spend exactly ``--epsilon`` (default 2): the bound must never exceed the formal ε.
+* ``--dp off``: plain AdamW (``client.train.train_steps``) for enough epochs to memorise:
+  the bound should be clearly >= 1 (the audit has power).
+* ``--dp on``: the site's own DP path: its policy and planner (σ calibrated by
+  :mod:`privacy.accounting` so the planned steps spend ``--epsilon``, default 2) and Opacus
+  DP-SGD (``client.train.dp_train``): the bound must never exceed the formal ε.
+
+The adapter is LoRA r=8 on every projection *and* ``lm_head``. A rank-8 adapter on the
+attention / MLP projections alone barely memorises random tokens in the embedded model
+(no per-token parameters: the embedding is frozen and tied to the output), so a DP-off run
+would show no leak and the audit no power; the ``lm_head`` adapter gives every token its
+own 8 numbers, and 10 epochs suffice. The same adapter is used with DP on.
 
 Usage::
 
@@ -36,6 +43,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 
 from client.data import TokenizedExample, collate, load_examples, site_paths, tokenize_examples
@@ -59,16 +67,19 @@ class AuditSettings:
     dp: bool
     canaries: int = 1000
     length: int = 16
+    disjoint: bool = False
+    score: str = "drop"
+    permutations: int = 4
     target_epsilon: float = 2.0
-    epochs: int = 30
+    epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-2
     max_grad_norm: float = 1.0
-    site_examples: int = 200
-    max_seq_len: int = 64
+    site_examples: int = 100
+    max_seq_len: int = 32
     lora_r: int = 8
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj",
-                                       "gate_proj", "up_proj", "down_proj")
+                                       "gate_proj", "up_proj", "down_proj", "lm_head")
     confidence: float = 0.95
     seed: int = 0
 
@@ -81,6 +92,8 @@ class AuditSettings:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}")
         if not self.target_epsilon > 0:
             raise ValueError(f"`target_epsilon` must be > 0, got {self.target_epsilon!r}")
+        if self.score not in ("perm", "drop"):
+            raise ValueError(f"`score` must be perm or drop, got {self.score!r}")
 
 
 @torch.no_grad()
@@ -93,6 +106,14 @@ def _losses(model: Any, seqs: Sequence[TokenizedExample], pad_id: int,
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         out += sequence_loss(logits, b["labels"]).tolist()
     return out
+
+
+def _mean_losses(model: Any, sets: Sequence[Sequence[TokenizedExample]], pad_id: int,
+                 device: torch.device) -> list[float]:
+    if not sets:
+        return []
+    per = np.asarray([_losses(model, s, pad_id, device) for s in sets])
+    return [float(x) for x in per.mean(axis=0)]
 
 
 def _site_examples(data: str, site: str | None, tokenizer: Any, n: int,
@@ -123,14 +144,20 @@ def run_canary_audit(settings: AuditSettings, *, model: str = "embedded",
     pad_id = int(tok.pad_token_id)
     special = sorted({i for i in (tok.bos_token_id, tok.eos_token_id, pad_id) if i is not None})
     plan = CanaryPlan.draw(settings.canaries, length=settings.length, vocab_size=len(tok),
-                           seed=settings.seed, exclude=special)
+                           seed=settings.seed, exclude=special, disjoint=settings.disjoint)
     canaries = [TokenizedExample(s, s) for s in plan.sequences]
+    # controls: each canary's tokens in fixed shuffled orders (drawn without the coins)
+    prng = np.random.default_rng([settings.seed, 1])
+    orders = [prng.permutation(settings.length) for _ in range(settings.permutations)]
+    controls = [[TokenizedExample(p, p) for p in (tuple(s[i] for i in o)
+                                                  for s in plan.sequences)] for o in orders]
     site_id, own = _site_examples(data, site, tok, settings.site_examples, settings.max_seq_len)
     train = own + [canaries[i] for i in plan.indices(included=True)]
     random.Random(settings.seed).shuffle(train)
     n = len(train)
     delta = default_delta(n)
     before = _losses(sm.model, canaries, pad_id, device)
+    ctl_before = _mean_losses(sm.model, controls, pad_id, device)
 
     steps = max(1, round(settings.epochs * n / settings.batch_size))
     formal: float | None = None
@@ -153,7 +180,11 @@ def run_canary_audit(settings: AuditSettings, *, model: str = "embedded",
                     learning_rate=settings.learning_rate, pad_id=pad_id, device=device,
                     seed=settings.seed)
     after = _losses(sm.model, canaries, pad_id, device)
-    scores = membership_scores(before, after)
+    if settings.score == "perm":
+        scores = membership_scores(before, after, control_before=ctl_before,
+                                   control_after=_mean_losses(sm.model, controls, pad_id, device))
+    else:
+        scores = membership_scores(before, after)
     result = audit_scores(scores, plan.included, delta=delta, formal_epsilon=formal,
                           site_id=site_id, accountant="rdp" if settings.dp else None,
                           confidence=settings.confidence)
@@ -166,8 +197,9 @@ def run_canary_audit(settings: AuditSettings, *, model: str = "embedded",
                      "learning_rate": settings.learning_rate, "sample_rate": q,
                      "noise_multiplier": sigma, "max_grad_norm": settings.max_grad_norm,
                      "lora_r": settings.lora_r, "target_modules": list(settings.target_modules),
-                     "canary_length": settings.length, "seed": settings.seed,
-                     "model": model},
+                     "canary_length": settings.length, "disjoint": settings.disjoint,
+                     "score": settings.score, "permutations": settings.permutations,
+                     "seed": settings.seed, "model": model},
         "mean_score_in": sum(inc) / max(1, len(inc)),
         "mean_score_out": sum(out) / max(1, len(out)),
         "seconds": time.perf_counter() - t0,
@@ -199,38 +231,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dp", choices=("both", "on", "off"), default="both")
     p.add_argument("--canaries", type=int, default=None, help="M (default 1000; 400 --quick)")
     p.add_argument("--length", type=int, default=16, help="tokens per canary")
+    p.add_argument("--disjoint", action="store_true",
+                   help="draw each canary from its own disjoint block of token ids (default: "
+                        "every canary from the whole vocabulary)")
+    p.add_argument("--score", choices=("drop", "perm"), default="drop",
+                   help="membership score: loss drop minus the drop of shuffled controls "
+                        "(perm), or the plain loss drop")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1 is fastest on a busy 2-core machine)")
     p.add_argument("--epsilon", type=float, default=2.0, help="formal eps of the DP run")
-    p.add_argument("--epochs-off", type=int, default=None, help="epochs without DP")
-    p.add_argument("--epochs-on", type=int, default=None, help="epochs with DP")
+    p.add_argument("--epochs-off", type=int, default=None,
+                   help="epochs without DP (default 10; 6 --quick)")
+    p.add_argument("--epochs-on", type=int, default=None,
+                   help="epochs with DP (default 10; 6 --quick)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr-off", type=float, default=1e-2)
     p.add_argument("--lr-on", type=float, default=1e-2)
     p.add_argument("--site-examples", type=int, default=None,
-                   help="the site's own training examples mixed in (default 200; 100 --quick)")
+                   help="the site's own training examples mixed in (default 100; 50 --quick)")
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--target-modules", default=",".join(AuditSettings.target_modules))
     p.add_argument("--model", default="embedded")
     p.add_argument("--data", default="embedded")
     p.add_argument("--site", default=None, help="site folder under --data (default: first)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="M=400 and fewer epochs")
+    p.add_argument("--quick", action="store_true", help="M=400, fewer epochs and examples")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(max(1, args.threads))
     m = args.canaries or (400 if args.quick else 1000)
     base = AuditSettings(
-        dp=False, canaries=m, length=args.length, target_epsilon=args.epsilon,
+        dp=False, canaries=m, length=args.length, disjoint=args.disjoint,
+        score=args.score, target_epsilon=args.epsilon,
         batch_size=args.batch_size, lora_r=args.lora_r,
         site_examples=(args.site_examples if args.site_examples is not None
-                       else (100 if args.quick else 200)),
+                       else (50 if args.quick else 100)),
         target_modules=tuple(t for t in args.target_modules.split(",") if t), seed=args.seed)
     plans = []
     if args.dp in ("both", "off"):
-        plans.append(replace(base, epochs=args.epochs_off or (20 if args.quick else 30),
+        plans.append(replace(base, epochs=args.epochs_off or (6 if args.quick else 10),
                              learning_rate=args.lr_off))
     if args.dp in ("both", "on"):
-        plans.append(replace(base, dp=True, epochs=args.epochs_on or (10 if args.quick else 15),
+        plans.append(replace(base, dp=True, epochs=args.epochs_on or (6 if args.quick else 10),
                              learning_rate=args.lr_on))
     runs = []
     for s in plans:

@@ -119,6 +119,25 @@ def test_canary_plan_is_reproducible_from_its_seed_and_avoids_excluded_tokens() 
     assert sorted(a.indices(included=True) + a.indices(included=False)) == list(range(200))
 
 
+def test_disjoint_canaries_use_their_own_token_blocks() -> None:
+    plan = CanaryPlan.draw(50, length=16, vocab_size=1000, seed=4, exclude=[0], disjoint=True)
+    blocks = [set(s) for s in plan.sequences]
+    assert all(len(b) <= 19 for b in blocks)  # 999 usable ids // 50 canaries
+    assert all(not (a & b) for i, a in enumerate(blocks) for b in blocks[i + 1:])
+    with pytest.raises(ValueError, match=">= 2 token ids"):
+        CanaryPlan.draw(600, length=16, vocab_size=1000, seed=4, disjoint=True)
+
+
+def test_control_scores_cancel_what_training_did_to_the_tokens_in_any_order() -> None:
+    before, after = [5.0, 5.0, 5.0], [3.0, 4.0, 2.0]
+    ctl_before, ctl_after = [5.5, 5.0, 6.0], [4.5, 4.0, 3.0]
+    assert list(membership_scores(before, after)) == [2.0, 1.0, 3.0]
+    assert list(membership_scores(before, after, control_before=ctl_before,
+                                  control_after=ctl_after)) == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="both"):
+        membership_scores(before, after, control_before=ctl_before)
+
+
 def test_audit_scores_separable_vs_uninformative_and_flags_an_excess() -> None:
     rng = np.random.default_rng(2)
     included = rng.integers(0, 2, 1000).astype(bool)
@@ -133,3 +152,28 @@ def test_audit_scores_separable_vs_uninformative_and_flags_an_excess() -> None:
     assert noise.epsilon_lower_bound < 0.5 and not noise.exceeds_formal
     assert broken.exceeds_formal
     assert CanaryAuditResult.from_mapping(broken.to_mapping()) == broken
+
+
+@pytest.mark.slow
+def test_canary_audit_on_the_embedded_model_dp_off_leaks_dp_on_stays_below_formal() -> None:
+    from protocol.model_ref import ModelError, embedded_model_dir
+
+    try:
+        embedded_model_dir()
+    except ModelError:
+        pytest.skip("embedded model not built (python -m simulations.make_embedded)")
+    import torch
+
+    from simulations.audit_canaries import AuditSettings, run_canary_audit
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # far faster than 2 on a busy 2-core machine
+    try:
+        off = run_canary_audit(AuditSettings(dp=False, canaries=1000))
+        on = run_canary_audit(AuditSettings(dp=True, canaries=1000, target_epsilon=2.0))
+    finally:
+        torch.set_num_threads(threads)
+
+    assert off["formal_epsilon"] is None and off["epsilon_lower_bound"] >= 1.0
+    assert on["formal_epsilon"] <= 2.0
+    assert on["epsilon_lower_bound"] <= on["formal_epsilon"] and not on["exceeds_formal"]

@@ -59,6 +59,21 @@ pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: .85em; }
 """
 
 
+def _marker(shape: int, cx: float, cy: float, color: str, title: str) -> str:
+    """A data point: circle, square, triangle or diamond (sites whose lines coincide stay
+    distinguishable)."""
+    t = f"<title>{escape(title)}</title>"
+    if shape == 0:
+        return f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{color}">{t}</circle>'
+    if shape == 1:
+        return (f'<rect x="{cx - 3.5:.1f}" y="{cy - 3.5:.1f}" width="7" height="7" '
+                f'fill="{color}">{t}</rect>')
+    pts = ([(cx, cy - 4.5), (cx + 4.5, cy + 3.5), (cx - 4.5, cy + 3.5)] if shape == 2 else
+           [(cx, cy - 5), (cx + 5, cy), (cx, cy + 5), (cx - 5, cy)])
+    return (f'<polygon points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in pts)}" '
+            f'fill="{color}">{t}</polygon>')
+
+
 def _nice_step(span: float, ticks: int = 5) -> float:
     raw = span / ticks
     mag = 10.0 ** math.floor(math.log10(raw))
@@ -112,22 +127,23 @@ def epsilon_plot_svg(sites: Sequence[SiteReport], num_rounds: int, *, width: int
                    f'fill="{_RED}" style="fill:{_RED}">{escape(label)}</text>')
     for i, s in enumerate(sites):
         color = _PALETTE[i % len(_PALETTE)]
+        width = max(1.5, 4.5 - 1.0 * i)  # later sites thinner: coinciding lines stay visible
         pts = [(p.round, p.epsilon) for p in s.epsilon_series
                if p.epsilon is not None and math.isfinite(p.epsilon) and p.round <= rounds]
         points = " ".join(f"{x(r):.1f},{y(e):.1f}" for r, e in pts)
         dash = "" if s.verification.verified else ' stroke-dasharray="2 3"'
         out.append(f'<polyline class="eps-line" data-site="{escape(s.site_id)}" fill="none" '
-                   f'stroke="{color}" stroke-width="2"{dash} points="{points}">'
+                   f'stroke="{color}" stroke-width="{width:g}"{dash} points="{points}">'
                    f'<title>{escape(s.site_id)}</title></polyline>')
         for r, e in pts:
-            out.append(f'<circle cx="{x(r):.1f}" cy="{y(e):.1f}" r="3" fill="{color}">'
-                       f'<title>{escape(s.site_id)}: round {r}, ε={e:.4g}</title></circle>')
+            out.append(_marker(i % 4, x(r), y(e), color, f"{s.site_id}: round {r}, ε={e:.4g}"))
         ly = top + 14 + 18 * i
         name = escape(s.site_id) + ("" if s.verification.verified else " (UNVERIFIED)")
         fill = "" if s.verification.verified else f' style="fill:{_RED}"'
         out.append(f'<line x1="{left + pw + 12}" x2="{left + pw + 34}" y1="{ly - 4}" '
                    f'y2="{ly - 4}" stroke="{color}" stroke-width="2"{dash}/>'
-                   f'<text x="{left + pw + 40}" y="{ly}"{fill}>{name}</text>')
+                   + _marker(i % 4, left + pw + 23, ly - 4, color, s.site_id)
+                   + f'<text x="{left + pw + 40}" y="{ly}"{fill}>{name}</text>')
     out.append("</svg>")
     return "\n".join(out)
 

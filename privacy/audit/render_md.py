@@ -99,7 +99,8 @@ def render_md(report: AuditReport) -> str:
             formal = ("∞ (no DP)" if e["formal_epsilon"] is None
                       else fmt_eps(e["formal_epsilon"]))
             verdict = ("**lower bound exceeds the formal ε: implementation or accounting "
-                       "broken**" if e.get("exceeds_formal") else "consistent")
+                       "broken**" if e.get("exceeds_formal") else
+                       "consistent" if e.get("dp") else "no DP: shows the audit detects a leak")
             lines.append(f"- site {e['site_id']}, DP {'on' if e.get('dp') else 'off'}: "
                          f"{e['canaries']} canaries, {e['correct']} of {e['guesses']} guesses "
                          f"correct; empirical ε ≥ {fmt_eps(e['epsilon_lower_bound'])} at "

@@ -277,3 +277,19 @@ def test_empirical_audit_results_are_shown_and_an_excess_is_flagged_red(tmp_path
                         cls=jsonschema.Draft202012Validator)
     assert "∞ (no DP)" in render_html(report) and "implementation or accounting" in render_md(
         report)
+
+
+def test_garbage_ledger_line_and_missing_policy_still_render(tmp_path: Path) -> None:
+    root = write_run_dir(tmp_path / "run")
+    with (root / "sites" / "gamma" / LEDGER_FILENAME).open("a") as fh:
+        fh.write("{not json\n")
+    (root / "sites" / "alpha" / "policy.json").unlink()
+
+    report = build_report(root)
+
+    gamma, alpha = _site(report, "gamma"), _site(report, "alpha")
+    assert not gamma.verification.verified and "malformed" in gamma.verification.problems[0]
+    assert gamma.rounds and alpha.budget_epsilon is None and alpha.verification.verified
+    assert any(f.site_id == "alpha" and "policy.json" in f.message for f in report.flags)
+    for render in (render_html, render_md, render_json):
+        assert render(report)

@@ -1,5 +1,6 @@
 """The privacy audit report: per-site ε per round, independent recomputation, canary audit."""
 
+from privacy.audit.cli import add_audit_parser, run_audit
 from privacy.audit.model import (
     AuditInputError,
     AuditReport,
@@ -17,6 +18,7 @@ __all__ = [
     "SCHEMA_PATH",
     "AuditInputError",
     "AuditReport",
+    "add_audit_parser",
     "build_report",
     "load_schema",
     "render_html",
@@ -24,5 +26,6 @@ __all__ = [
     "render_md",
     "report_data",
     "report_sha256",
+    "run_audit",
     "write_audit",
 ]

@@ -127,13 +127,13 @@ def epsilon_plot_svg(sites: Sequence[SiteReport], num_rounds: int, *, width: int
                    f'fill="{_RED}" style="fill:{_RED}">{escape(label)}</text>')
     for i, s in enumerate(sites):
         color = _PALETTE[i % len(_PALETTE)]
-        width = max(1.5, 4.5 - 1.0 * i)  # later sites thinner: coinciding lines stay visible
+        stroke = max(1.5, 4.5 - 1.0 * i)  # later sites thinner: coinciding lines stay visible
         pts = [(p.round, p.epsilon) for p in s.epsilon_series
                if p.epsilon is not None and math.isfinite(p.epsilon) and p.round <= rounds]
         points = " ".join(f"{x(r):.1f},{y(e):.1f}" for r, e in pts)
         dash = "" if s.verification.verified else ' stroke-dasharray="2 3"'
         out.append(f'<polyline class="eps-line" data-site="{escape(s.site_id)}" fill="none" '
-                   f'stroke="{color}" stroke-width="{width:g}"{dash} points="{points}">'
+                   f'stroke="{color}" stroke-width="{stroke:g}"{dash} points="{points}">'
                    f'<title>{escape(s.site_id)}</title></polyline>')
         for r, e in pts:
             out.append(_marker(i % 4, x(r), y(e), color, f"{s.site_id}: round {r}, ε={e:.4g}"))

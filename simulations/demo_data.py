@@ -83,13 +83,21 @@ def _parse(template: str) -> tuple[tuple[_Node, ...], ...]:
     return tuple(tuple(s) for s in parsed)
 
 
+# Probability of taking the first ``[a|b|c]`` alternative outright. Site data sets it above 0
+# so that each site has a dominant house style (learnable) while the other phrasings still
+# occur; the general corpus keeps it at 0 (uniform).
+_STYLE_BIAS = [0.0]
+
+
 def _render(seq: Sequence[_Node], rng: random.Random, rules: Mapping[str, Slot]) -> str:
     parts: list[str] = []
     for node in seq:
         if isinstance(node, str):
             parts.append(node)
         elif node[0] == "a":
-            parts.append(_render(rng.choice(node[1]), rng, rules))
+            alts = node[1]
+            pick = alts[0] if rng.random() < _STYLE_BIAS[0] else rng.choice(alts)
+            parts.append(_render(pick, rng, rules))
         else:
             name: str = node[1]
             cap = name.startswith("^")
@@ -1541,7 +1549,7 @@ SITE_GENERATORS: dict[str, list[tuple[float, Callable[[random.Random], Example]]
 }
 
 
-def generate_site(site: str, n: int, seed: int = SEED) -> list[Example]:
+def generate_site(site: str, n: int, seed: int = SEED, style_bias: float = 0.6) -> list[Example]:
     """Generate ``n`` distinct examples for one site, deterministically.
 
     Parameters
@@ -1552,6 +1560,9 @@ def generate_site(site: str, n: int, seed: int = SEED) -> list[Example]:
         Number of examples.
     seed : int
         Base seed; each site derives its own stream from it.
+    style_bias : float
+        Probability of taking the first of each ``[a|b|...]`` alternative outright, which gives
+        the site a consistent house style.
 
     Returns
     -------
@@ -1564,6 +1575,7 @@ def generate_site(site: str, n: int, seed: int = SEED) -> list[Example]:
         raise ValueError(f"`n` must be a positive int, got {n!r}")
     rng = random.Random(f"{seed}:{site}")
     kinds = SITE_GENERATORS[site]
+    _STYLE_BIAS[0] = style_bias
     weights = [w for w, _ in kinds]
     seen: set[str] = set()
     out: list[Example] = []
@@ -1579,6 +1591,7 @@ def generate_site(site: str, n: int, seed: int = SEED) -> list[Example]:
             continue
         seen.add(key)
         out.append(ex)
+    _STYLE_BIAS[0] = 0.0
     return out
 
 

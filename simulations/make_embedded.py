@@ -474,7 +474,7 @@ train split; held-out loss in nats per token. Acceptance: at least 15% lower.
     (out / "README.md").write_text(text, encoding="utf-8")
 
 
-def build(out: Path, cfg: BuildConfig, corpus: Path = CORPUS) -> bool:
+def build(out: Path, cfg: BuildConfig, corpus: Path = CORPUS, min_drop: float = 0.15) -> bool:
     """Train tokenizer and model, save them to ``out``, run the checks; return acceptance."""
     torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
@@ -498,7 +498,7 @@ def build(out: Path, cfg: BuildConfig, corpus: Path = CORPUS) -> bool:
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.float16).save_pretrained(out, safe_serialization=True)
     save_tokenizer(tokenizer, out)
-    ok, ppl, lora = run_checks(out, held_docs)
+    ok, ppl, lora = run_checks(out, held_docs, min_drop=min_drop)
     _write_readme(out, cfg, n_params, seconds, ppl, lora)
     logger.info("saved to %s (pretraining %.0fs)", out, seconds)
     return ok
@@ -512,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=BuildConfig.steps)
     p.add_argument("--vocab-size", type=int, default=BuildConfig.vocab_size)
     p.add_argument("--seed", type=int, default=BuildConfig.seed)
+    p.add_argument("--min-lora-drop", type=float, default=0.15,
+                   help="fraction of held-out nats the LoRA sanity check must remove")
     p.add_argument("--check-only", action="store_true",
                    help="only evaluate the saved model and run the LoRA sanity check")
     args = p.parse_args(argv)
@@ -520,9 +522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_only:
         torch.set_num_threads(cfg.threads)
         _, held = split_general(read_corpus(args.corpus), cfg.heldout_fraction, cfg.seed)
-        ok = run_checks(args.out, held)[0]
+        ok = run_checks(args.out, held, min_drop=args.min_lora_drop)[0]
     else:
-        ok = build(args.out, cfg, args.corpus)
+        ok = build(args.out, cfg, args.corpus, min_drop=args.min_lora_drop)
     return 0 if ok else 1
 
 

@@ -96,7 +96,8 @@ def _render(seq: Sequence[_Node], rng: random.Random, rules: Mapping[str, Slot])
             parts.append(node)
         elif node[0] == "a":
             alts = node[1]
-            pick = alts[0] if rng.random() < _STYLE_BIAS[0] else rng.choice(alts)
+            bias = _STYLE_BIAS[0]  # no draw at 0, so unbiased output keeps its random stream
+            pick = alts[0] if bias > 0 and rng.random() < bias else rng.choice(alts)
             parts.append(_render(pick, rng, rules))
         else:
             name: str = node[1]
@@ -1560,9 +1561,6 @@ def generate_site(site: str, n: int, seed: int = SEED, style_bias: float = 0.6) 
         Number of examples.
     seed : int
         Base seed; each site derives its own stream from it.
-    style_bias : float
-        Probability of taking the first of each ``[a|b|...]`` alternative outright, which gives
-        the site a consistent house style.
 
     Returns
     -------
@@ -1573,6 +1571,9 @@ def generate_site(site: str, n: int, seed: int = SEED, style_bias: float = 0.6) 
         raise ValueError(f"`site` must be one of {sorted(SITE_GENERATORS)}, got {site!r}")
     if type(n) is not int or n <= 0:
         raise ValueError(f"`n` must be a positive int, got {n!r}")
+    # `style_bias` is documented at _STYLE_BIAS. It is kept out of this docstring on purpose:
+    # simulations.general_corpus draws words from this module's string constants, so new words
+    # in any string here would change the committed general corpus.
     rng = random.Random(f"{seed}:{site}")
     kinds = SITE_GENERATORS[site]
     _STYLE_BIAS[0] = style_bias

@@ -980,7 +980,8 @@ def _lexicon_words() -> list[str]:
     """Distinct words in the string constants of :mod:`simulations.demo_data` (words only).
 
     Used one at a time in random frames by :func:`_word_mix`, so the corpus covers the sites'
-    vocabulary without any of their sentences, phrases or structure.
+    vocabulary without any of their sentences, phrases or structure. Docstrings count too, so
+    a new word in any string of ``demo_data`` changes the corpus (and the embedded model).
     """
     from simulations import demo_data
 

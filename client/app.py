@@ -43,8 +43,10 @@ def _setup(context: Context) -> tuple[RunConfig, SiteModel, SiteData]:
     cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
     spec = site_spec(context.node_config, cfg)
     device = resolve_device(spec.device)
+    # deployment: a site may hold the base model at its own path (node config `model`)
+    model_ref = str(context.node_config.get("model") or cfg.model)
     site_model = load_site_model(
-        resolve_model(cfg.model), device=device, r=cfg.lora_r, alpha=cfg.lora_alpha,
+        resolve_model(model_ref), device=device, r=cfg.lora_r, alpha=cfg.lora_alpha,
         dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
     )
     data = load_site_data(spec, cfg, site_model.tokenizer)

@@ -65,6 +65,9 @@ def inject_fault(cfg: RunConfig, site: str, stage: str, round_num: int | None) -
 
 def _context(context: Context) -> tuple[RunConfig, str, Path]:
     cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
+    own_list = context.node_config.get("secagg-enrolment")
+    if own_list:  # deployment: the site's own copy of the enrolment list, not the server's path
+        cfg = cfg.replace(secagg_enrolment=str(own_list))
     spec = site_spec(context.node_config, cfg)
     if spec.state_dir is None:
         raise SecAggError(f"site {spec.name} has no state directory for its identity key")

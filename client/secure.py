@@ -185,10 +185,16 @@ def masked_train(msg: Message, context: Context) -> Message:
         manifest = Manifest.from_arrays(delta)
         manifest.check_digest(str(instr["manifest"]))
         weight = int(upd.metrics["num-examples"])
-        vector = encode(delta, manifest, clip_norm=float(instr["secagg-clip"]),
-                        weight=float(weight), scale=float(instr["secagg-scale"]),
-                        modulus_bits=session.config.modulus_bits,
-                        rng=np.random.default_rng(), max_weight=float(instr["secagg-max-weight"]))
+        if "site-dp-mode" in instr:  # site-level DP: clip, rotate, round, add own noise
+            from client.site_dp import encode_site_dp
+
+            vector = encode_site_dp(delta, manifest, instr, cfg, session.config)
+        else:
+            vector = encode(delta, manifest, clip_norm=float(instr["secagg-clip"]),
+                            weight=float(weight), scale=float(instr["secagg-scale"]),
+                            modulus_bits=session.config.modulus_bits,
+                            rng=np.random.default_rng(),
+                            max_weight=float(instr["secagg-max-weight"]))
         reply = session.masked_input(get_payload(msg.content), vector=vector)
         del vector, delta  # only the masked vector leaves
     except (SecAggError, ValueError, KeyError) as exc:

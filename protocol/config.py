@@ -9,13 +9,16 @@ error naming the key and the value.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["AGGREGATION_MODES", "ConfigError", "RunConfig"]
+__all__ = ["AGGREGATION_MODES", "SITE_DP_MODES", "SITE_DP_UNDERFLOW", "ConfigError", "RunConfig"]
 
 AGGREGATION_MODES = ("fedavg", "frozen-a")
+SITE_DP_MODES = ("distributed", "central")
+SITE_DP_UNDERFLOW = ("refuse", "account")
 _DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -63,6 +66,15 @@ class RunConfig:
     secagg_clip: float = 10.0
     secagg_max_weight: float = 100000.0
     faults: str = ""
+    site_dp: bool = False
+    site_dp_mode: str = "distributed"
+    site_dp_epsilon: float = 8.0
+    site_dp_delta: float = 1e-5
+    site_dp_clip: float = 0.05
+    site_dp_noise_multiplier: float = -1.0
+    site_dp_cohort: int = 0
+    site_dp_bits: int = 32
+    site_dp_underflow: str = "refuse"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -114,6 +126,23 @@ class RunConfig:
              "the path of the enrolment list when secagg is on")
         need(self.dp_noise_multiplier == -1.0 or self.dp_noise_multiplier >= 0.0,
              "dp-noise-multiplier", ">= 0 (or -1: left to each site)")
+        self._check_site_dp(need)
+
+    def _check_site_dp(self, need: Any) -> None:
+        need(self.site_dp_mode in SITE_DP_MODES, "site-dp-mode", f"one of {SITE_DP_MODES}")
+        need(math.isfinite(self.site_dp_epsilon) and self.site_dp_epsilon > 0,
+             "site-dp-epsilon", "> 0")
+        need(0.0 < self.site_dp_delta < 1.0, "site-dp-delta", "in (0, 1)")
+        need(math.isfinite(self.site_dp_clip) and self.site_dp_clip > 0, "site-dp-clip", "> 0")
+        need(self.site_dp_noise_multiplier == -1.0 or (
+            math.isfinite(self.site_dp_noise_multiplier) and self.site_dp_noise_multiplier >= 0),
+             "site-dp-noise-multiplier", ">= 0 (or -1: calibrated to site-dp-epsilon)")
+        need(self.site_dp_cohort >= 0, "site-dp-cohort", ">= 0 (0: the round's cohort)")
+        need(16 <= self.site_dp_bits <= 52, "site-dp-bits", "in [16, 52]")
+        need(self.site_dp_underflow in SITE_DP_UNDERFLOW, "site-dp-underflow",
+             f"one of {SITE_DP_UNDERFLOW}")
+        need(not self.site_dp or self.secagg, "site-dp",
+             "false unless secagg is on (the noised sum travels through secure aggregation)")
 
     @property
     def target_modules(self) -> list[str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -36,6 +38,21 @@ def _configure_logging() -> None:
             lg.addHandler(handler)
             lg.setLevel(logging.INFO)
             lg.propagate = False
+
+
+def _site_dp(cfg: RunConfig, rundir: RunDir) -> Any:
+    """Site-level DP of the aggregate (None when off); a resumed run keeps its history."""
+    if not getattr(cfg, "site_dp", False):
+        return None
+    from server.site_dp import SiteDP, history_from_participation
+
+    rows = []
+    if rundir.participation_path.exists():
+        rows = [json.loads(x) for x in rundir.participation_path.read_text().splitlines()
+                if x.strip()]
+    site_dp = SiteDP.from_config(cfg, history=history_from_participation(rows))
+    logger.info("%s", site_dp.summary())
+    return site_dp
 
 
 def run_server(grid: Grid, cfg: RunConfig) -> Path:
@@ -75,7 +92,8 @@ def run_server(grid: Grid, cfg: RunConfig) -> Path:
     driver = RoundDriver(grid, cfg, rundir, run_id=run_id, lora_cfg=lcfg, shapes=shapes)
     if cfg.secagg:
         driver.secure = SecureAggregator(driver, enrolment=load_enrolment(cfg.secagg_enrolment),
-                                         clip=cfg.secagg_clip, max_weight=cfg.secagg_max_weight)
+                                         clip=cfg.secagg_clip, max_weight=cfg.secagg_max_weight,
+                                         site_dp=_site_dp(cfg, rundir))
         logger.info("secure aggregation on: %d enrolled sites, delta clip %g, max weight %g",
                     len(driver.secure.enrolment), cfg.secagg_clip, cfg.secagg_max_weight)
     else:

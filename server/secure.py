@@ -52,8 +52,9 @@ class SecureAggregator:
     """Runs the four stages for one round; the driver supplies messaging and names."""
 
     def __init__(self, driver: Any, *, enrolment: Mapping[str, bytes], clip: float,
-                 max_weight: float) -> None:
+                 max_weight: float, site_dp: Any = None) -> None:
         self.driver = driver
+        self.site_dp = site_dp  # a server.site_dp.SiteDP when site-level DP is on
         self.enrolment = dict(enrolment)
         self.clip = clip
         self.max_weight = max_weight
@@ -85,13 +86,21 @@ class SecureAggregator:
                 part["failed"][names[n]] = "not enrolled (no identity key in the enrolment list)"
         manifest = Manifest.from_arrays({k: np.zeros(d.shapes[k], np.float32)
                                          for k in d.upload_keys})
+        plan = None
+        if self.site_dp is not None:
+            plan = self.site_dp.plan(cohort_size=len(cohort), dim=manifest.dim)
+            if isinstance(plan, str):
+                part["site_dp"] = {"mode": self.site_dp.mode, "released": False,
+                                   "refused": plan}
+                return self._abort(part, plan)
         try:
-            bits = choose_modulus_bits(n_sites=max(len(cohort), 1), clip_norm=self.clip,
-                                       max_weight=self.max_weight, scale=self.scale,
-                                       dim=manifest.dim)
+            bits = plan.modulus_bits if plan is not None else choose_modulus_bits(
+                n_sites=max(len(cohort), 1), clip_norm=self.clip, max_weight=self.max_weight,
+                scale=self.scale, dim=manifest.dim)
             config = SecAggConfig.create(
                 run_id=int(d.run_id, 16), round=round_num, cohort=cohort, modulus_bits=bits,
-                vector_length=manifest.dim, graph_seed=os.urandom(32))
+                vector_length=plan.padded if plan is not None else manifest.dim,
+                graph_seed=os.urandom(32))
             server = ServerSession(config=config,
                                    registry={n: self.enrolment[names[n]] for n in cohort})
         except (ValueError, SecAggAbort) as exc:
@@ -112,6 +121,8 @@ class SecureAggregator:
                     server.receive_shares(n, r.payload)
             codec = {"secagg-clip": self.clip, "secagg-scale": self.scale,
                      "secagg-max-weight": self.max_weight, "manifest": manifest.digest()}
+            if plan is not None:
+                codec.update({**plan.to_config(), "site-dp-mode": self.site_dp.mode})
             train_extra = RecordDict({ARRAYS: state_to_record(state), CONFIG: ConfigRecord(
                 {**dict(instructions.items()), **codec})})
             replies = self._stage(MASKED, server.masked_input_requests(), round_num, train_extra)
@@ -132,6 +143,12 @@ class SecureAggregator:
                     continue
                 if server.receive_masked_input(n, r.payload):
                     weights[n] = float(w)
+            admission = None
+            if plan is not None:  # decide before anything is unmasked
+                admission = self.site_dp.admit(plan, len(weights))
+                if not admission.ok:
+                    part["site_dp"] = {**admission.record, "refused": admission.reason}
+                    return self._abort(part, admission.reason)
             replies = self._stage(UNMASK, server.unmask_requests(), round_num)
             for n, r in replies.items():
                 if r.status == STATUS_OK and r.payload is not None:
@@ -143,6 +160,8 @@ class SecureAggregator:
             return self._abort(part, str(exc))
         for node, stage, reason in result.rejections:
             part["failed"].setdefault(names.get(node, str(node)), f"{stage}: {reason}")
+        if plan is not None and admission is not None:
+            return self._release_site_dp(part, state, result, manifest, plan, admission, names)
         total = sum(weights[n] for n in result.contributors)
         summed = decode(result.vector, manifest, scale=self.scale, modulus_bits=bits)
         mean = {k: (v / total).astype(np.float32) for k, v in summed.items()}
@@ -158,6 +177,31 @@ class SecureAggregator:
                     "decoding error <= %.3g per coordinate of the mean", round_num,
                     len(result.contributors), config.threshold, bits, len(part["dropped"]),
                     bound.per_coordinate / total)
+        return apply_delta(state, mean), part
+
+    def _release_site_dp(self, part: dict[str, Any], state: Mapping[str, np.ndarray],
+                         result: Any, manifest: Manifest, plan: Any, admission: Any,
+                         names: Mapping[int, str],
+                         ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
+        """Site-level DP: the unweighted mean of the (noised) sum, accounted."""
+        from privacy.ddg import WrapError
+
+        n = len(result.contributors)
+        if n != admission.record["contributors"]:  # never release a sum other than admitted
+            return self._abort(part, f"site-level DP: {n} contributors in the sum, "
+                                     f"{admission.record['contributors']} admitted")
+        try:
+            mean = self.site_dp.decode_mean(result.vector, manifest, plan, n)
+        except WrapError as exc:
+            part["site_dp"] = {**admission.record, "refused": str(exc)}
+            return self._abort(part, str(exc))
+        part["site_dp"] = self.site_dp.release(admission)
+        part["contributed"] = sorted(names[c] for c in result.contributors)
+        part["dropped"] = sorted(names[c] for c in result.dropped
+                                 if names[c] not in part["declined"])
+        part["released"] = True
+        logger.info("round %d: site-level DP aggregate of %d sites, %d dropped; site eps %.4f",
+                    part["round"], n, len(part["dropped"]), part["site_dp"]["epsilon_after"])
         return apply_delta(state, mean), part
 
     def _abort(self, part: dict[str, Any], reason: str) -> tuple[None, dict[str, Any]]:

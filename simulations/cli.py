@@ -93,6 +93,9 @@ def _add_simulate(sub: Any) -> None:
     dp.add_argument("--grad-sample-mode", choices=("hooks", "ghost"), default="hooks")
     dp.add_argument("--secure-mode", action="store_true",
                     help="OS CSPRNG for sampling and noise (slower; for production)")
+    from simulations.site_dp_cli import add_site_dp_args
+
+    add_site_dp_args(p)
     p.add_argument("--quiet", action="store_true", help="do not stream the server log")
     p.add_argument("--faults", default=None,
                    help="scenario: crash sites at given stages, e.g. 'bank@unmask@2,law@train'")
@@ -150,6 +153,9 @@ def _run_config(args: argparse.Namespace) -> Any:
     }
     if args.secagg_clip is not None:
         overrides["secagg-clip"] = args.secagg_clip
+    from simulations.site_dp_cli import site_dp_overrides
+
+    overrides.update(site_dp_overrides(args))
     for flag in ("faults", "local_steps", "batch_size", "learning_rate", "max_seq_len", "aggregation",
                  "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                  "fraction_train", "seed", "device", "max_eval_examples"):

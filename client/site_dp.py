@@ -1,0 +1,74 @@
+"""The site's side of site-level DP: check the round's noise parameters, then encode.
+
+A site does not take the coordinator's word for how much noise protects it. From its own
+copy of the run configuration it recomputes the noise multiplier z (the configured one, or
+the same deterministic calibration the server runs) and refuses a round whose parameters
+would put less than ``(z C)^2`` of noise into a sum of the calibration cohort, claim a
+cohort larger than the secure-aggregation cohort it was shown, use a larger clip, or switch
+the run to central noise it did not agree to.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from privacy.ddg import DDGParams, calibrate_site_noise, encode_ddg, secure_rng
+from privacy.secagg import SecAggError
+from protocol.codec import Manifest
+from protocol.config import RunConfig
+
+__all__ = ["check_round_params", "encode_site_dp"]
+
+logger = logging.getLogger(__name__)
+
+_RTOL = 1e-6
+
+
+def check_round_params(params: DDGParams, mode: str, cfg: RunConfig, *,
+                       cohort_size: int, modulus_bits: int, vector_length: int) -> None:
+    """Raise :class:`SecAggError` unless the server's round parameters honour ``cfg``."""
+    if not cfg.site_dp:
+        raise SecAggError("the server asks for site-level DP, which this run config has off")
+    if mode != cfg.site_dp_mode:
+        raise SecAggError(f"the server asks for {mode!r} site-level DP, the run config says "
+                          f"{cfg.site_dp_mode!r}")
+    if params.modulus_bits != modulus_bits or params.padded != vector_length:
+        raise SecAggError("site-level DP parameters do not match the secure-aggregation round")
+    if params.clip > cfg.site_dp_clip * (1 + _RTOL):
+        raise SecAggError(f"the server's clip {params.clip:g} exceeds site-dp-clip "
+                          f"{cfg.site_dp_clip:g}")
+    if params.cohort > cohort_size and cfg.site_dp_underflow == "refuse":
+        raise SecAggError(f"the server claims a cohort of {params.cohort} sites; "
+                          f"the round has {cohort_size}")
+    if mode == "central":
+        return
+    z = cfg.site_dp_noise_multiplier
+    if z < 0:
+        z = calibrate_site_noise(
+            target_epsilon=cfg.site_dp_epsilon, delta=cfg.site_dp_delta,
+            rounds=cfg.num_server_rounds, mode=mode, clip=params.clip, dim=params.dim,
+            modulus_bits=params.modulus_bits, cohort=params.cohort,
+            max_contributors=params.max_contributors)
+    cohort_std = params.local_sigma * params.gamma * math.sqrt(params.cohort)
+    if cohort_std < z * params.clip * (1 - _RTOL):
+        raise SecAggError(f"the server's noise (std {cohort_std:.4g} in a sum of "
+                          f"{params.cohort}) is below z*C = {z * params.clip:.4g}")
+
+
+def encode_site_dp(delta: Mapping[str, np.ndarray], manifest: Manifest, instr: Any,
+                   cfg: RunConfig, secagg_config: Any) -> np.ndarray:
+    """Check the round's parameters and return the site's noised encoding mod 2^k."""
+    try:
+        params = DDGParams.from_config(instr)
+    except (ValueError, TypeError) as exc:
+        raise SecAggError(f"bad site-level DP parameters: {exc}") from None
+    mode = str(instr["site-dp-mode"])
+    check_round_params(params, mode, cfg, cohort_size=len(secagg_config.cohort),
+                       modulus_bits=secagg_config.modulus_bits,
+                       vector_length=secagg_config.vector_length)
+    return encode_ddg(delta, manifest, params, secure_rng(), noise=(mode == "distributed"))

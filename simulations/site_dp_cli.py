@@ -1,0 +1,68 @@
+"""``confide simulate --site-dp``: the flags of site-level DP and their run-config keys."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+__all__ = ["add_site_dp_args", "site_dp_overrides"]
+
+
+def _number(flag: str, *, minimum: float, strict: bool) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            rule = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{flag} must be {rule}, got {text}")
+        return value
+    return parse
+
+
+def add_site_dp_args(parser: argparse.ArgumentParser) -> None:
+    """Add the site-level DP group to the ``simulate`` parser."""
+    g = parser.add_argument_group(
+        "site-level DP of the aggregate (distributed discrete Gaussian inside secure "
+        "aggregation; protects a whole site)")
+    g.add_argument("--site-dp", choices=("on", "off", "central"), default="off",
+                   help="on: each site adds its share of discrete Gaussian noise inside "
+                        "secure aggregation; central: a trusted server adds it (comparison); "
+                        "default off")
+    g.add_argument("--site-epsilon", type=_number("--site-epsilon", minimum=0, strict=True),
+                   default=None, help="run-level site-level budget epsilon (default 8)")
+    g.add_argument("--site-delta", type=_number("--site-delta", minimum=0, strict=True),
+                   default=None, help="site-level delta (default 1e-5)")
+    g.add_argument("--site-clip", type=_number("--site-clip", minimum=0, strict=True),
+                   default=None, help="L2 bound on each site's delta (default 0.05)")
+    g.add_argument("--site-noise-multiplier",
+                   type=_number("--site-noise-multiplier", minimum=0, strict=False), default=None,
+                   help="noise std of the sum / clip (default: calibrated to --site-epsilon)")
+    g.add_argument("--site-cohort", type=int, default=None,
+                   help="calibration cohort: sites whose noise makes up the target "
+                        "(default 0: the round's cohort)")
+    g.add_argument("--site-dp-bits", type=int, default=None,
+                   help="ring Z/2^k of the noised encoding (default 32)")
+    g.add_argument("--site-dp-underflow", choices=("refuse", "account"), default=None,
+                   help="fewer contributors than the cohort: refuse the round (default) or "
+                        "release it and account the smaller noise")
+
+
+def site_dp_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Run-config keys for the site-level DP flags (RunConfig validates the values)."""
+    mode = getattr(args, "site_dp", "off")
+    if mode == "off":
+        return {}
+    out: dict[str, Any] = {"site-dp": True,
+                           "site-dp-mode": "central" if mode == "central" else "distributed"}
+    for flag, key in (("site_epsilon", "site-dp-epsilon"), ("site_delta", "site-dp-delta"),
+                      ("site_clip", "site-dp-clip"),
+                      ("site_noise_multiplier", "site-dp-noise-multiplier"),
+                      ("site_cohort", "site-dp-cohort"), ("site_dp_bits", "site-dp-bits"),
+                      ("site_dp_underflow", "site-dp-underflow")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[key] = value
+    return out

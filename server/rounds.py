@@ -19,6 +19,8 @@ from protocol.config import RunConfig
 from protocol.messages import (
     ARRAYS,
     CONFIG,
+    LEDGER_SIGNATURE,
+    LEDGER_SUMMARY,
     METRICS,
     SECAGG,
     STATUS_OK,
@@ -64,6 +66,8 @@ class SiteReply:
     arrays: dict[str, np.ndarray] | None = None
     reason: str = ""
     payload: dict[str, Any] | None = None
+    #: the site's signed ledger summary ``(JSON, hex signature)``, when it sent one
+    ledger_summary: tuple[str, str] | None = None
 
 
 def _parse_reply(msg: Message) -> SiteReply:
@@ -81,8 +85,30 @@ def _parse_reply(msg: Message) -> SiteReply:
         except ValueError as exc:
             return SiteReply(node, str(status.get("site", f"node-{node}")), "failed",
                              reason=f"malformed secure-aggregation payload: {exc}")
+    summary = None
+    if LEDGER_SUMMARY in status and LEDGER_SIGNATURE in status:
+        summary = (str(status[LEDGER_SUMMARY]), str(status[LEDGER_SIGNATURE]))
     return SiteReply(node, str(status.get("site", f"node-{node}")), str(status.get("status", "")),
-                     metrics, arrays, str(status.get("reason", "")), payload)
+                     metrics, arrays, str(status.get("reason", "")), payload, summary)
+
+
+def content_bytes(msg: Message) -> int:
+    """Payload bytes a reply carries: tensor data plus string / bytes config values."""
+    if msg.has_error():
+        return 0
+    total = 0
+    for rec in msg.content.values():
+        for value in rec.values():
+            data = getattr(value, "data", None)
+            if isinstance(data, bytes):  # an Array
+                total += len(data)
+            elif isinstance(value, (bytes, str)):
+                total += len(value)
+            elif isinstance(value, list):
+                total += sum(len(v) if isinstance(v, (bytes, str)) else 8 for v in value)
+            else:
+                total += 8
+    return total
 
 
 class RoundDriver:
@@ -101,6 +127,7 @@ class RoundDriver:
         self.exhausted: set[int] = set()  # declined for budget: never sampled again
         self.stopped_early = ""
         self.secure: Any = None  # a server.secure.SecureAggregator when secure aggregation is on
+        self.bytes_received: dict[int, int] = {}  # round -> payload bytes of the sites' replies
 
     # messaging ---------------------------------------------------------------------------
     def _instructions(self, round_num: int) -> ConfigRecord:
@@ -122,8 +149,10 @@ class RoundDriver:
         nodes = sorted(contents)
         messages = [Message(contents[n], dst_node_id=n, message_type=kind,
                             group_id=str(round_num)) for n in nodes]
-        replies = [_parse_reply(m) for m in
-                   self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout)]
+        raw = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+        self.bytes_received[round_num] = (self.bytes_received.get(round_num, 0)
+                                          + sum(content_bytes(m) for m in raw))
+        replies = [_parse_reply(m) for m in raw]
         replies = [r for r in replies if r.node_id in contents]
         got = {r.node_id for r in replies}
         if len(got) < len(nodes):
@@ -138,6 +167,9 @@ class RoundDriver:
                 self.site_names[r.node_id] = r.site
             elif r.site.startswith("node-"):
                 r.site = self.site_names.get(r.node_id, r.site)
+            if r.ledger_summary is not None:
+                self.rundir.save_ledger_summary(r.site, *r.ledger_summary, round_num=round_num,
+                                                node_id=r.node_id)
         return sorted(replies, key=lambda r: r.node_id)
 
     def discover_names(self, nodes: Iterable[int], round_num: int) -> None:
@@ -234,7 +266,8 @@ class RoundDriver:
             t0 = time.perf_counter()
             ev = self.evaluate(0, state)
             self.rundir.save_round(0, state, self.lora_cfg)
-            self.rundir.append_metrics({"round": 0, **ev, "round_time_s": time.perf_counter() - t0})
+            self.rundir.append_metrics({"round": 0, **ev, "round_time_s": time.perf_counter() - t0,
+                                        "bytes_received": self.bytes_received.pop(0, 0)})
             self.rundir.write_state(RunState(self.run_id, 0, cfg.num_server_rounds, "running"))
             logger.info("round 0/%d: eval loss %.4f (perplexity %.2f)", cfg.num_server_rounds,
                         ev["eval_loss"], ev["eval_perplexity"])
@@ -264,7 +297,7 @@ class RoundDriver:
                 "contributed": part["contributed"], "released": part["released"],
                 "dropped": part.get("dropped", []),
                 "train_loss": part.get("train_loss", {}), "epsilon": part["epsilon"],
-                "declined": part["declined"],
+                "declined": part["declined"], "bytes_received": self.bytes_received.pop(rnd, 0),
             })
             self.rundir.write_state(RunState(self.run_id, rnd, cfg.num_server_rounds, "running"))
             logger.info("round %d/%d: %d/%d sites contributed, eval loss %.4f (perplexity %.2f), "

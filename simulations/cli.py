@@ -111,6 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from privacy.audit.cli import add_audit_parser
 
     add_audit_parser(sub)
+    from simulations.deploy_cli import add_deploy_parsers
+
+    add_deploy_parsers(sub)
     return parser
 
 

@@ -1,0 +1,227 @@
+"""``confide client``: the site agent, a supervised Flower SuperNode.
+
+Starts ``flower-supernode`` over gRPC with TLS (the site's copy of the CA certificate) and
+SuperNode authentication (the site's ECDSA key), with the site's node config: data path,
+state directory (privacy ledger, identity key), privacy policy, model, device. While the
+coordinator is unreachable it retries with exponential backoff, up to ``connect-timeout``
+seconds without a connection; a certificate that does not verify or a key the coordinator
+has not enrolled ends the agent at once with an error that says so.
+
+``export_ledger`` verifies the hash chain of the site's privacy ledger and writes a copy.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, TextIO
+
+from protocol.deploy_config import SiteDeployConfig
+
+__all__ = ["AgentError", "export_ledger", "node_config_arg", "run_agent"]
+
+logger = logging.getLogger("confide.client")
+
+EXIT_REFUSED = 3  # wrong certificate or unenrolled key: retrying cannot help
+EXIT_UNREACHABLE = 4  # the coordinator stayed unreachable for connect-timeout seconds
+
+
+class AgentError(RuntimeError):
+    """The site agent cannot run (refused by the coordinator, or gave up waiting for it)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _runner() -> Any:
+    from simulations import runner  # process helpers shared with the simulation runner
+
+    return runner
+
+
+def node_config_arg(node_config: dict[str, Any]) -> str:
+    """``--node-config`` text: space-separated ``key=value`` with TOML values."""
+    toml_value = _runner().toml_value
+    return " ".join(f"{k}={toml_value(v)}" for k, v in sorted(node_config.items()))
+
+
+def _reachable(address: str, timeout: float = 2.0) -> bool:
+    host, _, port = address.rpartition(":")
+    with contextlib.suppress(OSError), socket.create_connection((host.strip("[]"), int(port)),
+                                                                timeout):
+        return True
+    return False
+
+
+def _free_port() -> int:
+    return int(_runner().free_port())
+
+
+def _classify(tail: str, cfg: SiteDeployConfig) -> AgentError | None:
+    """A refusal that retrying cannot fix, from the SuperNode's last output lines."""
+    if "CERTIFICATE_VERIFY_FAILED" in tail or "handshake failed" in tail.lower():
+        where = f"`ca-cert` {cfg.ca_cert}" if cfg.ca_cert else "the system CA bundle (no `ca-cert`)"
+        return AgentError(
+            f"site {cfg.name}: the coordinator's TLS certificate at {cfg.superlink} does not "
+            f"verify against {where} ({cfg.path}); ask the coordinator for its CA certificate",
+            EXIT_REFUSED)
+    if "[code: 2004]" in tail or "Failed to activate SuperNode" in tail:
+        return AgentError(
+            f"site {cfg.name}: the coordinator at {cfg.superlink} refused this site's key "
+            f"`auth-key` {cfg.auth_key}: it is not enrolled there (send "
+            f"{cfg.auth_key.with_suffix('.pub').name} to the coordinator operator to add under "
+            "[sites] in server.toml)", EXIT_REFUSED)
+    if "[code: 2001]" in tail:
+        return AgentError(f"site {cfg.name}: the coordinator requires SuperNode authentication "
+                          f"and refused the connection ({cfg.superlink})", EXIT_REFUSED)
+    if "Exit Code: 302" in tail or "Exit Code: 303" in tail:
+        return AgentError(f"site {cfg.name}: flower-supernode refused `auth-key` {cfg.auth_key}: "
+                          f"{tail.strip().splitlines()[-1] if tail.strip() else ''}", EXIT_REFUSED)
+    return None
+
+
+def _env(cfg: SiteDeployConfig, token: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update({"CONFIDE_SIM_TOKEN": token, "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_UPDATE_CHECK": "1",
+                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "FLWR_HOME": str(cfg.state_dir / "flwr-home")})
+    if cfg.hf_cache is not None:
+        env["HF_HOME"] = str(cfg.hf_cache)
+    return env
+
+
+def _supernode_args(cfg: SiteDeployConfig, port: int, max_wait: float) -> list[str]:
+    args = [_runner()._bin("flower-supernode"), "--grpc-rere", "--superlink", cfg.superlink,
+            "--auth-supernode-private-key", str(cfg.auth_key), "--host", "127.0.0.1",
+            "--port", str(port), "--node-config", node_config_arg(cfg.node_config())]
+    if cfg.ca_cert is not None:
+        args += ["--root-certificates", str(cfg.ca_cert)]
+    if max_wait > 0:
+        args += ["--max-wait-time", f"{max_wait:g}"]
+    return args
+
+
+def _pump(stream: TextIO, out: TextIO, tail: collections.deque[str], prefix: str,
+          connected: threading.Event) -> None:
+    for line in stream:
+        tail.append(line)
+        if "SuperNode ID:" in line:
+            connected.set()
+        out.write(prefix + line)
+        out.flush()
+
+
+def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: int = 0) -> int:
+    """Run the site's SuperNode until interrupted; retry while the coordinator is unreachable.
+
+    Raises :class:`AgentError` on a refusal, or after ``connect-timeout`` seconds without
+    reaching the coordinator. Returns 130 when interrupted (Ctrl-C or SIGTERM).
+    """
+    r = _runner()
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    policy = ", ".join(f"{k}={v}" for k, v in cfg.privacy.items()) or "none (trains without DP)"
+    logger.info("site %s: coordinator %s, data %s, state %s, device %s, privacy policy: %s",
+                cfg.name, cfg.superlink, cfg.data_path, cfg.state_dir, cfg.device, policy)
+    token = uuid.uuid4().hex
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        signal.signal(signal.SIGTERM, _terminate)
+    backoff, attempts = 1.0, 0
+    unreachable_since: float | None = None
+    try:
+        while True:
+            if not _reachable(cfg.superlink):
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                waited = now - unreachable_since
+                if cfg.connect_timeout and waited >= cfg.connect_timeout:
+                    raise AgentError(f"site {cfg.name}: waited {cfg.connect_timeout:.0f} s "
+                                     f"(`connect-timeout`) for the coordinator at {cfg.superlink}; "
+                                     "it never answered", EXIT_UNREACHABLE)
+                logger.warning("site %s: coordinator %s unreachable; retrying in %.0f s",
+                               cfg.name, cfg.superlink, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            attempts += 1
+            port = cfg.runtime_port or _free_port()
+            max_wait = min(cfg.connect_timeout, 60.0) if cfg.connect_timeout else 60.0
+            logger.info("site %s: starting flower-supernode (attempt %d, TLS %s, runtime API "
+                        "127.0.0.1:%d)", cfg.name, attempts,
+                        "with CA " + str(cfg.ca_cert) if cfg.ca_cert else "with system CAs", port)
+            proc = subprocess.Popen(_supernode_args(cfg, port, max_wait), env=_env(cfg, token),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    bufsize=1, start_new_session=True, cwd=str(cfg.state_dir))
+            tail: collections.deque[str] = collections.deque(maxlen=60)
+            connected = threading.Event()
+            assert proc.stdout is not None
+            pump = threading.Thread(target=_pump, args=(proc.stdout, out, tail,
+                                                        f"[{cfg.name}] ", connected), daemon=True)
+            pump.start()
+            try:
+                code = proc.wait()
+                pump.join(timeout=5)
+            finally:
+                r._kill_tree(proc, token, timeout=10)
+            text = "".join(tail)
+            refusal = _classify(text, cfg)
+            if refusal is not None:
+                raise refusal
+            if "SuperNode ID:" in text:
+                unreachable_since, backoff = None, 1.0  # it had connected: a fresh window
+            unreachable_since = unreachable_since or time.monotonic()
+            if max_attempts and attempts >= max_attempts:
+                raise AgentError(f"site {cfg.name}: flower-supernode exited with {code} "
+                                 f"{attempts} times", EXIT_UNREACHABLE)
+            if cfg.connect_timeout and time.monotonic() - unreachable_since >= cfg.connect_timeout:
+                raise AgentError(f"site {cfg.name}: waited {cfg.connect_timeout:.0f} s "
+                                 f"(`connect-timeout`) to reconnect to the coordinator at "
+                                 f"{cfg.superlink}", EXIT_UNREACHABLE)
+            logger.warning("site %s: flower-supernode exited with %s (lost the coordinator); "
+                           "restarting in %.0f s", cfg.name, code, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+    except KeyboardInterrupt:
+        logger.info("site %s: stopped", cfg.name)
+        return 130
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def export_ledger(cfg: SiteDeployConfig, dest: Path) -> tuple[int, str, Path]:
+    """Verify the site's ledger chain and write a copy to ``dest``; (entries, head hash, path)."""
+    from privacy.ledger import LEDGER_FILENAME, PrivacyLedger
+    from protocol.io import atomic_write_bytes
+
+    ledger = PrivacyLedger(cfg.state_dir)  # raises LedgerError on a broken chain
+    src = cfg.state_dir / LEDGER_FILENAME
+    if not src.exists():
+        raise AgentError(f"site {cfg.name}: no privacy ledger at {src} (the site has not trained "
+                         "with DP yet)", 1)
+    target = dest / LEDGER_FILENAME if dest.is_dir() else dest
+    raw = src.read_bytes()
+    if raw != ledger._raw:
+        raise AgentError(f"site {cfg.name}: the ledger {src} changed while it was exported; "
+                         "run the export again", 1)
+    atomic_write_bytes(target, raw)
+    return len(ledger), ledger.head(), target

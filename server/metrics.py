@@ -1,0 +1,147 @@
+"""Prometheus metrics of a deployed run, served in the text exposition format (``/metrics``).
+
+The ServerApp runs in a process of its own (started by the SuperLink); the coordinator
+command follows the run from what the ServerApp writes: its log lines (the round in
+progress) and ``RUN_DIR`` (``metrics.jsonl`` and ``participation.jsonl`` per completed
+round). :class:`RunMetrics` holds the numbers; :func:`serve_metrics` exposes them with
+``http.server`` on a loopback port (no extra dependency).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunMetrics", "serve_metrics"]
+
+logger = logging.getLogger(__name__)
+
+_HELP = {
+    "confide_current_round": ("gauge", "Round in progress (the last completed one when idle)."),
+    "confide_completed_rounds": ("gauge", "Rounds completed and checkpointed."),
+    "confide_planned_rounds": ("gauge", "Rounds planned for the run."),
+    "confide_sites_sampled": ("gauge", "Sites sampled in the last completed round."),
+    "confide_sites_reporting": ("gauge", "Sites whose update entered the last aggregate."),
+    "confide_sites_dropped": ("gauge", "Sampled sites that failed or timed out in the last round."),
+    "confide_sites_declined": ("gauge", "Sampled sites that declined the last round."),
+    "confide_round_duration_seconds": ("gauge", "Wall time of the last completed round."),
+    "confide_bytes_received_total": ("counter", "Payload bytes received from sites."),
+    "confide_eval_loss": ("gauge", "Weighted held-out loss after the last completed round."),
+    "confide_site_epsilon": ("gauge", "Epsilon each site reported (its ledger total)."),
+    "confide_run_completed": ("gauge", "1 once the run has completed."),
+}
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written
+    return out
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class RunMetrics:
+    """The numbers behind ``/metrics``, refreshed from RUN_DIR and the log."""
+
+    def __init__(self, run_dir: Path, planned_rounds: int) -> None:
+        self.run_dir = run_dir
+        self.planned = planned_rounds
+        self.current_round = 0
+        self._lock = threading.Lock()
+        self._values: dict[str, float] = {}
+        self._eps: dict[str, float] = {}
+        self.completed = False
+
+    def set_round(self, round_num: int) -> None:
+        with self._lock:
+            self.current_round = max(self.current_round, round_num)
+
+    def refresh(self) -> list[dict[str, Any]]:
+        """Re-read RUN_DIR; return the per-round records not seen before (for logging)."""
+        metrics = _read_jsonl(self.run_dir / "metrics.jsonl")
+        part = {int(p["round"]): p for p in _read_jsonl(self.run_dir / "participation.jsonl")
+                if "round" in p}
+        with self._lock:
+            seen = int(self._values.get("confide_completed_rounds", -1))
+            new = [m for m in metrics if int(m.get("round", -1)) > seen]
+            if not metrics:
+                return []
+            last = metrics[-1]
+            rnd = int(last.get("round", 0))
+            p = part.get(rnd, {})
+            self._values.update({
+                "confide_completed_rounds": float(rnd),
+                "confide_planned_rounds": float(self.planned),
+                "confide_sites_sampled": float(len(p.get("sampled", []))),
+                "confide_sites_reporting": float(len(p.get("contributed", []))),
+                "confide_sites_dropped": float(len(p.get("failed", {})) + len(p.get("dropped", []))),
+                "confide_sites_declined": float(len(p.get("declined", {}))),
+                "confide_round_duration_seconds": float(last.get("round_time_s", 0.0)),
+                "confide_bytes_received_total": float(sum(int(m.get("bytes_received", 0))
+                                                          for m in metrics)),
+                "confide_eval_loss": float(last.get("eval_loss", float("nan"))),
+            })
+            for m in metrics:
+                self._eps.update({str(k): float(v) for k, v in m.get("epsilon", {}).items()})
+            self.current_round = max(self.current_round, rnd)
+        for m in new:
+            m["_participation"] = part.get(int(m.get("round", -1)), {})
+        return new
+
+    def exposition(self) -> str:
+        """The Prometheus text format (version 0.0.4)."""
+        with self._lock:
+            values = dict(self._values)
+            values["confide_current_round"] = float(self.current_round)
+            values["confide_planned_rounds"] = float(self.planned)
+            values["confide_run_completed"] = 1.0 if self.completed else 0.0
+            eps = dict(self._eps)
+        lines: list[str] = []
+        for name, (kind, text) in _HELP.items():
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            if name == "confide_site_epsilon":
+                lines += [f'{name}{{site="{_label(s)}"}} {v!r}' for s, v in sorted(eps.items())]
+            else:
+                lines.append(f"{name} {values.get(name, 0.0)!r}")
+        return "\n".join(lines) + "\n"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    metrics: RunMetrics
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.split("?")[0] not in ("/metrics", "/"):
+            self.send_error(404, "only /metrics is served")
+            return
+        body = self.metrics.exposition().encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature
+        return
+
+
+def serve_metrics(metrics: RunMetrics, *, port: int,
+                  host: str = "127.0.0.1") -> http.server.ThreadingHTTPServer:
+    """Serve ``/metrics`` from a daemon thread; ``shutdown()`` the returned server to stop."""
+    handler = type("Handler", (_Handler,), {"metrics": metrics})
+    server = http.server.ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="confide-metrics", daemon=True).start()
+    logger.info("Prometheus metrics on http://%s:%d/metrics", host, server.server_address[1])
+    return server

@@ -24,6 +24,8 @@ from protocol.config import RunConfig
 from protocol.messages import (
     ARRAYS,
     CONFIG,
+    LEDGER_SIGNATURE,
+    LEDGER_SUMMARY,
     METRICS,
     STATUS_DECLINED,
     STATUS_OK,
@@ -70,8 +72,9 @@ def _site_privacy(context: Context, cfg: RunConfig, data: SiteData) -> SitePriva
 
 
 def _reply(msg: Message, *, site: str, status: str, reason: str = "",
-           metrics: dict[str, Any] | None = None, arrays: Any = None) -> Message:
-    content = RecordDict({CONFIG: ConfigRecord({"status": status, "site": site, "reason": reason})})
+           metrics: dict[str, Any] | None = None, arrays: Any = None,
+           ledger_summary: tuple[str, str] | None = None) -> Message:
+    content = RecordDict({CONFIG: status_record(site, status, reason, ledger_summary)})
     if metrics:
         content[METRICS] = MetricRecord(metrics)
     if arrays is not None:
@@ -88,6 +91,17 @@ class LocalUpdate:
     reason: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     delta: dict[str, np.ndarray] | None = None
+    #: ``(summary JSON, hex signature)`` of the site's ledger after this round, if signed
+    ledger_summary: tuple[str, str] | None = None
+
+
+def status_record(site: str, status: str, reason: str = "",
+                  ledger_summary: tuple[str, str] | None = None) -> ConfigRecord:
+    """The reply's status record, with the signed ledger summary when there is one."""
+    rec: dict[str, Any] = {"status": status, "site": site, "reason": reason}
+    if ledger_summary is not None:
+        rec[LEDGER_SUMMARY], rec[LEDGER_SIGNATURE] = ledger_summary
+    return ConfigRecord(rec)
 
 
 def local_update(instr: Any, arrays: Any, context: Context) -> LocalUpdate:
@@ -119,7 +133,8 @@ def local_update(instr: Any, arrays: Any, context: Context) -> LocalUpdate:
             logger.warning("site %s declines round %d: %s (%s)", site, round_num,
                            decision.reason, decision.detail)
             return LocalUpdate(site, STATUS_DECLINED, decision.reason,
-                               {"epsilon": decision.epsilon_spent, "delta": decision.delta})
+                               {"epsilon": decision.epsilon_spent, "delta": decision.delta},
+                               ledger_summary=_summary(privacy, data, run_id, round_num))
         plan = decision
         logger.info("site %s round %d: DP plan %s", site, round_num, plan.summary())
     elif dp_enabled:
@@ -151,7 +166,15 @@ def local_update(instr: Any, arrays: Any, context: Context) -> LocalUpdate:
                         "noise-multiplier": plan.noise_multiplier,
                         "sample-rate": plan.sample_rate, "max-grad-norm": plan.max_grad_norm})
     logger.info("site %s round %d: %d steps, train loss %.4f", site, round_num, steps, mean_loss)
-    return LocalUpdate(site, STATUS_OK, metrics=metrics, delta=delta)
+    return LocalUpdate(site, STATUS_OK, metrics=metrics, delta=delta,
+                       ledger_summary=_summary(privacy, data, run_id, round_num))
+
+
+def _summary(privacy: SitePrivacy | None, data: SiteData, run_id: str,
+             round_num: int) -> tuple[str, str] | None:
+    if privacy is None or data.spec.state_dir is None:
+        return None
+    return privacy.signed_summary(data.spec.state_dir, run_id=run_id, round_num=round_num)
 
 
 @app.train()
@@ -165,7 +188,7 @@ def train(msg: Message, context: Context) -> Message:
     upd = local_update(msg.content[CONFIG], msg.content[ARRAYS], context)
     arrays = state_to_record(upd.delta) if upd.delta is not None else None
     return _reply(msg, site=upd.site, status=upd.status, reason=upd.reason,
-                  metrics=upd.metrics, arrays=arrays)
+                  metrics=upd.metrics, arrays=arrays, ledger_summary=upd.ledger_summary)
 
 
 @app.evaluate()

@@ -108,6 +108,25 @@ class SitePrivacy:
                                    accountant=decline.accountant, delta=decline.delta,
                                    epsilon_after=decline.epsilon_spent)
 
+    def signed_summary(self, state_dir: Path, *, run_id: str,
+                       round_num: int) -> tuple[str, str] | None:
+        """``(summary JSON, hex signature)`` of the ledger as it stands, signed with the
+        site's identity key (``identity.key`` in ``state_dir``); None without a key."""
+        from privacy.ledger_summary import dumps, make_summary, sign_summary
+        from privacy.secagg import load_identity_private_key
+
+        key_path = state_dir / "identity.key"
+        if not key_path.is_file():
+            logger.info("site %s: no identity key in %s; ledger summary not signed",
+                        self.site, state_dir)
+            return None
+        key = load_identity_private_key(key_path.read_bytes())
+        summary = make_summary(
+            self.ledger.entries, site=self.site, run_id=run_id, round_num=round_num,
+            policy={**self.policy.to_mapping(), "site": self.site,
+                    "num_examples": self.num_examples, "delta": self.delta})
+        return dumps(summary), sign_summary(summary, key)
+
 
 def projected_summary(
     policy: SitePrivacyPolicy, *, site: str, num_examples: int, batch_size: int,

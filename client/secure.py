@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from client.app import app, local_update, site_spec
+from client.app import app, local_update, site_spec, status_record
 from privacy.secagg import SecAggError, SiteSession, load_identity_private_key
 from protocol.codec import Manifest, encode
 from protocol.config import RunConfig
@@ -116,8 +116,9 @@ def _wipe(context: Context, session: SiteSession | None = None) -> None:
 
 
 def _answer(msg: Message, me: str, payload: dict[str, Any] | None, *, status: str = STATUS_OK,
-            reason: str = "", metrics: dict[str, Any] | None = None) -> Message:
-    content = RecordDict({CONFIG: ConfigRecord({"status": status, "site": me, "reason": reason})})
+            reason: str = "", metrics: dict[str, Any] | None = None,
+            ledger_summary: tuple[str, str] | None = None) -> Message:
+    content = RecordDict({CONFIG: status_record(me, status, reason, ledger_summary)})
     if metrics:
         content[METRICS] = MetricRecord(metrics)
     if payload is not None:
@@ -180,7 +181,7 @@ def masked_train(msg: Message, context: Context) -> Message:
         if upd.status != STATUS_OK or upd.delta is None:
             _wipe(context, session)
             return _answer(msg, me, None, status=upd.status, reason=upd.reason,
-                           metrics=upd.metrics)
+                           metrics=upd.metrics, ledger_summary=upd.ledger_summary)
         delta = {k: upd.delta[k] for k in sorted(upd.delta)}
         manifest = Manifest.from_arrays(delta)
         manifest.check_digest(str(instr["manifest"]))
@@ -200,7 +201,7 @@ def masked_train(msg: Message, context: Context) -> Message:
     except (SecAggError, ValueError, KeyError) as exc:
         return _refuse(msg, context, me, exc, session)
     _save(context, session)
-    return _answer(msg, me, reply, metrics=upd.metrics)
+    return _answer(msg, me, reply, metrics=upd.metrics, ledger_summary=upd.ledger_summary)
 
 
 @app.query("secagg_unmask")

@@ -13,6 +13,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 __all__ = [
     "ARRAYS",
     "CONFIG",
+    "LEDGER_SIGNATURE",
+    "LEDGER_SUMMARY",
     "METRICS",
     "PROTOCOL_VERSION",
     "SECAGG",
@@ -31,6 +33,11 @@ PROTOCOL_VERSION = 1
 ARRAYS = "arrays"  # ArrayRecord: global adapter (to sites) or adapter delta (from sites)
 CONFIG = "config"  # ConfigRecord: the round's instructions, or a site's status reply
 METRICS = "metrics"  # MetricRecord: num-examples, losses, epsilon
+
+#: status-record fields of a train reply: the site's signed ledger summary (JSON) and its
+#: hex Ed25519 signature (see privacy.ledger_summary)
+LEDGER_SUMMARY = "ledger-summary"
+LEDGER_SIGNATURE = "ledger-signature"
 
 STATUS_OK = "ok"
 STATUS_DECLINED = "declined"

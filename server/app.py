@@ -89,6 +89,8 @@ def run_server(grid: Grid, cfg: RunConfig) -> Path:
     logger.info("run %s: %d rounds, aggregation %s, LoRA r=%d on %s, out %s", run_id,
                 cfg.num_server_rounds, cfg.aggregation, cfg.lora_r, cfg.lora_target_modules,
                 rundir.root)
+    if cfg.secagg_enrolment:
+        rundir.keep_enrolment(cfg.secagg_enrolment)
     driver = RoundDriver(grid, cfg, rundir, run_id=run_id, lora_cfg=lcfg, shapes=shapes)
     if cfg.secagg:
         driver.secure = SecureAggregator(driver, enrolment=load_enrolment(cfg.secagg_enrolment),

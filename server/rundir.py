@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -25,6 +26,8 @@ from protocol.io import atomic_write_json, atomic_write_text
 __all__ = ["ResumeError", "RunDir", "RunState", "software_versions"]
 
 logger = logging.getLogger(__name__)
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 _PACKAGES = ("confide", "flwr", "torch", "peft", "transformers", "opacus", "cryptography",
              "grpcio", "safetensors", "numpy")
@@ -109,6 +112,35 @@ class RunDir:
 
     def append_participation(self, record: Mapping[str, Any]) -> None:
         self._append_jsonl(self.participation_path, record)
+
+    @property
+    def ledger_summaries(self) -> Path:
+        return self.root / "ledger-summaries"
+
+    def save_ledger_summary(self, site: str, summary_json: str, signature: str, *,
+                            round_num: int, node_id: int) -> None:
+        """Keep a site's latest signed ledger summary (checked by the audit, not here)."""
+        if not _SAFE_NAME.fullmatch(site):
+            logger.warning("round %d: ledger summary from node %d ignored: site name %r is not "
+                           "a safe file name", round_num, node_id, site)
+            return
+        try:
+            summary = json.loads(summary_json)
+        except json.JSONDecodeError as exc:
+            logger.warning("round %d: ledger summary from %s is not JSON (%s); not kept",
+                           round_num, site, exc.msg)
+            return
+        atomic_write_json(self.ledger_summaries / f"{site}.json", {
+            "site": site, "node_id": node_id, "received_round": round_num,
+            "summary": summary, "signature": signature})
+
+    def keep_enrolment(self, path: str) -> None:
+        """Copy the enrolment list into RUN_DIR/enrolment.json (the audit checks against it)."""
+        dest = self.root / "enrolment.json"
+        src = Path(path)
+        if src.resolve() != dest.resolve():
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(dest, src.read_text(encoding="utf-8"))
 
     def save_round(self, round_num: int, state: Mapping[str, np.ndarray], lora_cfg: Any) -> None:
         save_adapter_dir(self.round_adapter(round_num), state, lora_cfg)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from privacy.accounting import epsilon
+from privacy.audit import build_report
 from privacy.ledger import PrivacyLedger
 from tests.conftest import REPO
 from tests.test_simulation import _simulate
@@ -43,6 +44,13 @@ def test_budget_one_over_twenty_planned_rounds_is_never_exceeded(
         # the reported epsilon equals the recomputation from the ledger's parameters
         last = [e for e in ledger.entries if e.status == "trained"][-1]
         assert abs(last.epsilon_after - eps) <= 0.01 * eps
+    # every update and decline carried the site's signed ledger summary; the audit checks it
+    report = build_report(out)
+    for site in report.sites:
+        v = site.verification
+        assert (v.verified, v.method, v.signature) == (True, "signature", "valid"), v.problems
+        stored = json.loads((out / "ledger-summaries" / f"{site.site_id}.json").read_text())
+        assert stored["summary"]["head"] == PrivacyLedger(out / "sites" / site.site_id).head()
 
 
 _SITE = textwrap.dedent('''

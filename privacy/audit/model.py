@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from privacy.audit.sites import SiteReport, build_site
+from privacy.audit.verify import SummaryCheck, check_signed_summary
 from privacy.ledger import canonical_json
 
 __all__ = [
@@ -192,6 +193,40 @@ def _site_dirs(run_dir: Path) -> dict[str, Path]:
     return {d.name: d for d in sorted(root.iterdir()) if d.is_dir()}
 
 
+def _enrolment(run_dir: Path, config: Mapping[str, Any], flags: list[Flag]) -> dict[str, bytes]:
+    """Site identity public keys: RUN_DIR/enrolment.json, else the run's enrolment path."""
+    from protocol.enrolment import load_enrolment
+
+    for path in (run_dir / "enrolment.json", config.get("secagg-enrolment")):
+        if path and Path(str(path)).is_file():
+            try:
+                return load_enrolment(str(path))
+            except ValueError as exc:
+                flags.append(Flag("red", None, f"enrolment list unreadable: {exc}"))
+                return {}
+    return {}
+
+
+def _signed_summaries(run_dir: Path, config: Mapping[str, Any],
+                      flags: list[Flag]) -> dict[str, SummaryCheck]:
+    """RUN_DIR/ledger-summaries/<site>.json, each checked against the enrolled key."""
+    folder = run_dir / "ledger-summaries"
+    if not folder.is_dir():
+        return {}
+    keys = _enrolment(run_dir, config, flags)
+    out: dict[str, SummaryCheck] = {}
+    for path in sorted(folder.glob("*.json")):
+        site = path.stem
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            doc = None
+            logger.warning("ledger summary %s unreadable: %s", path, exc)
+        out[site] = check_signed_summary(doc, site=site, public_key=keys.get(site),
+                                         label=f"ledger-summaries/{path.name}")
+    return out
+
+
 def _empirical(run_dir: Path, canary_result: Path | Mapping[str, Any] | None,
                flags: list[Flag]) -> tuple[dict[str, Any], ...]:
     """Canary audit results: one result mapping, or ``{"runs": [...]}`` of them."""
@@ -271,17 +306,18 @@ def build_report(run_dir: str | Path, *,
     run_id = str(run["run_id"]) if "run_id" in run else None
 
     dirs = _site_dirs(root)
+    signed = _signed_summaries(root, config, flags)
     seen = {s for r in rounds for s in (*r.sampled, *r.contributed, *r.dropped)}
     sites = []
-    for name in sorted(set(dirs) | seen):
+    for name in sorted(set(dirs) | seen | set(signed)):
         site, notes = build_site(name, dirs.get(name), run_id=run_id, num_rounds=num_rounds,
-                                 rounds=rounds, metrics=metrics)
+                                 rounds=rounds, metrics=metrics, signed=signed.get(name))
         sites.append(site)
         flags.extend(Flag(sev, site.site_id, msg) for sev, msg in notes)
     empirical = _empirical(root, canary_result, flags)
     round0 = next((m for m in metrics if m["round"] == 0), {})
     report = AuditReport(
-        schema_version=SCHEMA_VERSION, mode="simulation", run_id=run_id,
+        schema_version=SCHEMA_VERSION, mode="deployment" if run.get("mode") == "deployment" else "simulation", run_id=run_id,
         created=str(run["created"]) if "created" in run else None,
         config=dict(config),
         versions=dict(run["versions"]) if isinstance(run.get("versions"), dict) else {},

@@ -159,9 +159,11 @@ def _table(head: Sequence[str], rows: Sequence[str], cls: str = "") -> str:
 
 
 def _verified_badge(site: SiteReport) -> str:
-    if site.verification.verified:
-        return f'<span class="ok">VERIFIED</span> ({escape(site.verification.method)})'
-    return f'<span class="bad">UNVERIFIED</span> ({escape(site.verification.method)})'
+    v = site.verification
+    how = v.method if v.signature is None else f"{v.method}: {v.signature}"
+    if v.verified:
+        return f'<span class="ok">VERIFIED</span> ({escape(how)})'
+    return f'<span class="bad">UNVERIFIED</span> ({escape(how)})'
 
 
 def _sites_table(report: AuditReport) -> str:

@@ -27,7 +27,9 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _site_section(site: SiteReport, run_id: str | None) -> list[str]:
     status = "VERIFIED" if site.verification.verified else "**UNVERIFIED**"
-    lines = [f"### {site.site_id} — {status} ({site.verification.method})", ""]
+    v = site.verification
+    how = v.method if v.signature is None else f"{v.method}: {v.signature}"
+    lines = [f"### {site.site_id} — {status} ({how})", ""]
     for problem in site.verification.problems:
         lines.append(f"- ⛔ {problem}")
     if site.verification.problems:

@@ -17,7 +17,14 @@ from privacy.audit.recompute import (
     accountant_warnings_quiet,
     recompute,
 )
-from privacy.audit.verify import LedgerLine, Verification, check_ledger, find_ledger
+from privacy.audit.verify import (
+    LedgerLine,
+    SummaryCheck,
+    Verification,
+    check_ledger,
+    find_ledger,
+    ledger_holds_head,
+)
 
 if TYPE_CHECKING:
     from privacy.audit.model import AggregateRound
@@ -174,6 +181,7 @@ def _consistency(site_names: set[str], run_lines: Sequence[LedgerLine],
 def build_site(
     name: str, site_dir: Path | None, *, run_id: str | None, num_rounds: int,
     rounds: Sequence[AggregateRound], metrics: Sequence[Mapping[str, Any]],
+    signed: SummaryCheck | None = None,
 ) -> tuple[SiteReport, list[tuple[str, str]]]:
     """Build one site's report and its ``(severity, message)`` flags; never raises on content.
 
@@ -189,14 +197,31 @@ def build_site(
         Rounds of the run (the ε series runs from 0 to here).
     rounds, metrics
         The run's aggregate rounds and metrics rows (for the consistency checks).
+    signed : SummaryCheck, optional
+        The site's signed ledger summary, checked: verification then also needs a valid
+        signature, and without a ledger file the summary's entries are the ledger.
     """
     notes: list[tuple[str, str]] = []
     policy, policy_problem = _read_policy(site_dir)
+    ledger_path = find_ledger(site_dir) if site_dir is not None else None
+    if signed is not None and not policy and signed.policy:
+        policy, policy_problem = dict(signed.policy), None
     if policy_problem:
         notes.append(("warning", policy_problem))
     site_id = str(policy.get("site", name))
     names = {name, site_id}
-    check = check_ledger(find_ledger(site_dir) if site_dir is not None else None)
+    sig_problems: list[str] = []
+    if signed is not None and ledger_path is None:
+        check = signed.ledger
+        notes.append(("warning", "full ledger not handed over: the site's signed summary "
+                                 "is used (`confide client export-ledger` gives the ledger)"))
+    else:
+        check = check_ledger(ledger_path)
+        if signed is not None:
+            sig_problems += list(signed.problems)
+            held = ledger_holds_head(check, signed)
+            if held:
+                sig_problems.append(held)
     lines = check.lines
     run_lines = _run_lines(lines, run_id, notes)
     first = run_lines[0].line if run_lines else math.inf
@@ -269,12 +294,16 @@ def build_site(
                                   "times in the ledger; each is composed")))
     dropped = sum(1 for agg in rounds if names & set(agg.dropped))
 
-    problems = list(check.problems)
+    problems = list(check.problems) + sig_problems
+    if signed is not None and signed.signature != "valid" and not problems:
+        problems.append(f"ledger summary signature {signed.signature}")
     problems += _consistency(names, run_lines, {p.round: p.epsilon for p in series}, rounds,
                              metrics)
     verification = Verification(
-        verified=not problems, method="hash-chain", chain_intact=check.chain_intact,
-        signature=None, head=check.head, problems=tuple(problems))
+        verified=not problems, method="hash-chain" if signed is None else "signature",
+        chain_intact=check.chain_intact,
+        signature=None if signed is None else signed.signature, head=check.head,
+        problems=tuple(problems))
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         notes.append(("red", f"ledger UNVERIFIED: {problems[0]}{more}"))

@@ -12,8 +12,11 @@ A site's ledger is *verified* when
   same rules :class:`~privacy.ledger.PrivacyLedger` enforces), and the run's own records
   (``metrics.jsonl``, ``participation.jsonl``) agree with it (a cut-off tail shows up as a
   round the site contributed to without a ledger entry);
-* deployment (``method="signature"``, later): additionally the site's signed summary (the
-  chain head signed with its identity key) verifies and names this chain's head.
+* with a signed summary (``method="signature"``: the site sent one with every update, see
+  :mod:`privacy.ledger_summary`): additionally the summary's Ed25519 signature verifies under
+  the site's enrolled identity key and, when the full ledger is there too, that ledger holds
+  the signed head at the signed position. Without the full ledger (a deployment whose site
+  has not exported it) the signed summary's own entries are the ledger.
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ __all__ = [
     "LEDGER_FILENAMES",
     "LedgerCheck",
     "LedgerLine",
+    "SummaryCheck",
     "Verification",
     "check_ledger",
+    "check_signed_summary",
     "find_ledger",
+    "ledger_holds_head",
 ]
 
 logger = logging.getLogger(__name__)
@@ -187,3 +193,91 @@ def check_ledger(path: Path | None) -> LedgerCheck:
     if problems:
         logger.warning("ledger %s failed verification: %s", path, problems[0])
     return LedgerCheck(path, tuple(out), not problems, head, tuple(problems))
+
+
+@dataclass(frozen=True)
+class SummaryCheck:
+    """A site's signed ledger summary as the coordinator stored it, checked.
+
+    Attributes
+    ----------
+    signature : {"valid", "invalid", "no-key"}
+        ``no-key``: the site has no enrolled public key in the run to check against.
+    problems : tuple of str
+        Every failed check (signature, summary chain, names).
+    ledger : LedgerCheck
+        The summary's entries as a ledger (used when the site's full ledger is not there).
+    round : int or None
+        The round after which the site signed it.
+    policy : mapping
+        The site's policy as it signed it.
+    """
+
+    signature: str
+    problems: tuple[str, ...]
+    ledger: LedgerCheck
+    round: int | None
+    count: int
+    head: str
+    policy: dict[str, Any]
+
+
+def check_signed_summary(doc: Any, *, site: str, public_key: bytes | None,
+                         label: str) -> SummaryCheck:
+    """Check a stored ``{"summary", "signature"}`` of ``site``; never raises on content."""
+    from privacy.ledger_summary import check_summary, summary_entries, verify_summary_signature
+    from privacy.secagg import SecAggError
+    from privacy.secagg.keys import load_identity_public_key
+
+    empty = LedgerCheck(None, (), False, GENESIS_HASH, ())
+    if not isinstance(doc, dict) or not isinstance(doc.get("summary"), dict):
+        return SummaryCheck("invalid", (f"{label}: not a stored ledger summary",), empty,
+                            None, 0, GENESIS_HASH, {})
+    summary, sig = doc["summary"], str(doc.get("signature", ""))
+    problems: list[str] = []
+    if public_key is None:
+        signature = "no-key"
+        problems.append(f"{label}: site {site!r} has no enrolled identity key in this run; "
+                        "the signature cannot be checked")
+    else:
+        try:
+            ok = verify_summary_signature(summary, sig, load_identity_public_key(public_key))
+        except SecAggError as exc:
+            ok, problems = False, [*problems, f"{label}: enrolled key unusable: {exc}"]
+        signature = "valid" if ok else "invalid"
+        if not ok:
+            problems.append(f"{label}: signature INVALID: the summary was altered or not "
+                            f"signed by {site!r}'s enrolled identity key")
+    if summary.get("site") != site:
+        problems.append(f"{label}: the summary names site {summary.get('site')!r}, "
+                        f"stored as {site!r}")
+    problems += [f"{label}: {p}" for p in check_summary(summary)]
+    try:
+        entries = summary_entries(summary)
+    except ValueError:
+        entries = []
+    lines = tuple(LedgerLine(i + 1, e, not problems) for i, e in enumerate(entries))
+    ledger = LedgerCheck(None, lines, not problems,
+                         entries[-1].hash if entries else GENESIS_HASH, tuple(problems))
+    rnd = summary.get("round")
+    count = summary.get("count")
+    policy = summary.get("policy")
+    return SummaryCheck(signature, tuple(problems), ledger,
+                        rnd if type(rnd) is int else None,
+                        count if type(count) is int else len(entries),
+                        str(summary.get("head", GENESIS_HASH)),
+                        dict(policy) if isinstance(policy, dict) else {})
+
+
+def ledger_holds_head(check: LedgerCheck, summary: SummaryCheck) -> str | None:
+    """A problem when the full ledger does not hold the signed head at its position."""
+    if summary.count == 0:
+        return None
+    line = next((ln for ln in check.lines if ln.line == summary.count), None)
+    if line is None:
+        return (f"the ledger has fewer than the {summary.count} entries the site signed "
+                f"after round {summary.round} (cut short?)")
+    if line.entry.hash != summary.head:
+        return (f"ledger line {summary.count} is not the entry the site signed after round "
+                f"{summary.round} (edited after signing?)")
+    return None

@@ -1,0 +1,124 @@
+"""The coordinator's site-level DP: dropouts below the cohort, the run budget, resume, site checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from client.site_dp import check_round_params
+from privacy.ddg import DDGParams, site_epsilon
+from privacy.secagg import SecAggError
+from protocol.config import ConfigError, RunConfig
+from server.site_dp import SiteDP, history_from_participation
+
+DIM = 3000
+
+
+def _site_dp(**kw: object) -> SiteDP:
+    args: dict[str, object] = dict(mode="distributed", epsilon=8.0, delta=1e-5, clip=0.05,
+                                   noise_multiplier=-1.0, cohort=0, modulus_bits=32,
+                                   underflow="refuse", planned_rounds=3)
+    args.update(kw)
+    return SiteDP(**args)  # type: ignore[arg-type]
+
+
+def test_dropouts_below_the_calibration_cohort_are_refused_before_unmasking() -> None:
+    sdp = _site_dp()
+    params = sdp.plan(cohort_size=10, dim=DIM)
+    assert isinstance(params, DDGParams) and params.cohort == 10
+    adm = sdp.admit(params, 9)
+    assert not adm.ok and "fewer than the calibration cohort 10" in adm.reason
+    assert sdp.history == []  # nothing released, nothing spent
+    assert sdp.admit(params, 10).ok
+
+
+def test_dropouts_in_account_mode_are_released_with_their_larger_epsilon() -> None:
+    sdp = _site_dp(underflow="account")
+    params = sdp.plan(cohort_size=10, dim=DIM)
+    assert isinstance(params, DDGParams)
+    full, short = sdp.admit(params, 10), sdp.admit(params, 7)
+    assert full.ok and short.ok
+    assert short.record["epsilon_round"] > full.record["epsilon_round"]
+    assert short.record["noise_variance"] == pytest.approx(0.7 * full.record["noise_variance"])
+    rec = sdp.release(short)
+    assert rec["released"] and rec["contributors"] == 7
+    assert sdp.spent() == pytest.approx(short.record["epsilon_after"])
+
+
+def test_the_run_budget_stops_releases_and_calibration_fills_it_exactly() -> None:
+    sdp = _site_dp()
+    for _ in range(3):
+        params = sdp.plan(cohort_size=10, dim=DIM)
+        assert isinstance(params, DDGParams)
+        adm = sdp.admit(params, 10)
+        assert adm.ok
+        sdp.release(adm)
+    assert 7.9 < sdp.spent() <= 8.0
+    refusal = sdp.plan(cohort_size=10, dim=DIM)
+    assert isinstance(refusal, str) and "site-level budget" in refusal
+    # an explicit, too small noise multiplier: refused at admission, never unmasked
+    weak = _site_dp(noise_multiplier=0.2)
+    params = weak.plan(cohort_size=10, dim=DIM)
+    assert isinstance(params, str) and "budget" in params
+
+
+def test_a_resumed_run_composes_from_the_recorded_rounds() -> None:
+    sdp = _site_dp(underflow="account")
+    rows = []
+    for n in (10, 6):
+        params = sdp.plan(cohort_size=10, dim=DIM)
+        assert isinstance(params, DDGParams)
+        rows.append({"round": len(rows) + 1, "site_dp": sdp.release(sdp.admit(params, n))})
+    rows.append({"round": 3, "site_dp": {"mode": "distributed", "released": False,
+                                         "refused": "x"}})
+    resumed = _site_dp(underflow="account", history=history_from_participation(rows))
+    assert resumed.spent() == pytest.approx(sdp.spent())
+    assert resumed.spent() == pytest.approx(site_epsilon(sdp.history, delta=1e-5))
+
+
+def _cfg(**kw: object) -> RunConfig:
+    return RunConfig.from_mapping({"secagg": True, "secagg-enrolment": "e.json", "site-dp": True,
+                                   "site-dp-clip": 0.05, **kw})
+
+
+def test_a_site_refuses_parameters_below_its_own_calibration() -> None:
+    cfg = _cfg()
+    params = _site_dp().plan(cohort_size=10, dim=DIM)
+    assert isinstance(params, DDGParams)
+    ok = dict(cohort_size=10, modulus_bits=32, vector_length=params.padded)
+    check_round_params(params, "distributed", cfg, **ok)  # type: ignore[arg-type]
+    weaker = dataclasses.replace(params, local_sigma=params.local_sigma * 0.9)
+    with pytest.raises(SecAggError, match="below z"):
+        check_round_params(weaker, "distributed", cfg, **ok)  # type: ignore[arg-type]
+    with pytest.raises(SecAggError, match="cohort"):
+        check_round_params(params, "distributed", cfg, cohort_size=8, modulus_bits=32,
+                           vector_length=params.padded)
+    with pytest.raises(SecAggError, match="central"):
+        check_round_params(params, "central", cfg, **ok)  # type: ignore[arg-type]
+    with pytest.raises(SecAggError, match="clip"):
+        check_round_params(dataclasses.replace(params, clip=0.1, gamma=params.gamma * 2),
+                           "distributed", cfg, **ok)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("site-dp-epsilon", 0.0, "`site-dp-epsilon` must be > 0, got 0.0"),
+    ("site-dp-delta", 1.0, "`site-dp-delta` must be in (0, 1), got 1.0"),
+    ("site-dp-clip", -1.0, "`site-dp-clip` must be > 0, got -1.0"),
+    ("site-dp-noise-multiplier", -0.5, "`site-dp-noise-multiplier` must be >= 0"),
+    ("site-dp-bits", 8, "`site-dp-bits` must be in [16, 52], got 8"),
+    ("site-dp-mode", "local", "`site-dp-mode` must be one of"),
+    ("site-dp-underflow", "ignore", "`site-dp-underflow` must be one of"),
+    ("site-dp-cohort", True, "`site-dp-cohort` must be an integer, got True"),
+])
+def test_bad_site_dp_config_names_the_field_and_value(key: str, value: object,
+                                                      needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _cfg(**{key: value})
+    assert needle in str(err.value)
+
+
+def test_site_dp_is_off_by_default_and_needs_secure_aggregation() -> None:
+    assert RunConfig().site_dp is False
+    with pytest.raises(ConfigError, match="`site-dp` must be false unless secagg is on"):
+        RunConfig.from_mapping({"site-dp": True})

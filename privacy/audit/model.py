@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from privacy.audit.site_level import SiteLevelReport, build_site_level
 from privacy.audit.sites import SiteReport, build_site
 from privacy.audit.verify import SummaryCheck, check_signed_summary
 from privacy.ledger import canonical_json
@@ -94,6 +95,7 @@ class AuditReport:
     empirical: tuple[Mapping[str, Any], ...]
     flags: tuple[Flag, ...]
     sha256: str = ""
+    site_level: SiteLevelReport | None = None  # site-level DP of the aggregate, if on
 
     @property
     def all_verified(self) -> bool:
@@ -315,6 +317,9 @@ def build_report(run_dir: str | Path, *,
         sites.append(site)
         flags.extend(Flag(sev, site.site_id, msg) for sev, msg in notes)
     empirical = _empirical(root, canary_result, flags)
+    site_notes: list[tuple[str, str]] = []
+    site_level = build_site_level(participation, config, site_notes)
+    flags.extend(Flag(sev, None, msg) for sev, msg in site_notes)
     round0 = next((m for m in metrics if m["round"] == 0), {})
     report = AuditReport(
         schema_version=SCHEMA_VERSION, mode="deployment" if run.get("mode") == "deployment" else "simulation", run_id=run_id,
@@ -323,7 +328,7 @@ def build_report(run_dir: str | Path, *,
         versions=dict(run["versions"]) if isinstance(run.get("versions"), dict) else {},
         num_rounds=num_rounds, sites=tuple(sites), rounds=rounds,
         initial_eval_loss=_num_or_none(round0.get("eval_loss")),
-        empirical=empirical, flags=tuple(flags),
+        empirical=empirical, flags=tuple(flags), site_level=site_level,
     )
     report = dataclasses.replace(report, sha256=report_sha256(report))
     logger.info("audit of %s: %d sites, %d rounds, %d red flags, sha256 %s", root, len(sites),
@@ -359,6 +364,8 @@ def report_data(report: AuditReport, *, with_digest: bool = True) -> dict[str, A
     data["all_verified"] = report.all_verified
     if not with_digest:
         del data["sha256"]
+    if data.get("site_level") is None:  # runs without site-level DP keep their exact form
+        data.pop("site_level", None)
     return data  # type: ignore[no-any-return]
 
 

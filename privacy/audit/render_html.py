@@ -15,6 +15,7 @@ from html import escape
 
 from privacy.audit._format import fmt_eps, fmt_names, fmt_num, recomputation_cells
 from privacy.audit.model import AuditReport
+from privacy.audit.site_level import site_level_html
 from privacy.audit.sites import SiteReport
 
 __all__ = ["epsilon_plot_svg", "render_html"]
@@ -299,7 +300,7 @@ def render_html(report: AuditReport) -> str:
          "PRV lower bound (a stated ε below it is flagged red).</p>"),
         *(_site_section(s, report.run_id) for s in report.sites), "</section>",
         '<section id="rounds"><h2>Rounds: who was in each aggregate</h2>',
-        _rounds_table(report), "</section>",
+        _rounds_table(report), "</section>", site_level_html(report.site_level),
         '<section id="empirical"><h2>Empirical audit</h2>', _empirical(report), "</section>",
         '<section id="config"><h2>Configuration</h2><pre>'
         + escape(json.dumps(dict(report.config), indent=2, sort_keys=True)) + "</pre></section>",

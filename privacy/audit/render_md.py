@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from privacy.audit._format import fmt_eps, fmt_names, fmt_num, recomputation_cells
 from privacy.audit.model import AuditReport
+from privacy.audit.site_level import site_level_md
 from privacy.audit.sites import SiteReport
 
 __all__ = ["render_md"]
@@ -85,6 +86,7 @@ def render_md(report: AuditReport) -> str:
     lines.append("")
     for s in report.sites:
         lines += _site_section(s, report.run_id)
+    lines += site_level_md(report.site_level)
     lines += ["## Rounds", ""]
     lines += _table(
         ["round", "sampled", "in aggregate", "declined", "failed", "dropped", "threshold",

@@ -314,6 +314,9 @@ def _simulate(args: argparse.Namespace) -> int:
               f"{cfg.secagg_clip:g}); the coordinator sees only the sum", flush=True)
     else:
         print("secure aggregation: off (the coordinator sees each update)", flush=True)
+    from simulations.site_dp_cli import site_dp_summary
+
+    print(site_dp_summary(cfg), flush=True)
     try:
         print(dp_summary(cfg, args.sites), flush=True)
     except Exception as exc:  # noqa: BLE001 - a broken ledger, a bad policy: refuse to start

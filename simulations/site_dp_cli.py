@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Any
 
-__all__ = ["add_site_dp_args", "site_dp_overrides"]
+__all__ = ["add_site_dp_args", "site_dp_overrides", "site_dp_summary"]
 
 
 def _number(flag: str, *, minimum: float, strict: bool) -> Any:
@@ -66,3 +66,18 @@ def site_dp_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             out[key] = value
     return out
+
+
+def site_dp_summary(cfg: Any) -> str:
+    """One line for ``confide simulate``'s start-up screen."""
+    if not cfg.site_dp:
+        return "site-level DP of the aggregate: off (only example-level DP protects a site)"
+    z = ("calibrated to the budget" if cfg.site_dp_noise_multiplier < 0
+         else f"z={cfg.site_dp_noise_multiplier:g}")
+    who = "each site adds its share inside secure aggregation" if \
+        cfg.site_dp_mode == "distributed" else "a trusted server adds it to the sum"
+    t = cfg.site_dp_cohort or "the round's cohort"
+    return (f"site-level DP of the aggregate: {cfg.site_dp_mode} ({who}); budget "
+            f"eps={cfg.site_dp_epsilon:g}, delta={cfg.site_dp_delta:g} over the run; clip "
+            f"C={cfg.site_dp_clip:g}; noise {z}; calibration cohort {t}; fewer survivors: "
+            f"{cfg.site_dp_underflow}; unweighted mean")

@@ -79,7 +79,8 @@ _CACHE: dict[tuple[Any, ...], SiteData] = {}
 def load_site_data(spec: SiteSpec, cfg: RunConfig, tokenizer: Any) -> SiteData:
     """Read, split (fixed seed) and tokenise the site's data once per process."""
     key = (spec, cfg.max_seq_len, cfg.eval_fraction, cfg.split_seed, cfg.max_eval_examples,
-           getattr(tokenizer, "name_or_path", None))
+           getattr(tokenizer, "name_or_path", None), cfg.canaries, cfg.canary_site,
+           cfg.canary_length, cfg.canary_seed)
     if key in _CACHE:
         return _CACHE[key]
     examples = load_examples(spec.data_path)
@@ -92,6 +93,10 @@ def load_site_data(spec: SiteSpec, cfg: RunConfig, tokenizer: Any) -> SiteData:
     held_t = tokenize_examples(held, tokenizer, max_seq_len=cfg.max_seq_len)
     if not train_t or not held_t:
         raise DataError(f"site {spec.name}: no usable examples after tokenisation")
+    if cfg.canaries:
+        from client.canaries import planted_canaries
+
+        train_t = train_t + planted_canaries(cfg, spec.name, tokenizer)
     digest = hashlib.sha256()
     for ex in train_t:
         digest.update(bytes(str(ex.input_ids), "ascii"))

@@ -75,6 +75,10 @@ class RunConfig:
     site_dp_cohort: int = 0
     site_dp_bits: int = 32
     site_dp_underflow: str = "refuse"
+    canaries: int = 0
+    canary_site: str = ""
+    canary_length: int = 16
+    canary_seed: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -127,6 +131,11 @@ class RunConfig:
         need(self.dp_noise_multiplier == -1.0 or self.dp_noise_multiplier >= 0.0,
              "dp-noise-multiplier", ">= 0 (or -1: left to each site)")
         self._check_site_dp(need)
+        need(0 <= self.canaries <= 100_000, "canaries", "in [0, 100000] (0: no canary audit)")
+        need(2 <= self.canary_length <= self.max_seq_len, "canary-length",
+             f"in [2, max-seq-len={self.max_seq_len}]")
+        need(self.canaries == 0 or bool(self.canary_site.strip()), "canary-site",
+             "the name of the site that plants the canaries when canaries > 0")
 
     def _check_site_dp(self, need: Any) -> None:
         need(self.site_dp_mode in SITE_DP_MODES, "site-dp-mode", f"one of {SITE_DP_MODES}")

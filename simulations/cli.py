@@ -96,6 +96,9 @@ def _add_simulate(sub: Any) -> None:
     from simulations.site_dp_cli import add_site_dp_args
 
     add_site_dp_args(p)
+    from simulations.canary_run import add_canary_args
+
+    add_canary_args(p)
     p.add_argument("--quiet", action="store_true", help="do not stream the server log")
     p.add_argument("--faults", default=None,
                    help="scenario: crash sites at given stages, e.g. 'bank@unmask@2,law@train'")
@@ -166,7 +169,19 @@ def _run_config(args: argparse.Namespace) -> Any:
         if value is not None:
             overrides[flag.replace("_", "-")] = value
     try:
-        return RunConfig.from_mapping(overrides)
+        cfg = RunConfig.from_mapping(overrides)
+        if args.canaries:
+            from client.site import site_spec
+            from simulations.canary_run import canary_overrides
+
+            names = [site_spec({"partition-id": i, "num-partitions": args.sites}, cfg).name
+                     for i in range(args.sites)]
+            try:
+                extra = canary_overrides(args, names[0], names)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            cfg = RunConfig.from_mapping({**cfg.to_mapping(), **extra})
+        return cfg
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
 
@@ -335,6 +350,9 @@ def _simulate(args: argparse.Namespace) -> int:
               f"{state.get('status', 'missing')}, last round {state.get('completed_round', '-')}); "
               f"see the log above; resume with --resume --out {out}", file=sys.stderr)
         return EXIT_RUN_FAILED
+    canary_note = ""
+    if cfg.canaries:
+        canary_note = _canary_audit(out, cfg)
     try:
         from privacy.audit.write import write_audit
 
@@ -350,7 +368,28 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"  metrics:  {out / 'metrics.jsonl'}")
     print(f"  run info: {out / 'run.json'}")
     print(audit_note)
+    if canary_note:
+        print(canary_note)
     return 0
+
+
+def _canary_audit(out: Path, cfg: Any) -> str:
+    """Score the planted canaries into RUN_DIR/canary-audit.json; one line for the summary."""
+    from protocol.io import atomic_write_json
+    from simulations.canary_run import score_planted
+
+    try:
+        r = score_planted(out, cfg)
+    except Exception as exc:  # noqa: BLE001 - the run is done; say the audit failed
+        return f"  canaries: FAILED to score the planted canaries: {exc}"
+    atomic_write_json(out / "canary-audit.json", {"runs": [r]})
+    formal = "inf (DP off)" if r["formal_epsilon"] is None else f"{r['formal_epsilon']:.3f}"
+    line = (f"  canaries: {r['canaries']} at {r['site_id']}: empirical eps >= "
+            f"{r['epsilon_lower_bound']:.3f} ({r['correct']}/{r['guesses']} guesses right, "
+            f"95%), formal eps {formal}")
+    if r["exceeds_formal"]:
+        line += "  RED FLAG: exceeds the formal eps (implementation or accounting broken)"
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -241,7 +241,8 @@ def _rounds_table(report: AuditReport) -> str:
 
 def _empirical(report: AuditReport) -> str:
     if not report.empirical:
-        return ("<p>No empirical audit in this run (run <code>simulations/audit_canaries.py"
+        return ("<p>No empirical audit in this run (plant canaries with <code>confide "
+                "simulate --canaries M</code>, or run <code>simulations/audit_canaries.py"
                 "</code> and save its <code>--json</code> as <code>RUN_DIR/canary-audit.json"
                 "</code>, or pass it with <code>--canary-result</code>).</p>")
     rows, broken = [], False
@@ -264,7 +265,9 @@ def _empirical(report: AuditReport) -> str:
             + '<p class="meta">One-run audit after Steinke, Nasr &amp; Jagielski (NeurIPS 2023): '
               "each canary included by a recorded fair coin; top-k loss drops guessed IN, "
               "bottom-k OUT; δ-aware binomial bound, Bonferroni over the k tried. A run with "
-              "DP off shows the attack has power.</p>")
+              "DP off is the power check: a bound near 0 there means the training gave the "
+              "attack little to detect, and a DP-on bound below its formal ε then says "
+              "little.</p>")
 
 
 def render_html(report: AuditReport) -> str:

@@ -104,7 +104,11 @@ def render_md(report: AuditReport) -> str:
                       else fmt_eps(e["formal_epsilon"]))
             verdict = ("**lower bound exceeds the formal ε: implementation or accounting "
                        "broken**" if e.get("exceeds_formal") else
-                       "consistent" if e.get("dp") else "no DP: shows the audit detects a leak")
+                       "consistent" if e.get("dp") else
+                       "power check: the attack detects the leak" if
+                       e["epsilon_lower_bound"] >= 1 else
+                       "power check: no leak detected, so this training gives the audit "
+                       "little power (see simulations/audit_canaries.py)")
             lines.append(f"- site {e['site_id']}, DP {'on' if e.get('dp') else 'off'}: "
                          f"{e['canaries']} canaries, {e['correct']} of {e['guesses']} guesses "
                          f"correct; empirical ε ≥ {fmt_eps(e['epsilon_lower_bound'])} at "

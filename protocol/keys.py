@@ -60,14 +60,12 @@ class KeySet:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write key material readable by the owner only."""
-    atomic_write_bytes(path, data)
-    os.chmod(path, 0o600)
+    atomic_write_bytes(path, data, mode=0o600)  # never readable by others, not even briefly
 
 
 def write_public(path: Path, data: bytes) -> None:
     """Write a certificate, public key or list: readable by everyone."""
-    atomic_write_bytes(path, data)
-    os.chmod(path, 0o644)
+    atomic_write_bytes(path, data, mode=0o644)
 
 
 def _name(cn: str) -> x509.Name:
@@ -168,6 +166,7 @@ def make_keys(out: Path, *, hosts: Sequence[str], sites: Sequence[str],
     if not hosts:
         raise KeysError("`--hosts` must name at least one host name or IP address")
     sites = check_sites([s.strip() for s in sites if s.strip()])
+    _san(hosts)  # validate before anything is written
     out = out.expanduser().resolve()
     if (out / "ca.key").exists() and not force:
         raise KeysError(f"`--out` {str(out)!r} already holds keys; pass --force to replace them")

@@ -225,8 +225,7 @@ def enrol_sites(cfg: Any, num_sites: int) -> None:
             key = load_identity_private_key(path.read_bytes())
         else:
             key = generate_identity_key()
-            atomic_write_bytes(path, identity_private_bytes(key))
-            path.chmod(0o600)
+            atomic_write_bytes(path, identity_private_bytes(key), mode=0o600)
         enrolment[spec.name] = identity_public_bytes(key).hex()
     atomic_write_json(cfg.secagg_enrolment, enrolment)
 

@@ -111,3 +111,19 @@ def test_prompt_tokens_get_no_loss(tiny_model: Path) -> None:
     assert pr.input_ids[-1] == tok.eos_token_id
     [tx] = tokenize_examples([Example("the loan of the month")], tok, max_seq_len=3)
     assert len(tx.input_ids) == 3 and list(tx.labels) == list(tx.input_ids)
+
+
+def test_atomic_writes_get_the_plain_open_mode_or_the_one_asked_for(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from protocol.io import atomic_write_bytes, atomic_write_json
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_json(tmp_path / "report.json", {"a": 1})
+        atomic_write_bytes(tmp_path / "identity.key", b"k" * 32, mode=0o600)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "identity.key").stat().st_mode) == 0o600

@@ -116,13 +116,25 @@ def _supernode_args(cfg: SiteDeployConfig, port: int, max_wait: float) -> list[s
 
 
 def _pump(stream: TextIO, out: TextIO, tail: collections.deque[str], prefix: str,
-          connected: threading.Event) -> None:
+          gave_up: threading.Event) -> None:
     for line in stream:
         tail.append(line)
-        if "SuperNode ID:" in line:
-            connected.set()
+        if "Giving up reconnection" in line:
+            gave_up.set()  # flower-supernode 1.39 may hang after this: the agent restarts it
         out.write(prefix + line)
         out.flush()
+
+
+def _wait_supernode(proc: subprocess.Popen[str], gave_up: threading.Event) -> int | None:
+    """The SuperNode's exit code; ``None`` when it gave up reconnecting and had to be stopped."""
+    while True:
+        code = proc.poll()
+        if code is not None:
+            return code
+        if gave_up.wait(timeout=0.5):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return proc.wait(timeout=5)
+            return None
 
 
 def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: int = 0) -> int:
@@ -172,13 +184,13 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     bufsize=1, start_new_session=True, cwd=str(cfg.state_dir))
             tail: collections.deque[str] = collections.deque(maxlen=60)
-            connected = threading.Event()
+            gave_up = threading.Event()
             assert proc.stdout is not None
             pump = threading.Thread(target=_pump, args=(proc.stdout, out, tail,
-                                                        f"[{cfg.name}] ", connected), daemon=True)
+                                                        f"[{cfg.name}] ", gave_up), daemon=True)
             pump.start()
             try:
-                code = proc.wait()
+                code = _wait_supernode(proc, gave_up)
                 pump.join(timeout=5)
             finally:
                 r._kill_tree(proc, token, timeout=10)

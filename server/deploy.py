@@ -93,6 +93,7 @@ def _superlink(cfg: ServerDeployConfig, work: Path, env: dict[str, str],
             "--database", str(db), "--disable-runtime-dependency-installation"]
     for port, what in ((cfg.control_port, "control-port"), (cfg.fleet_port, "fleet-port")):
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
             try:
                 s.bind((cfg.address, port))
             except OSError as exc:

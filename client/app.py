@@ -6,17 +6,15 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.model import SiteModel, get_adapter_state, load_site_model, resolve_device, set_adapter_state
 from client.site import SiteData, load_site_data, site_spec
 from client.privacy_agent import SitePrivacy, policy_from_config
-from client.train import dp_train, evaluate, train_steps
 from privacy.budget import Decline, RoundPlan
 from privacy.policy import PolicyError
 from protocol.adapter import trainable_keys
@@ -34,6 +32,13 @@ from protocol.messages import (
 )
 from protocol.model_ref import resolve_model
 
+if TYPE_CHECKING:
+    from client.model import SiteModel
+
+# torch, transformers and peft (client.model, client.train) are imported inside the train and
+# evaluate handlers only: in deployment every message runs in a fresh process, and the
+# query stages (hello, secure-aggregation advertise / share / unmask) need none of them.
+
 __all__ = ["app"]
 
 logger = logging.getLogger(__name__)
@@ -42,6 +47,8 @@ app = ClientApp()
 
 
 def _setup(context: Context) -> tuple[RunConfig, SiteModel, SiteData]:
+    from client.model import load_site_model, resolve_device
+
     cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
     spec = site_spec(context.node_config, cfg)
     device = resolve_device(spec.device)
@@ -110,6 +117,9 @@ def local_update(instr: Any, arrays: Any, context: Context) -> LocalUpdate:
     With a site privacy policy the ledger entry is written before this returns, i.e. before
     anything derived from the round's training can leave the site.
     """
+    from client.model import get_adapter_state, set_adapter_state
+    from client.train import dp_train, train_steps
+
     t0 = time.perf_counter()
     cfg, sm, data = _setup(context)
     round_num = int(instr["round"])
@@ -194,6 +204,9 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
     """Held-out loss of the global adapter on this site's held-out split."""
+    from client.model import set_adapter_state
+    from client.train import evaluate
+
     t0 = time.perf_counter()
     cfg, sm, data = _setup(context)
     instr: Any = msg.content[CONFIG]

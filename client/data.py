@@ -18,9 +18,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DataError",
@@ -204,6 +205,8 @@ def tokenize_examples(
 
 def collate(batch: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch; padding gets ``attention_mask`` 0 and label ``-100``."""
+    import torch  # lazily: the ClientApp's query stages import this module without torch
+
     width = max(len(b.input_ids) for b in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)

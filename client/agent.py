@@ -34,6 +34,11 @@ logger = logging.getLogger("confide.client")
 
 EXIT_REFUSED = 3  # wrong certificate or unenrolled key: retrying cannot help
 EXIT_UNREACHABLE = 4  # the coordinator stayed unreachable for connect-timeout seconds
+#: A SuperLink keeps a node "online" for 2 heartbeats (2 x 30 s) after it was last heard
+#: from, and refuses to activate its key again meanwhile, with the same error as for an
+#: unenrolled key. A site that was connected before retries for this long after a crash.
+ACTIVATION_GRACE_S = 75.0
+_ONLINE_MARK = "supernode-online.json"
 
 
 class AgentError(RuntimeError):
@@ -76,7 +81,7 @@ def _classify(tail: str, cfg: SiteDeployConfig) -> AgentError | None:
             f"site {cfg.name}: the coordinator's TLS certificate at {cfg.superlink} does not "
             f"verify against {where} ({cfg.path}); ask the coordinator for its CA certificate",
             EXIT_REFUSED)
-    if "[code: 2004]" in tail or "Failed to activate SuperNode" in tail:
+    if _activation_refused(tail):
         return AgentError(
             f"site {cfg.name}: the coordinator at {cfg.superlink} refused this site's key "
             f"`auth-key` {cfg.auth_key}: it is not enrolled there (send "
@@ -89,6 +94,30 @@ def _classify(tail: str, cfg: SiteDeployConfig) -> AgentError | None:
         return AgentError(f"site {cfg.name}: flower-supernode refused `auth-key` {cfg.auth_key}: "
                           f"{tail.strip().splitlines()[-1] if tail.strip() else ''}", EXIT_REFUSED)
     return None
+
+
+def _activation_refused(tail: str) -> bool:
+    return "[code: 2004]" in tail or "Failed to activate SuperNode" in tail
+
+
+def _was_online(cfg: SiteDeployConfig) -> bool:
+    """Whether this site's SuperNode was connected to this coordinator before."""
+    import json
+
+    try:
+        doc = json.loads((cfg.state_dir / _ONLINE_MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("superlink") == cfg.superlink
+
+
+def _mark_online(cfg: SiteDeployConfig, tail: str) -> None:
+    from protocol.io import atomic_write_json
+
+    node = next((line.split("SuperNode ID:")[1].strip() for line in tail.splitlines()
+                 if "SuperNode ID:" in line), "")
+    atomic_write_json(cfg.state_dir / _ONLINE_MARK, {"superlink": cfg.superlink, "node_id": node,
+                                                     "at": time.time()})
 
 
 def _env(cfg: SiteDeployConfig, token: str) -> dict[str, str]:
@@ -116,9 +145,11 @@ def _supernode_args(cfg: SiteDeployConfig, port: int, max_wait: float) -> list[s
 
 
 def _pump(stream: TextIO, out: TextIO, tail: collections.deque[str], prefix: str,
-          gave_up: threading.Event) -> None:
+          gave_up: threading.Event, cfg: SiteDeployConfig) -> None:
     for line in stream:
         tail.append(line)
+        if "SuperNode ID:" in line:
+            _mark_online(cfg, line)
         if "Giving up reconnection" in line:
             gave_up.set()  # flower-supernode 1.39 may hang after this: the agent restarts it
         out.write(prefix + line)
@@ -159,6 +190,7 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
         signal.signal(signal.SIGTERM, _terminate)
     backoff, attempts = 1.0, 0
     unreachable_since: float | None = None
+    refused_since: float | None = None
     try:
         while True:
             if not _reachable(cfg.superlink):
@@ -187,7 +219,8 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
             gave_up = threading.Event()
             assert proc.stdout is not None
             pump = threading.Thread(target=_pump, args=(proc.stdout, out, tail,
-                                                        f"[{cfg.name}] ", gave_up), daemon=True)
+                                                        f"[{cfg.name}] ", gave_up, cfg),
+                                    daemon=True)
             pump.start()
             try:
                 code = _wait_supernode(proc, gave_up)
@@ -196,8 +229,19 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
                 r._kill_tree(proc, token, timeout=10)
             text = "".join(tail)
             refusal = _classify(text, cfg)
+            if refusal is not None and _activation_refused(text) and _was_online(cfg):
+                # right after a crash the coordinator still marks this key online
+                refused_since = refused_since or time.monotonic()
+                if time.monotonic() - refused_since < ACTIVATION_GRACE_S:
+                    logger.warning("site %s: the coordinator refused to activate this site's "
+                                   "key; it was connected before, so the coordinator may still "
+                                   "mark it online after a crash (up to %.0f s); retrying in "
+                                   "5 s", cfg.name, ACTIVATION_GRACE_S)
+                    time.sleep(5.0)
+                    continue
             if refusal is not None:
                 raise refusal
+            refused_since = None
             if "SuperNode ID:" in text:
                 unreachable_since, backoff = None, 1.0  # it had connected: a fresh window
             unreachable_since = unreachable_since or time.monotonic()

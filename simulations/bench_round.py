@@ -7,6 +7,7 @@ aggregation (check + weighted mean + apply), evaluation (held-out loss at every 
 Prints seconds and the share of the round; ``--json PATH`` writes ``{"phase": seconds}``.
 
     python -m simulations.bench_round [--sites 3] [--local-steps 10] [--json PATH]
+    python -m simulations.bench_round --deployment [--repeats 3] [--json PATH]
 """
 
 from __future__ import annotations
@@ -50,7 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="embedded")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     ap.add_argument("--json", dest="json_path", default=None)
+    ap.add_argument("--deployment", action="store_true",
+                    help="measure the per-message cost of a real deployment instead "
+                         "(SuperLink + one site on 127.0.0.1; see simulations/bench_deploy.py)")
+    ap.add_argument("--repeats", type=int, default=3, help="--deployment: messages per kind")
     args = ap.parse_args(argv)
+    if args.deployment:
+        from simulations.bench_deploy import run_bench
+
+        run_bench(repeats=args.repeats, local_steps=min(args.local_steps, 2),
+                  json_path=args.json_path)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
 

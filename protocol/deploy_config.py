@@ -1,4 +1,4 @@
-"""Deployment configuration files (TOML): ``server.toml`` for the coordinator, ``site.toml`` per site.
+"""Deployment configuration files (TOML): ``server.toml`` (coordinator), ``site.toml`` (site).
 
 Both are validated on load: unknown keys, wrong types, out-of-range values and missing
 files are refused with an error that names the file, the table, the key and the value.
@@ -47,13 +47,18 @@ Relative paths are taken relative to the configuration file's own directory.
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from protocol.config import ConfigError, RunConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: tomli (a Flower dependency) is the same parser
+    import tomli as tomllib
 
 __all__ = ["DeployConfigError", "ServerDeployConfig", "SiteDeployConfig", "load_server_config",
            "load_site_config"]
@@ -157,8 +162,9 @@ class _Table:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             key = unknown[0]
+            known = ", ".join(sorted(self.used))
             raise DeployConfigError(f"{self.path}: unknown key `{key}` in [{self.name}] (value "
-                                    f"{self.data[key]!r}); known keys: {', '.join(sorted(self.used))}")
+                                    f"{self.data[key]!r}); known keys: {known}")
 
 
 _REQUIRED = object()

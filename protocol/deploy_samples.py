@@ -1,4 +1,4 @@
-"""Sample ``server.toml`` / ``site.toml`` files, as ``confide keys`` writes them next to the keys."""
+"""Sample ``server.toml`` / ``site.toml`` files, as ``confide keys`` writes them with the keys."""
 
 from __future__ import annotations
 

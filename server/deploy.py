@@ -100,7 +100,8 @@ def _superlink(cfg: ServerDeployConfig, work: Path, env: dict[str, str],
                 raise DeployError(f"{cfg.path}: [server] `{what}` {port} on {cfg.address} is not "
                                   f"free ({exc.strerror}); another SuperLink running?") from None
     logger.info("starting flower-superlink: Fleet API %s:%d (gRPC, TLS, SuperNode auth), control "
-                "%s:%d, log %s", cfg.address, cfg.fleet_port, cfg.address, cfg.control_port, log_path)
+                "%s:%d, log %s", cfg.address, cfg.fleet_port, cfg.address, cfg.control_port,
+                log_path)
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(work),
                             start_new_session=True)
     try:
@@ -163,7 +164,8 @@ def _log_round(rec: dict[str, Any]) -> None:
                 len(part.get("failed", {})) + len(part.get("dropped", [])),
                 float(rec.get("eval_loss", float("nan"))), float(rec.get("round_time_s", 0.0)),
                 int(rec.get("bytes_received", 0)),
-                ("; eps " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(eps.items()))) if eps else "")
+                ("; eps " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(eps.items())))
+                if eps else "")
 
 
 def _pump(stream: TextIO, lines: queue.Queue[str | None]) -> None:

@@ -86,7 +86,8 @@ class RunMetrics:
                 "confide_planned_rounds": float(self.planned),
                 "confide_sites_sampled": float(len(p.get("sampled", []))),
                 "confide_sites_reporting": float(len(p.get("contributed", []))),
-                "confide_sites_dropped": float(len(p.get("failed", {})) + len(p.get("dropped", []))),
+                "confide_sites_dropped": float(len(p.get("failed", {}))
+                                               + len(p.get("dropped", []))),
                 "confide_sites_declined": float(len(p.get("declined", {}))),
                 "confide_round_duration_seconds": float(last.get("round_time_s", 0.0)),
                 "confide_bytes_received_total": float(sum(int(m.get("bytes_received", 0))

@@ -136,8 +136,8 @@ def run_bench(*, repeats: int = 3, local_steps: int = 1, json_path: str | None =
         app = runner.stage_app(work / "app", defaults)
         (app / "confide_bench_app.py").write_text(_BENCH_APP, encoding="utf-8")
         pyproject = (app / "pyproject.toml").read_text()
-        (app / "pyproject.toml").write_text(pyproject.replace('serverapp = "server.app:app"',
-                                                              'serverapp = "confide_bench_app:app"'))
+        (app / "pyproject.toml").write_text(pyproject.replace(
+            'serverapp = "server.app:app"', 'serverapp = "confide_bench_app:app"'))
         home = work / "flwr-home"
         home.mkdir()
         token = uuid.uuid4().hex

@@ -255,7 +255,11 @@ def _follow(cfg: ServerDeployConfig, rc: Any, r: Any, app_dir: Path, env: dict[s
                 raise DeployError(f"waited {cfg.run_timeout:.0f} s ([server] `run-timeout`) for "
                                   f"the run to finish; last completed round "
                                   f"{metrics.current_round}")
-        code = proc.wait(timeout=30)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise DeployError("waited 30 s for `flwr run` to exit after its log stream "
+                              "ended") from None
     finally:
         r._kill_tree(proc, token, timeout=5)
     for rec in metrics.refresh():

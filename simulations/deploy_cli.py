@@ -25,7 +25,7 @@ def _logging() -> None:
         lg.propagate = False
 
 
-def _fail(command: str, exc: BaseException, code: int = EXIT_BAD_INPUT) -> int:
+def _fail(command: str, exc: object, code: int = EXIT_BAD_INPUT) -> int:
     print(f"confide {command}: error: {exc}", file=sys.stderr, flush=True)
     return code
 

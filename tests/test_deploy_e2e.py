@@ -1,0 +1,101 @@
+"""A real federation on 127.0.0.1: ``confide server`` + three ``confide client`` processes.
+
+TLS and SuperNode authentication on, site DP and secure aggregation on. During the run an
+unenrolled site and a site without the CA are refused while the run goes on; one site is
+killed mid-round (the round completes without it, it rejoins after a restart); the server
+is killed mid-round and ``--resume`` finishes with exactly the planned rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from protocol.keys import make_keys
+from tests._deploy import crash, make_deployment, start, stop_all, text, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _rounds(path):
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(tmp_path):
+    dep = make_deployment(tmp_path)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    server_log = logs / "server.log"
+    server = start(dep, ["server", "--config", str(dep.server_cfg)], server_log)
+    try:
+        wait_for(lambda: "enrolled site law" in text(server_log), 120, "site registration")
+        clients = {name: start(dep, ["client", "--config", str(cfg)], logs / f"{name}.log")
+                   for name, cfg in dep.site_cfgs.items()}
+        # outsiders: an unenrolled key, and an enrolled site without the coordinator's CA
+        other = make_keys(tmp_path / "outsider", hosts=["127.0.0.1"], sites=["mallory"])
+        mallory = other.site_dirs["mallory"] / "site.toml"
+        mallory.write_text(dep.site_cfgs["bank"].read_text()
+                           .replace('name = "bank"', 'name = "mallory"')
+                           .replace('ca-cert = "./ca.crt"', f'ca-cert = "{dep.root / "ca.crt"}"'))
+        no_ca = dep.site_cfgs["law"].with_name("no-ca.toml")
+        no_ca.write_text(dep.site_cfgs["law"].read_text().replace('ca-cert = "./ca.crt"', ""))
+        bad = start(dep, ["client", "--config", str(mallory)], logs / "mallory.log")
+        noca = start(dep, ["client", "--config", str(no_ca)], logs / "noca.log")
+        assert bad.wait(timeout=120) == 3, text(logs / "mallory.log")
+        assert noca.wait(timeout=120) == 3, text(logs / "noca.log")
+
+        # kill one site while round 1 trains; restart it a few seconds later
+        wait_for(lambda: "train.secagg" in text(logs / "bank.log"), 400, "bank to get round 1's "
+                 "masked-training message")
+        crash(clients["bank"])
+        time.sleep(3)
+        clients["bank"] = start(dep, ["client", "--config", str(dep.site_cfgs["bank"])],
+                                logs / "bank-restarted.log")
+        metrics = dep.run_dir / "metrics.jsonl"
+        wait_for(lambda: any(r["round"] == 1 for r in _rounds(metrics)) or server.poll() is not None,
+                 600, "round 1 to complete without bank")
+        assert server.poll() is None, text(server_log)[-3000:]
+
+        # crash the coordinator (no cleanup) in round 2, then resume
+        wait_for(lambda: "round 2:" in text(server_log), 300,
+                 "round 2 to start")
+        crash(server)
+        resumed_log = logs / "server-resumed.log"
+        resumed = start(dep, ["server", "--config", str(dep.server_cfg), "--resume",
+                              str(dep.run_dir)], resumed_log)
+        assert resumed.wait(timeout=900) == 0, text(resumed_log)[-4000:]
+    finally:
+        stop_all(dep)
+
+    rows = _rounds(dep.run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2], "each planned round exactly once"
+    part = {p["round"]: p for p in _rounds(dep.run_dir / "participation.jsonl")}
+    assert sorted(part) == [1, 2]
+    assert part[1]["released"] and "bank" not in part[1]["contributed"]
+    assert sorted(part[1]["contributed"]) == ["clinic", "law"]
+    assert "bank" in part[2]["contributed"], "the restarted site rejoins a later round"
+    assert set(rows[2]["epsilon"]) >= {"clinic", "law"}
+    state = json.loads((dep.run_dir / "state.json").read_text())
+    assert state["status"] == "completed" and state["completed_round"] == 2
+    assert "resuming run" in text(resumed_log)
+    assert "refused this site's key" in text(logs / "mallory.log")
+    assert "does not verify" in text(logs / "noca.log")
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from protocol.model_ref import resolve_model
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("embedded"))
+    model = PeftModel.from_pretrained(base, str(dep.run_dir / "adapter"))
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+    from client.agent import export_ledger
+    from protocol.deploy_config import load_site_config
+
+    n, head, path = export_ledger(load_site_config(dep.site_cfgs["law"]), tmp_path / "law.jsonl")
+    assert n >= 2 and path.exists() and len(head) == 64

@@ -73,6 +73,8 @@ def test_no_noise_is_infinite_epsilon_and_records_validate() -> None:
     assert rdp_of_round(SiteDPRound("distributed", 3, 0.0, 5.0, 25.0, 8), 2.0) == math.inf
     assert site_epsilon([SiteDPRound("central", 3, 0.0, 1.0, 0.0, 8)], delta=1e-5) == math.inf
     assert site_epsilon([], delta=1e-5) == 0.0
+    # below sigma = 1/2 grid steps the sum-of-discrete-Gaussians bound does not apply
+    assert rdp_of_round(SiteDPRound("distributed", 3, 0.4, 5.0, 25.0, 8), 2.0) == math.inf
     with pytest.raises(ValueError, match="contributors"):
         SiteDPRound("distributed", 0, 1.0, 1.0, 1.0, 8)
     with pytest.raises(ValueError, match="mode"):

@@ -78,6 +78,8 @@ def _rdp_fn(rec: Mapping[str, Any]) -> Any:
     gamma = float(rec["gamma"])
     d = int(rec["padded_dim"])
     sigma = math.sqrt(var / n) / gamma  # per-site sigma in grid units
+    if sigma < 0.5:  # outside the analysis (KLS 2021, Prop. 14 needs sigma >= 1/2)
+        return lambda a: math.inf
     l2 = _l2_bound(clip / gamma, d, float(rec["beta"]))
     l1 = min(l2 * l2, math.sqrt(d) * l2)
     t = 0.0

@@ -151,6 +151,8 @@ def rdp_of_round(rnd: SiteDPRound, alpha: float) -> float:
         return math.inf
     if rnd.mode == "central":
         return alpha * rnd.l2_sensitivity**2 / (2.0 * rnd.sigma**2)
+    if rnd.sigma < 0.5:  # KLS 2021, Prop. 14 needs sigma >= 1/2 (grid units): claim nothing
+        return math.inf
     n = rnd.contributors
     a2 = rnd.l2_sensitivity / (math.sqrt(n) * rnd.sigma)
     a1 = rnd.l1_sensitivity / (math.sqrt(n) * rnd.sigma)

@@ -211,7 +211,7 @@ class ServerDeployConfig:
         mapping["resume"] = resume
         if self.enrolment is not None:
             mapping["secagg-enrolment"] = str(self.enrolment)
-        mapping.setdefault("min-sites", min(len(self.sites), 2))
+        mapping.setdefault("min-sites", min(len(self.sites), 3))  # secagg: a cohort of >= 3
         try:
             return RunConfig.from_mapping(mapping)
         except ConfigError as exc:

@@ -26,7 +26,8 @@ def server_toml(*, sites: Sequence[str], address: str = "127.0.0.1", fleet_port:
                 out_dir: str = "runs/deploy", run: Mapping[str, Any] | None = None) -> str:
     """The coordinator's configuration; ``keys`` is the key folder relative to the file."""
     k = keys.rstrip("/")
-    run = dict(run or {"num-server-rounds": 3, "min-sites": min(2, len(sites)),
+    # secure aggregation needs a cohort of at least 3 sites
+    run = dict(run or {"num-server-rounds": 3, "min-sites": min(3, len(sites)),
                        "local-steps": 10, "dp": True, "secagg": True, "round-timeout": 600.0})
     lines = [
         "# confide server --config THIS_FILE  (paths are relative to this file)",

@@ -38,6 +38,10 @@ EXIT_UNREACHABLE = 4  # the coordinator stayed unreachable for connect-timeout s
 #: from, and refuses to activate its key again meanwhile, with the same error as for an
 #: unenrolled key. A site that was connected before retries for this long after a crash.
 ACTIVATION_GRACE_S = 75.0
+#: A coordinator registers the sites' keys a few seconds after its SuperLink opens the Fleet
+#: API: a site that was never connected retries an activation refusal for this long before
+#: it concludes that its key is not enrolled.
+FIRST_CONTACT_GRACE_S = 30.0
 _ONLINE_MARK = "supernode-online.json"
 
 
@@ -229,14 +233,18 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
                 r._kill_tree(proc, token, timeout=10)
             text = "".join(tail)
             refusal = _classify(text, cfg)
-            if refusal is not None and _activation_refused(text) and _was_online(cfg):
-                # right after a crash the coordinator still marks this key online
+            if refusal is not None and _activation_refused(text):
+                # a coordinator that has not registered the keys yet, or that still marks
+                # this key online right after a crash, refuses like for an unenrolled key
+                before = _was_online(cfg)
+                grace = ACTIVATION_GRACE_S if before else FIRST_CONTACT_GRACE_S
                 refused_since = refused_since or time.monotonic()
-                if time.monotonic() - refused_since < ACTIVATION_GRACE_S:
+                if time.monotonic() - refused_since < grace:
+                    why = ("it was connected before: the coordinator may still mark it online "
+                           "after a crash" if before else "the coordinator may not have "
+                           "registered the sites' keys yet")
                     logger.warning("site %s: the coordinator refused to activate this site's "
-                                   "key; it was connected before, so the coordinator may still "
-                                   "mark it online after a crash (up to %.0f s); retrying in "
-                                   "5 s", cfg.name, ACTIVATION_GRACE_S)
+                                   "key (%s); retrying for up to %.0f s", cfg.name, why, grace)
                     time.sleep(5.0)
                     continue
             if refusal is not None:

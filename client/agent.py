@@ -149,10 +149,11 @@ def _supernode_args(cfg: SiteDeployConfig, port: int, max_wait: float) -> list[s
 
 
 def _pump(stream: TextIO, out: TextIO, tail: collections.deque[str], prefix: str,
-          gave_up: threading.Event, cfg: SiteDeployConfig) -> None:
+          gave_up: threading.Event, cfg: SiteDeployConfig, connected: threading.Event) -> None:
     for line in stream:
         tail.append(line)
         if "SuperNode ID:" in line:
+            connected.set()
             _mark_online(cfg, line)
         if "Giving up reconnection" in line:
             gave_up.set()  # flower-supernode 1.39 may hang after this: the agent restarts it
@@ -220,10 +221,10 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     bufsize=1, start_new_session=True, cwd=str(cfg.state_dir))
             tail: collections.deque[str] = collections.deque(maxlen=60)
-            gave_up = threading.Event()
+            gave_up, connected = threading.Event(), threading.Event()
             assert proc.stdout is not None
-            pump = threading.Thread(target=_pump, args=(proc.stdout, out, tail,
-                                                        f"[{cfg.name}] ", gave_up, cfg),
+            pump = threading.Thread(target=_pump, args=(proc.stdout, out, tail, f"[{cfg.name}] ",
+                                                        gave_up, cfg, connected),
                                     daemon=True)
             pump.start()
             try:
@@ -250,7 +251,7 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
             if refusal is not None:
                 raise refusal
             refused_since = None
-            if "SuperNode ID:" in text:
+            if connected.is_set():
                 unreachable_since, backoff = None, 1.0  # it had connected: a fresh window
             unreachable_since = unreachable_since or time.monotonic()
             if max_attempts and attempts >= max_attempts:

@@ -38,10 +38,6 @@ EXIT_UNREACHABLE = 4  # the coordinator stayed unreachable for connect-timeout s
 #: from, and refuses to activate its key again meanwhile, with the same error as for an
 #: unenrolled key. A site that was connected before retries for this long after a crash.
 ACTIVATION_GRACE_S = 75.0
-#: A coordinator registers the sites' keys a few seconds after its SuperLink opens the Fleet
-#: API: a site that was never connected retries an activation refusal for this long before
-#: it concludes that its key is not enrolled.
-FIRST_CONTACT_GRACE_S = 30.0
 _ONLINE_MARK = "supernode-online.json"
 
 
@@ -238,7 +234,10 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
                 # a coordinator that has not registered the keys yet, or that still marks
                 # this key online right after a crash, refuses like for an unenrolled key
                 before = _was_online(cfg)
-                grace = ACTIVATION_GRACE_S if before else FIRST_CONTACT_GRACE_S
+                # a coordinator registers the keys a few seconds after its SuperLink opens:
+                # a site never connected retries for `activation-grace` (site.toml) first
+                grace = max(ACTIVATION_GRACE_S, cfg.activation_grace) if before \
+                    else cfg.activation_grace
                 refused_since = refused_since or time.monotonic()
                 if time.monotonic() - refused_since < grace:
                     why = ("it was connected before: the coordinator may still mark it online "

@@ -40,6 +40,7 @@ Relative paths are taken relative to the configuration file's own directory.
     device = "auto"                # auto | cpu | cuda
     runtime-port = 0               # local port of the SuperNode runtime API (0: any free)
     connect-timeout = 600.0        # give up after this long without the coordinator (0: never)
+    activation-grace = 30.0        # retry a refused key this long (not registered yet?)
 
     [privacy]                # the site's own DP policy (privacy.policy.SitePrivacyPolicy keys)
     budget-epsilon = 8.0
@@ -299,6 +300,7 @@ class SiteDeployConfig:
     device: str
     runtime_port: int
     connect_timeout: float
+    activation_grace: float = 30.0
     privacy: Mapping[str, Any] = field(default_factory=dict)
 
     def node_config(self) -> dict[str, Any]:
@@ -352,6 +354,7 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
         raise s.error("device", f"must be one of {_DEVICES}")
     runtime_port = s.int("runtime-port", 0, lo=0, hi=65535)
     timeout = s.float("connect-timeout", 600.0)
+    grace = s.float("activation-grace", 30.0)
     s.finish()
     pr = _Table(p, "privacy", doc, required=False)
     if pr.data:
@@ -369,4 +372,4 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
         except ModelError as exc:
             raise DeployConfigError(f"{s.where('model')}: {exc}") from None
     return SiteDeployConfig(p, name, superlink, ca, auth, data, state, enrolment, model, cache,
-                            device, runtime_port, timeout, dict(pr.data))
+                            device, runtime_port, timeout, grace, dict(pr.data))

@@ -71,6 +71,7 @@ def site_toml(*, name: str, data_path: str, superlink: str = "127.0.0.1:9092",
         'device = "auto"        # auto: CUDA when present',
         "runtime-port = 0       # local SuperNode runtime API port (0: any free port)",
         f"connect-timeout = {connect_timeout!r}  # give up after this long without the coordinator",
+        "activation-grace = 30.0  # retry a refused key this long (coordinator still starting)",
     ]
     for key, value in (extra or {}).items():
         lines.append(f"{key} = {_v(value)}")

@@ -40,6 +40,7 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
         mallory = other.site_dirs["mallory"] / "site.toml"
         mallory.write_text(dep.site_cfgs["bank"].read_text()
                            .replace('name = "bank"', 'name = "mallory"')
+                           .replace('activation-grace = 30.0', 'activation-grace = 5.0')
                            .replace('ca-cert = "./ca.crt"', f'ca-cert = "{dep.root / "ca.crt"}"'))
         no_ca = dep.site_cfgs["law"].with_name("no-ca.toml")
         no_ca.write_text(dep.site_cfgs["law"].read_text().replace('ca-cert = "./ca.crt"', ""))

@@ -74,6 +74,9 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         "noise_multiplier": released[-1]["noise_multiplier"] if released else None,
         "noise_std_of_mean": released[-1]["noise_std_of_mean"] if released else None,
         "rounds_released": sum(1 for p in part if p.get("released")),
+        "dim": released[-1]["dim"] if released and variant == "central" else (
+            released[-1].get("padded_dim") if released else None),
+        "cohort": released[-1]["cohort"] if released else None,
         "seconds": elapsed,
     }
 
@@ -125,6 +128,18 @@ def main(argv: list[str] | None = None) -> int:
         ratio = by["distributed"]["perplexity"] / by["central"]["perplexity"]
         verdict = "within" if abs(ratio - 1.0) <= 0.10 else "NOT within"
         print(f"distributed / central perplexity: {ratio:.4f} ({verdict} 10%)")
+    dims = [r for r in rows if r.get("cohort")]
+    if dims:
+        from privacy.ddg import calibrate_site_noise
+
+        r0 = dims[0]
+        kw = dict(target_epsilon=args.site_epsilon, delta=1e-5, rounds=args.rounds,
+                  clip=args.site_clip, dim=int(r0["dim"]), cohort=int(r0["cohort"]))
+        zs = [f"central {calibrate_site_noise(mode='central', **kw):.4f}"]  # type: ignore[arg-type]
+        zs += [f"k={k} {calibrate_site_noise(mode='distributed', modulus_bits=k, **kw):.4f}"
+               for k in (16, 20, 24, 32)]  # type: ignore[arg-type]
+        print(f"noise multiplier z for site eps {args.site_epsilon:g} over {args.rounds} rounds "
+              f"of {r0['cohort']} sites (d={r0['dim']}): " + ", ".join(zs))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(
             [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)

@@ -189,7 +189,7 @@ def masked_train(msg: Message, context: Context) -> Message:
         if "site-dp-mode" in instr:  # site-level DP: clip, rotate, round, add own noise
             from client.site_dp import encode_site_dp
 
-            vector = encode_site_dp(delta, manifest, instr, cfg, session.config)
+            vector = encode_site_dp(delta, manifest, instr, cfg, session.config, context)
         else:
             vector = encode(delta, manifest, clip_norm=float(instr["secagg-clip"]),
                             weight=float(weight), scale=float(instr["secagg-scale"]),
@@ -212,6 +212,9 @@ def unmask(msg: Message, context: Context) -> Message:
     session = None
     try:
         session = _restore(context, cfg, me, state_dir)
+        from client.site_dp import check_unmask
+
+        check_unmask(context, get_payload(msg.content), session.config)
         reply = session.unmask(get_payload(msg.content))
     except (SecAggError, ValueError, KeyError) as exc:
         return _refuse(msg, context, me, exc, session)

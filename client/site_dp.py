@@ -22,7 +22,7 @@ from privacy.secagg import SecAggError
 from protocol.codec import Manifest
 from protocol.config import RunConfig
 
-__all__ = ["check_round_params", "encode_site_dp"]
+__all__ = ["check_round_params", "check_unmask", "encode_site_dp", "remember_round"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def check_round_params(params: DDGParams, mode: str, cfg: RunConfig, *,
 
 
 def encode_site_dp(delta: Mapping[str, np.ndarray], manifest: Manifest, instr: Any,
-                   cfg: RunConfig, secagg_config: Any) -> np.ndarray:
+                   cfg: RunConfig, secagg_config: Any, context: Any = None) -> np.ndarray:
     """Check the round's parameters and return the site's noised encoding mod 2^k."""
     try:
         params = DDGParams.from_config(instr)
@@ -71,4 +71,44 @@ def encode_site_dp(delta: Mapping[str, np.ndarray], manifest: Manifest, instr: A
     check_round_params(params, mode, cfg, cohort_size=len(secagg_config.cohort),
                        modulus_bits=secagg_config.modulus_bits,
                        vector_length=secagg_config.vector_length)
+    if context is not None:
+        remember_round(context, params, mode, cfg, secagg_config.round)
     return encode_ddg(delta, manifest, params, secure_rng(), noise=(mode == "distributed"))
+
+
+_ROUND_KEY = "site-dp-round"
+
+
+def remember_round(context: Any, params: DDGParams, mode: str, cfg: RunConfig,
+                   round_num: int) -> None:
+    """Keep what the unmask stage of this round must check (in ``context.state``)."""
+    from flwr.app import ConfigRecord
+
+    guard = int(mode == "distributed" and cfg.site_dp_underflow == "refuse")
+    context.state[_ROUND_KEY] = ConfigRecord({"round": round_num, "cohort": params.cohort,
+                                              "guard": guard})
+
+
+def check_unmask(context: Any, request: Mapping[str, Any], secagg_config: Any) -> None:
+    """Refuse to help unmask a sum of fewer noised vectors than the calibration cohort.
+
+    Defence in depth against a coordinator that would unmask a round it should have refused:
+    the unmask request names the live holders of this site's shares; in the complete graph
+    (cohorts up to ``privacy.secagg.graph.COMPLETE_GRAPH_MAX`` sites) they are all the
+    contributors, so a site can count them. In sparse graphs it cannot, and relies on the
+    coordinator's check.
+    """
+    from privacy.secagg.payloads import get_ids
+
+    if _ROUND_KEY not in context.state:
+        return
+    rec: Any = context.state[_ROUND_KEY]
+    if int(rec["round"]) != secagg_config.round or not int(rec["guard"]):
+        return
+    if secagg_config.degree < len(secagg_config.cohort) - 1:
+        return
+    alive = get_ids(request, "alive")
+    if len(alive) < int(rec["cohort"]):
+        raise SecAggError(f"the unmask request names {len(alive)} contributors, fewer than "
+                          f"the calibration cohort {int(rec['cohort'])}: the sum would be "
+                          "under-noised")

@@ -122,3 +122,27 @@ def test_site_dp_is_off_by_default_and_needs_secure_aggregation() -> None:
     assert RunConfig().site_dp is False
     with pytest.raises(ConfigError, match="`site-dp` must be false unless secagg is on"):
         RunConfig.from_mapping({"site-dp": True})
+
+
+def test_a_site_refuses_to_unmask_a_sum_below_the_cohort_in_the_complete_graph() -> None:
+    from types import SimpleNamespace
+
+    from client.site_dp import check_unmask, remember_round
+
+    params = _site_dp().plan(cohort_size=5, dim=DIM)
+    assert isinstance(params, DDGParams)
+    context = SimpleNamespace(state={})
+    complete = SimpleNamespace(round=3, degree=4, cohort=(1, 2, 3, 4, 5))
+    remember_round(context, params, "distributed", _cfg(), 3)
+    check_unmask(context, {"alive": [1, 2, 3, 4, 5]}, complete)
+    with pytest.raises(SecAggError, match="fewer than the calibration cohort 5"):
+        check_unmask(context, {"alive": [1, 2, 3, 5]}, complete)
+    # sparse graph (cannot count), another round, central mode or account mode: no check
+    check_unmask(context, {"alive": [1, 2]}, SimpleNamespace(round=3, degree=2,
+                                                             cohort=(1, 2, 3, 4, 5)))
+    check_unmask(context, {"alive": [1, 2]}, SimpleNamespace(round=4, degree=4,
+                                                             cohort=(1, 2, 3, 4, 5)))
+    remember_round(context, params, "central", _cfg(**{"site-dp-mode": "central"}), 3)
+    check_unmask(context, {"alive": [1]}, complete)
+    remember_round(context, params, "distributed", _cfg(**{"site-dp-underflow": "account"}), 3)
+    check_unmask(context, {"alive": [1]}, complete)

@@ -148,15 +148,14 @@ class SiteDP:
             return (f"site-level DP: the round has {cohort_size} sites, fewer than the "
                     f"calibration cohort {t}")
         n_max = max(t, cohort_size)
-        z = self.noise_multiplier(t, n_max, dim)
-        if self.mode == "central":
+        try:
+            z = self.noise_multiplier(t, n_max, dim)
             params = plan_round(clip=self.clip, dim=dim, modulus_bits=self.bits,
-                                noise_multiplier=0.0, cohort=t, max_contributors=n_max,
+                                noise_multiplier=0.0 if self.mode == "central" else z,
+                                cohort=t, max_contributors=n_max,
                                 rotation_seed=os.urandom(32).hex())
-        else:
-            params = plan_round(clip=self.clip, dim=dim, modulus_bits=self.bits,
-                                noise_multiplier=z, cohort=t, max_contributors=n_max,
-                                rotation_seed=os.urandom(32).hex())
+        except ValueError as exc:  # no z fits the budget, or the ring is too small
+            return f"site-level DP: cannot plan the round: {exc}"
         nxt = site_epsilon([*self.history, self._record_of(params, t, z)], delta=self.delta)
         if nxt > self.epsilon:
             return (f"site-level budget: the next round would reach site eps {nxt:.4g} > "

@@ -146,3 +146,9 @@ def test_a_site_refuses_to_unmask_a_sum_below_the_cohort_in_the_complete_graph()
     check_unmask(context, {"alive": [1]}, complete)
     remember_round(context, params, "distributed", _cfg(**{"site-dp-underflow": "account"}), 3)
     check_unmask(context, {"alive": [1]}, complete)
+
+
+def test_an_unplannable_round_is_refused_not_crashed() -> None:
+    tiny_ring = _site_dp(modulus_bits=16, noise_multiplier=1.0)
+    refusal = tiny_ring.plan(cohort_size=10, dim=2**22)  # 10 * sqrt(d) > 2^14
+    assert isinstance(refusal, str) and "cannot plan" in refusal

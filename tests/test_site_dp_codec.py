@@ -111,3 +111,23 @@ def test_central_noisy_sum_clips_and_adds_the_stated_noise() -> None:
     out = central_noisy_sum(deltas, manifest, clip=1.0, sigma=0.7, rng=rng)["w"]
     resid = out - 3 / math.sqrt(20000)
     assert abs(resid.std() / 0.7 - 1) < 0.03
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 6), dim=st.integers(1, 70), bits=st.integers(16, 40),
+       clip=st.floats(1e-3, 10.0), scale=st.floats(1e-4, 100.0), seed=st.integers(0, 2**32))
+def test_decoded_sum_is_the_sum_of_clipped_deltas_within_rounding(
+        n: int, dim: int, bits: int, clip: float, scale: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    manifest = Manifest.from_arrays({"w": np.zeros(dim, np.float32)})
+    deltas = [{"w": (rng.normal(size=dim) * scale).astype(np.float32)} for _ in range(n)]
+    params = plan_round(clip=clip, dim=dim, modulus_bits=bits, noise_multiplier=0.0, cohort=n,
+                        max_contributors=n, rotation_seed=SEED)
+    total = _ring_sum([encode_ddg(d, manifest, params, rng) for d in deltas], bits)
+    out = decode_ddg(total, manifest, params, contributors=n)["w"]
+    truth = sum(clip_l2(flatten(d, manifest), clip) for d in deltas)
+    assert np.linalg.norm(out - truth) <= n * params.gamma * math.sqrt(params.padded) * 1.0001

@@ -188,7 +188,12 @@ def run_coordinator(cfg: ServerDeployConfig, *, resume: bool = False,
                 cfg.out_dir, " (resume)" if resume else "")
     metrics = RunMetrics(cfg.out_dir, rc.num_server_rounds)
     metrics.refresh()
-    http = serve_metrics(metrics, port=cfg.metrics_port) if cfg.metrics_port else None
+    try:
+        http = serve_metrics(metrics, port=cfg.metrics_port) if cfg.metrics_port else None
+    except OSError as exc:
+        raise DeployError(f"{cfg.path}: [server] `metrics-port` {cfg.metrics_port} on 127.0.0.1 "
+                          f"cannot be used ({exc.strerror}); choose another or 0 for "
+                          "none") from None
     token = uuid.uuid4().hex
     previous = signal.getsignal(signal.SIGTERM)
 

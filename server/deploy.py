@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from protocol.deploy_config import DeployConfigError, ServerDeployConfig
-from server.metrics import RunMetrics, serve_metrics
+from server.metrics import RunMetrics, dropped_sites, serve_metrics
 
 __all__ = ["DeployError", "run_coordinator"]
 
@@ -161,7 +161,7 @@ def _log_round(rec: dict[str, Any]) -> None:
     logger.info("round %d done: %d sampled, %d reporting, %d declined, %d dropped, eval loss %.4f, "
                 "%.1f s, %d bytes received%s", int(rec["round"]), len(part.get("sampled", [])),
                 len(part.get("contributed", [])), len(part.get("declined", {})),
-                len(part.get("failed", {})) + len(part.get("dropped", [])),
+                dropped_sites(part),
                 float(rec.get("eval_loss", float("nan"))), float(rec.get("round_time_s", 0.0)),
                 int(rec.get("bytes_received", 0)),
                 ("; eps " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(eps.items())))

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunMetrics", "serve_metrics"]
+__all__ = ["RunMetrics", "dropped_sites", "serve_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # a line being written
     return out
+
+
+def dropped_sites(part: dict[str, Any]) -> int:
+    """Sampled sites that failed, timed out or dropped out of secure aggregation (each once)."""
+    return len(set(part.get("failed", {})) | set(part.get("dropped", [])))
 
 
 def _label(value: str) -> str:
@@ -86,8 +91,7 @@ class RunMetrics:
                 "confide_planned_rounds": float(self.planned),
                 "confide_sites_sampled": float(len(p.get("sampled", []))),
                 "confide_sites_reporting": float(len(p.get("contributed", []))),
-                "confide_sites_dropped": float(len(p.get("failed", {}))
-                                               + len(p.get("dropped", []))),
+                "confide_sites_dropped": float(dropped_sites(p)),
                 "confide_sites_declined": float(len(p.get("declined", {}))),
                 "confide_round_duration_seconds": float(last.get("round_time_s", 0.0)),
                 "confide_bytes_received_total": float(sum(int(m.get("bytes_received", 0))

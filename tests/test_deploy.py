@@ -122,7 +122,7 @@ def test_metrics_exposition_reports_rounds_sites_bytes_and_epsilon(tmp_path):
         '"epsilon": {"bank": 1.5, "law": 2.0}}\n')
     (tmp_path / "participation.jsonl").write_text(
         '{"round": 1, "sampled": ["bank", "clinic", "law"], "contributed": ["bank", "law"], '
-        '"declined": {}, "failed": {"clinic": "timeout"}}\n')
+        '"declined": {}, "failed": {"clinic": "timeout"}, "dropped": ["clinic"]}\n')
     m = RunMetrics(tmp_path, planned_rounds=3)
     assert [r["round"] for r in m.refresh()] == [0, 1]
     http = serve_metrics(m, port=0)
@@ -227,3 +227,19 @@ def test_bad_config_exits_2_with_the_key_and_file(tmp_path):
     assert done.returncode == 2
     assert "unknown top-level table `other`" in done.stderr
     assert str(dep.site_cfgs["bank"]) in done.stderr
+
+
+def test_confide_keys_command_writes_configs_that_load(tmp_path, capsys):
+    from simulations.cli import main
+
+    out = tmp_path / "dev"
+    assert main(["keys", "--out", str(out), "--hosts", "127.0.0.1,localhost",
+                 "--sites", "bank,clinic,law", "--run-dir", str(tmp_path / "run")]) == 0
+    assert "confide server --config" in capsys.readouterr().out
+    cfg = load_server_config(out / "server.toml")
+    assert cfg.out_dir == tmp_path / "run" and cfg.run_config().min_sites == 3
+    for name in ("bank", "clinic", "law"):
+        site = load_site_config(out / "sites" / name / "site.toml")
+        assert site.data_path == (REPO / "simulations" / "data" / "sites" / name).resolve()
+    assert main(["keys", "--out", str(out)]) == 2  # refuses to overwrite
+    assert "already holds keys" in capsys.readouterr().err

@@ -243,3 +243,23 @@ def test_confide_keys_command_writes_configs_that_load(tmp_path, capsys):
         assert site.data_path == (REPO / "simulations" / "data" / "sites" / name).resolve()
     assert main(["keys", "--out", str(out)]) == 2  # refuses to overwrite
     assert "already holds keys" in capsys.readouterr().err
+
+
+def test_resume_needs_an_unfinished_run_and_a_new_run_needs_an_empty_out_dir(tmp_path):
+    import dataclasses
+    import json as _json
+
+    from server.deploy import _check_out_dir
+
+    cfg = load_server_config(make_deployment(tmp_path).server_cfg)
+    with pytest.raises(DeployConfigError, match="holds no run to resume"):
+        _check_out_dir(cfg, resume=True)
+    cfg.out_dir.mkdir(parents=True)
+    state = cfg.out_dir / "state.json"
+    state.write_text(_json.dumps({"status": "running", "completed_round": 1}))
+    with pytest.raises(DeployConfigError, match="already holds a run; pass --resume"):
+        _check_out_dir(cfg, resume=False)
+    _check_out_dir(cfg, resume=True)
+    state.write_text(_json.dumps({"status": "completed", "completed_round": 2}))
+    with pytest.raises(DeployConfigError, match="already completed 2 rounds"):
+        _check_out_dir(dataclasses.replace(cfg), resume=True)

@@ -126,7 +126,7 @@ def _env(cfg: SiteDeployConfig, token: str) -> dict[str, str]:
     env.update({"CONFIDE_SIM_TOKEN": token, "FLWR_TELEMETRY_ENABLED": "0",
                 "FLWR_DISABLE_UPDATE_CHECK": "1",
                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                "TOKENIZERS_PARALLELISM": "false",
+                "TOKENIZERS_PARALLELISM": "false", "CONFIDE_SITE_LOG": "1",
                 "FLWR_HOME": str(cfg.state_dir / "flwr-home")})
     if cfg.hf_cache is not None:
         env["HF_HOME"] = str(cfg.hf_cache)

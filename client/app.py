@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,19 @@ if TYPE_CHECKING:
 __all__ = ["app"]
 
 logger = logging.getLogger(__name__)
+
+#: Set by ``confide client`` for its SuperNode: the site's own events (DP plan, decline,
+#: training) then reach the site operator's log, one line each with the round number.
+SITE_LOG_ENV = "CONFIDE_SITE_LOG"
+if os.environ.get(SITE_LOG_ENV) == "1":
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    for _name in ("client", "privacy"):
+        _lg = logging.getLogger(_name)
+        if not _lg.handlers:
+            _lg.addHandler(_handler)
+            _lg.setLevel(logging.INFO)
+            _lg.propagate = False
 
 app = ClientApp()
 

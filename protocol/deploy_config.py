@@ -345,6 +345,10 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
     enrol_text = s.str("enrolment", "")
     s.used.discard("enrolment")
     enrolment = s.file("enrolment", exists=check_files) if enrol_text else None
+    if check_files and enrolment is not None and not (state / "identity.key").is_file():
+        raise DeployConfigError(f"{s.where('state-dir')}: no identity.key in {str(state)!r} "
+                                "(secure aggregation needs the site's Ed25519 identity key; "
+                                "`confide keys` makes one)")
     model = s.str("model", "")
     cache_text = s.str("hf-cache", "")
     s.used.discard("hf-cache")

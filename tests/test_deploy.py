@@ -89,6 +89,7 @@ def test_server_config_errors_name_the_file_the_key_and_the_value(tmp_path, edit
     (("budget-epsilon = 8.0", "budget-epsilon = -1.0"), r"\[privacy\]"),
     (("[privacy]", "[privacy]\nnoise = 1.0"), r"\[privacy\].*noise"),
     (("superlink = ", "superlink = \"nohost\" #"), r"`superlink` must be HOST:PORT, got 'nohost'"),
+    (("state-dir = \"./state\"", "state-dir = \"./elsewhere\""), r"`state-dir`: no identity.key"),
 ])
 def test_site_config_errors_name_the_file_the_key_and_the_value(tmp_path, edit, message):
     dep = make_deployment(tmp_path)

@@ -50,7 +50,7 @@ class AgentError(RuntimeError):
 
 
 def _runner() -> Any:
-    from simulations import runner  # process helpers shared with the simulation runner
+    from protocol import procs as runner  # process helpers (also used by simulations)
 
     return runner
 
@@ -134,7 +134,7 @@ def _env(cfg: SiteDeployConfig, token: str) -> dict[str, str]:
 
 
 def _supernode_args(cfg: SiteDeployConfig, port: int, max_wait: float) -> list[str]:
-    args = [_runner()._bin("flower-supernode"), "--grpc-rere", "--superlink", cfg.superlink,
+    args = [_runner().find_bin("flower-supernode"), "--grpc-rere", "--superlink", cfg.superlink,
             "--auth-supernode-private-key", str(cfg.auth_key), "--host", "127.0.0.1",
             "--port", str(port), "--node-config", node_config_arg(cfg.node_config())]
     if cfg.ca_cert is not None:
@@ -227,7 +227,7 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
                 code = _wait_supernode(proc, gave_up)
                 pump.join(timeout=5)
             finally:
-                r._kill_tree(proc, token, timeout=10)
+                r.kill_tree(proc, token, timeout=10)
             text = "".join(tail)
             refusal = _classify(text, cfg)
             if refusal is not None and _activation_refused(text):

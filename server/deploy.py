@@ -43,7 +43,7 @@ class DeployError(RuntimeError):
 
 
 def _runner() -> Any:
-    from simulations import runner  # process helpers shared with the simulation runner
+    from protocol import procs as runner  # process helpers (also used by simulations)
 
     return runner
 
@@ -86,7 +86,7 @@ def _superlink(cfg: ServerDeployConfig, work: Path, env: dict[str, str],
     db.parent.mkdir(parents=True, exist_ok=True)
     log_path = cfg.out_dir / ".superlink" / "superlink.log"
     log = log_path.open("ab")
-    args = [r._bin("flower-superlink"), "--ssl-ca-certfile", str(cfg.ca_cert),
+    args = [r.find_bin("flower-superlink"), "--ssl-ca-certfile", str(cfg.ca_cert),
             "--ssl-certfile", str(cfg.cert), "--ssl-keyfile", str(cfg.key),
             "--enable-supernode-auth", "--host", cfg.address, "--port", str(cfg.control_port),
             "--fleet-api-address", f"{cfg.address}:{cfg.fleet_port}",
@@ -112,12 +112,12 @@ def _superlink(cfg: ServerDeployConfig, work: Path, env: dict[str, str],
                    what="flower-superlink's Fleet API", proc=proc, log=log_path)
         yield log_path
     finally:
-        r._kill_tree(proc, token)
+        r.kill_tree(proc, token)
         log.close()
 
 
 def _register_sites(cfg: ServerDeployConfig, env: dict[str, str]) -> None:
-    flwr = _runner()._bin("flwr")
+    flwr = _runner().find_bin("flwr")
     for name, pub in sorted(cfg.sites.items()):
         try:
             done = subprocess.run([flwr, "supernode", "register", str(pub), _CONNECTION,
@@ -230,7 +230,7 @@ def run_coordinator(cfg: ServerDeployConfig, *, resume: bool = False,
 
 def _follow(cfg: ServerDeployConfig, rc: Any, r: Any, app_dir: Path, env: dict[str, str],
             work: Path, token: str, metrics: RunMetrics, out: TextIO) -> int:
-    args = [r._bin("flwr"), "run", str(app_dir), _CONNECTION, "--stream"]
+    args = [r.find_bin("flwr"), "run", str(app_dir), _CONNECTION, "--stream"]
     proc = subprocess.Popen(args, env=env, cwd=str(work), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
     lines: queue.Queue[str | None] = queue.Queue()
@@ -266,7 +266,7 @@ def _follow(cfg: ServerDeployConfig, rc: Any, r: Any, app_dir: Path, env: dict[s
             raise DeployError("waited 30 s for `flwr run` to exit after its log stream "
                               "ended") from None
     finally:
-        r._kill_tree(proc, token, timeout=5)
+        r.kill_tree(proc, token, timeout=5)
     for rec in metrics.refresh():
         _log_round(rec)
     state_path = cfg.out_dir / "state.json"

@@ -83,6 +83,8 @@ def run_server(grid: Grid, cfg: RunConfig) -> Path:
         start = 0
     rundir.write_run_json(run_id=run_id, config=cfg.to_mapping(), extra={
         "model_resolved": model_ref,
+        # simulation: every site's state (ledger) under one directory; deployment: at the sites
+        "mode": "simulation" if cfg.sites_state_dir else "deployment",
         "adapter_tensors": len(shapes),
         "adapter_parameters": int(sum(math.prod(s) for s in shapes.values())),
     })

@@ -100,3 +100,24 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
 
     n, head, path = export_ledger(load_site_config(dep.site_cfgs["law"]), tmp_path / "law.jsonl")
     assert n >= 2 and path.exists() and len(head) == 64
+
+    # the privacy officer's view: the coordinator holds only the sites' signed summaries;
+    # law hands over its full ledger, the others are audited from their signatures
+    from privacy.audit import build_report
+
+    report = build_report(dep.run_dir)
+    assert report.mode == "deployment"
+    by_site = {s.site_id: s for s in report.sites}
+    assert {"bank", "clinic", "law"} <= set(by_site)
+    for site in ("bank", "clinic", "law"):
+        v = by_site[site].verification
+        assert (v.method, v.signature) == ("signature", "valid"), v.problems
+        assert by_site[site].recomputation is not None and by_site[site].recomputation.matches
+    import shutil
+
+    law_dir = dep.run_dir / "sites" / "law"
+    law_dir.mkdir(parents=True)
+    shutil.copy(path, law_dir / "privacy-ledger.jsonl")
+    law = next(s for s in build_report(dep.run_dir).sites if s.site_id == "law")
+    assert law.verification.verified and law.verification.signature == "valid", (
+        law.verification.problems)

@@ -322,7 +322,8 @@ def build_report(run_dir: str | Path, *,
     flags.extend(Flag(sev, None, msg) for sev, msg in site_notes)
     round0 = next((m for m in metrics if m["round"] == 0), {})
     report = AuditReport(
-        schema_version=SCHEMA_VERSION, mode="deployment" if run.get("mode") == "deployment" else "simulation", run_id=run_id,
+        schema_version=SCHEMA_VERSION,
+        mode="deployment" if run.get("mode") == "deployment" else "simulation", run_id=run_id,
         created=str(run["created"]) if "created" in run else None,
         config=dict(config),
         versions=dict(run["versions"]) if isinstance(run.get("versions"), dict) else {},

@@ -37,10 +37,10 @@ class RunConfig:
     num_server_rounds: int = 3
     fraction_train: float = 1.0
     min_sites: int = 2
-    local_steps: int = 10
-    batch_size: int = 16
+    local_steps: int = 2
+    batch_size: int = 256
     max_seq_len: int = 128
-    learning_rate: float = 3e-3
+    learning_rate: float = 3e-2
     aggregation: str = "frozen-a"
     lora_r: int = 8
     lora_alpha: int = 16

@@ -28,7 +28,7 @@ def server_toml(*, sites: Sequence[str], address: str = "127.0.0.1", fleet_port:
     k = keys.rstrip("/")
     # secure aggregation needs a cohort of at least 3 sites
     run = dict(run or {"num-server-rounds": 3, "min-sites": min(3, len(sites)),
-                       "local-steps": 10, "dp": True, "secagg": True, "round-timeout": 600.0})
+                       "local-steps": 2, "dp": True, "secagg": True, "round-timeout": 600.0})
     lines = [
         "# confide server --config THIS_FILE  (paths are relative to this file)",
         "[server]",

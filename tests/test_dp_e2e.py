@@ -24,6 +24,7 @@ def test_budget_one_over_twenty_planned_rounds_is_never_exceeded(
     out = tmp_path / "run"
     proc = _simulate("--sites", "3", "--rounds", "20", "--out", str(out), "--model",
                      str(tiny_model), "--data", str(tiny_sites), "--local-steps", "2",
+                     "--batch-size", "16",  # q < 1 on 54 examples: several rounds fit
                      "--epsilon", "1", "--noise-multiplier", "5.0", "--quiet")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = json.loads((out / "state.json").read_text())

@@ -89,8 +89,8 @@ def test_three_sites_two_rounds_on_embedded_model_lower_held_out_loss(tmp_path: 
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "run"
-    proc = _simulate("--sites", "3", "--rounds", "2", "--out", str(out), "--local-steps", "8",
-                     "--max-eval-examples", "64")
+    proc = _simulate("--sites", "3", "--rounds", "2", "--out", str(out),
+                     "--max-eval-examples", "64")  # the run defaults (DP on, eps 8)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _metrics(out)
     assert [r["round"] for r in rows] == [0, 1, 2]

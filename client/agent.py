@@ -182,6 +182,7 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
                 cfg.name, cfg.superlink, cfg.data_path, cfg.state_dir, cfg.device, policy)
     token = uuid.uuid4().hex
     previous = signal.getsignal(signal.SIGTERM)
+    previous_int = signal.getsignal(signal.SIGINT)
 
     def _terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -189,6 +190,9 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
     main = threading.current_thread() is threading.main_thread()
     if main:
         signal.signal(signal.SIGTERM, _terminate)
+        # Ctrl-C stops us even when started as a background job of a non-interactive shell,
+        # which starts its children with SIGINT ignored (Python then never raises on it)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     backoff, attempts = 1.0, 0
     unreachable_since: float | None = None
     refused_since: float | None = None
@@ -270,6 +274,7 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def export_ledger(cfg: SiteDeployConfig, dest: Path) -> tuple[int, str, Path]:

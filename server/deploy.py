@@ -196,12 +196,16 @@ def run_coordinator(cfg: ServerDeployConfig, *, resume: bool = False,
                           "none") from None
     token = uuid.uuid4().hex
     previous = signal.getsignal(signal.SIGTERM)
+    previous_int = signal.getsignal(signal.SIGINT)
 
     def _terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+        # Ctrl-C stops us even when started as a background job of a non-interactive shell,
+        # which starts its children with SIGINT ignored (Python then never raises on it)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with tempfile.TemporaryDirectory(prefix="confide-server-") as tmp:
             work = Path(tmp)
@@ -223,6 +227,7 @@ def run_coordinator(cfg: ServerDeployConfig, *, resume: bool = False,
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
         if http is not None:
             http.shutdown()
             http.server_close()

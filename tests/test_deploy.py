@@ -210,9 +210,8 @@ def test_server_refuses_an_unenrolled_key_and_a_site_without_the_ca_then_stops_e
         assert "confide_planned_rounds 2.0" in urllib.request.urlopen(urls, timeout=10).read().decode()
         assert server.poll() is None, "a refused site must not stop the coordinator"
         server.send_signal(signal.SIGINT)  # Ctrl-C
-        # stopping waits for flwr run (5 s) and the SuperLink (20 s) before SIGKILL; a clean
-        # clone's full suite once needed ~60 s on 2 busy cores, so allow twice that
-        assert server.wait(timeout=120) == 130
+        # also when this test runs with SIGINT ignored (a background job of a script, as CI)
+        assert server.wait(timeout=60) == 130
         time.sleep(1)
         alive = [p for p in members if p.is_running() and p.status() != "zombie"]
         assert not alive, f"left behind: {[(p.pid, p.name()) for p in alive]}"

@@ -112,15 +112,14 @@ class SitePrivacy:
                        round_num: int) -> tuple[str, str] | None:
         """``(summary JSON, hex signature)`` of the ledger as it stands, signed with the
         site's identity key (``identity.key`` in ``state_dir``); None without a key."""
+        from client.secure import IDENTITY_FILE, load_site_identity
         from privacy.ledger_summary import dumps, make_summary, sign_summary
-        from privacy.secagg import load_identity_private_key
 
-        key_path = state_dir / "identity.key"
-        if not key_path.is_file():
+        if not (state_dir / IDENTITY_FILE).is_file():
             logger.info("site %s: no identity key in %s; ledger summary not signed",
                         self.site, state_dir)
             return None
-        key = load_identity_private_key(key_path.read_bytes())
+        key = load_site_identity(state_dir)
         summary = make_summary(
             self.ledger.entries, site=self.site, run_id=run_id, round_num=round_num,
             policy={**self.policy.to_mapping(), "site": self.site,

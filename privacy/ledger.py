@@ -49,6 +49,8 @@ __all__ = [
     "LedgerError",
     "PrivacyLedger",
     "canonical_json",
+    "entry_problem",
+    "link_problems",
 ]
 
 logger = logging.getLogger(__name__)
@@ -155,6 +157,26 @@ def _entry_problem(d: dict[str, Any]) -> str | None:
     return None
 
 
+def link_problems(entry: LedgerEntry, index: int, prev_hash: str) -> list[str]:
+    """What breaks the chain at ``entry``, the ``index``-th (from 0) after ``prev_hash``.
+
+    The one chain rule every reader applies: the site's ledger, the audit's salvaging reader
+    and the signed summaries.
+    """
+    problems = []
+    if entry.seq != index:
+        problems.append(f"`seq` is {entry.seq}, expected {index} "
+                        "(a line was removed or reordered)")
+    if entry.prev_hash != prev_hash:
+        problems.append("hash chain broken: `prev_hash` does not match the previous entry's hash")
+    if entry.compute_hash() != entry.hash:
+        problems.append("entry was modified: its hash does not match its content")
+    return problems
+
+
+entry_problem = _entry_problem  # field types and ranges of one parsed entry (None when fine)
+
+
 def _parse(path: Path, raw: bytes) -> list[LedgerEntry]:
     """Verify and parse the whole file; raise :class:`LedgerError` at the first bad line."""
     if not raw:
@@ -175,15 +197,9 @@ def _parse(path: Path, raw: bytes) -> list[LedgerEntry]:
         if problem is not None:
             raise LedgerError(path, lineno, problem)
         entry = LedgerEntry(**obj)
-        if entry.seq != lineno - 1:
-            raise LedgerError(path, lineno, f"`seq` is {entry.seq}, expected {lineno - 1} "
-                                            "(a line was removed or reordered)")
-        if entry.prev_hash != prev:
-            raise LedgerError(path, lineno, "hash chain broken: `prev_hash` does not match the "
-                                            "previous entry's hash")
-        if entry.compute_hash() != entry.hash:
-            raise LedgerError(path, lineno, "entry was modified: its hash does not match its "
-                                            "content")
+        broken = link_problems(entry, lineno - 1, prev)
+        if broken:
+            raise LedgerError(path, lineno, broken[0])
         entries.append(entry)
         prev = entry.hash
     return entries

@@ -23,7 +23,6 @@ A summary carries only what the ledger records (DP parameters and ε per round),
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -31,7 +30,13 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from privacy.ledger import GENESIS_HASH, LedgerEntry, canonical_json
+from privacy.ledger import (
+    GENESIS_HASH,
+    LedgerEntry,
+    canonical_json,
+    entry_problem,
+    link_problems,
+)
 
 __all__ = [
     "SIGNING_CONTEXT",
@@ -98,10 +103,11 @@ def summary_entries(summary: Mapping[str, Any]) -> list[LedgerEntry]:
         raise SummaryError("ledger summary `entries` must be a list")
     out = []
     for i, raw in enumerate(summary["entries"]):
-        try:
-            out.append(LedgerEntry(**raw))
-        except TypeError as exc:
-            raise SummaryError(f"ledger summary `entries[{i}]`: {exc}") from None
+        problem = (f"expected a JSON object, got {type(raw).__name__}"
+                   if not isinstance(raw, dict) else entry_problem(raw))
+        if problem is not None:
+            raise SummaryError(f"ledger summary `entries[{i}]`: {problem}")
+        out.append(LedgerEntry(**raw))
     return out
 
 
@@ -114,14 +120,7 @@ def check_summary(summary: Mapping[str, Any]) -> list[str]:
     problems = []
     prev = GENESIS_HASH
     for i, e in enumerate(entries):
-        if e.seq != i:
-            problems.append(f"summary entry {i}: `seq` is {e.seq}, expected {i}")
-        if e.prev_hash != prev:
-            problems.append(f"summary entry {i}: hash chain broken")
-        if e.compute_hash() != e.hash:
-            problems.append(f"summary entry {i}: its hash does not match its content")
-        if not (isinstance(e.epsilon_after, (int, float)) and math.isfinite(e.epsilon_after)):
-            problems.append(f"summary entry {i}: `epsilon_after` is {e.epsilon_after!r}")
+        problems += [f"summary entry {i}: {p}" for p in link_problems(e, i, prev)]
         prev = e.hash
     if summary["count"] != len(entries):
         problems.append(f"summary `count` is {summary['count']!r} but it holds "

@@ -22,16 +22,22 @@ class UsageError(ValueError):
     """Bad command-line input: the message names the flag and the value."""
 
 
-def _positive_int(flag: str) -> Any:
+def _int_at_least(flag: str, minimum: int) -> Any:
+    rule = "> 0" if minimum == 1 else f">= {minimum}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{flag} must be > 0, got {value}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} must be {rule}, got {value}")
         return value
     return parse
+
+
+def _positive_int(flag: str) -> Any:
+    return _int_at_least(flag, 1)
 
 
 def _positive_float(flag: str) -> Any:

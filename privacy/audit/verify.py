@@ -28,7 +28,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from privacy.ledger import GENESIS_HASH, LEDGER_FILENAME, LedgerEntry, LedgerError, PrivacyLedger
+from privacy.ledger import (
+    GENESIS_HASH,
+    LEDGER_FILENAME,
+    LedgerEntry,
+    LedgerError,
+    PrivacyLedger,
+    link_problems,
+)
 
 __all__ = [
     "LEDGER_FILENAMES",
@@ -173,14 +180,7 @@ def check_ledger(path: Path | None) -> LedgerCheck:
             prev = ""  # the next line cannot chain onto an unreadable one
             continue
         entry = parsed
-        wrong: list[str] = []
-        if entry.seq != lineno - 1:
-            wrong.append(f"`seq` is {entry.seq}, expected {lineno - 1} "
-                         "(a line was removed or reordered)")
-        if entry.prev_hash != prev:
-            wrong.append("hash chain broken (`prev_hash` is not the previous line's hash)")
-        if entry.compute_hash() != entry.hash:
-            wrong.append("line was modified (its hash does not match its content)")
+        wrong = link_problems(entry, lineno - 1, prev)
         problems.extend(f"{path}:{lineno}: {w}" for w in wrong)
         out.append(LedgerLine(lineno, entry, not wrong))
         prev = entry.hash

@@ -282,6 +282,13 @@ class RoundDriver:
             if self.secure is not None:
                 self.discover_names(nodes, rnd)
                 new_state, part = self.secure.round(rnd, state, nodes, self._instructions(rnd))
+                if part.get("site_dp", {}).get("budget_exhausted"):
+                    # nothing was trained or released; further rounds would only be refused
+                    self.rundir.append_participation(part)
+                    self.stopped_early = (f"before round {rnd}: {part['abort_reason']}; no "
+                                          "further aggregate may be released")
+                    logger.warning("stopping %s", self.stopped_early)
+                    break
             else:
                 new_state, part = self.train_and_aggregate(rnd, state, nodes)
             if new_state is None:

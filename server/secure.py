@@ -91,7 +91,8 @@ class SecureAggregator:
             plan = self.site_dp.plan(cohort_size=len(cohort), dim=manifest.dim)
             if isinstance(plan, str):
                 part["site_dp"] = {"mode": self.site_dp.mode, "released": False,
-                                   "refused": plan}
+                                   "refused": plan,
+                                   "budget_exhausted": plan.startswith("site-level budget")}
                 return self._abort(part, plan)
         try:
             bits = plan.modulus_bits if plan is not None else choose_modulus_bits(

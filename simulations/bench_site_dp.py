@@ -49,6 +49,9 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
             "--local-steps", str(args.local_steps), "--seed", str(args.seed),
             "--epsilon", str(args.epsilon), "--site-epsilon", str(args.site_epsilon),
             "--site-clip", str(args.site_clip), *_flags(variant)]
+    for flag in ("batch_size", "learning_rate"):
+        if getattr(args, flag) is not None:
+            argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     cfg = _run_config(_build_parser().parse_args(argv))
     cfg = cfg.replace(min_sites=args.sites)
     if cfg.secagg:
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--local-steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="expected local batch (default: the run default)")
+    ap.add_argument("--learning-rate", type=float, default=None,
+                    help="local learning rate (default: the run default)")
     ap.add_argument("--epsilon", type=float, default=8.0, help="example-level budget per site")
     ap.add_argument("--site-epsilon", type=float, default=8.0)
     ap.add_argument("--site-clip", type=float, default=0.05)

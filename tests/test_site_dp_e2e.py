@@ -44,3 +44,33 @@ def test_site_dp_run_releases_noised_sums_and_refuses_an_under_noised_round(
     assert [r.released for r in sl.rounds] == [True, False]
     assert sl.epsilon == sl.rounds[0].epsilon_after
     assert abs(sl.epsilon - sl.epsilon_recomputed) <= 0.01 * sl.epsilon
+
+
+def test_the_run_stops_when_the_next_round_would_exceed_the_site_budget(
+    tmp_path: Path, tiny_model: Path, tiny_sites: Path
+) -> None:
+    # z = 0.8: one round of 3 sites costs site eps ~6.1, a second would reach ~9.2 > 8
+    out = tmp_path / "run"
+    proc = _simulate("--sites", "3", "--rounds", "3", "--out", str(out), "--model",
+                     str(tiny_model), "--data", str(tiny_sites), "--local-steps", "1",
+                     "--dp", "off", "--site-dp", "on", "--site-clip", "0.5",
+                     "--site-noise-multiplier", "0.8", "--site-epsilon", "8", "--quiet")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    parts = [json.loads(x) for x in (out / "participation.jsonl").read_text().splitlines()]
+    assert [p["round"] for p in parts] == [1, 2]
+    assert parts[0]["site_dp"]["released"] and parts[0]["site_dp"]["epsilon_after"] < 8.0
+    refused = parts[1]["site_dp"]
+    assert refused["budget_exhausted"] and "site-level budget" in refused["refused"]
+    assert parts[1]["contributed"] == [] and parts[1]["released"] is False
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [0, 1]  # nothing trained or evaluated after
+    state = json.loads((out / "state.json").read_text())
+    assert state["status"] == "completed" and state["completed_round"] == 1
+    assert "site-level budget" in state["stopped_early"]
+    final, _ = load_adapter_dir(out / "adapter")
+    r1, _ = load_adapter_dir(out / "rounds" / "1" / "adapter")
+    for k in r1:
+        np.testing.assert_array_equal(final[k], r1[k])
+    sl = build_report(out).site_level
+    assert sl is not None and sl.matches and sl.epsilon < 8.0
+    assert [r.released for r in sl.rounds] == [True, False]

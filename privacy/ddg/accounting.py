@@ -18,7 +18,12 @@ Per released round, the Rényi DP at order α is
                     α/2 (a₂ + √d τ)² )
 
   ``n`` is the number of sites whose noised vector is actually in the sum (the survivors),
-  never the number planned.
+  never the number planned. The bound needs ``σ >= 1/2`` (below that no ε is claimed) and
+  holds for every real order ``α >= 1``: it is a statement about one pair of output
+  distributions, not a subsampled mechanism. (Google's reference accountant rounds orders
+  down to integers because its *subsampled* RDP routine needs them; no amplification by
+  sampling is claimed here, so fractional orders near 1, where large-ε plans have their
+  optimum, are valid.)
 * **central**: a trusted server adds ``N(0, σ²)`` to the sum of updates clipped to ``C``:
   ``RDP(α) = α C² / (2 σ²)`` (Mironov 2017).
 

@@ -214,7 +214,7 @@ def unmask(msg: Message, context: Context) -> Message:
         session = _restore(context, cfg, me, state_dir)
         from client.site_dp import check_unmask
 
-        check_unmask(context, get_payload(msg.content), session.config)
+        check_unmask(context, get_payload(msg.content), session.config, session.node_id)
         reply = session.unmask(get_payload(msg.content))
     except (SecAggError, ValueError, KeyError) as exc:
         return _refuse(msg, context, me, exc, session)

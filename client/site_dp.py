@@ -89,14 +89,18 @@ def remember_round(context: Any, params: DDGParams, mode: str, cfg: RunConfig,
                                               "guard": guard})
 
 
-def check_unmask(context: Any, request: Mapping[str, Any], secagg_config: Any) -> None:
-    """Refuse to help unmask a sum of fewer noised vectors than the calibration cohort.
+def check_unmask(context: Any, request: Mapping[str, Any], secagg_config: Any,
+                 node_id: int | None = None) -> None:
+    """Refuse to help unmask a sum that cannot hold as many noised vectors as the cohort t.
 
-    Defence in depth against a coordinator that would unmask a round it should have refused:
-    the unmask request names the live holders of this site's shares; in the complete graph
-    (cohorts up to ``privacy.secagg.graph.COMPLETE_GRAPH_MAX`` sites) they are all the
-    contributors, so a site can count them. In sparse graphs it cannot, and relies on the
-    coordinator's check.
+    Defence in depth against a coordinator that would unmask a round it should have refused.
+    The unmask request names the live holders of this site's shares (its graph neighbours
+    that sent a masked input, and itself). Every other neighbour is not in the sum, so at
+    most ``N - (neighbours - (alive - 1))`` of the round's ``N`` sites contributed. In the
+    complete graph (cohorts up to ``privacy.secagg.graph.COMPLETE_GRAPH_MAX`` sites) that is
+    the exact count; in a sparse graph it is an upper bound, which still catches any dropout
+    among this site's neighbours when t is the whole cohort. Fewer dropouts elsewhere are
+    left to the coordinator's own check (it never unmasks below t; see ``server.site_dp``).
     """
     from privacy.secagg.payloads import get_ids
 
@@ -105,10 +109,17 @@ def check_unmask(context: Any, request: Mapping[str, Any], secagg_config: Any) -
     rec: Any = context.state[_ROUND_KEY]
     if int(rec["round"]) != secagg_config.round or not int(rec["guard"]):
         return
-    if secagg_config.degree < len(secagg_config.cohort) - 1:
+    n = len(secagg_config.cohort)
+    if secagg_config.degree >= n - 1:
+        neighbours = n - 1
+    elif node_id is None:  # cannot tell its neighbours apart
         return
+    else:
+        neighbours = len(secagg_config.graph().neighbours(node_id))
     alive = get_ids(request, "alive")
-    if len(alive) < int(rec["cohort"]):
-        raise SecAggError(f"the unmask request names {len(alive)} contributors, fewer than "
-                          f"the calibration cohort {int(rec['cohort'])}: the sum would be "
-                          "under-noised")
+    most = n - (neighbours - (len(alive) - 1))
+    if most < int(rec["cohort"]):
+        raise SecAggError(f"the unmask request names {len(alive)} live holders of this "
+                          f"site's shares, so at most {most} contributors are in the sum, "
+                          f"fewer than the calibration cohort {int(rec['cohort'])}: the sum "
+                          "would be under-noised")

@@ -70,7 +70,7 @@ class RunConfig:
     site_dp_mode: str = "distributed"
     site_dp_epsilon: float = 8.0
     site_dp_delta: float = 1e-5
-    site_dp_clip: float = 0.05
+    site_dp_clip: float = 1.0
     site_dp_noise_multiplier: float = -1.0
     site_dp_cohort: int = 0
     site_dp_bits: int = 32

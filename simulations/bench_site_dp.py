@@ -16,7 +16,10 @@ perplexity after R rounds (example-weighted over every site's held-out split, as
 the table shows each one's noise multiplier, the noise standard deviation in the released
 mean and the site ε actually spent.
 
-    python -m simulations.bench_site_dp [--sites 10] [--rounds 3] [--json PATH]
+    python -m simulations.bench_site_dp [--sites 30] [--rounds 3] [--json PATH]
+
+The defaults are the demo's (``make demo``): 30 virtual sites, 3 rounds x 4 local steps of
+expected batch 64, site clip 1.0.
 """
 
 from __future__ import annotations
@@ -86,17 +89,17 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sites", type=int, default=10)
+    ap.add_argument("--sites", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--local-steps", type=int, default=10)
+    ap.add_argument("--local-steps", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=None,
-                    help="expected local batch (default: the run default)")
+    ap.add_argument("--batch-size", type=int, default=64,
+                    help="expected local batch (the demo's 30-site setting)")
     ap.add_argument("--learning-rate", type=float, default=None,
                     help="local learning rate (default: the run default)")
     ap.add_argument("--epsilon", type=float, default=8.0, help="example-level budget per site")
     ap.add_argument("--site-epsilon", type=float, default=8.0)
-    ap.add_argument("--site-clip", type=float, default=0.05)
+    ap.add_argument("--site-clip", type=float, default=1.0)
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--data", default="embedded")
     ap.add_argument("--variants", default=",".join(VARIANTS),

@@ -293,14 +293,32 @@ def _summary(out: Path) -> str:
     rows = RunDir(out).read_metrics()
     if not rows:
         return "(no metrics recorded)"
-    lines = [f"{'round':>5}  {'eval loss':>9}  {'perplexity':>10}  {'sites':>5}  "
-             f"{'max eps':>8}  {'time s':>7}"]
+    site_eps: dict[int, float] = {}  # site-level eps after each round (site-dp on)
+    part_path = out / "participation.jsonl"
+    if part_path.exists():
+        for line in part_path.read_text(encoding="utf-8").splitlines():
+            try:
+                p = json.loads(line)
+            except ValueError:
+                continue
+            rec = p.get("site_dp") if isinstance(p, dict) else None
+            if isinstance(rec, dict) and rec.get("released") is True:
+                site_eps[int(p["round"])] = float(rec["epsilon_after"])
+    head = f"{'round':>5}  {'eval loss':>9}  {'perplexity':>10}  {'sites':>5}  {'max eps':>8}  "
+    lines = [head + (f"{'site eps':>8}  " if site_eps else "") + f"{'time s':>7}"]
+    last_site = 0.0
     for r in rows:
         contributed = r.get("contributed")
         sites = "-" if contributed is None else str(len(contributed))
         max_eps = f"{max(r['epsilon'].values()):.3f}" if r.get("epsilon") else "-"
-        lines.append(f"{r['round']:>5}  {r['eval_loss']:>9.4f}  {r['eval_perplexity']:>10.2f}  "
-                     f"{sites:>5}  {max_eps:>8}  {r.get('round_time_s', 0.0):>7.1f}")
+        line = (f"{r['round']:>5}  {r['eval_loss']:>9.4f}  {r['eval_perplexity']:>10.2f}  "
+                f"{sites:>5}  {max_eps:>8}  ")
+        if site_eps:
+            last_site = site_eps.get(int(r["round"]), last_site)
+            line += f"{('-' if r['round'] == 0 else f'{last_site:.3f}'):>8}  "
+        lines.append(line + f"{r.get('round_time_s', 0.0):>7.1f}")
+    lines.append("(max eps: the largest example-level eps of a site so far" + (
+        "; site eps: site-level eps of the released aggregates so far)" if site_eps else ")"))
     first, last = rows[0], rows[-1]
     lines.append("")
     eps: dict[str, float] = {}

@@ -36,7 +36,7 @@ def add_site_dp_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--site-delta", type=_number("--site-delta", minimum=0, strict=True),
                    default=None, help="site-level delta (default 1e-5)")
     g.add_argument("--site-clip", type=_number("--site-clip", minimum=0, strict=True),
-                   default=None, help="L2 bound on each site's delta (default 0.05)")
+                   default=None, help="L2 bound on each site's delta (default 1.0)")
     g.add_argument("--site-noise-multiplier",
                    type=_number("--site-noise-multiplier", minimum=0, strict=False), default=None,
                    help="noise std of the sum / clip (default: calibrated to --site-epsilon)")

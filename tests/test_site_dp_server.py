@@ -137,7 +137,8 @@ def test_a_site_refuses_to_unmask_a_sum_below_the_cohort_in_the_complete_graph()
     check_unmask(context, {"alive": [1, 2, 3, 4, 5]}, complete)
     with pytest.raises(SecAggError, match="fewer than the calibration cohort 5"):
         check_unmask(context, {"alive": [1, 2, 3, 5]}, complete)
-    # sparse graph (cannot count), another round, central mode or account mode: no check
+    # without its node id a site cannot tell its neighbours in a sparse graph: no check;
+    # another round, central mode or account mode: no check
     check_unmask(context, {"alive": [1, 2]}, SimpleNamespace(round=3, degree=2,
                                                              cohort=(1, 2, 3, 4, 5)))
     check_unmask(context, {"alive": [1, 2]}, SimpleNamespace(round=4, degree=4,
@@ -152,3 +153,34 @@ def test_an_unplannable_round_is_refused_not_crashed() -> None:
     tiny_ring = _site_dp(modulus_bits=16, noise_multiplier=1.0)
     refusal = tiny_ring.plan(cohort_size=10, dim=2**22)  # 10 * sqrt(d) > 2^14
     assert isinstance(refusal, str) and "cannot plan" in refusal
+
+
+def test_in_a_sparse_graph_a_site_refuses_when_a_neighbour_is_missing_from_a_full_cohort() -> None:
+    from types import SimpleNamespace
+
+    from client.site_dp import check_unmask, remember_round
+    from privacy.secagg import SecAggConfig
+
+    cohort = list(range(1, 31))
+    config = SecAggConfig.create(run_id=7, round=2, cohort=cohort, modulus_bits=32,
+                                 vector_length=64, graph_seed=bytes(32))
+    assert config.degree < len(cohort) - 1  # sparse
+    me = 5
+    holders = config.graph().holders(me)
+    params = _site_dp().plan(cohort_size=30, dim=DIM)
+    assert isinstance(params, DDGParams) and params.cohort == 30
+    context = SimpleNamespace(state={})
+    remember_round(context, params, "distributed", _cfg(), 2)
+    check_unmask(context, {"alive": list(holders)}, config, me)  # every neighbour in the sum
+    missing = [h for h in holders if h != me][0]
+    with pytest.raises(SecAggError, match="at most 29 contributors.*calibration cohort 30"):
+        check_unmask(context, {"alive": [h for h in holders if h != missing]}, config, me)
+    # a calibration cohort below the round's cohort leaves room for dropouts elsewhere
+    small = _site_dp(cohort=28).plan(cohort_size=30, dim=DIM)
+    assert isinstance(small, DDGParams) and small.cohort == 28
+    remember_round(context, small, "distributed", _cfg(**{"site-dp-cohort": 28}), 2)
+    two = [h for h in holders if h != me][:2]
+    check_unmask(context, {"alive": [h for h in holders if h not in two]}, config, me)
+    three = [h for h in holders if h != me][:3]
+    with pytest.raises(SecAggError, match="at most 27"):
+        check_unmask(context, {"alive": [h for h in holders if h not in three]}, config, me)

@@ -4,9 +4,11 @@ refused before unmasking, and the audit's site-level ε recomputes."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from privacy.audit import build_report
 from protocol.adapter import load_adapter_dir
@@ -74,3 +76,22 @@ def test_the_run_stops_when_the_next_round_would_exceed_the_site_budget(
     sl = build_report(out).site_level
     assert sl is not None and sl.matches and sl.epsilon < 8.0
     assert [r.released for r in sl.rounds] == [True, False]
+
+
+@pytest.mark.slow
+def test_bench_site_dp_writes_the_four_variants_as_json(
+    tmp_path: Path, tiny_model: Path, tiny_sites: Path
+) -> None:
+    from simulations.bench_site_dp import main
+
+    out = tmp_path / "bench.json"
+    assert main(["--sites", "3", "--rounds", "1", "--local-steps", "1", "--batch-size", "8",
+                 "--model", str(tiny_model), "--data", str(tiny_sites),
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["variant"] for r in rows] == ["none", "example", "distributed", "central"]
+    for r in rows:
+        assert {"variant", "site_epsilon", "perplexity"} <= set(r)
+        assert math.isfinite(r["perplexity"]) and r["perplexity"] > 1
+    assert rows[0]["site_epsilon"] is None and rows[1]["site_epsilon"] is None
+    assert 0 < rows[2]["site_epsilon"] <= 8.0 and 0 < rows[3]["site_epsilon"] <= 8.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -46,11 +45,8 @@ def _site_dp(cfg: RunConfig, rundir: RunDir) -> Any:
         return None
     from server.site_dp import SiteDP, history_from_participation
 
-    rows = []
-    if rundir.participation_path.exists():
-        rows = [json.loads(x) for x in rundir.participation_path.read_text().splitlines()
-                if x.strip()]
-    site_dp = SiteDP.from_config(cfg, history=history_from_participation(rows))
+    site_dp = SiteDP.from_config(
+        cfg, history=history_from_participation(rundir.read_participation()))
     logger.info("%s", site_dp.summary())
     return site_dp
 

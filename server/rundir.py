@@ -199,7 +199,14 @@ class RunDir:
                     shutil.rmtree(d, ignore_errors=True)
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
+        return _read_jsonl(self.metrics_path)
+
+    def read_participation(self) -> list[dict[str, Any]]:
+        return _read_jsonl(self.participation_path)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]

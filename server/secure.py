@@ -92,7 +92,7 @@ class SecureAggregator:
             if isinstance(plan, str):
                 part["site_dp"] = {"mode": self.site_dp.mode, "released": False,
                                    "refused": plan,
-                                   "budget_exhausted": plan.startswith("site-level budget")}
+                                   "budget_exhausted": self.site_dp.exhausted}
                 return self._abort(part, plan)
         try:
             bits = plan.modulus_bits if plan is not None else choose_modulus_bits(

@@ -108,6 +108,8 @@ class SiteDP:
         self.underflow = underflow
         self.planned_rounds = planned_rounds
         self.history: list[SiteDPRound] = list(history or [])
+        #: set by :meth:`plan` when even a full cohort's next round would exceed the budget
+        self.exhausted = False
         self._z: dict[tuple[int, int, int], float] = {}
 
     @classmethod
@@ -158,6 +160,7 @@ class SiteDP:
             return f"site-level DP: cannot plan the round: {exc}"
         nxt = site_epsilon([*self.history, self._record_of(params, t, z)], delta=self.delta)
         if nxt > self.epsilon:
+            self.exhausted = True
             return (f"site-level budget: the next round would reach site eps {nxt:.4g} > "
                     f"budget {self.epsilon:g} (spent {self.spent():.4g})")
         return params

@@ -290,20 +290,13 @@ def _check_data(root: Path, n_sites: int) -> None:
 def _summary(out: Path) -> str:
     from server.rundir import RunDir
 
-    rows = RunDir(out).read_metrics()
+    rundir = RunDir(out)
+    rows = rundir.read_metrics()
     if not rows:
         return "(no metrics recorded)"
-    site_eps: dict[int, float] = {}  # site-level eps after each round (site-dp on)
-    part_path = out / "participation.jsonl"
-    if part_path.exists():
-        for line in part_path.read_text(encoding="utf-8").splitlines():
-            try:
-                p = json.loads(line)
-            except ValueError:
-                continue
-            rec = p.get("site_dp") if isinstance(p, dict) else None
-            if isinstance(rec, dict) and rec.get("released") is True:
-                site_eps[int(p["round"])] = float(rec["epsilon_after"])
+    site_eps = {int(p["round"]): float(p["site_dp"]["epsilon_after"])  # site-level eps so far
+                for p in rundir.read_participation()
+                if isinstance(p.get("site_dp"), dict) and p["site_dp"].get("released") is True}
     head = f"{'round':>5}  {'eval loss':>9}  {'perplexity':>10}  {'sites':>5}  {'max eps':>8}  "
     lines = [head + (f"{'site eps':>8}  " if site_eps else "") + f"{'time s':>7}"]
     last_site = 0.0

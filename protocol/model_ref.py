@@ -61,7 +61,7 @@ def embedded_model_dir() -> Path:
     raise ModelError(
         "the embedded default model is not installed (looked in "
         f"{', '.join(str(c) for c in candidates[:3])}); rebuild it with "
-        "`python -m simulations.make_embedded --out client/embedded`"
+        "`python -m simulations.generate.make_embedded --out client/embedded`"
     )
 
 

@@ -161,7 +161,7 @@ def test_canary_audit_on_the_embedded_model_dp_off_leaks_dp_on_stays_below_forma
     try:
         embedded_model_dir()
     except ModelError:
-        pytest.skip("embedded model not built (python -m simulations.make_embedded)")
+        pytest.skip("embedded model not built (python -m simulations.generate.make_embedded)")
     import torch
 
     from simulations.audit_canaries import AuditSettings, run_canary_audit

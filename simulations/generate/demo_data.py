@@ -5,7 +5,7 @@ Each site gets ``train.jsonl`` with one example per line, either ``{"text": ...}
 grammar (:func:`expand`) over rich per-domain lexicons, so the sites differ clearly in domain
 (non-IID) while each site's phrasing stays consistent enough for LoRA fine-tuning to learn.
 
-Run ``python -m simulations.demo_data --out simulations/data/sites`` to rebuild the data.
+Run ``python -m simulations.generate.demo_data --out simulations/data/sites`` to rebuild the data.
 """
 
 from __future__ import annotations
@@ -1572,8 +1572,8 @@ def generate_site(site: str, n: int, seed: int = SEED, style_bias: float = 0.6) 
     if type(n) is not int or n <= 0:
         raise ValueError(f"`n` must be a positive int, got {n!r}")
     # `style_bias` is documented at _STYLE_BIAS. It is kept out of this docstring on purpose:
-    # simulations.general_corpus draws words from this module's string constants, so new words
-    # in any string here would change the committed general corpus.
+    # simulations.generate.general_corpus draws words from this module's string constants, so
+    # new words in any string here would change the committed general corpus.
     rng = random.Random(f"{seed}:{site}")
     kinds = SITE_GENERATORS[site]
     _STYLE_BIAS[0] = style_bias

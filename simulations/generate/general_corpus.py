@@ -5,16 +5,16 @@ The corpus has two parts, shuffled together:
 - English prose from the Python standard library's docstrings and pydoc topics
   (:func:`stdlib_docs`; PSF license; about a fifth of the corpus), for real grammar and
   function-word statistics;
-- documents written by our own template grammar (:func:`simulations.demo_data.expand`):
+- documents written by our own template grammar (:func:`simulations.generate.demo_data.expand`):
   free sentences over a broad lexicon, everyday narratives, news-like reports, instructions
   and recipes, dialogues, numbers, dates and money, key-value forms, lists, letters, short
   facts, a glossary, and plain-language stories that touch on health, money and the law.
 
 It shares vocabulary with the demo sites but none of their templates, so fine-tuning on a
 site shows real adaptation. Documents are separated by a blank line. Rebuild with
-``python -m simulations.general_corpus --out simulations/data/general/corpus.txt``; the output
-is fixed for a given seed and Python minor version (the stdlib prose comes from the running
-interpreter; the committed corpus was built with CPython 3.11).
+``python -m simulations.generate.general_corpus --out simulations/data/general/corpus.txt``;
+the output is fixed for a given seed and Python minor version (the stdlib prose comes from the
+running interpreter; the committed corpus was built with CPython 3.11).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import sysconfig
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from simulations.demo_data import (
+from simulations.generate.demo_data import (
     _COND,
     _LAB,
     _MERCHANTS,
@@ -977,13 +977,13 @@ _UNITS = _w("mg;mL;kg;%;days;weeks;months;years;hours;percent;dollars;mcg;g/dL;m
 
 
 def _lexicon_words() -> list[str]:
-    """Distinct words in the string constants of :mod:`simulations.demo_data` (words only).
+    """Distinct words in the string constants of :mod:`simulations.generate.demo_data` (words only).
 
     Used one at a time in random frames by :func:`_word_mix`, so the corpus covers the sites'
     vocabulary without any of their sentences, phrases or structure. Docstrings count too, so
     a new word in any string of ``demo_data`` changes the corpus (and the embedded model).
     """
-    from simulations import demo_data
+    from simulations.generate import demo_data
 
     tree = ast.parse(Path(demo_data.__file__).read_text(encoding="utf-8"))
     found: set[str] = set()

@@ -11,8 +11,9 @@ Steps, all seeded:
    batch 16) showing that a site's held-out loss drops clearly;
 5. save an HF checkpoint directory (half-precision safetensors) with a README.
 
-``python -m simulations.make_embedded --out client/embedded`` rebuilds it (about 6 minutes on 2
-CPU cores); ``--check-only`` re-runs the evaluation and the LoRA sanity check on a saved model.
+``python -m simulations.generate.make_embedded --out client/embedded`` rebuilds it (about 6
+minutes on 2 CPU cores); ``--check-only`` re-runs the evaluation and the LoRA sanity check on a
+saved model.
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from simulations.general_corpus import read_corpus
+from simulations.generate.general_corpus import read_corpus
 
 logger = logging.getLogger(__name__)
 
 EOT = "<|endoftext|>"
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # simulations/
 CORPUS = ROOT / "data" / "general" / "corpus.txt"
 SITES_DIR = ROOT / "data" / "sites"
 
@@ -432,9 +433,9 @@ Attention projections are `q_proj`, `k_proj`, `v_proj`, `o_proj` (LoRA targets).
 
 Everything is seeded. The tokenizer and the model were trained only on the general English
 corpus `simulations/data/general/corpus.txt` ({100 * cfg.heldout_fraction:g}% of its documents
-held out), never on the demo site data. That corpus is built by `simulations.general_corpus`:
-text from our own template grammar plus English prose from the Python standard library's
-docstrings (PSF license); see `simulations/data/general/README.md`. Pretraining:
+held out), never on the demo site data. That corpus is built by
+`simulations.generate.general_corpus`: text from our own template grammar plus English prose
+from the Python standard library's docstrings (PSF license); see `simulations/data/general/README.md`. Pretraining:
 {cfg.steps} steps of {cfg.batch_size} packed sequences of {cfg.seq_len} tokens, AdamW (lr
 {cfg.lr:g}, betas 0.9/0.95, weight decay {cfg.weight_decay:g}), {cfg.warmup_steps} warmup steps then
 cosine decay to {cfg.min_lr_ratio:g}x, label smoothing {cfg.label_smoothing:g}, gradient clip
@@ -443,13 +444,13 @@ cosine decay to {cfg.min_lr_ratio:g}x, label smoothing {cfg.label_smoothing:g}, 
 Rebuild (about as long again, on 2 CPU cores):
 
 ```
-python -m simulations.make_embedded --out client/embedded
+python -m simulations.generate.make_embedded --out client/embedded
 ```
 
 Re-run only the checks below on the saved model:
 
 ```
-python -m simulations.make_embedded --out client/embedded --check-only
+python -m simulations.generate.make_embedded --out client/embedded --check-only
 ```
 
 ## Held-out perplexity of the base model

@@ -28,16 +28,25 @@ GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ghost")
 
 
 class PolicyError(ValueError):
-    """A privacy setting is out of range or unknown; the message names field and value."""
+    """A privacy setting is out of range or unknown; the message names field and value.
+
+    ``field`` (the policy field, snake_case) and ``value`` carry them for a caller that
+    reports the error under its own name for the field (e.g. a command-line flag).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, value: Any = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
 
 
 def _number(name: str, value: Any) -> float:
     """``value`` as a finite float; bools, strings and NaN are refused."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PolicyError(f"`{name}` must be a number, got {value!r}")
+        raise PolicyError(f"`{name}` must be a number, got {value!r}", field=name, value=value)
     out = float(value)
     if math.isnan(out):
-        raise PolicyError(f"`{name}` must be a number, got {value!r}")
+        raise PolicyError(f"`{name}` must be a number, got {value!r}", field=name, value=value)
     return out
 
 
@@ -45,7 +54,8 @@ def check_epsilon(value: Any, name: str = "budget_epsilon") -> float:
     """Return ``value`` as ε after checking ``0 < ε < inf``."""
     eps = _number(name, value)
     if not 0.0 < eps < math.inf:
-        raise PolicyError(f"`{name}` must be > 0 and finite, got {value!r}")
+        raise PolicyError(f"`{name}` must be > 0 and finite, got {value!r}", field=name,
+                          value=value)
     return eps
 
 
@@ -53,7 +63,7 @@ def check_delta(value: Any, name: str = "delta") -> float:
     """Return ``value`` as δ after checking ``0 < δ < 1``."""
     delta = _number(name, value)
     if not 0.0 < delta < 1.0:
-        raise PolicyError(f"`{name}` must be in (0, 1), got {value!r}")
+        raise PolicyError(f"`{name}` must be in (0, 1), got {value!r}", field=name, value=value)
     return delta
 
 
@@ -61,7 +71,8 @@ def check_noise_multiplier(value: Any, name: str = "noise_multiplier") -> float:
     """Return ``value`` as σ after checking ``0 <= σ < inf``."""
     sigma = _number(name, value)
     if not 0.0 <= sigma < math.inf:
-        raise PolicyError(f"`{name}` must be >= 0 and finite, got {value!r}")
+        raise PolicyError(f"`{name}` must be >= 0 and finite, got {value!r}", field=name,
+                          value=value)
     return sigma
 
 
@@ -69,7 +80,7 @@ def check_sample_rate(value: Any, name: str = "sample_rate") -> float:
     """Return ``value`` as a Poisson sample rate after checking ``0 < q <= 1``."""
     q = _number(name, value)
     if not 0.0 < q <= 1.0:
-        raise PolicyError(f"`{name}` must be in (0, 1], got {value!r}")
+        raise PolicyError(f"`{name}` must be in (0, 1], got {value!r}", field=name, value=value)
     return q
 
 
@@ -82,7 +93,8 @@ def default_delta(num_examples: int) -> float:
         The number of training examples (privacy units) at the site.
     """
     if type(num_examples) is not int or num_examples <= 0:
-        raise PolicyError(f"`num_examples` must be a positive int, got {num_examples!r}")
+        raise PolicyError(f"`num_examples` must be a positive int, got {num_examples!r}",
+                          field="num_examples", value=num_examples)
     return min(1e-5, 1.0 / (10.0 * num_examples))
 
 
@@ -133,10 +145,12 @@ class SitePrivacyPolicy:
             check_delta(self.delta, "delta")
         clip = _number("max_grad_norm", self.max_grad_norm)
         if not 0.0 < clip < math.inf:
-            raise PolicyError(f"`max_grad_norm` must be > 0 and finite, got {self.max_grad_norm!r}")
+            raise PolicyError(f"`max_grad_norm` must be > 0 and finite, got {self.max_grad_norm!r}",
+                              field="max_grad_norm", value=self.max_grad_norm)
         if self.accountant not in ACCOUNTANTS:
             raise PolicyError(
-                f"`accountant` must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}"
+                f"`accountant` must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}",
+                field="accountant", value=self.accountant,
             )
         if self.noise_multiplier is not None:
             check_noise_multiplier(self.noise_multiplier, "noise_multiplier")
@@ -147,15 +161,18 @@ class SitePrivacyPolicy:
         ):
             raise PolicyError(
                 f"`noise_multiplier` {self.noise_multiplier!r} is below "
-                f"`min_noise_multiplier` {self.min_noise_multiplier!r}"
+                f"`min_noise_multiplier` {self.min_noise_multiplier!r}",
+                field="noise_multiplier", value=self.noise_multiplier,
             )
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise PolicyError(
                 f"`grad_sample_mode` must be one of {', '.join(GRAD_SAMPLE_MODES)}, "
-                f"got {self.grad_sample_mode!r}"
+                f"got {self.grad_sample_mode!r}",
+                field="grad_sample_mode", value=self.grad_sample_mode,
             )
         if type(self.secure_mode) is not bool:
-            raise PolicyError(f"`secure_mode` must be true or false, got {self.secure_mode!r}")
+            raise PolicyError(f"`secure_mode` must be true or false, got {self.secure_mode!r}",
+                              field="secure_mode", value=self.secure_mode)
 
     @property
     def calibrates(self) -> bool:
@@ -197,7 +214,7 @@ class SitePrivacyPolicy:
                 raise PolicyError(f"privacy policy key {key!r} given twice")
             kwargs[name] = value
         if "budget_epsilon" not in kwargs:
-            raise PolicyError("privacy policy needs `budget-epsilon`")
+            raise PolicyError("privacy policy needs `budget-epsilon`", field="budget_epsilon")
         return cls(**kwargs)
 
     def to_mapping(self) -> dict[str, Any]:

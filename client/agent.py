@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -26,7 +25,8 @@ import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
-from protocol.deploy_config import SiteDeployConfig
+from client.deploy_config import SiteDeployConfig
+from protocol.procs import find_bin, flower_env, free_port, kill_tree, toml_value
 
 __all__ = ["AgentError", "export_ledger", "node_config_arg", "run_agent"]
 
@@ -49,15 +49,8 @@ class AgentError(RuntimeError):
         self.code = code
 
 
-def _runner() -> Any:
-    from protocol import procs as runner  # process helpers (also used by simulations)
-
-    return runner
-
-
 def node_config_arg(node_config: dict[str, Any]) -> str:
     """``--node-config`` text: space-separated ``key=value`` with TOML values."""
-    toml_value = _runner().toml_value
     return " ".join(f"{k}={toml_value(v)}" for k, v in sorted(node_config.items()))
 
 
@@ -67,10 +60,6 @@ def _reachable(address: str, timeout: float = 2.0) -> bool:
                                                                 timeout):
         return True
     return False
-
-
-def _free_port() -> int:
-    return int(_runner().free_port())
 
 
 def _classify(tail: str, cfg: SiteDeployConfig) -> AgentError | None:
@@ -121,20 +110,15 @@ def _mark_online(cfg: SiteDeployConfig, tail: str) -> None:
 
 
 def _env(cfg: SiteDeployConfig, token: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update({"CONFIDE_SIM_TOKEN": token, "FLWR_TELEMETRY_ENABLED": "0",
-                "FLWR_DISABLE_UPDATE_CHECK": "1",
-                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                "TOKENIZERS_PARALLELISM": "false", "CONFIDE_SITE_LOG": "1",
-                "FLWR_HOME": str(cfg.state_dir / "flwr-home")})
+    env = flower_env(token)
+    env.update({"CONFIDE_SITE_LOG": "1", "FLWR_HOME": str(cfg.state_dir / "flwr-home")})
     if cfg.hf_cache is not None:
         env["HF_HOME"] = str(cfg.hf_cache)
     return env
 
 
 def _supernode_args(cfg: SiteDeployConfig, port: int, max_wait: float) -> list[str]:
-    args = [_runner().find_bin("flower-supernode"), "--grpc-rere", "--superlink", cfg.superlink,
+    args = [find_bin("flower-supernode"), "--grpc-rere", "--superlink", cfg.superlink,
             "--auth-supernode-private-key", str(cfg.auth_key), "--host", "127.0.0.1",
             "--port", str(port), "--node-config", node_config_arg(cfg.node_config())]
     if cfg.ca_cert is not None:
@@ -175,7 +159,6 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
     Raises :class:`AgentError` on a refusal, or after ``connect-timeout`` seconds without
     reaching the coordinator. Returns 130 when interrupted (Ctrl-C or SIGTERM).
     """
-    r = _runner()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     policy = ", ".join(f"{k}={v}" for k, v in cfg.privacy.items()) or "none (trains without DP)"
     logger.info("site %s: coordinator %s, data %s, state %s, device %s, privacy policy: %s",
@@ -212,7 +195,7 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
                 backoff = min(backoff * 2, 30.0)
                 continue
             attempts += 1
-            port = cfg.runtime_port or _free_port()
+            port = cfg.runtime_port or free_port()
             max_wait = min(cfg.connect_timeout, 60.0) if cfg.connect_timeout else 60.0
             logger.info("site %s: starting flower-supernode (attempt %d, TLS %s, runtime API "
                         "127.0.0.1:%d)", cfg.name, attempts,
@@ -231,7 +214,7 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
                 code = _wait_supernode(proc, gave_up)
                 pump.join(timeout=5)
             finally:
-                r.kill_tree(proc, token, timeout=10)
+                kill_tree(proc, token, timeout=10)
             text = "".join(tail)
             refusal = _classify(text, cfg)
             if refusal is not None and _activation_refused(text):

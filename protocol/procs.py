@@ -1,8 +1,17 @@
-"""Process helpers shared by the simulation runner, the coordinator and the site agent.
+"""The Flower processes of a run: how every Confide process starts, tags and stops them.
 
-Finding Flower's executables next to the interpreter, free loopback ports, TOML values for
-``--run-config``, staging the Flower app directory, and stopping a process with everything
-it started (also detached sessions, found by a token in their environment).
+The coordinator (``server.deploy``: a SuperLink and ``flwr run``), the site agent
+(``client.agent``: a SuperNode) and the simulation runner (``simulations.runner``) each start
+Flower's executables and must stop everything those start, detached sessions included. They
+share one contract for it, defined here: the executables are found next to the interpreter,
+every process of a run carries :data:`RUN_TOKEN_ENV` in its environment (so a run can find
+and stop all of them, and a test can check that none is left), Flower's telemetry, update
+check and runtime dependency installation are off, and values handed to ``--run-config`` /
+``--node-config`` are written as TOML (:func:`toml_value`).
+
+Why here: ``server`` and ``client`` both need it and may not import each other; ``privacy``
+is about protecting data; so the lowest layer both import, ``protocol``, holds it. It uses
+only the standard library and psutil (no other Confide package).
 """
 
 from __future__ import annotations
@@ -15,13 +24,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ProcessError", "find_bin", "free_port", "kill_tree", "stage_app", "toml_value"]
+__all__ = ["RUN_TOKEN_ENV", "ProcessError", "find_bin", "flower_env", "free_port", "kill_tree",
+           "tagged_pids", "toml_value"]
 
-_PACKAGES = ("server", "client", "protocol", "privacy")
+#: Environment variable that tags every process of one run (its value: the run's token).
+RUN_TOKEN_ENV = "CONFIDE_SIM_TOKEN"
 
 
 class ProcessError(RuntimeError):
@@ -59,38 +69,25 @@ def find_bin(name: str) -> str:
     return found
 
 
-def stage_app(dest: Path, defaults: Mapping[str, Any]) -> Path:
-    """Write a Flower app directory: the code packages plus a generated pyproject.toml.
+def flower_env(token: str) -> dict[str, str]:
+    """This process's environment for a Flower executable of the run tagged ``token``.
 
-    Only Python sources travel in the FAB; weights and data are read from the installed
-    project by absolute path in the run config.
+    Flower's executables next to this interpreter come first on ``PATH``; telemetry, the
+    update check and runtime dependency installation (which would fetch another torch) are
+    off. Callers add what is theirs (``FLWR_HOME``, Hugging Face settings).
     """
-    root = Path(__file__).resolve().parent.parent
-    for pkg in _PACKAGES:
-        src = root / pkg
-        for py in src.rglob("*.py"):
-            if "__pycache__" in py.parts:
-                continue
-            target = dest / pkg / py.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(py, target)
-    lines = [
-        "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
-        "[project]", 'name = "confide"', 'version = "0.1.0"',
-        'description = "Confide federated LoRA fine-tuning"', 'license = "Apache-2.0"',
-        "dependencies = []", "",
-        "[tool.flwr.app]", 'publisher = "confide"', "",
-        "[tool.flwr.app.components]", 'serverapp = "server.app:app"',
-        'clientapp = "client.app:app"', "", "[tool.flwr.app.config]",
-    ]
-    lines += [f"{k} = {toml_value(v)}" for k, v in sorted(defaults.items())]
-    (dest / "pyproject.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return dest
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update({
+        RUN_TOKEN_ENV: token, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "TOKENIZERS_PARALLELISM": "false",
+    })
+    return env
 
 
-def _tagged_pids(token: str) -> set[int]:
+def tagged_pids(token: str) -> set[int]:
     """PIDs of processes whose environment carries ``token`` (Linux /proc; else empty)."""
-    needle = f"CONFIDE_SIM_TOKEN={token}".encode()
+    needle = f"{RUN_TOKEN_ENV}={token}".encode()
     found: set[int] = set()
     proc_root = Path("/proc")
     if not proc_root.is_dir():
@@ -122,16 +119,16 @@ def _signal_all(pids: set[int], sig: int) -> None:
 
 def kill_tree(proc: subprocess.Popen[Any], token: str, timeout: float = 20.0) -> None:
     """Stop ``proc`` and everything it started (also detached sessions such as Ray's)."""
-    pids = _descendants(proc.pid) | _tagged_pids(token) | {proc.pid}
+    pids = _descendants(proc.pid) | tagged_pids(token) | {proc.pid}
     _signal_all(pids, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=0.2)
-        pids = {p for p in pids | _tagged_pids(token) if _alive(p)}
+        pids = {p for p in pids | tagged_pids(token) if _alive(p)}
         if not pids:
             return
-    _signal_all(pids | _tagged_pids(token), signal.SIGKILL)
+    _signal_all(pids | tagged_pids(token), signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
 

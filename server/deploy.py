@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
 import re
 import signal
@@ -27,7 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from protocol.deploy_config import DeployConfigError, ServerDeployConfig
+from protocol.deploy_config import DeployConfigError
+from protocol.procs import find_bin, flower_env, kill_tree, toml_value
+from server.deploy_config import ServerDeployConfig
+from server.fab import stage_app
 from server.metrics import RunMetrics, dropped_sites, serve_metrics
 
 __all__ = ["DeployError", "run_coordinator"]
@@ -42,20 +44,9 @@ class DeployError(RuntimeError):
     """The coordinator could not start, or a wait ran past its timeout."""
 
 
-def _runner() -> Any:
-    from protocol import procs as runner  # process helpers (also used by simulations)
-
-    return runner
-
-
 def _env(home: Path, token: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update({
-        "CONFIDE_SIM_TOKEN": token, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false",
-    })
+    env = flower_env(token)
+    env.update({"FLWR_HOME": str(home), "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1")})
     return env
 
 
@@ -81,12 +72,11 @@ def _connect_host(address: str) -> str:
 @contextlib.contextmanager
 def _superlink(cfg: ServerDeployConfig, work: Path, env: dict[str, str],
                token: str) -> Iterator[Path]:
-    r = _runner()
     db = cfg.out_dir / ".superlink" / "state.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     log_path = cfg.out_dir / ".superlink" / "superlink.log"
     log = log_path.open("ab")
-    args = [r.find_bin("flower-superlink"), "--ssl-ca-certfile", str(cfg.ca_cert),
+    args = [find_bin("flower-superlink"), "--ssl-ca-certfile", str(cfg.ca_cert),
             "--ssl-certfile", str(cfg.cert), "--ssl-keyfile", str(cfg.key),
             "--enable-supernode-auth", "--host", cfg.address, "--port", str(cfg.control_port),
             "--fleet-api-address", f"{cfg.address}:{cfg.fleet_port}",
@@ -112,12 +102,12 @@ def _superlink(cfg: ServerDeployConfig, work: Path, env: dict[str, str],
                    what="flower-superlink's Fleet API", proc=proc, log=log_path)
         yield log_path
     finally:
-        r.kill_tree(proc, token)
+        kill_tree(proc, token)
         log.close()
 
 
 def _register_sites(cfg: ServerDeployConfig, env: dict[str, str]) -> None:
-    flwr = _runner().find_bin("flwr")
+    flwr = find_bin("flwr")
     for name, pub in sorted(cfg.sites.items()):
         try:
             done = subprocess.run([flwr, "supernode", "register", str(pub), _CONNECTION,
@@ -177,7 +167,6 @@ def _pump(stream: TextIO, lines: queue.Queue[str | None]) -> None:
 def run_coordinator(cfg: ServerDeployConfig, *, resume: bool = False,
                     out: TextIO = sys.stdout) -> int:
     """Run (or resume) the federated run described by ``cfg``; 0 when it completed."""
-    r = _runner()
     rc = cfg.run_config(resume=resume)
     _check_out_dir(cfg, resume)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,14 +201,14 @@ def run_coordinator(cfg: ServerDeployConfig, *, resume: bool = False,
             home = work / "flwr-home"
             home.mkdir()
             env = _env(home, token)
-            app_dir = r.stage_app(work / "app", rc.to_mapping())
+            app_dir = stage_app(work / "app", rc.to_mapping())
             (home / "config.toml").write_text(
                 f'[superlink]\ndefault = "{_CONNECTION}"\n\n[superlink.{_CONNECTION}]\n'
                 f'address = "{_connect_host(cfg.address)}:{cfg.control_port}"\n'
-                f'root-certificates = {r.toml_value(str(cfg.ca_cert))}\n', encoding="utf-8")
+                f'root-certificates = {toml_value(str(cfg.ca_cert))}\n', encoding="utf-8")
             with _superlink(cfg, work, env, token):
                 _register_sites(cfg, env)
-                return _follow(cfg, rc, r, app_dir, env, work, token, metrics, out)
+                return _follow(cfg, rc, app_dir, env, work, token, metrics, out)
     except KeyboardInterrupt:
         logger.warning("interrupted: stopped the SuperLink and the run; resume with "
                        "`confide server --config %s --resume %s`", cfg.path, cfg.out_dir)
@@ -233,9 +222,9 @@ def run_coordinator(cfg: ServerDeployConfig, *, resume: bool = False,
             http.server_close()
 
 
-def _follow(cfg: ServerDeployConfig, rc: Any, r: Any, app_dir: Path, env: dict[str, str],
+def _follow(cfg: ServerDeployConfig, rc: Any, app_dir: Path, env: dict[str, str],
             work: Path, token: str, metrics: RunMetrics, out: TextIO) -> int:
-    args = [r.find_bin("flwr"), "run", str(app_dir), _CONNECTION, "--stream"]
+    args = [find_bin("flwr"), "run", str(app_dir), _CONNECTION, "--stream"]
     proc = subprocess.Popen(args, env=env, cwd=str(work), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
     lines: queue.Queue[str | None] = queue.Queue()
@@ -271,7 +260,7 @@ def _follow(cfg: ServerDeployConfig, rc: Any, r: Any, app_dir: Path, env: dict[s
             raise DeployError("waited 30 s for `flwr run` to exit after its log stream "
                               "ended") from None
     finally:
-        r.kill_tree(proc, token, timeout=5)
+        kill_tree(proc, token, timeout=5)
     for rec in metrics.refresh():
         _log_round(rec)
     state_path = cfg.out_dir / "state.json"

@@ -108,17 +108,19 @@ def _import_costs() -> dict[str, Any]:
 def run_bench(*, repeats: int = 3, local_steps: int = 1, json_path: str | None = None,
               timeout: float = 900.0) -> dict[str, Any]:
     """Run the deployment bench; print a table and return the numbers."""
-    from protocol.deploy_config import load_server_config, load_site_config
-    from protocol.deploy_samples import server_toml, site_toml
-    from protocol.keys import make_keys
+    from client.deploy_config import load_site_config
     from protocol.model_ref import bundled_sites_dir
+    from protocol.procs import find_bin, free_port, kill_tree, toml_value
     from server import deploy
-    from simulations import runner
+    from server.deploy_config import load_server_config
+    from server.deploy_samples import server_toml, site_toml
+    from server.devkeys import make_keys
+    from server.fab import stage_app
 
     with tempfile.TemporaryDirectory(prefix="confide-bench-") as tmp:
         work = Path(tmp)
         ks = make_keys(work / "keys", hosts=["127.0.0.1"], sites=["bank"])
-        fleet, control = runner.free_port(), runner.free_port()
+        fleet, control = free_port(), free_port()
         out_json = work / "bench.json"
         run = {"num-server-rounds": 1, "min-sites": 1, "local-steps": local_steps,
                "batch-size": 8, "max-seq-len": 64, "max-eval-examples": 16, "dp": False,
@@ -133,7 +135,7 @@ def run_bench(*, repeats: int = 3, local_steps: int = 1, json_path: str | None =
         load_site_config(ks.site_dirs["bank"] / "site.toml")
         rc = cfg.run_config()
         defaults = {**rc.to_mapping(), "bench-repeats": repeats, "bench-out": str(out_json)}
-        app = runner.stage_app(work / "app", defaults)
+        app = stage_app(work / "app", defaults)
         (app / "confide_bench_app.py").write_text(_BENCH_APP, encoding="utf-8")
         pyproject = (app / "pyproject.toml").read_text()
         (app / "pyproject.toml").write_text(pyproject.replace(
@@ -145,7 +147,7 @@ def run_bench(*, repeats: int = 3, local_steps: int = 1, json_path: str | None =
         (home / "config.toml").write_text(
             '[superlink]\ndefault = "confide"\n\n[superlink.confide]\n'
             f'address = "127.0.0.1:{control}"\n'
-            f'root-certificates = {runner.toml_value(str(cfg.ca_cert))}\n', encoding="utf-8")
+            f'root-certificates = {toml_value(str(cfg.ca_cert))}\n', encoding="utf-8")
         t_start = time.perf_counter()
         with deploy._superlink(cfg, work, env, token):
             deploy._register_sites(cfg, env)
@@ -156,11 +158,11 @@ def run_bench(*, repeats: int = 3, local_steps: int = 1, json_path: str | None =
                 stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 cwd=str(Path(__file__).resolve().parent.parent))
             try:
-                done = subprocess.run([runner._bin("flwr"), "run", str(app), "confide", "--stream"],
+                done = subprocess.run([find_bin("flwr"), "run", str(app), "confide", "--stream"],
                                       env=env, cwd=str(work), capture_output=True, text=True,
                                       timeout=timeout)
             finally:
-                runner._kill_tree(client, token)
+                kill_tree(client, token)
                 client_log.close()
             if not out_json.exists():
                 raise RuntimeError("the bench run wrote no results:\n" + done.stdout[-3000:]

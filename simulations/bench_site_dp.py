@@ -44,7 +44,8 @@ def _flags(variant: str) -> list[str]:
 
 
 def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from simulations.cli import _build_parser, _run_config, enrol_sites
+    from simulations.cli import build_parser
+    from simulations.simulate import enrol_sites, run_config
     from simulations.runner import run_simulation
 
     argv = ["simulate", "--sites", str(args.sites), "--rounds", str(args.rounds),
@@ -55,7 +56,7 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     for flag in ("batch_size", "learning_rate"):
         if getattr(args, flag) is not None:
             argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-    cfg = _run_config(_build_parser().parse_args(argv))
+    cfg = run_config(build_parser().parse_args(argv))
     cfg = cfg.replace(min_sites=args.sites)
     if cfg.secagg:
         enrol_sites(cfg, args.sites)

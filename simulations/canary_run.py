@@ -28,15 +28,15 @@ __all__ = ["add_canary_args", "canary_overrides", "score_planted"]
 
 def add_canary_args(p: argparse.ArgumentParser) -> None:
     """The ``simulate`` flags of the planted canary audit."""
-    from simulations.cli import _int_at_least
+    from simulations.flags import int_at_least
 
     g = p.add_argument_group("empirical privacy audit (canaries planted at one site)")
-    g.add_argument("--canaries", type=_int_at_least("--canaries", 0), default=0, metavar="M",
+    g.add_argument("--canaries", type=int_at_least("--canaries", 0), default=0, metavar="M",
                    help="plant M random canary sequences (each kept by a recorded fair coin) "
                         "in one site's training data and audit the released adapter (default 0)")
     g.add_argument("--canary-site", default=None,
                    help="the site that plants them (default: the first virtual site)")
-    g.add_argument("--canary-length", type=_int_at_least("--canary-length", 0), default=None,
+    g.add_argument("--canary-length", type=int_at_least("--canary-length", 0), default=None,
                    help="tokens per canary (default 16)")
     g.add_argument("--canary-seed", type=int, default=None, help="seed of canaries and coins")
 

@@ -1,431 +1,62 @@
-"""The ``confide`` command line: ``simulate`` (and, as they land, ``server``, ``client``, ``audit``)."""
+"""The ``confide`` command: a thin dispatcher over the subcommands their packages define.
+
+=============  ==============================  ==========================================
+command        defined in                      user
+=============  ==============================  ==========================================
+``simulate``   :mod:`simulations.simulate`     researcher: N virtual sites on one machine
+``audit``      :mod:`privacy.audit.cli`        privacy officer: the report of a RUN_DIR
+``keys``       :mod:`server.cli`               coordinator: development keys and configs
+``server``     :mod:`server.cli`               coordinator: the run of a real federation
+``client``     :mod:`client.cli`               site operator: the site agent, its ledger
+=============  ==============================  ==========================================
+
+Each adds its parser with a ``handler`` (parsed args -> exit status) and, if it runs long,
+``log_events=True``. Here, and only here: the logging setup
+(:func:`protocol.console.configure_logging`), the bad-input exit path (a
+:class:`~protocol.console.UsageError` from any handler: one line on stderr, exit status 2)
+and Ctrl-C (exit status 130). ``simulations`` is the one layer that may import all four.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import math
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-__all__ = ["main"]
+from client.cli import add_client_parser
+from privacy.audit.cli import add_audit_parser
+from protocol.console import EXIT_INTERRUPTED, UsageError, configure_logging, fail
+from server.cli import add_server_parsers
+from simulations.simulate import add_simulate_parser
 
-EXIT_BAD_INPUT = 2
-EXIT_RUN_FAILED = 1
-
-
-class UsageError(ValueError):
-    """Bad command-line input: the message names the flag and the value."""
+__all__ = ["build_parser", "main"]
 
 
-def _int_at_least(flag: str, minimum: int) -> Any:
-    rule = "> 0" if minimum == 1 else f">= {minimum}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{flag} must be {rule}, got {value}")
-        return value
-    return parse
-
-
-def _positive_int(flag: str) -> Any:
-    return _int_at_least(flag, 1)
-
-
-def _positive_float(flag: str) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"{flag} must be > 0, got {text}")
-        return value
-    return parse
-
-
-def _add_simulate(sub: Any) -> None:
-    p = sub.add_parser("simulate", help="run N virtual sites on this machine (Flower simulation)")
-    p.add_argument("--sites", type=_positive_int("--sites"), default=3, help="virtual sites")
-    p.add_argument("--rounds", type=_positive_int("--rounds"), default=3, help="server rounds")
-    p.add_argument("--out", required=True, help="RUN_DIR for adapter, metrics and report")
-    p.add_argument("--model", default="embedded",
-                   help="local checkpoint directory or hub id (default: embedded)")
-    p.add_argument("--data", default="embedded",
-                   help="directory with one folder (or file) per site (default: bundled demo)")
-    p.add_argument("--local-steps", type=_positive_int("--local-steps"), default=None)
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None)
-    p.add_argument("--learning-rate", type=_positive_float("--learning-rate"), default=None)
-    p.add_argument("--max-seq-len", type=_positive_int("--max-seq-len"), default=None)
-    p.add_argument("--aggregation", choices=("frozen-a", "fedavg"), default=None)
-    p.add_argument("--lora-r", type=_positive_int("--lora-r"), default=None)
-    p.add_argument("--lora-alpha", type=_positive_int("--lora-alpha"), default=None)
-    p.add_argument("--lora-dropout", type=float, default=None)
-    p.add_argument("--lora-target-modules", default=None, help="comma-separated, e.g. q_proj,v_proj")
-    p.add_argument("--fraction-train", type=float, default=None)
-    p.add_argument("--min-sites", type=_positive_int("--min-sites"), default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
-    p.add_argument("--cpus-per-site", type=_positive_int("--cpus-per-site"), default=1,
-                   help="CPU cores Flower reserves per virtual site")
-    p.add_argument("--max-eval-examples", type=int, default=None)
-    p.add_argument("--resume", action="store_true", help="continue a crashed run in --out")
-    p.add_argument("--secagg", choices=("on", "off"), default="on",
-                   help="secure aggregation of the masked updates (default on)")
-    p.add_argument("--secagg-clip", type=_positive_float("--secagg-clip"), default=None,
-                   help="L2 bound on each site's delta before encoding (default 10)")
-    dp = p.add_argument_group("differential privacy (each virtual site's own policy)")
-    dp.add_argument("--dp", choices=("on", "off"), default="on",
-                    help="DP-SGD at every site (default on)")
-    dp.add_argument("--epsilon", type=_positive_float("--epsilon"), default=8.0,
-                    help="each site's budget epsilon over all rounds and runs (default 8)")
-    dp.add_argument("--delta", type=float, default=None,
-                    help="delta (default: min(1e-5, 1/(10 n)) for a site with n examples)")
-    dp.add_argument("--max-grad-norm", type=_positive_float("--max-grad-norm"), default=0.01,
-                    help="per-sequence clipping bound C (default 0.01: below the LoRA "
-                         "gradient norms of the embedded model; with AdamW the update is "
-                         "then independent of C's scale)")
-    dp.add_argument("--noise-multiplier", type=float, default=None,
-                    help="fixed sigma (default: calibrated so the planned rounds fit the budget)")
-    dp.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
-    dp.add_argument("--grad-sample-mode", choices=("hooks", "ghost"), default="hooks")
-    dp.add_argument("--secure-mode", action="store_true",
-                    help="OS CSPRNG for sampling and noise (slower; for production)")
-    from simulations.site_dp_cli import add_site_dp_args
-
-    add_site_dp_args(p)
-    from simulations.canary_run import add_canary_args
-
-    add_canary_args(p)
-    p.add_argument("--quiet", action="store_true", help="do not stream the server log")
-    p.add_argument("--faults", default=None,
-                   help="scenario: crash sites at given stages, e.g. 'bank@unmask@2,law@train'")
-
-
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``confide`` parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="confide",
         description="Federated LoRA fine-tuning with site-enforced DP and secure aggregation.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_simulate(sub)
-    from privacy.audit.cli import add_audit_parser
-
+    add_simulate_parser(sub)
     add_audit_parser(sub)
-    from simulations.deploy_cli import add_deploy_parsers
-
-    add_deploy_parsers(sub)
+    add_server_parsers(sub)
+    add_client_parser(sub)
     return parser
 
 
-def _run_config(args: argparse.Namespace) -> Any:
-    from protocol.config import ConfigError, RunConfig
-    from protocol.model_ref import ModelError, resolve_data_dir, resolve_model
-
-    try:
-        model = resolve_model(args.model)
-    except ModelError as exc:
-        raise UsageError(f"--model: {exc}") from None
-    if not Path(model).is_dir():  # a hub id: check we can at least read its config
-        try:
-            from transformers import AutoConfig
-            AutoConfig.from_pretrained(model)
-        except Exception as exc:  # noqa: BLE001 - any failure means unusable
-            raise UsageError(f"--model {args.model!r}: cannot load it as a hub id ({exc})") from None
-    try:
-        data = resolve_data_dir(args.data)
-    except ModelError as exc:
-        raise UsageError(f"--data: {exc}") from None
-    _check_data(Path(data), args.sites)
-    out = Path(args.out).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {args.out!r} exists and is not a directory")
-    if (out / "state.json").exists() and not args.resume:
-        raise UsageError(f"--out {args.out!r} already holds a run; pass --resume to continue it "
-                         "or choose another directory")
-    if args.resume and not (out / "state.json").exists():
-        raise UsageError(f"--resume: {args.out!r} holds no run to resume")
-    policy = _site_policy(args)
-    overrides: dict[str, Any] = {
-        "num-server-rounds": args.rounds, "model": model, "data-dir": data,
-        "out-dir": str(out), "resume": bool(args.resume),
-        "dp": policy is not None, "site-dp-policy": json.dumps(policy) if policy else "",
-        "sites-state-dir": str(out / "sites"),
-        "secagg": args.secagg == "on",
-        "secagg-enrolment": str(out / "enrolment.json") if args.secagg == "on" else "",
-        "min-sites": min(args.sites, args.min_sites or min(args.sites, 2)),
-    }
-    if args.secagg_clip is not None:
-        overrides["secagg-clip"] = args.secagg_clip
-    from simulations.site_dp_cli import site_dp_overrides
-
-    overrides.update(site_dp_overrides(args))
-    for flag in ("faults", "local_steps", "batch_size", "learning_rate", "max_seq_len", "aggregation",
-                 "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-                 "fraction_train", "seed", "device", "max_eval_examples"):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[flag.replace("_", "-")] = value
-    try:
-        cfg = RunConfig.from_mapping(overrides)
-        if args.canaries:
-            from client.site import site_spec
-            from simulations.canary_run import canary_overrides
-
-            names = [site_spec({"partition-id": i, "num-partitions": args.sites}, cfg).name
-                     for i in range(args.sites)]
-            try:
-                extra = canary_overrides(args, names[0], names)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-            cfg = RunConfig.from_mapping({**cfg.to_mapping(), **extra})
-        return cfg
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _site_policy(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The policy every virtual site sets for itself (``--dp off``: none)."""
-    if args.dp == "off":
-        return None
-    from privacy.policy import PolicyError, SitePrivacyPolicy
-
-    doc: dict[str, Any] = {
-        "budget-epsilon": args.epsilon, "max-grad-norm": args.max_grad_norm,
-        "accountant": args.accountant, "grad-sample-mode": args.grad_sample_mode,
-        "secure-mode": bool(args.secure_mode),
-    }
-    if args.delta is not None:
-        doc["delta"] = args.delta
-    if args.noise_multiplier is not None:
-        doc["noise-multiplier"] = args.noise_multiplier
-    try:
-        SitePrivacyPolicy.from_mapping(doc)
-    except PolicyError as exc:
-        flag = str(exc).split("`")[1].replace("_", "-") if "`" in str(exc) else "dp"
-        raise UsageError(f"--{flag.replace('budget-epsilon', 'epsilon')}: {exc}") from None
-    return doc
-
-
-def enrol_sites(cfg: Any, num_sites: int) -> None:
-    """Stand in for each site's operator: an identity key per site, and the enrolment list."""
-    from client.secure import IDENTITY_FILE
-    from client.site import site_spec
-    from privacy.secagg import generate_identity_key, identity_private_bytes
-    from privacy.secagg.keys import load_identity_private_key, identity_public_bytes
-    from protocol.io import atomic_write_bytes, atomic_write_json
-
-    enrolment: dict[str, str] = {}
-    for i in range(num_sites):
-        spec = site_spec({"partition-id": i, "num-partitions": num_sites}, cfg)
-        path = spec.state_dir / IDENTITY_FILE
-        if path.exists():
-            key = load_identity_private_key(path.read_bytes())
-        else:
-            key = generate_identity_key()
-            atomic_write_bytes(path, identity_private_bytes(key), mode=0o600)
-        enrolment[spec.name] = identity_public_bytes(key).hex()
-    atomic_write_json(cfg.secagg_enrolment, enrolment)
-
-
-def dp_summary(cfg: Any, num_sites: int) -> str:
-    """One screen: per site budget, delta, sigma, q, C, planned steps and projected epsilon."""
-    from client.model import load_site_model, resolve_device
-    from client.privacy_agent import policy_from_config, projected_summary
-    from client.site import load_site_data, site_spec
-    from privacy.ledger import PrivacyLedger
-
-    policy = policy_from_config({}, cfg.site_dp_policy)
-    if policy is None:
-        return "differential privacy: off (sites train without DP; no epsilon is claimed)"
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(cfg.model)
-    lines = [f"differential privacy (site policies): {policy.summary()}",
-             f"{'site':<14}{'n':>6}{'budget':>8}{'delta':>10}{'sigma':>8}{'q':>9}{'C':>6}"
-             f"{'steps':>7}{'proj. eps':>10}{'spent':>8}"]
-    for i in range(num_sites):
-        spec = site_spec({"partition-id": i, "num-partitions": num_sites}, cfg)
-        data = load_site_data(spec, cfg, tok)
-        history = PrivacyLedger(spec.state_dir).history() if spec.state_dir else []
-        spent_now = 0.0
-        if history:
-            from privacy.accounting import epsilon as _eps
-            spent_now = _eps(history, delta=policy.resolve_delta(len(data.train)),
-                             accountant=policy.accountant)
-        try:
-            row = projected_summary(policy, site=spec.name, num_examples=len(data.train),
-                                    batch_size=cfg.batch_size, local_steps=cfg.local_steps,
-                                    planned_rounds=cfg.num_server_rounds, history=history)
-        except Exception as exc:  # noqa: BLE001 - e.g. budget already spent
-            lines.append(f"{spec.name:<14}{len(data.train):>6}  cannot plan: {exc}")
-            continue
-        lines.append(f"{row['site']:<14}{row['n']:>6}{row['budget']:>8g}{row['delta']:>10.2e}"
-                     f"{row['sigma']:>8.3f}{row['q']:>9.4f}{row['C']:>6g}{row['steps']:>7}"
-                     f"{row['projected_epsilon']:>10.3f}{spent_now:>8.3f}")
-    return "\n".join(lines)
-
-
-def _check_data(root: Path, n_sites: int) -> None:
-    """Fail fast on a missing, empty or malformed site file before starting Flower."""
-    from client.data import DataError, load_examples, shard_for_partition
-
-    try:
-        paths = {shard_for_partition(root, i, n_sites)[0] for i in range(n_sites)}
-        for path in sorted(paths):
-            if len(load_examples(path)) < 2:
-                raise DataError(f"site data {path} holds fewer than 2 examples")
-    except DataError as exc:
-        raise UsageError(f"--data: {exc}") from None
-
-
-def _summary(out: Path) -> str:
-    from server.rundir import RunDir
-
-    rundir = RunDir(out)
-    rows = rundir.read_metrics()
-    if not rows:
-        return "(no metrics recorded)"
-    site_eps = {int(p["round"]): float(p["site_dp"]["epsilon_after"])  # site-level eps so far
-                for p in rundir.read_participation()
-                if isinstance(p.get("site_dp"), dict) and p["site_dp"].get("released") is True}
-    head = f"{'round':>5}  {'eval loss':>9}  {'perplexity':>10}  {'sites':>5}  {'max eps':>8}  "
-    lines = [head + (f"{'site eps':>8}  " if site_eps else "") + f"{'time s':>7}"]
-    last_site = 0.0
-    for r in rows:
-        contributed = r.get("contributed")
-        sites = "-" if contributed is None else str(len(contributed))
-        max_eps = f"{max(r['epsilon'].values()):.3f}" if r.get("epsilon") else "-"
-        line = (f"{r['round']:>5}  {r['eval_loss']:>9.4f}  {r['eval_perplexity']:>10.2f}  "
-                f"{sites:>5}  {max_eps:>8}  ")
-        if site_eps:
-            last_site = site_eps.get(int(r["round"]), last_site)
-            line += f"{('-' if r['round'] == 0 else f'{last_site:.3f}'):>8}  "
-        lines.append(line + f"{r.get('round_time_s', 0.0):>7.1f}")
-    lines.append("(max eps: the largest example-level eps of a site so far" + (
-        "; site eps: site-level eps of the released aggregates so far)" if site_eps else ")"))
-    first, last = rows[0], rows[-1]
-    lines.append("")
-    eps: dict[str, float] = {}
-    declined: dict[str, int] = {}
-    for r in rows:
-        eps.update(r.get("epsilon", {}))
-        for site in r.get("declined", {}):
-            declined[site] = declined.get(site, 0) + 1
-    lines.append(f"{'site':<16}  {'loss r0':>8}  {'loss final':>10}  {'ppl r0':>8}  "
-                 f"{'ppl final':>9}  {'examples':>8}  {'epsilon':>8}  {'declined':>8}")
-    for site in sorted(last["sites"]):
-        a, b = first["sites"].get(site, {}), last["sites"][site]
-        e = f"{eps[site]:.3f}" if site in eps else "-"
-        lines.append(f"{site:<16}  {a.get('eval_loss', float('nan')):>8.4f}  "
-                     f"{b['eval_loss']:>10.4f}  {a.get('eval_perplexity', float('nan')):>8.2f}  "
-                     f"{b['eval_perplexity']:>9.2f}  {b['num_examples']:>8}  {e:>8}  "
-                     f"{declined.get(site, 0):>8}")
-    return "\n".join(lines)
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    from simulations.runner import SimulationError, run_simulation
-
-    cfg = _run_config(args)
-    out = Path(cfg.out_dir)
-    print(f"confide simulate: {args.sites} sites x {cfg.num_server_rounds} rounds, "
-          f"model {cfg.model}, data {cfg.data_dir}, out {out}", flush=True)
-    if cfg.secagg:
-        enrol_sites(cfg, args.sites)
-        print(f"secure aggregation: on ({args.sites} enrolled sites, delta clip "
-              f"{cfg.secagg_clip:g}); the coordinator sees only the sum", flush=True)
-    else:
-        print("secure aggregation: off (the coordinator sees each update)", flush=True)
-    from simulations.site_dp_cli import site_dp_summary
-
-    print(site_dp_summary(cfg), flush=True)
-    try:
-        print(dp_summary(cfg, args.sites), flush=True)
-    except Exception as exc:  # noqa: BLE001 - a broken ledger, a bad policy: refuse to start
-        raise UsageError(f"site privacy state: {exc}") from None
-    t0 = time.perf_counter()
-    try:
-        code = run_simulation(cfg, num_sites=args.sites, cpus_per_site=args.cpus_per_site,
-                              quiet=args.quiet)
-    except SimulationError as exc:
-        print(f"confide simulate: error: {exc}", file=sys.stderr)
-        return EXIT_RUN_FAILED
-    state_path = out / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if code != 0 or state.get("status") != "completed":
-        print(f"confide simulate: the run did not complete (flwr exit {code}, state "
-              f"{state.get('status', 'missing')}, last round {state.get('completed_round', '-')}); "
-              f"see the log above; resume with --resume --out {out}", file=sys.stderr)
-        return EXIT_RUN_FAILED
-    canary_note = ""
-    if cfg.canaries:
-        canary_note = _canary_audit(out, cfg)
-    try:
-        from privacy.audit.write import write_audit
-
-        report, paths = write_audit(out)
-        audit_note = f"  audit:    {paths.get('html', out / 'audit')} (+ .json, .md)"
-    except Exception as exc:  # noqa: BLE001 - the run is done; say the report failed
-        audit_note = f"  audit:    FAILED to write the report: {exc}"
-    print()
-    print(_summary(out))
-    print()
-    print(f"done in {time.perf_counter() - t0:.0f} s")
-    print(f"  adapter:  {out / 'adapter'}")
-    print(f"  metrics:  {out / 'metrics.jsonl'}")
-    print(f"  run info: {out / 'run.json'}")
-    print(audit_note)
-    if canary_note:
-        print(canary_note)
-    return 0
-
-
-def _canary_audit(out: Path, cfg: Any) -> str:
-    """Score the planted canaries into RUN_DIR/canary-audit.json; one line for the summary."""
-    from protocol.io import atomic_write_json
-    from simulations.canary_run import score_planted
-
-    try:
-        r = score_planted(out, cfg)
-    except Exception as exc:  # noqa: BLE001 - the run is done; say the audit failed
-        return f"  canaries: FAILED to score the planted canaries: {exc}"
-    atomic_write_json(out / "canary-audit.json", {"runs": [r]})
-    formal = "inf (DP off)" if r["formal_epsilon"] is None else f"{r['formal_epsilon']:.3f}"
-    line = (f"  canaries: {r['canaries']} at {r['site_id']}: empirical eps >= "
-            f"{r['epsilon_lower_bound']:.3f} ({r['correct']}/{r['guesses']} guesses right, "
-            f"95%), formal eps {formal}")
-    if r["exceeds_formal"]:
-        line += "  RED FLAG: exceeds the formal eps (implementation or accounting broken)"
-    return line
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``confide`` console script."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = _build_parser()
-    args = parser.parse_args(argv)
+    """Entry point of the ``confide`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    configure_logging(events=bool(getattr(args, "log_events", False)))
     try:
-        if args.command == "simulate":
-            return _simulate(args)
-        if hasattr(args, "handler"):
-            return int(args.handler(args))
+        return int(args.handler(args))
     except UsageError as exc:
-        print(f"confide {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail(args.command, exc)
     except KeyboardInterrupt:
         print(f"confide {args.command}: interrupted", file=sys.stderr)
-        return 130
-    parser.error(f"unknown command {args.command!r}")
-    return EXIT_BAD_INPUT
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

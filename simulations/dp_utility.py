@@ -41,7 +41,7 @@ TARGET_RATIO = 0.7
 
 
 def _run(cfg: RunConfig, sites: int) -> list[dict[str, Any]]:
-    from simulations.cli import enrol_sites
+    from simulations.simulate import enrol_sites
 
     enrol_sites(cfg, sites)
     code = run_simulation(cfg, num_sites=sites, quiet=True)

@@ -21,14 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from protocol.config import RunConfig
-from protocol.procs import ProcessError, free_port, stage_app, toml_value
-from protocol.procs import find_bin as _bin
-from protocol.procs import kill_tree as _kill_tree
-from protocol.procs import _tagged_pids
+from protocol.procs import RUN_TOKEN_ENV, ProcessError, find_bin, flower_env, free_port, kill_tree
+from server.fab import stage_app
 
-__all__ = ["SimulationError", "free_port", "run_simulation", "stage_app", "toml_value"]
+__all__ = ["SimulationError", "run_simulation"]
 
 logger = logging.getLogger(__name__)
+
 
 class SimulationError(ProcessError):
     """The simulation could not start or did not complete."""
@@ -39,7 +38,7 @@ def _superlink(workdir: Path, env: dict[str, str], token: str) -> Iterator[int]:
     port, fleet = free_port(), free_port()
     log = (workdir / "superlink.log").open("wb")
     proc = subprocess.Popen(
-        [_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
+        [find_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
          "--port", str(port), "--fleet-api-address", f"127.0.0.1:{fleet}",
          "--disable-runtime-dependency-installation"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(workdir),
@@ -59,7 +58,7 @@ def _superlink(workdir: Path, env: dict[str, str], token: str) -> Iterator[int]:
             time.sleep(0.2)
         yield port
     finally:
-        _kill_tree(proc, token)
+        kill_tree(proc, token)
         log.close()
 
 
@@ -78,16 +77,11 @@ def run_simulation(
         home.mkdir()
         # every process the run starts carries this token in its environment, so the run
         # can find and stop them all (a caller may set it to check that afterwards)
-        token = os.environ.get("CONFIDE_SIM_TOKEN") or uuid.uuid4().hex
-        env = dict(os.environ)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        token = os.environ.get(RUN_TOKEN_ENV) or uuid.uuid4().hex
+        env = flower_env(token)
         env.update({
-            "CONFIDE_SIM_TOKEN": token,
-            "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_HOME": str(home),
             "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
-            "TOKENIZERS_PARALLELISM": "false",
             "RAY_DEDUP_LOGS": "0",
             # the FAB holds only code: let the app find the installed project's files
             "CONFIDE_EMBEDDED_MODEL": env.get("CONFIDE_EMBEDDED_MODEL", ""),
@@ -98,7 +92,7 @@ def run_simulation(
             (home / "config.toml").write_text(
                 '[superlink]\ndefault = "confide"\n\n[superlink.confide]\n'
                 f'address = "127.0.0.1:{port}"\ninsecure = true\n', encoding="utf-8")
-            args = [_bin("flwr"), "run", str(app_dir), "confide", "--stream",
+            args = [find_bin("flwr"), "run", str(app_dir), "confide", "--stream",
                     "--federation-config",
                     f"num-supernodes={num_sites} client-resources-num-cpus={cpus_per_site}"]
             # the whole configuration travels as the staged app's [tool.flwr.app.config]
@@ -116,4 +110,4 @@ def run_simulation(
                         raise SimulationError(f"simulation did not finish within {timeout:.0f} s")
                 return proc.wait()
             finally:
-                _kill_tree(proc, token, timeout=5)
+                kill_tree(proc, token, timeout=5)

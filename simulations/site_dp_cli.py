@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
+from simulations.flags import number as _number
+
 __all__ = ["add_site_dp_args", "site_dp_overrides", "site_dp_summary"]
-
-
-def _number(flag: str, *, minimum: float, strict: bool) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            rule = f"> {minimum:g}" if strict else f">= {minimum:g}"
-            raise argparse.ArgumentTypeError(f"{flag} must be {rule}, got {text}")
-        return value
-    return parse
 
 
 def add_site_dp_args(parser: argparse.ArgumentParser) -> None:

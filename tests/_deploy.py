@@ -14,9 +14,9 @@ from typing import Any
 
 import psutil
 
-from protocol.deploy_samples import server_toml, site_toml
-from protocol.keys import make_keys
-from simulations.runner import free_port
+from protocol.procs import free_port
+from server.deploy_samples import server_toml, site_toml
+from server.devkeys import make_keys
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIDE = [sys.executable, "-m", "simulations.cli"]

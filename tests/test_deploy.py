@@ -15,9 +15,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from protocol.deploy_config import DeployConfigError, load_server_config, load_site_config
+from client.deploy_config import load_site_config
+from protocol.deploy_config import DeployConfigError
 from protocol.enrolment import load_enrolment
-from protocol.keys import KeysError, make_keys
+from server.deploy_config import load_server_config
+from server.devkeys import KeysError, make_keys
 from tests._deploy import REPO, make_deployment, start, stop_all, text, tree, wait_for
 
 

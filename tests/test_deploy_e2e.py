@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from protocol.keys import make_keys
+from server.devkeys import make_keys
 from tests._deploy import crash, make_deployment, start, stop_all, text, wait_for
 
 pytestmark = pytest.mark.slow
@@ -96,7 +96,7 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
     from client.agent import export_ledger
-    from protocol.deploy_config import load_site_config
+    from client.deploy_config import load_site_config
 
     n, head, path = export_ledger(load_site_config(dep.site_cfgs["law"]), tmp_path / "law.jsonl")
     assert n >= 2 and path.exists() and len(head) == 64

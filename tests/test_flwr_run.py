@@ -10,7 +10,8 @@ import tomllib
 from pathlib import Path
 
 from protocol.config import RunConfig
-from simulations.runner import _superlink, toml_value
+from protocol.procs import toml_value
+from simulations.runner import _superlink
 from tests.conftest import REPO
 
 

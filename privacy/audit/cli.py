@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from protocol.console import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, fail
+
 __all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_RED_FLAGS", "add_audit_parser", "run_audit"]
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_RED_FLAGS = 1
-EXIT_BAD_INPUT = 2
+#: the report was written and shows red flags
+EXIT_RED_FLAGS = EXIT_FAILED
 
 
 def add_audit_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -49,8 +50,8 @@ def add_audit_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _err(msg: str) -> None:
-    print(f"confide audit: error: {msg}", file=sys.stderr)
+def _err(msg: str, code: int = EXIT_BAD_INPUT) -> int:
+    return fail("audit", msg, code)
 
 
 def run_audit(args: argparse.Namespace) -> int:
@@ -62,13 +63,11 @@ def run_audit(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir).expanduser()
     canary = getattr(args, "canary_result", None)
     if canary is not None and not Path(canary).is_file():
-        _err(f"--canary-result {canary!r} is not a file")
-        return EXIT_BAD_INPUT
+        return _err(f"--canary-result {canary!r} is not a file")
     try:
         report = build_report(run_dir, canary_result=Path(canary) if canary else None)
     except AuditInputError as exc:
-        _err(str(exc))
-        return EXIT_BAD_INPUT
+        return _err(str(exc))
     fmt = getattr(args, "format", None)
     out = getattr(args, "out", None)
     written: list[str] = []
@@ -84,15 +83,13 @@ def run_audit(args: argparse.Namespace) -> int:
         else:
             target = Path(out).expanduser() if out else run_dir / "audit"
             if target.exists() and not target.is_dir():
-                _err(f"--out {out!r} exists and is not a directory (give --format to write "
-                     "one file)")
-                return EXIT_BAD_INPUT
+                return _err(f"--out {out!r} exists and is not a directory (give --format to "
+                            "write one file)")
             for f in FORMATS:
                 atomic_write_text(target / f"report.{f}", render(report, f))
                 written.append(str(target / f"report.{f}"))
     except OSError as exc:
-        _err(f"cannot write the report: {exc}")
-        return EXIT_BAD_INPUT
+        return _err(f"cannot write the report: {exc}")
     out_stream = sys.stderr if out == "-" else sys.stdout
     for path_str in written:
         print(f"confide audit: wrote {path_str}", file=out_stream)

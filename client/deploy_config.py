@@ -1,0 +1,132 @@
+"""A site's deployment configuration file, ``site.toml`` (``confide client``).
+
+Validated on load (the rules of :mod:`protocol.deploy_config`): unknown keys, wrong types,
+out-of-range values and missing files are refused with an error that names the file, the
+table, the key and the value. Relative paths are taken relative to the file's directory.
+
+``site.toml``::
+
+    [site]
+    name = "bank"
+    superlink = "127.0.0.1:9092"   # the coordinator's Fleet API
+    ca-cert = "ca.crt"             # verifies the coordinator's certificate
+    auth-key = "auth.key"          # SuperNode auth private key (ECDSA, OpenSSH format)
+    data-path = "/srv/bank/data"   # file or folder of the site's records
+    state-dir = "state"            # privacy ledger and identity.key
+    enrolment = "enrolment.json"   # this site's copy of the enrolment list
+    model = ""                     # base model here (path or hub id; "": the coordinator's)
+    hf-cache = ""                  # Hugging Face cache directory ("": default)
+    device = "auto"                # auto | cpu | cuda
+    runtime-port = 0               # local port of the SuperNode runtime API (0: any free)
+    connect-timeout = 600.0        # give up after this long without the coordinator (0: never)
+    activation-grace = 30.0        # retry a refused key this long (not registered yet?)
+
+    [privacy]                # the site's own DP policy (privacy.policy.SitePrivacyPolicy keys)
+    budget-epsilon = 8.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from privacy.policy import PolicyError, SitePrivacyPolicy
+from protocol.deploy_config import DeployConfigError, Table, no_other_tables, read_toml
+from protocol.enrolment import SITE_NAME
+from protocol.model_ref import ModelError, resolve_model
+
+__all__ = ["SiteDeployConfig", "load_site_config"]
+
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class SiteDeployConfig:
+    """What ``confide client`` needs: coordinator address, TLS and auth files, the node config."""
+
+    path: Path
+    name: str
+    superlink: str
+    ca_cert: Path | None
+    auth_key: Path
+    data_path: Path
+    state_dir: Path
+    enrolment: Path | None
+    model: str
+    hf_cache: Path | None
+    device: str
+    runtime_port: int
+    connect_timeout: float
+    activation_grace: float = 30.0
+    privacy: Mapping[str, Any] = field(default_factory=dict)
+
+    def node_config(self) -> dict[str, Any]:
+        """The SuperNode's node config (what the ClientApp reads as ``context.node_config``)."""
+        out: dict[str, Any] = {
+            "site-name": self.name, "data-path": str(self.data_path),
+            "state-dir": str(self.state_dir), "device": self.device,
+        }
+        if self.enrolment is not None:
+            out["secagg-enrolment"] = str(self.enrolment)
+        if self.model:
+            out["model"] = self.model
+        out.update({f"dp-{k}": v for k, v in self.privacy.items()})
+        return out
+
+
+def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeployConfig:
+    """Read and validate ``site.toml``."""
+    p = Path(path).expanduser().resolve()
+    doc = read_toml(p)
+    no_other_tables(p, doc, ("site", "privacy"))
+    s = Table(p, "site", doc)
+    name = s.text("name")
+    if not SITE_NAME.match(name):
+        raise s.error("name", "must be letters, digits, '.', '_' or '-'")
+    superlink = s.text("superlink", "127.0.0.1:9092")
+    host, _, port = superlink.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise s.error("superlink", "must be HOST:PORT")
+    ca_text = s.text("ca-cert", "")
+    s.used.discard("ca-cert")
+    ca = s.file("ca-cert", exists=check_files) if ca_text else None
+    auth = s.file("auth-key", exists=check_files)
+    if check_files and not auth.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
+        raise DeployConfigError(f"{s.where('auth-key')}: {str(auth)!r} is not an OpenSSH private "
+                                "key (Flower 1.39 needs ECDSA in OpenSSH format, e.g. from "
+                                "`confide keys` or `ssh-keygen -t ecdsa -b 384 -N ''`)")
+    data = s.file("data-path", exists=check_files)
+    state = s.file("state-dir", exists=False)
+    enrol_text = s.text("enrolment", "")
+    s.used.discard("enrolment")
+    enrolment = s.file("enrolment", exists=check_files) if enrol_text else None
+    if check_files and enrolment is not None and not (state / "identity.key").is_file():
+        raise DeployConfigError(f"{s.where('state-dir')}: no identity.key in {str(state)!r} "
+                                "(secure aggregation needs the site's Ed25519 identity key; "
+                                "`confide keys` makes one)")
+    model = s.text("model", "")
+    cache_text = s.text("hf-cache", "")
+    s.used.discard("hf-cache")
+    cache = s.file("hf-cache", exists=False) if cache_text else None
+    device = s.text("device", "auto")
+    if device not in _DEVICES:
+        raise s.error("device", f"must be one of {_DEVICES}")
+    runtime_port = s.integer("runtime-port", 0, lo=0, hi=65535)
+    timeout = s.number("connect-timeout", 600.0)
+    grace = s.number("activation-grace", 30.0)
+    s.finish()
+    pr = Table(p, "privacy", doc, required=False)
+    if pr.data:
+        try:
+            SitePrivacyPolicy.from_mapping(pr.data)
+        except PolicyError as exc:
+            raise DeployConfigError(f"{p}: [privacy] {exc}") from None
+    if model:
+        try:
+            model = resolve_model(model) if model != "embedded" else model
+        except ModelError as exc:
+            raise DeployConfigError(f"{s.where('model')}: {exc}") from None
+    return SiteDeployConfig(p, name, superlink, ca, auth, data, state, enrolment, model, cache,
+                            device, runtime_port, timeout, grace, dict(pr.data))

@@ -1,4 +1,12 @@
-"""Resolve the ``model`` setting: the embedded default, a local checkpoint or a hub id."""
+"""Resolve the ``model`` and ``data-dir`` settings: the embedded default, a path or a hub id.
+
+Part of the contract between the coordinator and the sites: the run config names one base
+model, the coordinator builds the adapter manifest from it (:mod:`server.app`) and every
+site must resolve the same name to the same checkpoint (:mod:`client.model`), ``embedded``
+included, or their adapters do not match. So it lives in ``protocol``, the lowest layer both
+import; it reads only the installed project's files (``client/embedded``,
+``simulations/data/sites``) by path and imports no other Confide package.
+"""
 
 from __future__ import annotations
 

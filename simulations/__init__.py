@@ -1,1 +1,3 @@
-"""Local simulation runner, the `confide` CLI, data/model generation scripts and benchmarks."""
+"""What a researcher runs: `confide simulate`, the simulation runner, benchmarks; the dispatcher."""
+
+__all__: list[str] = []

@@ -58,6 +58,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from privacy.audit.model import AuditInputError, build_report
     from privacy.audit.write import FORMATS, render
     from protocol.io import atomic_write_text
+    from protocol.run_folder import RunFolder, audit_report_name
 
     run_dir = Path(args.run_dir).expanduser()
     canary = getattr(args, "canary_result", None)
@@ -76,20 +77,20 @@ def run_audit(args: argparse.Namespace) -> int:
         if fmt is not None and out == "-":
             sys.stdout.write(render(report, fmt))
         elif fmt is not None:
-            path = Path(out).expanduser() if out else run_dir / "audit" / f"report.{fmt}"
+            path = Path(out).expanduser() if out else RunFolder(run_dir).audit_report(fmt)
             if path.is_dir():
-                path = path / f"report.{fmt}"
+                path = path / audit_report_name(fmt)
             atomic_write_text(path, render(report, fmt))
             written.append(str(path))
         else:
-            target = Path(out).expanduser() if out else run_dir / "audit"
+            target = Path(out).expanduser() if out else RunFolder(run_dir).audit_dir
             if target.exists() and not target.is_dir():
                 _err(f"--out {out!r} exists and is not a directory (give --format to write "
                      "one file)")
                 return EXIT_BAD_INPUT
             for f in FORMATS:
-                atomic_write_text(target / f"report.{f}", render(report, f))
-                written.append(str(target / f"report.{f}"))
+                atomic_write_text(target / audit_report_name(f), render(report, f))
+                written.append(str(target / audit_report_name(f)))
     except OSError as exc:
         _err(f"cannot write the report: {exc}")
         return EXIT_BAD_INPUT

@@ -65,7 +65,7 @@ CANARY_AUDIT_FILE = "canary-audit.json"
 AUDIT_DIR = "audit"
 
 _R = TypeVar("_R", MetricsRow, ParticipationRow)
-_D = TypeVar("_D", RunState, RunInfo)
+_D = TypeVar("_D", RunState, RunInfo, LedgerSummaryRecord)
 #: Called with a message for each line a reader skips; without one the reader raises.
 OnBadLine = Callable[[str], None] | None
 
@@ -183,6 +183,10 @@ class RunFolder:
     def read_run_info(self) -> RunInfo:
         """``run.json``; :class:`RunFolderError` when missing or malformed."""
         return self._document(self.run_path, RunInfo)
+
+    def read_ledger_summary(self, site: str) -> LedgerSummaryRecord:
+        """``ledger-summaries/<site>.json`` as received (its signature is not checked here)."""
+        return self._document(self.ledger_summary_path(site), LedgerSummaryRecord)
 
     def read_metrics(self, on_bad_line: OnBadLine = None) -> list[MetricsRow]:
         """Every row of ``metrics.jsonl`` (none when it does not exist yet)."""

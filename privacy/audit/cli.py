@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from protocol.run_folder import CANARY_AUDIT_FILE
+
 __all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_RED_FLAGS", "add_audit_parser", "run_audit"]
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ def add_audit_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "directory for all three (default: RUN_DIR/audit)")
     p.add_argument("--canary-result", default=None, metavar="FILE",
                    help="JSON result of simulations/audit_canaries.py to include "
-                        "(default: RUN_DIR/canary-audit.json when present)")
+                        f"(default: RUN_DIR/{CANARY_AUDIT_FILE} when present)")
     p.set_defaults(handler=run_audit)
     return p
 

@@ -3,8 +3,9 @@
 The ServerApp runs in a process of its own (started by the SuperLink); the coordinator
 command follows the run from what the ServerApp writes: its log lines (the round in
 progress) and ``RUN_DIR`` (its metrics and participation rows, one per completed round,
-read with :class:`protocol.run_folder.RunFolder`). :class:`RunMetrics` holds the numbers; :func:`serve_metrics` exposes them with
-``http.server`` on a loopback port (no extra dependency).
+read with :class:`protocol.run_folder.RunFolder`). :class:`RunMetrics` holds the numbers;
+:func:`serve_metrics` exposes them with ``http.server`` on a loopback port (no extra
+dependency).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class RunMetrics:
     """The numbers behind ``/metrics``, refreshed from RUN_DIR and the log."""
 
     def __init__(self, run_dir: Path, planned_rounds: int) -> None:
-        self.run_dir = RunFolder(run_dir)
+        self.folder = RunFolder(run_dir)
         self.planned = planned_rounds
         self.current_round = 0
         self._lock = threading.Lock()
@@ -71,8 +72,8 @@ class RunMetrics:
 
     def refresh(self) -> list[tuple[MetricsRow, ParticipationRow | None]]:
         """Re-read RUN_DIR; return the rounds not seen before (for logging)."""
-        metrics = self.run_dir.read_metrics(_skip)
-        part = {p.round: p for p in self.run_dir.read_participation(_skip)}
+        metrics = self.folder.read_metrics(_skip)
+        part = {p.round: p for p in self.folder.read_participation(_skip)}
         with self._lock:
             seen = int(self._values.get("confide_completed_rounds", -1))
             new = [m for m in metrics if m.round > seen]

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from protocol.adapter import adapter_shapes, initial_adapter_state, lora_config
 from protocol.config import RunConfig
 from protocol.model_ref import resolve_model
+from protocol.run_rows import RUN_COMPLETED, RUN_FAILED
 from server.rounds import RoundDriver
 from server.secure import SecureAggregator, load_enrolment
 from server.rundir import ResumeError, RunDir, RunState
@@ -60,7 +61,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> Path:
     shapes = adapter_shapes(model_ref, lcfg)
     if cfg.resume and rundir.state_path.exists():
         prev = rundir.read_state()
-        if prev.status == "completed":
+        if prev.status == RUN_COMPLETED:
             raise ResumeError(f"run in {rundir.root} already completed {prev.completed_round} rounds")
         run_id = prev.run_id
         rundir.truncate_after(prev.completed_round)
@@ -105,11 +106,11 @@ def run_server(grid: Grid, cfg: RunConfig) -> Path:
             last = rundir.read_state().completed_round
         except ResumeError:
             last = 0
-        rundir.write_state(RunState(run_id, last, cfg.num_server_rounds, "failed"))
+        rundir.write_state(RunState(run_id, last, cfg.num_server_rounds, RUN_FAILED))
         raise
     last = rundir.read_state().completed_round
     rundir.finalise(last)
-    rundir.write_state(RunState(run_id, last, cfg.num_server_rounds, "completed",
+    rundir.write_state(RunState(run_id, last, cfg.num_server_rounds, RUN_COMPLETED,
                                 driver.stopped_early))
     logger.info("run %s completed: adapter in %s", run_id, rundir.final_adapter)
     return rundir.root

@@ -28,6 +28,8 @@ from typing import Any, TextIO
 
 from protocol.deploy_config import DeployConfigError
 from protocol.procs import find_bin, flower_env, kill_tree, toml_value
+from protocol.run_folder import RunFolder, RunFolderError
+from protocol.run_rows import RUN_COMPLETED, MetricsRow, ParticipationRow, RunState
 from server.deploy_config import ServerDeployConfig
 from server.fab import stage_app
 from server.metrics import RunMetrics, dropped_sites, serve_metrics
@@ -132,28 +134,29 @@ def _register_sites(cfg: ServerDeployConfig, env: dict[str, str]) -> None:
 
 
 def _check_out_dir(cfg: ServerDeployConfig, resume: bool) -> None:
-    state = cfg.out_dir / "state.json"
+    folder = RunFolder(cfg.out_dir)
     if resume:
-        if not state.exists():
+        if not folder.state_path.exists():
             raise DeployConfigError(f"--resume: {str(cfg.out_dir)!r} holds no run to resume")
-        doc = json.loads(state.read_text(encoding="utf-8"))
-        if doc.get("status") == "completed":
+        try:
+            state = folder.read_state()
+        except RunFolderError as exc:
+            raise DeployConfigError(f"--resume: {exc}") from None
+        if state.status == RUN_COMPLETED:
             raise DeployConfigError(f"--resume: the run in {str(cfg.out_dir)!r} already completed "
-                                    f"{doc.get('completed_round')} rounds")
-    elif state.exists():
+                                    f"{state.completed_round} rounds")
+    elif folder.state_path.exists():
         raise DeployConfigError(f"{cfg.path}: [server] `out-dir` {str(cfg.out_dir)!r} already "
                                 "holds a run; pass --resume to continue it or choose another")
 
 
-def _log_round(rec: dict[str, Any]) -> None:
-    part = rec.get("_participation", {})
-    eps = rec.get("epsilon", {})
+def _log_round(rec: MetricsRow, part: ParticipationRow | None) -> None:
+    eps = rec.epsilon or {}
     logger.info("round %d done: %d sampled, %d reporting, %d declined, %d dropped, eval loss %.4f, "
-                "%.1f s, %d bytes received%s", int(rec["round"]), len(part.get("sampled", [])),
-                len(part.get("contributed", [])), len(part.get("declined", {})),
-                dropped_sites(part),
-                float(rec.get("eval_loss", float("nan"))), float(rec.get("round_time_s", 0.0)),
-                int(rec.get("bytes_received", 0)),
+                "%.1f s, %d bytes received%s", rec.round, len(part.sampled) if part else 0,
+                len(part.contributed) if part else 0, len(part.declined) if part else 0,
+                dropped_sites(part), float(rec.eval_loss), float(rec.round_time_s or 0.0),
+                rec.bytes_received or 0,
                 ("; eps " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(eps.items())))
                 if eps else "")
 
@@ -248,8 +251,8 @@ def _follow(cfg: ServerDeployConfig, rc: Any, app_dir: Path, env: dict[str, str]
                     metrics.set_round(int(m.group(1)))
             if time.monotonic() - last_refresh > 1.0:
                 last_refresh = time.monotonic()
-                for rec in metrics.refresh():
-                    _log_round(rec)
+                for rec, part in metrics.refresh():
+                    _log_round(rec, part)
             if time.monotonic() - start > cfg.run_timeout:
                 raise DeployError(f"waited {cfg.run_timeout:.0f} s ([server] `run-timeout`) for "
                                   f"the run to finish; last completed round "
@@ -261,17 +264,20 @@ def _follow(cfg: ServerDeployConfig, rc: Any, app_dir: Path, env: dict[str, str]
                               "ended") from None
     finally:
         kill_tree(proc, token, timeout=5)
-    for rec in metrics.refresh():
-        _log_round(rec)
-    state_path = cfg.out_dir / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if code != 0 or state.get("status") != "completed":
+    for rec, part in metrics.refresh():
+        _log_round(rec, part)
+    folder = RunFolder(cfg.out_dir)
+    try:
+        state: RunState | None = folder.read_state()
+    except RunFolderError:
+        state = None
+    if code != 0 or state is None or state.status != RUN_COMPLETED:
         logger.error("the run did not complete (flwr exit %s, state %s, last round %s); resume "
                      "with `confide server --config %s --resume %s`", code,
-                     state.get("status", "missing"), state.get("completed_round", "-"), cfg.path,
-                     cfg.out_dir)
+                     state.status if state else "missing",
+                     state.completed_round if state else "-", cfg.path, cfg.out_dir)
         return 1
     metrics.completed = True
-    logger.info("run completed: %d rounds; adapter %s, metrics %s", state["completed_round"],
-                cfg.out_dir / "adapter", cfg.out_dir / "metrics.jsonl")
+    logger.info("run completed: %d rounds; adapter %s, metrics %s", state.completed_round,
+                folder.final_adapter, folder.metrics_path)
     return 0

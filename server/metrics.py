@@ -2,19 +2,22 @@
 
 The ServerApp runs in a process of its own (started by the SuperLink); the coordinator
 command follows the run from what the ServerApp writes: its log lines (the round in
-progress) and ``RUN_DIR`` (``metrics.jsonl`` and ``participation.jsonl`` per completed
-round). :class:`RunMetrics` holds the numbers; :func:`serve_metrics` exposes them with
-``http.server`` on a loopback port (no extra dependency).
+progress) and ``RUN_DIR`` (its metrics and participation rows, one per completed round,
+read with :class:`protocol.run_folder.RunFolder`). :class:`RunMetrics` holds the numbers;
+:func:`serve_metrics` exposes them with ``http.server`` on a loopback port (no extra
+dependency).
 """
 
 from __future__ import annotations
 
 import http.server
-import json
 import logging
 import threading
 from pathlib import Path
 from typing import Any
+
+from protocol.run_folder import RunFolder
+from protocol.run_rows import MetricsRow, ParticipationRow
 
 __all__ = ["RunMetrics", "dropped_sites", "serve_metrics"]
 
@@ -36,21 +39,15 @@ _HELP = {
 }
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line being written
-    return out
-
-
-def dropped_sites(part: dict[str, Any]) -> int:
+def dropped_sites(part: ParticipationRow | None) -> int:
     """Sampled sites that failed, timed out or dropped out of secure aggregation (each once)."""
-    return len(set(part.get("failed", {})) | set(part.get("dropped", [])))
+    if part is None:
+        return 0
+    return len(set(part.failed) | set(part.dropped or ()))
+
+
+def _skip(message: str) -> None:
+    logger.debug("RUN_DIR line skipped: %s", message)  # e.g. a line of an older run
 
 
 def _label(value: str) -> str:
@@ -61,7 +58,7 @@ class RunMetrics:
     """The numbers behind ``/metrics``, refreshed from RUN_DIR and the log."""
 
     def __init__(self, run_dir: Path, planned_rounds: int) -> None:
-        self.run_dir = run_dir
+        self.folder = RunFolder(run_dir)
         self.planned = planned_rounds
         self.current_round = 0
         self._lock = threading.Lock()
@@ -73,37 +70,33 @@ class RunMetrics:
         with self._lock:
             self.current_round = max(self.current_round, round_num)
 
-    def refresh(self) -> list[dict[str, Any]]:
-        """Re-read RUN_DIR; return the per-round records not seen before (for logging)."""
-        metrics = _read_jsonl(self.run_dir / "metrics.jsonl")
-        part = {int(p["round"]): p for p in _read_jsonl(self.run_dir / "participation.jsonl")
-                if "round" in p}
+    def refresh(self) -> list[tuple[MetricsRow, ParticipationRow | None]]:
+        """Re-read RUN_DIR; return the rounds not seen before (for logging)."""
+        metrics = self.folder.read_metrics(_skip)
+        part = {p.round: p for p in self.folder.read_participation(_skip)}
         with self._lock:
             seen = int(self._values.get("confide_completed_rounds", -1))
-            new = [m for m in metrics if int(m.get("round", -1)) > seen]
+            new = [m for m in metrics if m.round > seen]
             if not metrics:
                 return []
             last = metrics[-1]
-            rnd = int(last.get("round", 0))
-            p = part.get(rnd, {})
+            p = part.get(last.round)
             self._values.update({
-                "confide_completed_rounds": float(rnd),
+                "confide_completed_rounds": float(last.round),
                 "confide_planned_rounds": float(self.planned),
-                "confide_sites_sampled": float(len(p.get("sampled", []))),
-                "confide_sites_reporting": float(len(p.get("contributed", []))),
+                "confide_sites_sampled": float(len(p.sampled) if p else 0),
+                "confide_sites_reporting": float(len(p.contributed) if p else 0),
                 "confide_sites_dropped": float(dropped_sites(p)),
-                "confide_sites_declined": float(len(p.get("declined", {}))),
-                "confide_round_duration_seconds": float(last.get("round_time_s", 0.0)),
-                "confide_bytes_received_total": float(sum(int(m.get("bytes_received", 0))
+                "confide_sites_declined": float(len(p.declined) if p else 0),
+                "confide_round_duration_seconds": float(last.round_time_s or 0.0),
+                "confide_bytes_received_total": float(sum(m.bytes_received or 0
                                                           for m in metrics)),
-                "confide_eval_loss": float(last.get("eval_loss", float("nan"))),
+                "confide_eval_loss": float(last.eval_loss),
             })
             for m in metrics:
-                self._eps.update({str(k): float(v) for k, v in m.get("epsilon", {}).items()})
-            self.current_round = max(self.current_round, rnd)
-        for m in new:
-            m["_participation"] = part.get(int(m.get("round", -1)), {})
-        return new
+                self._eps.update({k: float(v) for k, v in (m.epsilon or {}).items()})
+            self.current_round = max(self.current_round, last.round)
+        return [(m, part.get(m.round)) for m in new]
 
     def exposition(self) -> str:
         """The Prometheus text format (version 0.0.4)."""

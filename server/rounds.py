@@ -28,6 +28,7 @@ from protocol.messages import (
     record_to_state,
     state_to_record,
 )
+from protocol.run_rows import RUN_RUNNING, MetricsRow, ParticipationRow
 from server.aggregate import apply_delta, weighted_mean
 from server.rundir import RunDir, RunState
 
@@ -266,9 +267,11 @@ class RoundDriver:
             t0 = time.perf_counter()
             ev = self.evaluate(0, state)
             self.rundir.save_round(0, state, self.lora_cfg)
-            self.rundir.append_metrics({"round": 0, **ev, "round_time_s": time.perf_counter() - t0,
-                                        "bytes_received": self.bytes_received.pop(0, 0)})
-            self.rundir.write_state(RunState(self.run_id, 0, cfg.num_server_rounds, "running"))
+            self.rundir.append_metrics(MetricsRow.from_json({
+                "round": 0, **ev, "round_time_s": time.perf_counter() - t0,
+                "bytes_received": self.bytes_received.pop(0, 0)}))
+            self.rundir.write_state(RunState(self.run_id, 0, cfg.num_server_rounds,
+                                             RUN_RUNNING))
             logger.info("round 0/%d: eval loss %.4f (perplexity %.2f)", cfg.num_server_rounds,
                         ev["eval_loss"], ev["eval_perplexity"])
         for rnd in range(start_round, cfg.num_server_rounds + 1):
@@ -284,7 +287,7 @@ class RoundDriver:
                 new_state, part = self.secure.round(rnd, state, nodes, self._instructions(rnd))
                 if part.get("site_dp", {}).get("budget_exhausted"):
                     # nothing was trained or released; further rounds would only be refused
-                    self.rundir.append_participation(part)
+                    self.rundir.append_participation(ParticipationRow.from_json(part))
                     self.stopped_early = (f"before round {rnd}: {part['abort_reason']}; no "
                                           "further aggregate may be released")
                     logger.warning("stopping %s", self.stopped_early)
@@ -298,15 +301,16 @@ class RoundDriver:
             self.rundir.save_round(rnd, state, self.lora_cfg)
             ev = self.evaluate(rnd, state)
             elapsed = time.perf_counter() - t0
-            self.rundir.append_participation(part)
-            self.rundir.append_metrics({
+            self.rundir.append_participation(ParticipationRow.from_json(part))
+            self.rundir.append_metrics(MetricsRow.from_json({
                 "round": rnd, **ev, "round_time_s": elapsed,
                 "contributed": part["contributed"], "released": part["released"],
                 "dropped": part.get("dropped", []),
                 "train_loss": part.get("train_loss", {}), "epsilon": part["epsilon"],
                 "declined": part["declined"], "bytes_received": self.bytes_received.pop(rnd, 0),
-            })
-            self.rundir.write_state(RunState(self.run_id, rnd, cfg.num_server_rounds, "running"))
+            }))
+            self.rundir.write_state(RunState(self.run_id, rnd, cfg.num_server_rounds,
+                                             RUN_RUNNING))
             logger.info("round %d/%d: %d/%d sites contributed, eval loss %.4f (perplexity %.2f), "
                         "%.1f s", rnd, cfg.num_server_rounds, len(part["contributed"]), len(nodes),
                         ev["eval_loss"], ev["eval_perplexity"], elapsed)

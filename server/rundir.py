@@ -1,11 +1,14 @@
-"""RUN_DIR: run.json, metrics.jsonl, participation.jsonl, per-round adapters, resume state.
+"""The coordinator's side of RUN_DIR: per-round adapters, resume and truncation.
 
-Every file is written atomically (temp file, fsync, rename); the state file is written last
-in a round, so a crash at any point leaves a consistent last completed round.
+Names and rows are the run-folder schema of :mod:`protocol.run_folder`; this adds what only
+the coordinator does. Every file is written atomically (temp file, fsync, rename); the state
+file is written last in a round, so a crash at any point leaves a consistent last completed
+round.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -13,7 +16,6 @@ import re
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,9 @@ from typing import Any
 import numpy as np
 
 from protocol.adapter import load_adapter_dir, save_adapter_dir
-from protocol.io import atomic_write_json, atomic_write_text
+from protocol.io import atomic_write_text
+from protocol.run_folder import RunFolder, RunFolderError
+from protocol.run_rows import LedgerSummaryRecord, ResumeRecord, RunInfo, RunState
 
 __all__ = ["ResumeError", "RunDir", "RunState", "software_versions"]
 
@@ -48,74 +52,24 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
-class RunState:
-    """The last completed round of a run."""
-
-    run_id: str
-    completed_round: int
-    num_rounds: int
-    status: str  # "running" | "completed" | "failed"
-    stopped_early: str = ""
-
-
-class RunDir:
-    """Owns the files of one run directory."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-
-    # paths -------------------------------------------------------------------------------
-    @property
-    def metrics_path(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def participation_path(self) -> Path:
-        return self.root / "participation.jsonl"
-
-    @property
-    def state_path(self) -> Path:
-        return self.root / "state.json"
-
-    def round_adapter(self, round_num: int) -> Path:
-        return self.root / "rounds" / str(round_num) / "adapter"
-
-    @property
-    def final_adapter(self) -> Path:
-        return self.root / "adapter"
+class RunDir(RunFolder):
+    """The run folder as the coordinator writes it (adapters, resume, truncation)."""
 
     # writers -----------------------------------------------------------------------------
-    def write_run_json(self, *, run_id: str, config: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
+    def write_run_json(self, *, run_id: str, config: Mapping[str, Any],
+                       extra: Mapping[str, Any]) -> None:
+        """Write ``run.json``; on resume keep the original and record the resume in it."""
         self.root.mkdir(parents=True, exist_ok=True)
-        doc = {
-            "run_id": run_id,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "config": dict(config),
-            "versions": software_versions(),
-            **dict(extra),
-        }
-        path = self.root / "run.json"
-        if path.exists():  # resumed: keep the original, record the resume
-            old = json.loads(path.read_text(encoding="utf-8"))
-            old.setdefault("resumed", []).append({"at": doc["created"], "versions": doc["versions"]})
-            doc = old
-        atomic_write_json(path, doc)
-
-    def _append_jsonl(self, path: Path, record: Mapping[str, Any]) -> None:
-        existing = path.read_text(encoding="utf-8") if path.exists() else ""
-        line = json.dumps(record, sort_keys=True, allow_nan=False)
-        atomic_write_text(path, existing + line + "\n")
-
-    def append_metrics(self, record: Mapping[str, Any]) -> None:
-        self._append_jsonl(self.metrics_path, record)
-
-    def append_participation(self, record: Mapping[str, Any]) -> None:
-        self._append_jsonl(self.participation_path, record)
-
-    @property
-    def ledger_summaries(self) -> Path:
-        return self.root / "ledger-summaries"
+        created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        versions = software_versions()
+        if self.run_path.exists():
+            old = self.read_run_info()
+            resumed = (*(old.resumed or ()), ResumeRecord(at=created, versions=versions))
+            info = dataclasses.replace(old, resumed=resumed)
+        else:
+            info = RunInfo(run_id=run_id, created=created, config=dict(config),
+                           versions=versions, **dict(extra))
+        self.write_run_info(info)
 
     def save_ledger_summary(self, site: str, summary_json: str, signature: str, *,
                             round_num: int, node_id: int) -> None:
@@ -130,13 +84,13 @@ class RunDir:
             logger.warning("round %d: ledger summary from %s is not JSON (%s); not kept",
                            round_num, site, exc.msg)
             return
-        atomic_write_json(self.ledger_summaries / f"{site}.json", {
-            "site": site, "node_id": node_id, "received_round": round_num,
-            "summary": summary, "signature": signature})
+        self.write_ledger_summary(LedgerSummaryRecord(
+            site=site, node_id=node_id, received_round=round_num, summary=summary,
+            signature=signature))
 
     def keep_enrolment(self, path: str) -> None:
-        """Copy the enrolment list into RUN_DIR/enrolment.json (the audit checks against it)."""
-        dest = self.root / "enrolment.json"
+        """Copy the enrolment list into RUN_DIR (the audit checks against it)."""
+        dest = self.enrolment_path
         src = Path(path)
         if src.resolve() != dest.resolve():
             self.root.mkdir(parents=True, exist_ok=True)
@@ -147,33 +101,21 @@ class RunDir:
 
     def finalise(self, round_num: int) -> None:
         src = self.round_adapter(round_num)
-        tmp = self.root / ".adapter.tmp"
+        tmp = self.root / f".{self.final_adapter.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp)
         if self.final_adapter.exists():
             shutil.rmtree(self.final_adapter)
         tmp.rename(self.final_adapter)
 
-    def write_state(self, state: RunState) -> None:
-        atomic_write_json(self.state_path, {
-            "run_id": state.run_id,
-            "completed_round": state.completed_round,
-            "num_rounds": state.num_rounds,
-            "status": state.status,
-            "stopped_early": state.stopped_early,
-        })
-
     # readers -----------------------------------------------------------------------------
     def read_state(self) -> RunState:
         if not self.state_path.is_file():
-            raise ResumeError(f"no state.json in {self.root}: nothing to resume")
+            raise ResumeError(f"no {self.state_path.name} in {self.root}: nothing to resume")
         try:
-            doc = json.loads(self.state_path.read_text(encoding="utf-8"))
-            return RunState(str(doc["run_id"]), int(doc["completed_round"]),
-                            int(doc["num_rounds"]), str(doc["status"]),
-                            str(doc.get("stopped_early", "")))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ResumeError(f"{self.state_path} is malformed: {exc}") from exc
+            return super().read_state()
+        except RunFolderError as exc:
+            raise ResumeError(str(exc)) from exc
 
     def load_round(self, round_num: int) -> dict[str, np.ndarray]:
         path = self.round_adapter(round_num)
@@ -183,30 +125,9 @@ class RunDir:
         return state
 
     def truncate_after(self, round_num: int) -> None:
-        """Drop metric / participation lines of rounds after ``round_num`` (an unfinished round)."""
-        for path in (self.metrics_path, self.participation_path):
-            if not path.exists():
-                continue
-            kept = []
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip() and int(json.loads(line)["round"]) <= round_num:
-                    kept.append(line)
-            atomic_write_text(path, "".join(k + "\n" for k in kept))
-        rounds = self.root / "rounds"
-        if rounds.is_dir():
-            for d in rounds.iterdir():
+        """Drop metric / participation lines and adapters of rounds after ``round_num``."""
+        self.truncate_rows_after(round_num)
+        if self.rounds_dir.is_dir():
+            for d in self.rounds_dir.iterdir():
                 if d.name.isdigit() and int(d.name) > round_num:
                     shutil.rmtree(d, ignore_errors=True)
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        return _read_jsonl(self.metrics_path)
-
-    def read_participation(self) -> list[dict[str, Any]]:
-        return _read_jsonl(self.participation_path)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]

@@ -41,6 +41,7 @@ from privacy.ddg import (
     site_epsilon,
 )
 from protocol.codec import Manifest
+from protocol.run_rows import ParticipationRow
 
 __all__ = ["Admission", "SiteDP", "UNDERFLOW_POLICIES", "history_from_participation"]
 
@@ -49,11 +50,11 @@ logger = logging.getLogger(__name__)
 UNDERFLOW_POLICIES: tuple[str, ...] = ("refuse", "account")
 
 
-def history_from_participation(rows: Iterable[Mapping[str, Any]]) -> list[SiteDPRound]:
+def history_from_participation(rows: Iterable[ParticipationRow]) -> list[SiteDPRound]:
     """Released site-DP rounds recorded in ``participation.jsonl`` rows, in order."""
     out = []
     for row in rows:
-        rec = row.get("site_dp")
+        rec = row.site_dp
         if isinstance(rec, Mapping) and rec.get("released") is True:
             out.append(SiteDPRound.from_mapping(rec))
     return out

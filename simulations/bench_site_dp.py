@@ -44,6 +44,7 @@ def _flags(variant: str) -> list[str]:
 
 
 def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from protocol.run_folder import RunFolder
     from simulations.cli import build_parser
     from simulations.simulate import enrol_sites, run_config
     from simulations.runner import run_simulation
@@ -63,24 +64,24 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     code = run_simulation(cfg, num_sites=args.sites, quiet=True)
     elapsed = time.perf_counter() - t0
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()] \
-        if (out / "metrics.jsonl").exists() else []
-    if code != 0 or not rows or rows[-1]["round"] != args.rounds:
+    folder = RunFolder(out)
+    rows = folder.read_metrics()
+    if code != 0 or not rows or rows[-1].round != args.rounds:
         raise RuntimeError(f"variant {variant}: the run failed (exit {code}); see {out}")
-    part = [json.loads(x) for x in (out / "participation.jsonl").read_text().splitlines()]
-    site = [p["site_dp"] for p in part if isinstance(p.get("site_dp"), dict)]
+    part = folder.read_participation()
+    site = [p.site_dp for p in part if p.site_dp is not None]
     released = [s for s in site if s.get("released")]
     last = rows[-1]
     return {
         "variant": variant,
         "site_epsilon": released[-1]["epsilon_after"] if released else None,
-        "perplexity": float(last["eval_perplexity"]),
-        "eval_loss": float(last["eval_loss"]),
-        "initial_perplexity": float(rows[0]["eval_perplexity"]),
-        "example_epsilon": max(last.get("epsilon", {}).values(), default=None),
+        "perplexity": float(last.eval_perplexity),
+        "eval_loss": float(last.eval_loss),
+        "initial_perplexity": float(rows[0].eval_perplexity),
+        "example_epsilon": max((last.epsilon or {}).values(), default=None),
         "noise_multiplier": released[-1]["noise_multiplier"] if released else None,
         "noise_std_of_mean": released[-1]["noise_std_of_mean"] if released else None,
-        "rounds_released": sum(1 for p in part if p.get("released")),
+        "rounds_released": sum(1 for p in part if p.released),
         "dim": released[-1]["dim"] if released and variant == "central" else (
             released[-1].get("padded_dim") if released else None),
         "cohort": released[-1]["cohort"] if released else None,

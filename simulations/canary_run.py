@@ -68,8 +68,10 @@ def score_planted(run_dir: Path, cfg: Any) -> dict[str, Any]:
     from client.data import TokenizedExample
     from client.model import load_site_model, set_adapter_state
     from privacy.audit.canary import audit_scores, membership_scores
+    from privacy.audit.sites import POLICY_FILENAME
     from privacy.ledger import PrivacyLedger
     from protocol.adapter import load_adapter_dir
+    from protocol.run_folder import RunFolder
     from simulations.audit_canaries import _losses
 
     t0 = time.perf_counter()
@@ -80,16 +82,17 @@ def score_planted(run_dir: Path, cfg: Any) -> dict[str, Any]:
     canaries = [TokenizedExample(s, s) for s in plan.sequences]
     pad_id = int(sm.tokenizer.pad_token_id)
     losses = []
-    for path in (run_dir / "rounds" / "0" / "adapter", run_dir / "adapter"):
+    folder = RunFolder(run_dir)
+    for path in (folder.round_adapter(0), folder.final_adapter):
         state, _ = load_adapter_dir(path)
         set_adapter_state(sm, state, aggregation="fedavg")  # every tensor, A and B
         losses.append(_losses(sm.model, canaries, pad_id, device))
     scores = membership_scores(*losses)
 
-    site_dir = run_dir / "sites" / cfg.canary_site
+    site_dir = folder.site_dir(cfg.canary_site)
     formal = accountant = None
     delta = 1e-5
-    policy_path = site_dir / "policy.json"
+    policy_path = site_dir / POLICY_FILENAME
     if policy_path.is_file():
         delta = float(json.loads(policy_path.read_text())["delta"])
     trained = [e for e in PrivacyLedger(site_dir).entries if e.status == "trained"] \

@@ -31,6 +31,7 @@ from client.train import evaluate, train_steps
 from protocol.adapter import initial_adapter_state
 from protocol.config import RunConfig
 from protocol.model_ref import resolve_data_dir, resolve_model
+from protocol.run_folder import RunFolder
 from simulations.runner import run_simulation
 
 __all__ = ["main"]
@@ -72,14 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     # 1. federated, through Flower
     t0 = time.perf_counter()
     code = run_simulation(cfg, num_sites=args.sites, quiet=True)
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()] \
-        if (out / "metrics.jsonl").exists() else []
-    if code != 0 or not rows or rows[-1]["round"] != args.rounds:
+    rows = RunFolder(out).read_metrics()
+    if code != 0 or not rows or rows[-1].round != args.rounds:
         print(f"federated run failed (exit {code}); see {out}", file=sys.stderr)
         return 1
     t_fed = time.perf_counter() - t0
-    fed_loss = float(rows[-1]["eval_loss"])
-    fed_sites = {k: v["eval_loss"] for k, v in rows[-1]["sites"].items()}
+    fed_loss = float(rows[-1].eval_loss)
+    fed_sites = {k: v.eval_loss for k, v in rows[-1].sites.items()}
 
     # 2. base and centralised, in-process with the same client code
     torch.manual_seed(cfg.seed)

@@ -30,6 +30,8 @@ from typing import Any
 
 from protocol.config import RunConfig
 from protocol.model_ref import resolve_data_dir, resolve_model
+from protocol.run_folder import RunFolder
+from protocol.run_rows import MetricsRow
 from simulations.runner import run_simulation
 
 __all__ = ["main"]
@@ -40,14 +42,13 @@ DEFAULT_MAX_GRAD_NORM = 0.01
 TARGET_RATIO = 0.7
 
 
-def _run(cfg: RunConfig, sites: int) -> list[dict[str, Any]]:
+def _run(cfg: RunConfig, sites: int) -> list[MetricsRow]:
     from simulations.simulate import enrol_sites
 
     enrol_sites(cfg, sites)
     code = run_simulation(cfg, num_sites=sites, quiet=True)
-    path = Path(cfg.out_dir) / "metrics.jsonl"
-    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-    if code != 0 or not rows or rows[-1]["round"] != cfg.num_server_rounds:
+    rows = RunFolder(cfg.out_dir).read_metrics()
+    if code != 0 or not rows or rows[-1].round != cfg.num_server_rounds:
         raise SystemExit(f"run in {cfg.out_dir} failed (exit {code})")
     return rows
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     policy: dict[str, Any] = {"budget-epsilon": args.epsilon, "max-grad-norm": args.max_grad_norm}
     if args.delta is not None:
         policy["delta"] = args.delta
-    results: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, list[MetricsRow]] = {}
     seconds: dict[str, float] = {}
     sites_dp: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="confide-dp-utility-") as tmp:
@@ -112,16 +113,16 @@ def main(argv: list[str] | None = None) -> int:
                 "model": resolve_model(args.model), "data-dir": resolve_data_dir(args.data),
                 "min-sites": args.sites, "out-dir": str(out), "dp": dp,
                 "site-dp-policy": json.dumps(policy) if dp else "",
-                "sites-state-dir": str(out / "sites"), "secagg": True,
-                "secagg-enrolment": str(out / "enrolment.json"),
+                "sites-state-dir": str(RunFolder(out).sites_dir), "secagg": True,
+                "secagg-enrolment": str(RunFolder(out).enrolment_path),
             })
             t0 = time.perf_counter()
             results[name] = _run(cfg, args.sites)
             seconds[name] = time.perf_counter() - t0
             if dp:
-                sites_dp = _ledgers(out / "sites")
-    base = results["no-dp"][0]["eval_loss"]
-    drop = {k: base - v[-1]["eval_loss"] for k, v in results.items()}
+                sites_dp = _ledgers(RunFolder(out).sites_dir)
+    base = results["no-dp"][0].eval_loss
+    drop = {k: base - v[-1].eval_loss for k, v in results.items()}
     eps = max((s["epsilon"] for s in sites_dp.values()), default=math.nan)
     ratio = drop["dp"] / drop["no-dp"] if drop["no-dp"] > 0 else math.nan
 
@@ -151,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                        "max_grad_norm": args.max_grad_norm, "seed": args.seed,
                        "max_eval_examples": args.max_eval_examples, "secagg": True},
             "epsilon_budget": args.epsilon, "epsilon_spent": eps, "base_loss": base,
-            "no_dp_loss": results["no-dp"][-1]["eval_loss"],
-            "dp_loss": results["dp"][-1]["eval_loss"],
+            "no_dp_loss": results["no-dp"][-1].eval_loss,
+            "dp_loss": results["dp"][-1].eval_loss,
             "no_dp_drop": drop["no-dp"], "dp_drop": drop["dp"],
             "ratio_of_loss_drops": ratio, "target_ratio": TARGET_RATIO,
             "meets_target": bool(ratio >= TARGET_RATIO),

@@ -86,6 +86,7 @@ def run_config(args: argparse.Namespace) -> Any:
     """The validated RunConfig of parsed ``simulate`` flags (bad input: UsageError)."""
     from protocol.config import ConfigError, RunConfig
     from protocol.model_ref import ModelError, resolve_data_dir, resolve_model
+    from protocol.run_folder import RunFolder
 
     try:
         model = resolve_model(args.model)
@@ -107,10 +108,10 @@ def run_config(args: argparse.Namespace) -> Any:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out!r} exists and is not a directory", field="--out",
                          value=args.out)
-    if (out / "state.json").exists() and not args.resume:
+    if RunFolder(out).state_path.exists() and not args.resume:
         raise UsageError(f"--out {args.out!r} already holds a run; pass --resume to continue it "
                          "or choose another directory", field="--out", value=args.out)
-    if args.resume and not (out / "state.json").exists():
+    if args.resume and not RunFolder(out).state_path.exists():
         raise UsageError(f"--resume: {args.out!r} holds no run to resume", field="--out",
                          value=args.out)
     policy = _site_policy(args)
@@ -118,9 +119,9 @@ def run_config(args: argparse.Namespace) -> Any:
         "num-server-rounds": args.rounds, "model": model, "data-dir": data,
         "out-dir": str(out), "resume": bool(args.resume),
         "dp": policy is not None, "site-dp-policy": json.dumps(policy) if policy else "",
-        "sites-state-dir": str(out / "sites"),
+        "sites-state-dir": str(RunFolder(out).sites_dir),
         "secagg": args.secagg == "on",
-        "secagg-enrolment": str(out / "enrolment.json") if args.secagg == "on" else "",
+        "secagg-enrolment": str(RunFolder(out).enrolment_path) if args.secagg == "on" else "",
         "min-sites": min(args.sites, args.min_sites or min(args.sites, 2)),
     }
     if args.secagg_clip is not None:
@@ -253,28 +254,27 @@ def _check_data(root: Path, n_sites: int) -> None:
 
 
 def _summary(out: Path) -> str:
-    from server.rundir import RunDir
+    from protocol.run_folder import RunFolder
 
-    rundir = RunDir(out)
-    rows = rundir.read_metrics()
+    folder = RunFolder(out)
+    rows = folder.read_metrics()
     if not rows:
         return "(no metrics recorded)"
-    site_eps = {int(p["round"]): float(p["site_dp"]["epsilon_after"])  # site-level eps so far
-                for p in rundir.read_participation()
-                if isinstance(p.get("site_dp"), dict) and p["site_dp"].get("released") is True}
+    site_eps = {p.round: float(p.site_dp["epsilon_after"])  # site-level eps so far
+                for p in folder.read_participation()
+                if p.site_dp is not None and p.site_dp.get("released") is True}
     head = f"{'round':>5}  {'eval loss':>9}  {'perplexity':>10}  {'sites':>5}  {'max eps':>8}  "
     lines = [head + (f"{'site eps':>8}  " if site_eps else "") + f"{'time s':>7}"]
     last_site = 0.0
     for r in rows:
-        contributed = r.get("contributed")
-        sites = "-" if contributed is None else str(len(contributed))
-        max_eps = f"{max(r['epsilon'].values()):.3f}" if r.get("epsilon") else "-"
-        line = (f"{r['round']:>5}  {r['eval_loss']:>9.4f}  {r['eval_perplexity']:>10.2f}  "
+        sites = "-" if r.contributed is None else str(len(r.contributed))
+        max_eps = f"{max(r.epsilon.values()):.3f}" if r.epsilon else "-"
+        line = (f"{r.round:>5}  {r.eval_loss:>9.4f}  {r.eval_perplexity:>10.2f}  "
                 f"{sites:>5}  {max_eps:>8}  ")
         if site_eps:
-            last_site = site_eps.get(int(r["round"]), last_site)
-            line += f"{('-' if r['round'] == 0 else f'{last_site:.3f}'):>8}  "
-        lines.append(line + f"{r.get('round_time_s', 0.0):>7.1f}")
+            last_site = site_eps.get(r.round, last_site)
+            line += f"{('-' if r.round == 0 else f'{last_site:.3f}'):>8}  "
+        lines.append(line + f"{r.round_time_s or 0.0:>7.1f}")
     lines.append("(max eps: the largest example-level eps of a site so far" + (
         "; site eps: site-level eps of the released aggregates so far)" if site_eps else ")"))
     first, last = rows[0], rows[-1]
@@ -282,17 +282,17 @@ def _summary(out: Path) -> str:
     eps: dict[str, float] = {}
     declined: dict[str, int] = {}
     for r in rows:
-        eps.update(r.get("epsilon", {}))
-        for site in r.get("declined", {}):
+        eps.update(r.epsilon or {})
+        for site in r.declined or {}:
             declined[site] = declined.get(site, 0) + 1
     lines.append(f"{'site':<16}  {'loss r0':>8}  {'loss final':>10}  {'ppl r0':>8}  "
                  f"{'ppl final':>9}  {'examples':>8}  {'epsilon':>8}  {'declined':>8}")
-    for site in sorted(last["sites"]):
-        a, b = first["sites"].get(site, {}), last["sites"][site]
+    for site in sorted(last.sites):
+        a, b = first.sites.get(site), last.sites[site]
         e = f"{eps[site]:.3f}" if site in eps else "-"
-        lines.append(f"{site:<16}  {a.get('eval_loss', float('nan')):>8.4f}  "
-                     f"{b['eval_loss']:>10.4f}  {a.get('eval_perplexity', float('nan')):>8.2f}  "
-                     f"{b['eval_perplexity']:>9.2f}  {b['num_examples']:>8}  {e:>8}  "
+        lines.append(f"{site:<16}  {a.eval_loss if a else float('nan'):>8.4f}  "
+                     f"{b.eval_loss:>10.4f}  {a.eval_perplexity if a else float('nan'):>8.2f}  "
+                     f"{b.eval_perplexity:>9.2f}  {b.num_examples:>8}  {e:>8}  "
                      f"{declined.get(site, 0):>8}")
     return "\n".join(lines)
 
@@ -324,11 +324,18 @@ def _simulate(args: argparse.Namespace) -> int:
     except SimulationError as exc:
         print(f"confide simulate: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    state_path = out / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if code != 0 or state.get("status") != "completed":
+    from protocol.run_folder import RunFolder, RunFolderError
+    from protocol.run_rows import RUN_COMPLETED
+
+    folder = RunFolder(out)
+    try:
+        state = folder.read_state()
+    except RunFolderError:
+        state = None
+    if code != 0 or state is None or state.status != RUN_COMPLETED:
         print(f"confide simulate: the run did not complete (flwr exit {code}, state "
-              f"{state.get('status', 'missing')}, last round {state.get('completed_round', '-')}); "
+              f"{state.status if state else 'missing'}, last round "
+              f"{state.completed_round if state else '-'}); "
               f"see the log above; resume with --resume --out {out}", file=sys.stderr)
         return EXIT_FAILED
     canary_note = ""
@@ -338,16 +345,16 @@ def _simulate(args: argparse.Namespace) -> int:
         from privacy.audit.write import write_audit
 
         report, paths = write_audit(out)
-        audit_note = f"  audit:    {paths.get('html', out / 'audit')} (+ .json, .md)"
+        audit_note = f"  audit:    {paths.get('html', folder.audit_dir)} (+ .json, .md)"
     except Exception as exc:  # noqa: BLE001 - the run is done; say the report failed
         audit_note = f"  audit:    FAILED to write the report: {exc}"
     print()
     print(_summary(out))
     print()
     print(f"done in {time.perf_counter() - t0:.0f} s")
-    print(f"  adapter:  {out / 'adapter'}")
-    print(f"  metrics:  {out / 'metrics.jsonl'}")
-    print(f"  run info: {out / 'run.json'}")
+    print(f"  adapter:  {folder.final_adapter}")
+    print(f"  metrics:  {folder.metrics_path}")
+    print(f"  run info: {folder.run_path}")
     print(audit_note)
     if canary_note:
         print(canary_note)
@@ -355,15 +362,16 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _canary_audit(out: Path, cfg: Any) -> str:
-    """Score the planted canaries into RUN_DIR/canary-audit.json; one line for the summary."""
+    """Score the planted canaries into RUN_DIR's canary audit file; one summary line."""
     from protocol.io import atomic_write_json
+    from protocol.run_folder import RunFolder
     from simulations.canary_run import score_planted
 
     try:
         r = score_planted(out, cfg)
     except Exception as exc:  # noqa: BLE001 - the run is done; say the audit failed
         return f"  canaries: FAILED to score the planted canaries: {exc}"
-    atomic_write_json(out / "canary-audit.json", {"runs": [r]})
+    atomic_write_json(RunFolder(out).canary_audit_path, {"runs": [r]})
     formal = "inf (DP off)" if r["formal_epsilon"] is None else f"{r['formal_epsilon']:.3f}"
     line = (f"  canaries: {r['canaries']} at {r['site_id']}: empirical eps >= "
             f"{r['epsilon_lower_bound']:.3f} ({r['correct']}/{r['guesses']} guesses right, "

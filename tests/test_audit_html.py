@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from privacy.audit import build_report, render_html
+from protocol.run_folder import RunFolder
 from tests.test_audit_report import SITES, write_run_dir
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -53,7 +54,7 @@ def _chromium(args: list[str], user_data: Path) -> subprocess.CompletedProcess[s
 @pytest.fixture(scope="module")
 def html_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = write_run_dir(tmp_path_factory.mktemp("html") / "run")
-    path = root / "audit" / "report.html"
+    path = RunFolder(root).audit_report("html")
     path.parent.mkdir()
     path.write_text(render_html(build_report(root)), encoding="utf-8")
     return path

@@ -1,8 +1,9 @@
 """The audit report: ε recomputes, second accountant, schema, tampering, digest, Markdown, CLI.
 
-:func:`write_run_dir` writes the RUN_DIR contract a simulation produces (run.json,
-metrics.jsonl, participation.jsonl, sites/<site>/ ledger + policy.json) with the real
-:class:`~privacy.ledger.PrivacyLedger` and accountants, so these tests need no simulation.
+:func:`write_run_dir` writes the RUN_DIR a simulation produces (run info, metrics and
+participation rows through :class:`~protocol.run_folder.RunFolder`, each site's ledger and
+policy) with the real :class:`~privacy.ledger.PrivacyLedger` and accountants, so these tests
+need no simulation.
 """
 
 from __future__ import annotations
@@ -19,17 +20,16 @@ from privacy.accounting import Mechanism, epsilon
 from privacy.audit import build_report, load_schema, render_html, render_json, render_md
 from privacy.audit.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_RED_FLAGS, add_audit_parser, run_audit
 from privacy.audit.model import report_data
+from privacy.audit.sites import POLICY_FILENAME
 from privacy.ledger import LEDGER_FILENAME, PrivacyLedger, canonical_json
 from privacy.policy import SitePrivacyPolicy
+from protocol.run_folder import RunFolder, audit_report_name
+from protocol.run_rows import MetricsRow, ParticipationRow, RunInfo
 
 RUN_ID = "run-test"
 STEPS, Q, SIGMA, C = 8, 0.05, 1.2, 1.0
 #: site -> (accountant, budget); gamma's small budget makes it decline round 3.
 SITES = {"alpha": ("rdp", 8.0), "beta": ("prv", 6.0), "gamma": ("rdp", 1.5)}
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def write_run_dir(root: Path, *, rounds: int = 3, understate: str | None = None) -> Path:
@@ -40,21 +40,22 @@ def write_run_dir(root: Path, *, rounds: int = 3, understate: str | None = None)
     be exceeded. ``understate`` names a site whose ledger states a tenth of the true ε.
     """
     root.mkdir(parents=True, exist_ok=True)
-    (root / "run.json").write_text(json.dumps({
-        "run_id": RUN_ID, "created": "2026-01-01T00:00:00+0000",
-        "config": {"num-server-rounds": rounds, "local-steps": STEPS, "batch-size": 16,
-                   "lora-r": 8, "aggregation": "frozen-a"},
-        "versions": {"python": "3.11.7", "opacus": "1.6.0", "confide": "0.1.0"},
-    }))
+    folder = RunFolder(root)
+    folder.write_run_info(RunInfo(
+        run_id=RUN_ID, created="2026-01-01T00:00:00+0000",
+        config={"num-server-rounds": rounds, "local-steps": STEPS, "batch-size": 16,
+                "lora-r": 8, "aggregation": "frozen-a"},
+        versions={"python": "3.11.7", "opacus": "1.6.0", "confide": "0.1.0"},
+    ))
     ledgers, deltas = {}, {}
     for site, (accountant, budget) in SITES.items():
-        sdir = root / "sites" / site
+        sdir = folder.site_dir(site)
         policy = SitePrivacyPolicy(budget_epsilon=budget, accountant=accountant,
                                    max_grad_norm=C, noise_multiplier=SIGMA)
         n = 400
         deltas[site] = policy.resolve_delta(n)
         sdir.mkdir(parents=True)
-        (sdir / "policy.json").write_text(json.dumps(
+        (sdir / POLICY_FILENAME).write_text(json.dumps(
             {**policy.to_mapping(), "site": site, "num_examples": n, "delta": deltas[site]}))
         ledgers[site] = PrivacyLedger(sdir)
     prior = ledgers["alpha"]
@@ -63,12 +64,11 @@ def write_run_dir(root: Path, *, rounds: int = 3, understate: str | None = None)
                        delta=deltas["alpha"],
                        epsilon_after=epsilon([Mechanism(0.1, 1.5, 4)], delta=deltas["alpha"]))
 
-    metrics: list[dict[str, Any]] = [{"round": 0, "eval_loss": 3.0, "eval_perplexity": 20.1,
-                                      "sites": {}}]
-    participation: list[dict[str, Any]] = []
+    folder.append_metrics(MetricsRow(round=0, eval_loss=3.0, eval_perplexity=20.1, sites={}))
     for rnd in range(1, rounds + 1):
-        part: dict[str, Any] = {"round": rnd, "sampled": sorted(SITES), "contributed": [],
-                                "declined": {}, "failed": {}, "dropped": [], "threshold": 2}
+        contributed: list[str] = []
+        dropped: list[str] = []
+        declined: dict[str, str] = {}
         eps_reported = {}
         for site, (accountant, budget) in SITES.items():
             led, delta = ledgers[site], deltas[site]
@@ -79,25 +79,23 @@ def write_run_dir(root: Path, *, rounds: int = 3, understate: str | None = None)
                                    accountant=accountant, delta=delta,
                                    epsilon_after=led.epsilon(delta=delta, accountant=accountant),
                                    sample_rate=Q, noise_multiplier=SIGMA, max_grad_norm=C)
-                part["declined"][site] = "budget-exhausted"
+                declined[site] = "budget-exhausted"
                 continue
             stated = eps / 10 if site == understate else eps
             led.record_round(run_id=RUN_ID, round=rnd, steps=STEPS, sample_rate=Q,
                              noise_multiplier=SIGMA, max_grad_norm=C, accountant=accountant,
                              delta=delta, epsilon_after=stated)
             eps_reported[site] = stated
-            if site == "beta" and rnd == 2:
-                part["dropped"].append(site)
-            else:
-                part["contributed"].append(site)
-        part["released"] = len(part["contributed"]) >= part["threshold"]
-        participation.append(part)
-        metrics.append({"round": rnd, "eval_loss": 3.0 - 0.2 * rnd,
-                        "eval_perplexity": 20.0 - rnd, "sites": {},
-                        "contributed": part["contributed"], "released": part["released"],
-                        "epsilon": eps_reported})
-    _write_jsonl(root / "metrics.jsonl", metrics)
-    _write_jsonl(root / "participation.jsonl", participation)
+            (dropped if site == "beta" and rnd == 2 else contributed).append(site)
+        threshold = 2
+        released = len(contributed) >= threshold
+        folder.append_participation(ParticipationRow(
+            round=rnd, sampled=tuple(sorted(SITES)), contributed=tuple(contributed),
+            declined=declined, failed={}, dropped=tuple(dropped), threshold=threshold,
+            released=released))
+        folder.append_metrics(MetricsRow(
+            round=rnd, eval_loss=3.0 - 0.2 * rnd, eval_perplexity=20.0 - rnd, sites={},
+            contributed=tuple(contributed), released=released, epsilon=eps_reported))
     return root
 
 
@@ -196,7 +194,7 @@ def test_markdown_renders_sites_rounds_and_recomputation(report: Any) -> None:
 
 def test_tampered_ledger_line_is_detected_and_shown_unverified(tmp_path: Path) -> None:
     root = write_run_dir(tmp_path / "run")
-    path = root / "sites" / "beta" / LEDGER_FILENAME
+    path = RunFolder(root).site_dir("beta") / LEDGER_FILENAME
     lines = path.read_text().splitlines()
     entry = json.loads(lines[1])
     entry["noise_multiplier"] = 5.0  # claim more noise than was used, hash left as is
@@ -216,12 +214,12 @@ def test_tampered_ledger_line_is_detected_and_shown_unverified(tmp_path: Path) -
     assert ".bad, .red { color: var(--red)" in html
     assert "**UNVERIFIED**" in render_md(report)
     assert _cli(["audit", str(root)]) == EXIT_BAD_INPUT
-    assert (root / "audit" / "report.html").is_file()
+    assert RunFolder(root).audit_report("html").is_file()
 
 
 def test_ledger_cut_short_is_unverified_although_its_chain_holds(tmp_path: Path) -> None:
     root = write_run_dir(tmp_path / "run")
-    path = root / "sites" / "alpha" / LEDGER_FILENAME
+    path = RunFolder(root).site_dir("alpha") / LEDGER_FILENAME
     path.write_text("".join(line + "\n" for line in path.read_text().splitlines()[:-1]))
 
     alpha = _site(build_report(root), "alpha")
@@ -245,7 +243,7 @@ def test_understated_epsilon_is_flagged_red(tmp_path: Path) -> None:
 def test_cli_writes_all_three_formats_by_default(run_dir: Path, tmp_path: Path) -> None:
     assert _cli(["audit", str(run_dir), "--out", str(tmp_path / "out")]) == EXIT_OK
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "report.html", "report.json", "report.md"]
+        audit_report_name(f) for f in ("html", "json", "md")]
 
 
 def test_cli_missing_run_dir_is_exit_2_with_a_clear_error(
@@ -267,7 +265,7 @@ def test_empirical_audit_results_are_shown_and_an_excess_is_flagged_red(tmp_path
              "dp": False, "training": {"steps": 600}},
             {**common, "correct": 190, "epsilon_lower_bound": 2.5, "formal_epsilon": 2.0,
              "dp": True}]
-    (root / "canary-audit.json").write_text(json.dumps({"runs": runs}))
+    RunFolder(root).canary_audit_path.write_text(json.dumps({"runs": runs}))
 
     report = build_report(root)
 
@@ -281,15 +279,16 @@ def test_empirical_audit_results_are_shown_and_an_excess_is_flagged_red(tmp_path
 
 def test_garbage_ledger_line_and_missing_policy_still_render(tmp_path: Path) -> None:
     root = write_run_dir(tmp_path / "run")
-    with (root / "sites" / "gamma" / LEDGER_FILENAME).open("a") as fh:
+    folder = RunFolder(root)
+    with (folder.site_dir("gamma") / LEDGER_FILENAME).open("a") as fh:
         fh.write("{not json\n")
-    (root / "sites" / "alpha" / "policy.json").unlink()
+    (folder.site_dir("alpha") / POLICY_FILENAME).unlink()
 
     report = build_report(root)
 
     gamma, alpha = _site(report, "gamma"), _site(report, "alpha")
     assert not gamma.verification.verified and "malformed" in gamma.verification.problems[0]
     assert gamma.rounds and alpha.budget_epsilon is None and alpha.verification.verified
-    assert any(f.site_id == "alpha" and "policy.json" in f.message for f in report.flags)
+    assert any(f.site_id == "alpha" and POLICY_FILENAME in f.message for f in report.flags)
     for render in (render_html, render_md, render_json):
         assert render(report)

@@ -11,8 +11,10 @@ from transformers import AutoTokenizer
 from client.canaries import canary_plan, planted_canaries
 from client.site import load_site_data, site_spec
 from privacy.audit import build_report
+from privacy.audit.sites import POLICY_FILENAME
 from privacy.ledger import PrivacyLedger
 from protocol.config import ConfigError, RunConfig
+from protocol.run_folder import RunFolder
 from tests.test_cli import _run
 from tests.test_simulation import _simulate
 
@@ -79,17 +81,18 @@ def test_planted_canaries_are_scored_on_the_released_adapter_against_the_site_ep
                      "--epsilon", "2", "--canaries", "64", "--quiet")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "canaries: 64 at alpha: empirical eps >=" in proc.stdout
-    doc = json.loads((out / "canary-audit.json").read_text())
+    folder = RunFolder(out)
+    doc = json.loads(folder.canary_audit_path.read_text())
     (r,) = doc["runs"]
-    ledger = [e for e in PrivacyLedger(out / "sites" / "alpha").entries if e.status == "trained"]
+    ledger = [e for e in PrivacyLedger(folder.site_dir("alpha")).entries if e.status == "trained"]
     assert r["dp"] and r["site_id"] == "alpha" and r["canaries"] == 64
     assert r["formal_epsilon"] == ledger[-1].epsilon_after <= 2.0
     assert r["delta"] == ledger[-1].delta and not r["exceeds_formal"]
     assert 0.0 <= r["epsilon_lower_bound"] <= r["formal_epsilon"]
     # the site's DP accounting counted the planted canaries among its examples
-    policy = json.loads((out / "sites" / "alpha" / "policy.json").read_text())
-    other = json.loads((out / "sites" / "beta" / "policy.json").read_text())
+    policy = json.loads((folder.site_dir("alpha") / POLICY_FILENAME).read_text())
+    other = json.loads((folder.site_dir("beta") / POLICY_FILENAME).read_text())
     assert policy["num_examples"] == other["num_examples"] + r["included"]
     report = build_report(out)
     assert [e["site_id"] for e in report.empirical] == ["alpha"]
-    assert "Empirical audit" in (out / "audit" / "report.md").read_text()
+    assert "Empirical audit" in folder.audit_report("md").read_text()

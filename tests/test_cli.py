@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from protocol.run_folder import RunFolder
+from protocol.run_rows import RUN_RUNNING, RunState
 from simulations.cli import main
 
 
@@ -80,12 +81,12 @@ def test_existing_run_is_not_overwritten(capsys: pytest.CaptureFixture[str], tmp
                                          tiny_model: Path, tiny_sites: Path) -> None:
     out = tmp_path / "r"
     out.mkdir()
-    (out / "state.json").write_text(json.dumps({"run_id": "x", "completed_round": 1,
-                                                "num_rounds": 3, "status": "running"}))
+    RunFolder(out).write_state(RunState(run_id="x", completed_round=1, num_rounds=3,
+                                        status=RUN_RUNNING))
     code, err = _run(capsys, "simulate", "--out", str(out), "--model", str(tiny_model),
                      "--data", str(tiny_sites))
     assert code == 2 and "already holds a run" in err
-    assert json.loads((out / "state.json").read_text())["completed_round"] == 1
+    assert RunFolder(out).read_state().completed_round == 1
 
 
 def test_console_script_reports_bad_input_on_stderr(tmp_path: Path) -> None:

@@ -117,17 +117,21 @@ def test_repo_sample_configs_load_against_keys_from_confide_keys(tmp_path):
 
 # metrics ---------------------------------------------------------------------------------------
 def test_metrics_exposition_reports_rounds_sites_bytes_and_epsilon(tmp_path):
+    from protocol.run_folder import RunFolder
+    from protocol.run_rows import MetricsRow, ParticipationRow
     from server.metrics import RunMetrics, serve_metrics
 
-    (tmp_path / "metrics.jsonl").write_text(
-        '{"round": 0, "eval_loss": 5.0, "round_time_s": 2.0, "bytes_received": 10}\n'
-        '{"round": 1, "eval_loss": 4.5, "round_time_s": 9.5, "bytes_received": 1000, '
-        '"epsilon": {"bank": 1.5, "law": 2.0}}\n')
-    (tmp_path / "participation.jsonl").write_text(
-        '{"round": 1, "sampled": ["bank", "clinic", "law"], "contributed": ["bank", "law"], '
-        '"declined": {}, "failed": {"clinic": "timeout"}, "dropped": ["clinic"]}\n')
+    folder = RunFolder(tmp_path)
+    folder.append_metrics(MetricsRow(round=0, eval_loss=5.0, eval_perplexity=148.4, sites={},
+                                     round_time_s=2.0, bytes_received=10))
+    folder.append_metrics(MetricsRow(round=1, eval_loss=4.5, eval_perplexity=90.0, sites={},
+                                     round_time_s=9.5, bytes_received=1000,
+                                     epsilon={"bank": 1.5, "law": 2.0}))
+    folder.append_participation(ParticipationRow(
+        round=1, sampled=("bank", "clinic", "law"), contributed=("bank", "law"), declined={},
+        failed={"clinic": "timeout"}, dropped=("clinic",)))
     m = RunMetrics(tmp_path, planned_rounds=3)
-    assert [r["round"] for r in m.refresh()] == [0, 1]
+    assert [(r.round, p is not None) for r, p in m.refresh()] == [(0, False), (1, True)]
     http = serve_metrics(m, port=0)
     try:
         body = urllib.request.urlopen(f"http://127.0.0.1:{http.server_address[1]}/metrics",
@@ -251,19 +255,21 @@ def test_confide_keys_command_writes_configs_that_load(tmp_path, capsys):
 
 def test_resume_needs_an_unfinished_run_and_a_new_run_needs_an_empty_out_dir(tmp_path):
     import dataclasses
-    import json as _json
 
+    from protocol.run_folder import RunFolder
+    from protocol.run_rows import RUN_COMPLETED, RUN_RUNNING, RunState
     from server.deploy import _check_out_dir
 
     cfg = load_server_config(make_deployment(tmp_path).server_cfg)
     with pytest.raises(DeployConfigError, match="holds no run to resume"):
         _check_out_dir(cfg, resume=True)
     cfg.out_dir.mkdir(parents=True)
-    state = cfg.out_dir / "state.json"
-    state.write_text(_json.dumps({"status": "running", "completed_round": 1}))
+    folder = RunFolder(cfg.out_dir)
+    folder.write_state(RunState(run_id="r", completed_round=1, num_rounds=2, status=RUN_RUNNING))
     with pytest.raises(DeployConfigError, match="already holds a run; pass --resume"):
         _check_out_dir(cfg, resume=False)
     _check_out_dir(cfg, resume=True)
-    state.write_text(_json.dumps({"status": "completed", "completed_round": 2}))
+    folder.write_state(RunState(run_id="r", completed_round=2, num_rounds=2,
+                                status=RUN_COMPLETED))
     with pytest.raises(DeployConfigError, match="already completed 2 rounds"):
         _check_out_dir(dataclasses.replace(cfg), resume=True)

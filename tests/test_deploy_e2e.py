@@ -8,21 +8,16 @@ is killed mid-round and ``--resume`` finishes with exactly the planned rounds.
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
+from protocol.run_folder import RunFolder
+from protocol.run_rows import RUN_COMPLETED
 from server.devkeys import make_keys
 from tests._deploy import crash, make_deployment, start, stop_all, text, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _rounds(path):
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(tmp_path):
@@ -56,8 +51,8 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
         time.sleep(3)
         clients["bank"] = start(dep, ["client", "--config", str(dep.site_cfgs["bank"])],
                                 logs / "bank-restarted.log")
-        metrics = dep.run_dir / "metrics.jsonl"
-        wait_for(lambda: any(r["round"] == 1 for r in _rounds(metrics)) or server.poll() is not None,
+        folder = RunFolder(dep.run_dir)
+        wait_for(lambda: any(r.round == 1 for r in folder.read_metrics()) or server.poll() is not None,
                  600, "round 1 to complete without bank")
         assert server.poll() is None, text(server_log)[-3000:]
 
@@ -72,16 +67,17 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
     finally:
         stop_all(dep)
 
-    rows = _rounds(dep.run_dir / "metrics.jsonl")
-    assert [r["round"] for r in rows] == [0, 1, 2], "each planned round exactly once"
-    part = {p["round"]: p for p in _rounds(dep.run_dir / "participation.jsonl")}
+    folder = RunFolder(dep.run_dir)
+    rows = folder.read_metrics()
+    assert [r.round for r in rows] == [0, 1, 2], "each planned round exactly once"
+    part = {p.round: p for p in folder.read_participation()}
     assert sorted(part) == [1, 2]
-    assert part[1]["released"] and "bank" not in part[1]["contributed"]
-    assert sorted(part[1]["contributed"]) == ["clinic", "law"]
-    assert "bank" in part[2]["contributed"], "the restarted site rejoins a later round"
-    assert set(rows[2]["epsilon"]) >= {"clinic", "law"}
-    state = json.loads((dep.run_dir / "state.json").read_text())
-    assert state["status"] == "completed" and state["completed_round"] == 2
+    assert part[1].released and "bank" not in part[1].contributed
+    assert sorted(part[1].contributed) == ["clinic", "law"]
+    assert "bank" in part[2].contributed, "the restarted site rejoins a later round"
+    assert set(rows[2].epsilon or {}) >= {"clinic", "law"}
+    state = folder.read_state()
+    assert state.status == RUN_COMPLETED and state.completed_round == 2
     assert "resuming run" in text(resumed_log)
     assert "refused this site's key" in text(logs / "mallory.log")
     assert "does not verify" in text(logs / "noca.log")
@@ -92,7 +88,7 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
     from protocol.model_ref import resolve_model
 
     base = AutoModelForCausalLM.from_pretrained(resolve_model("embedded"))
-    model = PeftModel.from_pretrained(base, str(dep.run_dir / "adapter"))
+    model = PeftModel.from_pretrained(base, str(folder.final_adapter))
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
     from client.agent import export_ledger
@@ -115,9 +111,11 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
         assert by_site[site].recomputation is not None and by_site[site].recomputation.matches
     import shutil
 
-    law_dir = dep.run_dir / "sites" / "law"
+    from privacy.ledger import LEDGER_FILENAME
+
+    law_dir = folder.site_dir("law")
     law_dir.mkdir(parents=True)
-    shutil.copy(path, law_dir / "privacy-ledger.jsonl")
+    shutil.copy(path, law_dir / LEDGER_FILENAME)
     law = next(s for s in build_report(dep.run_dir).sites if s.site_id == "law")
     assert law.verification.verified and law.verification.signature == "valid", (
         law.verification.problems)

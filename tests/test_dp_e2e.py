@@ -13,7 +13,10 @@ from pathlib import Path
 
 from privacy.accounting import epsilon
 from privacy.audit import build_report
+from privacy.audit.sites import POLICY_FILENAME
 from privacy.ledger import PrivacyLedger
+from protocol.run_folder import RunFolder
+from protocol.run_rows import RUN_COMPLETED
 from tests.conftest import REPO
 from tests.test_simulation import _simulate
 
@@ -27,17 +30,18 @@ def test_budget_one_over_twenty_planned_rounds_is_never_exceeded(
                      "--batch-size", "16",  # q < 1 on 54 examples: several rounds fit
                      "--epsilon", "1", "--noise-multiplier", "5.0", "--quiet")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    state = json.loads((out / "state.json").read_text())
-    assert state["status"] == "completed" and "no site can train" in state["stopped_early"]
-    part = [json.loads(x) for x in (out / "participation.jsonl").read_text().splitlines()]
-    trained_rounds = [p["round"] for p in part if p["contributed"]]
-    declined_rounds = [p["round"] for p in part if p["declined"]]
+    folder = RunFolder(out)
+    state = folder.read_state()
+    assert state.status == RUN_COMPLETED and "no site can train" in state.stopped_early
+    part = folder.read_participation()
+    trained_rounds = [p.round for p in part if p.contributed]
+    declined_rounds = [p.round for p in part if p.declined]
     assert trained_rounds and declined_rounds and max(trained_rounds) < min(declined_rounds)
-    assert all(set(p["declined"].values()) == {"budget-exhausted"} for p in part if p["declined"])
+    assert all(set(p.declined.values()) == {"budget-exhausted"} for p in part if p.declined)
     assert len(part) < 20  # the run ended once no site could train
     for site in ("alpha", "beta", "gamma"):
-        ledger = PrivacyLedger(out / "sites" / site)
-        policy = json.loads((out / "sites" / site / "policy.json").read_text())
+        ledger = PrivacyLedger(folder.site_dir(site))
+        policy = json.loads((folder.site_dir(site) / POLICY_FILENAME).read_text())
         eps = epsilon(ledger.history(), delta=policy["delta"], accountant="rdp")
         assert eps <= 1.0
         assert max(e.epsilon_after for e in ledger.entries) <= 1.0
@@ -50,8 +54,8 @@ def test_budget_one_over_twenty_planned_rounds_is_never_exceeded(
     for site in report.sites:
         v = site.verification
         assert (v.verified, v.method, v.signature) == (True, "signature", "valid"), v.problems
-        stored = json.loads((out / "ledger-summaries" / f"{site.site_id}.json").read_text())
-        assert stored["summary"]["head"] == PrivacyLedger(out / "sites" / site.site_id).head()
+        stored = folder.read_ledger_summary(site.site_id)
+        assert stored.summary["head"] == PrivacyLedger(folder.site_dir(site.site_id)).head()
 
 
 _SITE = textwrap.dedent('''

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from pathlib import Path
 
 from protocol.config import RunConfig
 from protocol.procs import toml_value
+from protocol.run_folder import RunFolder
+from protocol.run_rows import RUN_COMPLETED
 from simulations.runner import _superlink
 from tests.conftest import REPO
 
@@ -40,6 +41,6 @@ def test_flwr_run_dot_completes_on_a_local_simulation(
                "--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert json.loads((out / "state.json").read_text())["status"] == "completed"
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [0, 1]
+    folder = RunFolder(out)
+    assert folder.read_state().status == RUN_COMPLETED
+    assert [r.round for r in folder.read_metrics()] == [0, 1]

@@ -19,6 +19,7 @@ import pytest
 from client.privacy_agent import SitePrivacy
 from privacy.audit import build_report, load_schema, render_html, render_md
 from privacy.audit.model import report_data
+from privacy.audit.sites import POLICY_FILENAME
 from privacy.ledger import LEDGER_FILENAME, LedgerEntry, PrivacyLedger
 from privacy.ledger_summary import (
     make_summary,
@@ -29,6 +30,7 @@ from privacy.ledger_summary import (
 from privacy.policy import SitePrivacyPolicy
 from privacy.secagg import generate_identity_key, identity_private_bytes
 from privacy.secagg.keys import identity_public_bytes
+from protocol.run_folder import RunFolder
 from server.rundir import RunDir
 from tests.test_audit_report import RUN_ID, SITES, write_run_dir
 
@@ -39,18 +41,18 @@ def _signed_run(root: Path) -> Path:
     write_run_dir(root)
     enrolment = {}
     for site in SITES:
-        sdir = root / "sites" / site
+        sdir = RunFolder(root).site_dir(site)
         key = generate_identity_key()
         (sdir / "identity.key").write_bytes(identity_private_bytes(key))
         enrolment[site] = identity_public_bytes(key).hex()
-        policy_doc = json.loads((sdir / "policy.json").read_text())
+        policy_doc = json.loads((sdir / POLICY_FILENAME).read_text())
         policy = SitePrivacyPolicy.from_mapping(
             {k: v for k, v in policy_doc.items() if k not in ("site", "num_examples", "delta")})
         privacy = SitePrivacy(policy, PrivacyLedger(sdir), site, policy_doc["num_examples"], {})
         signed = privacy.signed_summary(sdir, run_id=RUN_ID, round_num=3)
         assert signed is not None
         RunDir(root).save_ledger_summary(site, *signed, round_num=3, node_id=1)
-    (root / "enrolment.json").write_text(json.dumps(enrolment))
+    RunFolder(root).enrolment_path.write_text(json.dumps(enrolment))
     return root
 
 
@@ -59,7 +61,7 @@ def _site(report: Any, name: str) -> Any:
 
 
 def _summary_path(root: Path, site: str) -> Path:
-    return root / "ledger-summaries" / f"{site}.json"
+    return RunFolder(root).ledger_summary_path(site)
 
 
 def _rechain(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -107,7 +109,7 @@ def test_without_the_full_ledger_the_signed_summary_alone_gives_the_same_epsilon
     root = tmp_path / "deployment"
     shutil.copytree(tmp_path / "run", root)
     for site in SITES:  # a deployment: the coordinator holds no site directory at all
-        shutil.rmtree(root / "sites" / site)
+        shutil.rmtree(RunFolder(root).site_dir(site))
 
     report = build_report(root)
 
@@ -125,7 +127,7 @@ def test_a_tampered_summary_is_shown_unverified_even_when_its_chain_is_rebuilt(
     tmp_path: Path,
 ) -> None:
     root = _signed_run(tmp_path / "run")
-    shutil.rmtree(root / "sites" / "beta")
+    shutil.rmtree(RunFolder(root).site_dir("beta"))
     path = _summary_path(root, "beta")
     doc = json.loads(path.read_text())
     entries = doc["summary"]["entries"]
@@ -148,7 +150,7 @@ def test_a_ledger_rewritten_after_signing_no_longer_matches_the_signed_head(
     tmp_path: Path,
 ) -> None:
     root = _signed_run(tmp_path / "run")
-    path = root / "sites" / "alpha" / LEDGER_FILENAME
+    path = RunFolder(root).site_dir("alpha") / LEDGER_FILENAME
     entries = [json.loads(x) for x in path.read_text().splitlines()]
     entries[2]["noise_multiplier"] = 9.0
     path.write_text("".join(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n"
@@ -163,9 +165,9 @@ def test_a_ledger_rewritten_after_signing_no_longer_matches_the_signed_head(
 
 def test_a_summary_from_an_unenrolled_site_cannot_verify(tmp_path: Path) -> None:
     root = _signed_run(tmp_path / "run")
-    enrolment = json.loads((root / "enrolment.json").read_text())
+    enrolment = json.loads(RunFolder(root).enrolment_path.read_text())
     del enrolment["gamma"]
-    (root / "enrolment.json").write_text(json.dumps(enrolment))
+    RunFolder(root).enrolment_path.write_text(json.dumps(enrolment))
 
     gamma = _site(build_report(root), "gamma")
 
@@ -176,4 +178,4 @@ def test_coordinator_ignores_a_summary_with_an_unsafe_site_name(tmp_path: Path) 
     rd = RunDir(tmp_path / "run")
     rd.save_ledger_summary("../../etc/x", "{}", "00", round_num=1, node_id=3)
     rd.save_ledger_summary("bank", "not json", "00", round_num=1, node_id=3)
-    assert not (tmp_path / "run" / "ledger-summaries").exists()
+    assert not rd.ledger_summaries.exists()

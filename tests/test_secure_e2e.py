@@ -8,12 +8,13 @@ the plaintext aggregate of A's contributors: A must equal it within the decoding
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from privacy.ledger import LEDGER_FILENAME
 from protocol.adapter import load_adapter_dir
+from protocol.run_folder import RunFolder
 from tests.test_simulation import _flower_processes, _simulate
 
 
@@ -31,24 +32,26 @@ def test_dropouts_at_two_stages_still_release_the_exact_survivor_aggregate(
     _run(a, tiny_model, tiny_sites, "--faults", "alpha-0@unmask@1,beta-0@masked-input@1")
     _run(b, tiny_model, tiny_sites, "--secagg", "off", "--faults", "beta-0@train@1")
 
-    part_a = json.loads((a / "participation.jsonl").read_text().splitlines()[0])
-    part_b = json.loads((b / "participation.jsonl").read_text().splitlines()[0])
-    assert part_a["released"] is True
+    part_a = RunFolder(a).read_participation()[0]
+    part_b = RunFolder(b).read_participation()[0]
+    assert part_a.released is True
     # alpha-0's masked input is in the sum although it vanished before unmasking
-    assert part_a["contributed"] == ["alpha-0", "alpha-1", "beta-1", "gamma"]
-    assert "beta-0" in part_a["dropped"] or "beta-0" in part_a["failed"]
-    assert part_a["threshold"] <= 4
-    assert part_b["contributed"] == part_a["contributed"]
+    assert part_a.contributed == ("alpha-0", "alpha-1", "beta-1", "gamma")
+    assert "beta-0" in (part_a.dropped or ()) or "beta-0" in part_a.failed
+    assert part_a.threshold is not None and part_a.threshold <= 4
+    assert part_b.contributed == part_a.contributed
 
-    secure, _ = load_adapter_dir(a / "rounds" / "1" / "adapter")
-    plain, _ = load_adapter_dir(b / "rounds" / "1" / "adapter")
-    bound = part_a["decoding_error_bound"]["per_coordinate"]
+    secure, _ = load_adapter_dir(RunFolder(a).round_adapter(1))
+    plain, _ = load_adapter_dir(RunFolder(b).round_adapter(1))
+    assert part_a.decoding_error_bound is not None
+    bound = part_a.decoding_error_bound["per_coordinate"]
     assert 0 < bound < 1e-6
     moved = max(float(np.abs(plain[k]).max()) for k in plain if "lora_B" in k)
     assert moved > 100 * bound  # the round really changed the adapter
     for k in plain:
         np.testing.assert_allclose(secure[k], plain[k], rtol=0, atol=bound + 1e-6)
     # the ledger entries of every contributor were written; epsilon is reported per site
-    for site in part_a["contributed"]:
-        assert (a / "sites" / site / "privacy-ledger.jsonl").is_file()
-        assert part_a["epsilon"][site] <= 8.0
+    assert part_a.epsilon is not None
+    for site in part_a.contributed:
+        assert (RunFolder(a).site_dir(site) / LEDGER_FILENAME).is_file()
+        assert part_a.epsilon[site] <= 8.0

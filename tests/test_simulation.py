@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from protocol.run_folder import RunFolder
+from protocol.run_rows import RUN_COMPLETED, MetricsRow
 from tests.conftest import EMBEDDED, has_embedded
 
 FLOWER_PROCS = ("flower-superlink", "flower-supernode", "flwr-serverapp", "flwr-clientapp",
@@ -52,8 +53,8 @@ def _simulate(*args: str, timeout: int = 420, token: str | None = None
                           timeout=timeout, env=env)
 
 
-def _metrics(out: Path) -> list[dict]:  # type: ignore[type-arg]
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+def _metrics(out: Path) -> list[MetricsRow]:
+    return RunFolder(out).read_metrics()  # each row has every required key, typed
 
 
 def test_tiny_run_writes_every_artifact_and_leaves_no_process(
@@ -65,20 +66,19 @@ def test_tiny_run_writes_every_artifact_and_leaves_no_process(
                      str(tiny_model), "--data", str(tiny_sites), "--local-steps", "2",
                      token=token)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folder = RunFolder(out)
     rows = _metrics(out)
-    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert [r.round for r in rows] == [0, 1, 2]
     for r in rows:
-        assert {"round", "eval_loss", "eval_perplexity", "sites"} <= set(r)
-        assert sorted(r["sites"]) == ["alpha", "beta", "gamma"]
-    assert rows[1]["contributed"] == ["alpha", "beta", "gamma"]
+        assert sorted(r.sites) == ["alpha", "beta", "gamma"]
+    assert rows[1].contributed == ("alpha", "beta", "gamma")
     for n in (0, 1, 2):
-        assert (out / "rounds" / str(n) / "adapter" / "adapter_model.safetensors").is_file()
-    assert (out / "adapter" / "adapter_config.json").is_file()
-    run = json.loads((out / "run.json").read_text())
-    assert run["config"]["num-server-rounds"] == 2 and run["versions"]["flwr"].startswith("1.39")
-    assert json.loads((out / "state.json").read_text())["status"] == "completed"
-    part = [json.loads(x) for x in (out / "participation.jsonl").read_text().splitlines()]
-    assert [p["round"] for p in part] == [1, 2]
+        assert (folder.round_adapter(n) / "adapter_model.safetensors").is_file()
+    assert (folder.final_adapter / "adapter_config.json").is_file()
+    run = folder.read_run_info()
+    assert run.config["num-server-rounds"] == 2 and run.versions["flwr"].startswith("1.39")
+    assert folder.read_state().status == RUN_COMPLETED
+    assert [p.round for p in folder.read_participation()] == [1, 2]
     assert "eval loss" in proc.stdout and "adapter:" in proc.stdout  # summary table printed
     assert _flower_processes(token) == []  # the SuperLink, ServerApp and Ray are all gone
 
@@ -93,9 +93,9 @@ def test_three_sites_two_rounds_on_embedded_model_lower_held_out_loss(tmp_path: 
                      "--max-eval-examples", "64")  # the run defaults (DP on, eps 8)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _metrics(out)
-    assert [r["round"] for r in rows] == [0, 1, 2]
-    assert rows[2]["eval_loss"] < rows[1]["eval_loss"] < rows[0]["eval_loss"]
-    for site, m in rows[2]["sites"].items():
-        assert m["eval_loss"] < rows[0]["sites"][site]["eval_loss"], site
+    assert [r.round for r in rows] == [0, 1, 2]
+    assert rows[2].eval_loss < rows[1].eval_loss < rows[0].eval_loss
+    for site, m in rows[2].sites.items():
+        assert m.eval_loss < rows[0].sites[site].eval_loss, site
     base = AutoModelForCausalLM.from_pretrained(str(EMBEDDED))
-    PeftModel.from_pretrained(base, str(out / "adapter"))
+    PeftModel.from_pretrained(base, str(RunFolder(out).final_adapter))

@@ -12,6 +12,8 @@ import pytest
 
 from privacy.audit import build_report
 from protocol.adapter import load_adapter_dir
+from protocol.run_folder import RunFolder
+from protocol.run_rows import RUN_COMPLETED
 from tests.test_simulation import _simulate
 
 
@@ -24,18 +26,18 @@ def test_site_dp_run_releases_noised_sums_and_refuses_an_under_noised_round(
                      "--dp", "off", "--site-dp", "on", "--site-clip", "0.5",
                      "--faults", "beta@masked-input@2", "--quiet")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    parts = [json.loads(x) for x in (out / "participation.jsonl").read_text().splitlines()]
-
-    first, second = parts[0], parts[1]
-    assert first["released"] and first["site_dp"]["released"]
-    assert first["site_dp"]["contributors"] == first["site_dp"]["cohort"] == 3
-    assert first["site_dp"]["noise_variance"] > 0
-    assert first["site_dp"]["epsilon_after"] <= 8.0
+    folder = RunFolder(out)
+    first, second = folder.read_participation()[:2]
+    assert first.site_dp is not None and second.site_dp is not None
+    assert first.released and first.site_dp["released"]
+    assert first.site_dp["contributors"] == first.site_dp["cohort"] == 3
+    assert first.site_dp["noise_variance"] > 0
+    assert first.site_dp["epsilon_after"] <= 8.0
     # beta crashed after training: 2 of 3 noised vectors, below the cohort -> never unmasked
-    assert second["released"] is False and second["site_dp"]["released"] is False
-    assert "calibration cohort" in second["site_dp"]["refused"]
-    r1, _ = load_adapter_dir(out / "rounds" / "1" / "adapter")
-    r2, _ = load_adapter_dir(out / "rounds" / "2" / "adapter")
+    assert second.released is False and second.site_dp["released"] is False
+    assert "calibration cohort" in second.site_dp["refused"]
+    r1, _ = load_adapter_dir(folder.round_adapter(1))
+    r2, _ = load_adapter_dir(folder.round_adapter(2))
     for k in r1:
         np.testing.assert_array_equal(r1[k], r2[k])
 
@@ -58,19 +60,21 @@ def test_the_run_stops_when_the_next_round_would_exceed_the_site_budget(
                      "--dp", "off", "--site-dp", "on", "--site-clip", "0.5",
                      "--site-noise-multiplier", "0.8", "--site-epsilon", "8", "--quiet")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    parts = [json.loads(x) for x in (out / "participation.jsonl").read_text().splitlines()]
-    assert [p["round"] for p in parts] == [1, 2]
-    assert parts[0]["site_dp"]["released"] and parts[0]["site_dp"]["epsilon_after"] < 8.0
-    refused = parts[1]["site_dp"]
+    folder = RunFolder(out)
+    parts = folder.read_participation()
+    assert [p.round for p in parts] == [1, 2]
+    released, refused = parts[0].site_dp, parts[1].site_dp
+    assert released is not None and refused is not None
+    assert released["released"] and released["epsilon_after"] < 8.0
     assert refused["budget_exhausted"] and "site-level budget" in refused["refused"]
-    assert parts[1]["contributed"] == [] and parts[1]["released"] is False
-    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["round"] for m in metrics] == [0, 1]  # nothing trained or evaluated after
-    state = json.loads((out / "state.json").read_text())
-    assert state["status"] == "completed" and state["completed_round"] == 1
-    assert "site-level budget" in state["stopped_early"]
-    final, _ = load_adapter_dir(out / "adapter")
-    r1, _ = load_adapter_dir(out / "rounds" / "1" / "adapter")
+    assert parts[1].contributed == () and parts[1].released is False
+    # nothing trained or evaluated after
+    assert [m.round for m in folder.read_metrics()] == [0, 1]
+    state = folder.read_state()
+    assert state.status == RUN_COMPLETED and state.completed_round == 1
+    assert "site-level budget" in state.stopped_early
+    final, _ = load_adapter_dir(folder.final_adapter)
+    r1, _ = load_adapter_dir(folder.round_adapter(1))
     for k in r1:
         np.testing.assert_array_equal(final[k], r1[k])
     sl = build_report(out).site_level

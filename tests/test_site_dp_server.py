@@ -10,6 +10,7 @@ from client.site_dp import check_round_params
 from privacy.ddg import DDGParams, site_epsilon
 from privacy.secagg import SecAggError
 from protocol.config import ConfigError, RunConfig
+from protocol.run_rows import ParticipationRow
 from server.site_dp import SiteDP, history_from_participation
 
 DIM = 3000
@@ -63,15 +64,19 @@ def test_the_run_budget_stops_releases_and_calibration_fills_it_exactly() -> Non
     assert isinstance(params, str) and "budget" in params
 
 
+def _row(rnd: int, site_dp: dict[str, object]) -> ParticipationRow:
+    return ParticipationRow(round=rnd, sampled=(), contributed=(), declined={}, failed={},
+                            site_dp=site_dp)
+
+
 def test_a_resumed_run_composes_from_the_recorded_rounds() -> None:
     sdp = _site_dp(underflow="account")
     rows = []
     for n in (10, 6):
         params = sdp.plan(cohort_size=10, dim=DIM)
         assert isinstance(params, DDGParams)
-        rows.append({"round": len(rows) + 1, "site_dp": sdp.release(sdp.admit(params, n))})
-    rows.append({"round": 3, "site_dp": {"mode": "distributed", "released": False,
-                                         "refused": "x"}})
+        rows.append(_row(len(rows) + 1, sdp.release(sdp.admit(params, n))))
+    rows.append(_row(3, {"mode": "distributed", "released": False, "refused": "x"}))
     resumed = _site_dp(underflow="account", history=history_from_participation(rows))
     assert resumed.spent() == pytest.approx(sdp.spent())
     assert resumed.spent() == pytest.approx(site_epsilon(sdp.history, delta=1e-5))

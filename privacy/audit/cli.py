@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.console import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, fail
+from protocol.run_folder import CANARY_AUDIT_FILE
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_RED_FLAGS", "add_audit_parser", "run_audit"]
 
@@ -45,7 +46,7 @@ def add_audit_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "directory for all three (default: RUN_DIR/audit)")
     p.add_argument("--canary-result", default=None, metavar="FILE",
                    help="JSON result of simulations/audit_canaries.py to include "
-                        "(default: RUN_DIR/canary-audit.json when present)")
+                        f"(default: RUN_DIR/{CANARY_AUDIT_FILE} when present)")
     p.set_defaults(handler=run_audit)
     return p
 
@@ -59,6 +60,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from privacy.audit.model import AuditInputError, build_report
     from privacy.audit.write import FORMATS, render
     from protocol.io import atomic_write_text
+    from protocol.run_folder import RunFolder, audit_report_name
 
     run_dir = Path(args.run_dir).expanduser()
     canary = getattr(args, "canary_result", None)
@@ -75,19 +77,19 @@ def run_audit(args: argparse.Namespace) -> int:
         if fmt is not None and out == "-":
             sys.stdout.write(render(report, fmt))
         elif fmt is not None:
-            path = Path(out).expanduser() if out else run_dir / "audit" / f"report.{fmt}"
+            path = Path(out).expanduser() if out else RunFolder(run_dir).audit_report(fmt)
             if path.is_dir():
-                path = path / f"report.{fmt}"
+                path = path / audit_report_name(fmt)
             atomic_write_text(path, render(report, fmt))
             written.append(str(path))
         else:
-            target = Path(out).expanduser() if out else run_dir / "audit"
+            target = Path(out).expanduser() if out else RunFolder(run_dir).audit_dir
             if target.exists() and not target.is_dir():
                 return _err(f"--out {out!r} exists and is not a directory (give --format to "
                             "write one file)")
             for f in FORMATS:
-                atomic_write_text(target / f"report.{f}", render(report, f))
-                written.append(str(target / f"report.{f}"))
+                atomic_write_text(target / audit_report_name(f), render(report, f))
+                written.append(str(target / audit_report_name(f)))
     except OSError as exc:
         return _err(f"cannot write the report: {exc}")
     out_stream = sys.stderr if out == "-" else sys.stdout

@@ -1,6 +1,7 @@
 """The audit report's data, built from a RUN_DIR: what a privacy officer signs.
 
-RUN_DIR layout read here (a simulation run; deployment adds signed ledger summaries)::
+RUN_DIR files read here (names in :mod:`protocol.run_folder`; a simulation run, deployment
+adds signed ledger summaries)::
 
     run.json               {"run_id", "created", "config": {...}, "versions": {...}}
     metrics.jsonl          per round: eval loss, "contributed", "released", "epsilon": {site: ε}
@@ -31,9 +32,15 @@ from privacy.audit.site_level import SiteLevelReport, build_site_level
 from privacy.audit.sites import SiteReport, build_site
 from privacy.audit.verify import SummaryCheck, check_signed_summary
 from privacy.ledger import canonical_json
+from protocol.run_folder import (
+    LEDGER_SUMMARIES_DIR,
+    RUN_FILE,
+    SITES_DIR,
+    RunFolder,
+    RunFolderError,
+)
 
 __all__ = [
-    "CANARY_RESULT_FILENAME",
     "SCHEMA_VERSION",
     "AggregateRound",
     "AuditInputError",
@@ -47,7 +54,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-CANARY_RESULT_FILENAME = "canary-audit.json"
 
 class AuditInputError(ValueError):
     """RUN_DIR is missing or holds no run (the message names the path)."""
@@ -111,43 +117,20 @@ class AuditReport:
 # ---- reading RUN_DIR ------------------------------------------------------------------
 
 
-def _read_json(path: Path, flags: list[Flag]) -> dict[str, Any]:
+def _read_json(folder: RunFolder, path: Path, flags: list[Flag]) -> dict[str, Any]:
     if not path.is_file():
         flags.append(Flag("warning", None, f"{path.name} is missing"))
         return {}
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        flags.append(Flag("warning", None, f"{path.name} is unreadable: {exc}"))
+        return folder.read_json_object(path)
+    except RunFolderError as exc:
+        flags.append(Flag("warning", None, str(exc)))
         return {}
-    if not isinstance(doc, dict):
-        flags.append(Flag("warning", None, f"{path.name} is not a JSON object"))
-        return {}
-    return doc
 
 
-def _read_jsonl(path: Path, flags: list[Flag]) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows: list[dict[str, Any]] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        flags.append(Flag("warning", None, f"{path.name} is unreadable: {exc}"))
-        return []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            flags.append(Flag("warning", None, f"{path.name}:{lineno} is malformed: {exc}"))
-            continue
-        if isinstance(row, dict) and type(row.get("round")) is int:
-            rows.append(row)
-        else:
-            flags.append(Flag("warning", None, f"{path.name}:{lineno} has no integer `round`"))
-    return rows
+def _read_jsonl(folder: RunFolder, path: Path, flags: list[Flag]) -> list[dict[str, Any]]:
+    """Rows with an integer ``round``; every other line is flagged (fields are checked later)."""
+    return folder.read_raw_rows(path, lambda msg: flags.append(Flag("warning", None, msg)))
 
 
 def _num_or_none(x: Any) -> float | None:
@@ -188,18 +171,19 @@ def _aggregate_rounds(participation: Sequence[Mapping[str, Any]],
     return tuple(out)
 
 
-def _site_dirs(run_dir: Path) -> dict[str, Path]:
-    root = run_dir / "sites"
+def _site_dirs(folder: RunFolder) -> dict[str, Path]:
+    root = folder.sites_dir
     if not root.is_dir():
         return {}
     return {d.name: d for d in sorted(root.iterdir()) if d.is_dir()}
 
 
-def _enrolment(run_dir: Path, config: Mapping[str, Any], flags: list[Flag]) -> dict[str, bytes]:
-    """Site identity public keys: RUN_DIR/enrolment.json, else the run's enrolment path."""
+def _enrolment(folder: RunFolder, config: Mapping[str, Any],
+               flags: list[Flag]) -> dict[str, bytes]:
+    """Site identity public keys: RUN_DIR's copy of the enrolment list, else the run's path."""
     from protocol.enrolment import load_enrolment
 
-    for path in (run_dir / "enrolment.json", config.get("secagg-enrolment")):
+    for path in (folder.enrolment_path, config.get("secagg-enrolment")):
         if path and Path(str(path)).is_file():
             try:
                 return load_enrolment(str(path))
@@ -209,15 +193,14 @@ def _enrolment(run_dir: Path, config: Mapping[str, Any], flags: list[Flag]) -> d
     return {}
 
 
-def _signed_summaries(run_dir: Path, config: Mapping[str, Any],
+def _signed_summaries(folder: RunFolder, config: Mapping[str, Any],
                       flags: list[Flag]) -> dict[str, SummaryCheck]:
-    """RUN_DIR/ledger-summaries/<site>.json, each checked against the enrolled key."""
-    folder = run_dir / "ledger-summaries"
-    if not folder.is_dir():
+    """RUN_DIR's signed ledger summaries (one per site), each checked against the enrolled key."""
+    if not folder.ledger_summaries.is_dir():
         return {}
-    keys = _enrolment(run_dir, config, flags)
+    keys = _enrolment(folder, config, flags)
     out: dict[str, SummaryCheck] = {}
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(folder.ledger_summaries.glob("*.json")):
         site = path.stem
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
@@ -225,15 +208,15 @@ def _signed_summaries(run_dir: Path, config: Mapping[str, Any],
             doc = None
             logger.warning("ledger summary %s unreadable: %s", path, exc)
         out[site] = check_signed_summary(doc, site=site, public_key=keys.get(site),
-                                         label=f"ledger-summaries/{path.name}")
+                                         label=f"{LEDGER_SUMMARIES_DIR}/{path.name}")
     return out
 
 
-def _empirical(run_dir: Path, canary_result: Path | Mapping[str, Any] | None,
+def _empirical(folder: RunFolder, canary_result: Path | Mapping[str, Any] | None,
                flags: list[Flag]) -> tuple[dict[str, Any], ...]:
     """Canary audit results: one result mapping, or ``{"runs": [...]}`` of them."""
     if canary_result is None:
-        default = run_dir / CANARY_RESULT_FILENAME
+        default = folder.canary_audit_path
         if not default.is_file():
             return ()
         canary_result = default
@@ -292,23 +275,25 @@ def build_report(run_dir: str | Path, *,
         nor ``sites/``.
     """
     root = Path(run_dir)
+    folder = RunFolder(root)
     if not root.exists():
         raise AuditInputError(f"RUN_DIR {str(root)!r} does not exist")
     if not root.is_dir():
         raise AuditInputError(f"RUN_DIR {str(root)!r} is not a directory")
-    if not (root / "run.json").is_file() and not (root / "sites").is_dir():
-        raise AuditInputError(f"RUN_DIR {str(root)!r} holds no run (no run.json, no sites/)")
+    if not folder.run_path.is_file() and not folder.sites_dir.is_dir():
+        raise AuditInputError(f"RUN_DIR {str(root)!r} holds no run (no {RUN_FILE}, "
+                              f"no {SITES_DIR}/)")
     flags: list[Flag] = []
-    run = _read_json(root / "run.json", flags)
-    metrics = _read_jsonl(root / "metrics.jsonl", flags)
-    participation = _read_jsonl(root / "participation.jsonl", flags)
+    run = _read_json(folder, folder.run_path, flags)
+    metrics = _read_jsonl(folder, folder.metrics_path, flags)
+    participation = _read_jsonl(folder, folder.participation_path, flags)
     rounds = _aggregate_rounds(participation, metrics)
     config: dict[str, Any] = run["config"] if isinstance(run.get("config"), dict) else {}
     num_rounds = max((r.round for r in rounds), default=0)  # completed, not planned
     run_id = str(run["run_id"]) if "run_id" in run else None
 
-    dirs = _site_dirs(root)
-    signed = _signed_summaries(root, config, flags)
+    dirs = _site_dirs(folder)
+    signed = _signed_summaries(folder, config, flags)
     seen = {s for r in rounds for s in (*r.sampled, *r.contributed, *r.dropped)}
     sites = []
     for name in sorted(set(dirs) | seen | set(signed)):
@@ -316,7 +301,7 @@ def build_report(run_dir: str | Path, *,
                                  rounds=rounds, metrics=metrics, signed=signed.get(name))
         sites.append(site)
         flags.extend(Flag(sev, site.site_id, msg) for sev, msg in notes)
-    empirical = _empirical(root, canary_result, flags)
+    empirical = _empirical(folder, canary_result, flags)
     site_notes: list[tuple[str, str]] = []
     site_level = build_site_level(participation, config, site_notes)
     flags.extend(Flag(sev, None, msg) for sev, msg in site_notes)

@@ -17,6 +17,7 @@ from privacy.audit._format import fmt_eps, fmt_names, fmt_num, recomputation_cel
 from privacy.audit.model import AuditReport
 from privacy.audit.site_level import site_level_html
 from privacy.audit.sites import SiteReport
+from protocol.run_folder import CANARY_AUDIT_FILE
 
 __all__ = ["epsilon_plot_svg", "render_html"]
 
@@ -243,7 +244,7 @@ def _empirical(report: AuditReport) -> str:
     if not report.empirical:
         return ("<p>No empirical audit in this run (plant canaries with <code>confide "
                 "simulate --canaries M</code>, or run <code>simulations/audit_canaries.py"
-                "</code> and save its <code>--json</code> as <code>RUN_DIR/canary-audit.json"
+                f"</code> and save its <code>--json</code> as <code>RUN_DIR/{CANARY_AUDIT_FILE}"
                 "</code>, or pass it with <code>--canary-result</code>).</p>")
     rows, broken = [], False
     for e in report.empirical:

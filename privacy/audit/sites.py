@@ -25,6 +25,7 @@ from privacy.audit.verify import (
     find_ledger,
     ledger_holds_head,
 )
+from protocol.run_folder import METRICS_FILE, PARTICIPATION_FILE, RUN_FILE
 
 if TYPE_CHECKING:
     from privacy.audit.model import AggregateRound
@@ -143,7 +144,7 @@ def _run_lines(lines: Sequence[LedgerLine], run_id: str | None,
         return mine
     ids = sorted({ln.entry.run_id for ln in lines})
     if len(ids) == 1:
-        notes.append(("warning", (f"ledger entries carry run id {ids[0]!r}, run.json says "
+        notes.append(("warning", (f"ledger entries carry run id {ids[0]!r}, {RUN_FILE} says "
                                   f"{run_id!r}; taking them as this run's")))
         return list(lines)
     notes.append(("warning", f"no ledger entry for run {run_id!r} (ledger has runs {ids})"))
@@ -158,7 +159,7 @@ def _consistency(site_names: set[str], run_lines: Sequence[LedgerLine],
     trained = {ln.entry.round for ln in run_lines if ln.entry.status == "trained"}
     for agg in rounds:
         if site_names & set(agg.contributed) and agg.round not in trained:
-            problems.append(f"participation.jsonl: the site is in the aggregate of round "
+            problems.append(f"{PARTICIPATION_FILE}: the site is in the aggregate of round "
                             f"{agg.round} but its ledger has no trained entry for that round "
                             "(ledger cut short or edited?)")
     for row in metrics:
@@ -173,7 +174,7 @@ def _consistency(site_names: set[str], run_lines: Sequence[LedgerLine],
             if stated is None or not math.isclose(float(value), stated, rel_tol=_METRIC_RTOL,
                                                   abs_tol=1e-9):
                 said = "nothing" if stated is None else f"{stated:.6g}"
-                problems.append(f"metrics.jsonl: round {rnd} reports eps={float(value):.6g}, "
+                problems.append(f"{METRICS_FILE}: round {rnd} reports eps={float(value):.6g}, "
                                 f"the ledger states {said}")
     return problems
 

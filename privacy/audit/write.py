@@ -12,12 +12,12 @@ from privacy.audit.render_html import render_html
 from privacy.audit.render_json import render_json
 from privacy.audit.render_md import render_md
 from protocol.io import atomic_write_text
+from protocol.run_folder import RunFolder, audit_report_name
 
-__all__ = ["AUDIT_DIRNAME", "FORMATS", "RENDERERS", "render", "write_audit"]
+__all__ = ["FORMATS", "RENDERERS", "render", "write_audit"]
 
 logger = logging.getLogger(__name__)
 
-AUDIT_DIRNAME = "audit"
 FORMATS: tuple[str, ...] = ("html", "json", "md")
 RENDERERS: Mapping[str, Callable[[AuditReport], str]] = {
     "html": render_html, "json": render_json, "md": render_md,
@@ -66,10 +66,10 @@ def write_audit(
         if fmt not in RENDERERS:
             raise ValueError(f"`format` must be one of {', '.join(FORMATS)}, got {fmt!r}")
     report = build_report(run_dir, canary_result=canary_result)
-    target = Path(out_dir) if out_dir is not None else Path(run_dir) / AUDIT_DIRNAME
+    target = Path(out_dir) if out_dir is not None else RunFolder(run_dir).audit_dir
     paths: dict[str, Path] = {}
     for fmt in formats:
-        path = target / f"report.{fmt}"
+        path = target / audit_report_name(fmt)
         atomic_write_text(path, render(report, fmt))
         paths[fmt] = path
     logger.info("audit report of %s written to %s (%s)", run_dir, target, ", ".join(formats))

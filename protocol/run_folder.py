@@ -1,0 +1,260 @@
+"""RUN_DIR, the folder a run leaves behind: every name in it, one reader and one writer.
+
+Layout (names are the constants below)::
+
+    run.json                      RunInfo: run id, configuration, versions
+    state.json                    RunState: the last completed round (written last per round)
+    metrics.jsonl                 MetricsRow per round: evaluation, contributors, epsilon
+    participation.jsonl           ParticipationRow per round: sampled, declined, failed
+    rounds/<n>/adapter/           the global adapter after round n (round 0: the initial one)
+    adapter/                      the final adapter (a copy of the last round's)
+    enrolment.json                the enrolment list the run used (secure aggregation)
+    ledger-summaries/<site>.json  LedgerSummaryRecord: a site's signed ledger summary
+    sites/<site>/                 a site's own state, in a simulation (ledger, policy)
+    canary-audit.json             an empirical canary audit (``{"runs": [...]}``), optional
+    audit/report.<fmt>            the privacy audit report (html, json, md)
+
+:class:`RunFolder` writes every file atomically (:mod:`protocol.io`); rows are JSON lines
+with sorted keys, documents indented JSON with sorted keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from protocol.io import atomic_write_json, atomic_write_text
+from protocol.run_rows import (
+    LedgerSummaryRecord,
+    MetricsRow,
+    ParticipationRow,
+    RowError,
+    RunInfo,
+    RunState,
+)
+
+__all__ = [
+    "ADAPTER_DIR",
+    "AUDIT_DIR",
+    "CANARY_AUDIT_FILE",
+    "ENROLMENT_FILE",
+    "LEDGER_SUMMARIES_DIR",
+    "METRICS_FILE",
+    "PARTICIPATION_FILE",
+    "ROUNDS_DIR",
+    "RUN_FILE",
+    "SITES_DIR",
+    "STATE_FILE",
+    "RunFolder",
+    "RunFolderError",
+    "audit_report_name",
+]
+
+RUN_FILE = "run.json"
+STATE_FILE = "state.json"
+METRICS_FILE = "metrics.jsonl"
+PARTICIPATION_FILE = "participation.jsonl"
+ROUNDS_DIR = "rounds"
+ADAPTER_DIR = "adapter"
+ENROLMENT_FILE = "enrolment.json"
+LEDGER_SUMMARIES_DIR = "ledger-summaries"
+SITES_DIR = "sites"
+CANARY_AUDIT_FILE = "canary-audit.json"
+AUDIT_DIR = "audit"
+
+_R = TypeVar("_R", MetricsRow, ParticipationRow)
+_D = TypeVar("_D", RunState, RunInfo, LedgerSummaryRecord)
+#: Called with a message for each line a reader skips; without one the reader raises.
+OnBadLine = Callable[[str], None] | None
+
+
+def audit_report_name(fmt: str) -> str:
+    """File name of the audit report in format ``fmt`` (``report.html`` ...)."""
+    return f"report.{fmt}"
+
+
+class RunFolderError(ValueError):
+    """A file of RUN_DIR is unreadable or does not match the schema (names file and line)."""
+
+
+class RunFolder:
+    """The files of one RUN_DIR: paths, typed reads, atomic writes."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # paths -------------------------------------------------------------------------------
+    @property
+    def run_path(self) -> Path:
+        return self.root / RUN_FILE
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / STATE_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def participation_path(self) -> Path:
+        return self.root / PARTICIPATION_FILE
+
+    @property
+    def rounds_dir(self) -> Path:
+        return self.root / ROUNDS_DIR
+
+    def round_adapter(self, round_num: int) -> Path:
+        return self.rounds_dir / str(round_num) / ADAPTER_DIR
+
+    @property
+    def final_adapter(self) -> Path:
+        return self.root / ADAPTER_DIR
+
+    @property
+    def enrolment_path(self) -> Path:
+        return self.root / ENROLMENT_FILE
+
+    @property
+    def ledger_summaries(self) -> Path:
+        return self.root / LEDGER_SUMMARIES_DIR
+
+    def ledger_summary_path(self, site: str) -> Path:
+        return self.ledger_summaries / f"{site}.json"
+
+    @property
+    def sites_dir(self) -> Path:
+        return self.root / SITES_DIR
+
+    def site_dir(self, site: str) -> Path:
+        return self.sites_dir / site
+
+    @property
+    def canary_audit_path(self) -> Path:
+        return self.root / CANARY_AUDIT_FILE
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.root / AUDIT_DIR
+
+    def audit_report(self, fmt: str) -> Path:
+        return self.audit_dir / audit_report_name(fmt)
+
+    # writers -----------------------------------------------------------------------------
+    def write_run_info(self, info: RunInfo) -> None:
+        atomic_write_json(self.run_path, info.to_json())
+
+    def write_state(self, state: RunState) -> None:
+        atomic_write_json(self.state_path, state.to_json())
+
+    def append_metrics(self, row: MetricsRow) -> None:
+        self._append(self.metrics_path, row.to_json())
+
+    def append_participation(self, row: ParticipationRow) -> None:
+        self._append(self.participation_path, row.to_json())
+
+    def write_ledger_summary(self, record: LedgerSummaryRecord) -> None:
+        atomic_write_json(self.ledger_summary_path(record.site), record.to_json())
+
+    @staticmethod
+    def _append(path: Path, record: dict[str, Any]) -> None:
+        existing = path.read_text(encoding="utf-8") if path.exists() else ""
+        line = json.dumps(record, sort_keys=True, allow_nan=False)
+        atomic_write_text(path, existing + line + "\n")
+
+    def truncate_rows_after(self, round_num: int) -> None:
+        """Drop the metrics / participation lines of rounds after ``round_num`` (kept as is)."""
+        for path in (self.metrics_path, self.participation_path):
+            if not path.exists():
+                continue
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip() and int(json.loads(line)["round"]) <= round_num:
+                    kept.append(line)
+            atomic_write_text(path, "".join(k + "\n" for k in kept))
+
+    # readers -----------------------------------------------------------------------------
+    def read_state(self) -> RunState:
+        """``state.json``; :class:`RunFolderError` when missing or malformed."""
+        return self._document(self.state_path, RunState)
+
+    def read_run_info(self) -> RunInfo:
+        """``run.json``; :class:`RunFolderError` when missing or malformed."""
+        return self._document(self.run_path, RunInfo)
+
+    def read_ledger_summary(self, site: str) -> LedgerSummaryRecord:
+        """``ledger-summaries/<site>.json`` as received (its signature is not checked here)."""
+        return self._document(self.ledger_summary_path(site), LedgerSummaryRecord)
+
+    def read_metrics(self, on_bad_line: OnBadLine = None) -> list[MetricsRow]:
+        """Every row of ``metrics.jsonl`` (none when it does not exist yet)."""
+        return self._typed(self.metrics_path, MetricsRow, on_bad_line)
+
+    def read_participation(self, on_bad_line: OnBadLine = None) -> list[ParticipationRow]:
+        """Every row of ``participation.jsonl`` (none when it does not exist yet)."""
+        return self._typed(self.participation_path, ParticipationRow, on_bad_line)
+
+    def read_json_object(self, path: Path) -> dict[str, Any]:
+        """A JSON document of this folder, unvalidated; :class:`RunFolderError` if unreadable.
+
+        For readers that must survive a tampered folder (the audit) and check fields one by
+        one themselves.
+        """
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunFolderError(f"{path.name} is unreadable: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise RunFolderError(f"{path.name} is not a JSON object")
+        return doc
+
+    def read_raw_rows(self, path: Path, on_bad_line: OnBadLine = None) -> list[dict[str, Any]]:
+        """The JSON-object lines of ``path`` with an integer ``round``, fields unvalidated."""
+        return [row for _, row in self._lines(path, on_bad_line)]
+
+    def _document(self, path: Path, cls: type[_D]) -> _D:
+        if not path.is_file():
+            raise RunFolderError(f"no {path.name} in {self.root}")
+        try:
+            return cls.from_json(self.read_json_object(path))
+        except RowError as exc:
+            raise RunFolderError(f"{path} is malformed: {exc}") from exc
+
+    def _typed(self, path: Path, cls: type[_R], on_bad_line: OnBadLine) -> list[_R]:
+        out = []
+        for lineno, row in self._lines(path, on_bad_line):
+            try:
+                out.append(cls.from_json(row))
+            except RowError as exc:
+                _bad(on_bad_line, f"{path.name}:{lineno}: {exc}")
+        return out
+
+    @staticmethod
+    def _lines(path: Path, on_bad_line: OnBadLine) -> Iterator[tuple[int, dict[str, Any]]]:
+        if not path.is_file():
+            return
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            _bad(on_bad_line, f"{path.name} is unreadable: {exc}")
+            return
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                _bad(on_bad_line, f"{path.name}:{lineno} is malformed: {exc}")
+                continue
+            if isinstance(row, dict) and type(row.get("round")) is int:
+                yield lineno, row
+            else:
+                _bad(on_bad_line, f"{path.name}:{lineno} has no integer `round`")
+
+
+def _bad(on_bad_line: OnBadLine, message: str) -> None:
+    if on_bad_line is None:
+        raise RunFolderError(message)
+    on_bad_line(message)

@@ -16,8 +16,8 @@ from protocol.adapter import adapter_shapes, initial_adapter_state, lora_config
 from protocol.config import RunConfig
 from protocol.model_ref import resolve_model
 from server.rounds import RoundDriver
-from server.secure import SecureAggregator, load_enrolment
 from server.rundir import ResumeError, RunDir, RunState
+from server.secure import SecureAggregator, load_enrolment
 
 __all__ = ["app", "run_server"]
 

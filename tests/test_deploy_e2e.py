@@ -14,6 +14,7 @@ import time
 import pytest
 
 from protocol.keys import make_keys
+from protocol.wire import MessageType
 from tests._deploy import crash, make_deployment, start, stop_all, text, wait_for
 
 pytestmark = pytest.mark.slow
@@ -50,8 +51,8 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
         assert noca.wait(timeout=120) == 3, text(logs / "noca.log")
 
         # kill one site while round 1 trains; restart it a few seconds later
-        wait_for(lambda: "train.secagg" in text(logs / "bank.log"), 400, "bank to get round 1's "
-                 "masked-training message")
+        wait_for(lambda: MessageType.SECAGG_MASKED in text(logs / "bank.log"), 400,
+                 "bank to get round 1's masked-training message")
         crash(clients["bank"])
         time.sleep(3)
         clients["bank"] = start(dep, ["client", "--config", str(dep.site_cfgs["bank"])],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from client.app import app
 from protocol.config import RunConfig
+from protocol.wire import Reason
 from server.app import run_server
 from server.rundir import RunDir
 from tests._loopback import LoopbackGrid, enrol, server_identity
@@ -39,7 +40,7 @@ def test_training_error_under_secure_aggregation_is_reported_as_a_training_failu
     # assert: gamma failed training (said so, without its data); the others were aggregated
     (part,) = RunDir(cfg.out_dir).read_participation()
     reason = part["failed"]["gamma"]
-    assert reason.startswith("training failed"), reason
-    assert "refused" not in reason and "not json" not in reason
+    assert reason.startswith(Reason.TRAINING_FAILED), reason
+    assert Reason.SECAGG_REFUSED not in reason and "not json" not in reason
     assert part["released"] is True
     assert part["contributed"] == ["alpha", "beta"]

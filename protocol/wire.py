@@ -12,15 +12,15 @@ from typing import Self
 
 __all__ = [
     "FAULT_POINTS",
+    "PROTOCOL_VERSION",
+    "SECAGG_STAGES",
+    "STAGE_MESSAGE_TYPE",
     "Action",
     "Field",
     "Key",
     "MessageType",
     "Metric",
-    "PROTOCOL_VERSION",
     "Reason",
-    "SECAGG_STAGES",
-    "STAGE_MESSAGE_TYPE",
     "SiteDPKey",
     "Stage",
     "Status",

@@ -67,7 +67,7 @@ def _parse_reply(msg: Message) -> SiteReply:
         return SiteReply(node, f"node-{node}", Status.FAILED,
                          reason=str(msg.error.reason)[-600:])
     content = msg.content
-    status: Any = content[Key.CONFIG] if Key.CONFIG in content else {}
+    status: Any = content.get(Key.CONFIG, {})
     site = str(status.get(Field.SITE, f"node-{node}"))
     metrics = dict(content[Key.METRICS]) if Key.METRICS in content else {}
     arrays = record_to_state(content.array_records[Key.ARRAYS]) \

@@ -164,28 +164,31 @@ class SecureAggregator:
         replies = self._send_stage(Stage.MASKED_INPUT, rnd.session.masked_input_requests(), rnd,
                                    extra)
         for n, r in replies.items():
-            if Metric.EPSILON in r.metrics:
-                rnd.part["epsilon"][r.site] = float(r.metrics[Metric.EPSILON])
-            if r.status == Status.DECLINED:
-                rnd.part["declined"][r.site] = r.reason
-                if r.reason == Reason.BUDGET_EXHAUSTED:
-                    self.driver.exhausted.add(n)
-                continue
-            if r.status != Status.OK or r.payload is None:
-                rnd.part["failed"][r.site] = r.reason or r.status
-                continue
-            w = r.metrics.get(Metric.NUM_EXAMPLES)
-            if type(w) is not int or not 0 < w <= self.max_weight:
-                rnd.part["failed"][r.site] = (f"rejected: weight {w!r} outside "
-                                              f"(0, {self.max_weight:g}]")
-                continue
-            if rnd.session.receive_masked_input(n, r.payload):
-                rnd.weights[n] = float(w)
+            self._take_masked_input(rnd, n, r)
         if rnd.plan is not None:  # decide before anything is unmasked
             rnd.admission = self.site_dp.admit(rnd.plan, len(rnd.weights))
             if not rnd.admission.ok:
                 rnd.part["site_dp"] = {**rnd.admission.record, "refused": rnd.admission.reason}
                 raise _Aborted(rnd.admission.reason)
+
+    def _take_masked_input(self, rnd: _Round, n: int, r: Any) -> None:
+        """Record a decline or failure; keep a masked input whose weight is in range."""
+        if Metric.EPSILON in r.metrics:
+            rnd.part["epsilon"][r.site] = float(r.metrics[Metric.EPSILON])
+        if r.status == Status.DECLINED:
+            rnd.part["declined"][r.site] = r.reason
+            if r.reason == Reason.BUDGET_EXHAUSTED:
+                self.driver.exhausted.add(n)
+            return
+        if r.status != Status.OK or r.payload is None:
+            rnd.part["failed"][r.site] = r.reason or r.status
+            return
+        w = r.metrics.get(Metric.NUM_EXAMPLES)
+        if type(w) is not int or not 0 < w <= self.max_weight:
+            rnd.part["failed"][r.site] = f"rejected: weight {w!r} outside (0, {self.max_weight:g}]"
+            return
+        if rnd.session.receive_masked_input(n, r.payload):
+            rnd.weights[n] = float(w)
 
     def unmask_stage(self, rnd: _Round) -> SecAggResult:
         """Send the survivor / dropped lists; collect the shares; unmask the sum."""
@@ -197,7 +200,7 @@ class SecureAggregator:
         """Decode the unmasked sum into the contributors' weighted mean and apply it."""
         if rnd.plan is not None and rnd.admission is not None:
             return self._release_site_dp(rnd, result, rnd.plan, rnd.admission)
-        part, names = rnd.part, rnd.names
+        part = rnd.part
         bits = part["modulus_bits"]
         total = sum(rnd.weights[n] for n in result.contributors)
         summed = decode(result.vector, rnd.manifest, scale=self.scale, modulus_bits=bits)

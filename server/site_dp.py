@@ -42,8 +42,13 @@ from privacy.ddg import (
 )
 from protocol.codec import Manifest
 
-__all__ = ["Admission", "PlanRefusal", "SiteDP", "UNDERFLOW_POLICIES",
-           "history_from_participation"]
+__all__ = [
+    "UNDERFLOW_POLICIES",
+    "Admission",
+    "PlanRefusal",
+    "SiteDP",
+    "history_from_participation",
+]
 
 logger = logging.getLogger(__name__)
 

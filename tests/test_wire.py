@@ -16,6 +16,7 @@ from protocol.wire import (
     FAULT_POINTS,
     SECAGG_STAGES,
     STAGE_MESSAGE_TYPE,
+    Field,
     MessageType,
     SiteDPKey,
     Stage,
@@ -97,7 +98,7 @@ def test_missing_fields_are_refused_not_defaulted() -> None:
     with pytest.raises(InstructionError, match="lack `planned-rounds`"):
         RoundInstructions.from_record(rec)
     with pytest.raises(InstructionError, match="lack `secagg-clip`"):
-        RoundInstructions.from_record({**LEGACY, "manifest": "d1"})
+        RoundInstructions.from_record({**LEGACY, Field.MANIFEST: "d1"})
     plan = {k: v for k, v in _plan().items() if k != SiteDPKey.GAMMA}
     secure = {**LEGACY, **SecAggCodec(1.0, 1.0, 1.0, "d").to_config()}
     with pytest.raises(InstructionError, match="lack `site-dp-gamma`"):

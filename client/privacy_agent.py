@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.identity import IDENTITY_FILE, load_site_identity
 from privacy.accounting import Mechanism, epsilon
 from privacy.budget import Decline, RoundPlan, calibrate_plan, plan_round, sample_rate_for
 from privacy.ledger import PrivacyLedger
@@ -112,7 +113,6 @@ class SitePrivacy:
                        round_num: int) -> tuple[str, str] | None:
         """``(summary JSON, hex signature)`` of the ledger as it stands, signed with the
         site's identity key (``identity.key`` in ``state_dir``); None without a key."""
-        from client.secure import IDENTITY_FILE, load_site_identity
         from privacy.ledger_summary import dumps, make_summary, sign_summary
 
         if not (state_dir / IDENTITY_FILE).is_file():

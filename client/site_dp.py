@@ -21,6 +21,7 @@ from privacy.ddg import DDGParams, calibrate_site_noise, encode_ddg, secure_rng
 from privacy.secagg import SecAggError
 from protocol.codec import Manifest
 from protocol.config import RunConfig
+from protocol.instructions import SiteDPPlan
 
 __all__ = ["check_round_params", "check_unmask", "encode_site_dp", "remember_round"]
 
@@ -60,14 +61,14 @@ def check_round_params(params: DDGParams, mode: str, cfg: RunConfig, *,
                           f"{params.cohort}) is below z*C = {z * params.clip:.4g}")
 
 
-def encode_site_dp(delta: Mapping[str, np.ndarray], manifest: Manifest, instr: Any,
+def encode_site_dp(delta: Mapping[str, np.ndarray], manifest: Manifest, plan: SiteDPPlan,
                    cfg: RunConfig, secagg_config: Any, context: Any = None) -> np.ndarray:
     """Check the round's parameters and return the site's noised encoding mod 2^k."""
     try:
-        params = DDGParams.from_config(instr)
+        params = DDGParams.from_config(plan.params)
     except (ValueError, TypeError) as exc:
         raise SecAggError(f"bad site-level DP parameters: {exc}") from None
-    mode = str(instr["site-dp-mode"])
+    mode = plan.mode
     check_round_params(params, mode, cfg, cohort_size=len(secagg_config.cohort),
                        modulus_bits=secagg_config.modulus_bits,
                        vector_length=secagg_config.vector_length)

@@ -22,6 +22,7 @@ from typing import Any
 
 from privacy.accounting import CalibrationError, Mechanism, calibrate_noise_multiplier, epsilon
 from privacy.policy import PolicyError, SitePrivacyPolicy, check_noise_multiplier
+from protocol.wire import Reason
 
 __all__ = [
     "BUDGET_EXHAUSTED",
@@ -35,8 +36,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BUDGET_EXHAUSTED = "budget-exhausted"
-DP_WEAKER_THAN_POLICY = "dp-weaker-than-policy"
+#: decline reasons (they travel to the coordinator; defined in protocol.wire)
+BUDGET_EXHAUSTED = Reason.BUDGET_EXHAUSTED
+DP_WEAKER_THAN_POLICY = Reason.DP_WEAKER_THAN_POLICY
 
 
 @dataclass(frozen=True)

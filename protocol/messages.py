@@ -1,4 +1,7 @@
-"""Message kinds and record keys exchanged between the ServerApp and the ClientApp."""
+"""Record codecs of the messages between the ServerApp and the ClientApp.
+
+The names they use (record keys, fields, statuses) are defined in :mod:`protocol.wire`.
+"""
 
 from __future__ import annotations
 
@@ -8,39 +11,42 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from protocol.wire import Field, Key
 
 __all__ = [
-    "ARRAYS",
-    "CONFIG",
-    "LEDGER_SIGNATURE",
-    "LEDGER_SUMMARY",
-    "METRICS",
-    "PROTOCOL_VERSION",
-    "SECAGG",
-    "SECAGG_ARRAYS",
-    "STATUS_DECLINED",
-    "STATUS_OK",
     "get_payload",
     "put_payload",
     "record_to_state",
+    "reply_content",
     "state_to_record",
+    "status_record",
 ]
 
-PROTOCOL_VERSION = 1
 
-# RecordDict keys
-ARRAYS = "arrays"  # ArrayRecord: global adapter (to sites) or adapter delta (from sites)
-CONFIG = "config"  # ConfigRecord: the round's instructions, or a site's status reply
-METRICS = "metrics"  # MetricRecord: num-examples, losses, epsilon
+def status_record(site: str, status: str, reason: str = "",
+                  ledger_summary: tuple[str, str] | None = None) -> ConfigRecord:
+    """A reply's status record (``Key.CONFIG``), with the signed ledger summary if any."""
+    rec: dict[str, Any] = {Field.STATUS: status, Field.SITE: site, Field.REASON: reason}
+    if ledger_summary is not None:
+        rec[Field.LEDGER_SUMMARY], rec[Field.LEDGER_SIGNATURE] = ledger_summary
+    return ConfigRecord(rec)
 
-#: status-record fields of a train reply: the site's signed ledger summary (JSON) and its
-#: hex Ed25519 signature (see privacy.ledger_summary)
-LEDGER_SUMMARY = "ledger-summary"
-LEDGER_SIGNATURE = "ledger-signature"
 
-STATUS_OK = "ok"
-STATUS_DECLINED = "declined"
+def reply_content(*, site: str, status: str, reason: str = "",
+                  metrics: Mapping[str, Any] | None = None, arrays: ArrayRecord | None = None,
+                  payload: Mapping[str, Any] | None = None,
+                  ledger_summary: tuple[str, str] | None = None) -> RecordDict:
+    """The content of a site's reply: status, and metrics / arrays / payload when given."""
+    content = RecordDict({Key.CONFIG: status_record(site, status, reason, ledger_summary)})
+    if metrics:
+        content[Key.METRICS] = MetricRecord(dict(metrics))
+    if arrays is not None:
+        content[Key.ARRAYS] = arrays
+    if payload is not None:
+        put_payload(content, payload)
+    return content
 
 
 def state_to_record(state: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -56,8 +62,6 @@ def record_to_state(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 # --- secure-aggregation payloads ------------------------------------------------------------
-SECAGG = "secagg"  # ConfigRecord {"payload": canonical JSON of the non-array fields}
-SECAGG_ARRAYS = "secagg-arrays"  # ArrayRecord of the payload's numpy arrays (masked vectors)
 
 
 def _jsonable(value: Any) -> Any:
@@ -88,18 +92,18 @@ def put_payload(content: RecordDict, payload: Mapping[str, Any]) -> RecordDict:
     """Store a secure-aggregation payload (bytes, ints, lists, numpy arrays) in ``content``."""
     plain = {k: _jsonable(v) for k, v in payload.items() if not isinstance(v, np.ndarray)}
     arrays = {k: v for k, v in payload.items() if isinstance(v, np.ndarray)}
-    content[SECAGG] = ConfigRecord({"payload": json.dumps(plain, sort_keys=True)})
+    content[Key.SECAGG] = ConfigRecord({Field.PAYLOAD: json.dumps(plain, sort_keys=True)})
     if arrays:
-        content[SECAGG_ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v))
+        content[Key.SECAGG_ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v))
                                               for k, v in arrays.items()})
     return content
 
 
 def get_payload(content: RecordDict) -> dict[str, Any]:
     """Inverse of :func:`put_payload`; a missing or malformed payload raises ``ValueError``."""
-    if SECAGG not in content:
+    if Key.SECAGG not in content:
         raise ValueError("message carries no secure-aggregation payload")
-    raw: Any = content[SECAGG]["payload"]
+    raw: Any = content[Key.SECAGG][Field.PAYLOAD]
     try:
         doc = json.loads(str(raw))
     except json.JSONDecodeError as exc:
@@ -107,7 +111,7 @@ def get_payload(content: RecordDict) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValueError("secure-aggregation payload must be an object")
     out = {k: _from_jsonable(v) for k, v in doc.items()}
-    if SECAGG_ARRAYS in content:
-        rec: Any = content[SECAGG_ARRAYS]
+    if Key.SECAGG_ARRAYS in content:
+        rec: Any = content[Key.SECAGG_ARRAYS]
         out.update({k: rec[k].numpy() for k in rec})
     return out

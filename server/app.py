@@ -17,8 +17,8 @@ from protocol.config import RunConfig
 from protocol.model_ref import resolve_model
 from protocol.run_rows import RUN_COMPLETED, RUN_FAILED
 from server.rounds import RoundDriver
-from server.secure import SecureAggregator, load_enrolment
 from server.rundir import ResumeError, RunDir, RunState
+from server.secure import SecureAggregator, load_enrolment
 
 __all__ = ["app", "run_server"]
 

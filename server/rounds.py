@@ -11,23 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from protocol.adapter import AdapterError, check_state, trainable_keys
 from protocol.config import RunConfig
-from protocol.messages import (
-    ARRAYS,
-    CONFIG,
-    LEDGER_SIGNATURE,
-    LEDGER_SUMMARY,
-    METRICS,
-    SECAGG,
-    STATUS_OK,
-    get_payload,
-    record_to_state,
-    state_to_record,
-)
+from protocol.instructions import RoundInstructions
+from protocol.messages import get_payload, record_to_state, state_to_record
+from protocol.wire import Field, Key, MessageType, Metric, Reason, Status
 from protocol.run_rows import RUN_RUNNING, MetricsRow, ParticipationRow
 from server.aggregate import apply_delta, weighted_mean
 from server.rundir import RunDir, RunState
@@ -74,23 +65,26 @@ class SiteReply:
 def _parse_reply(msg: Message) -> SiteReply:
     node = int(msg.metadata.src_node_id)
     if msg.has_error():
-        return SiteReply(node, f"node-{node}", "failed", reason=str(msg.error.reason)[-600:])
+        return SiteReply(node, f"node-{node}", Status.FAILED,
+                         reason=str(msg.error.reason)[-600:])
     content = msg.content
-    status: Any = content[CONFIG] if CONFIG in content else {}
-    metrics = dict(content[METRICS]) if METRICS in content else {}
-    arrays = record_to_state(content[ARRAYS]) if ARRAYS in content else None
+    status: Any = content.get(Key.CONFIG, {})
+    site = str(status.get(Field.SITE, f"node-{node}"))
+    metrics = dict(content[Key.METRICS]) if Key.METRICS in content else {}
+    arrays = record_to_state(content.array_records[Key.ARRAYS]) \
+        if Key.ARRAYS in content.array_records else None
     payload = None
-    if SECAGG in content:
+    if Key.SECAGG in content:
         try:
             payload = get_payload(content)
         except ValueError as exc:
-            return SiteReply(node, str(status.get("site", f"node-{node}")), "failed",
+            return SiteReply(node, site, Status.FAILED,
                              reason=f"malformed secure-aggregation payload: {exc}")
     summary = None
-    if LEDGER_SUMMARY in status and LEDGER_SIGNATURE in status:
-        summary = (str(status[LEDGER_SUMMARY]), str(status[LEDGER_SIGNATURE]))
-    return SiteReply(node, str(status.get("site", f"node-{node}")), str(status.get("status", "")),
-                     metrics, arrays, str(status.get("reason", "")), payload, summary)
+    if Field.LEDGER_SUMMARY in status and Field.LEDGER_SIGNATURE in status:
+        summary = (str(status[Field.LEDGER_SUMMARY]), str(status[Field.LEDGER_SIGNATURE]))
+    return SiteReply(node, site, str(status.get(Field.STATUS, "")), metrics, arrays,
+                     str(status.get(Field.REASON, "")), payload, summary)
 
 
 def content_bytes(msg: Message) -> int:
@@ -131,14 +125,9 @@ class RoundDriver:
         self.bytes_received: dict[int, int] = {}  # round -> payload bytes of the sites' replies
 
     # messaging ---------------------------------------------------------------------------
-    def _instructions(self, round_num: int) -> ConfigRecord:
-        c = self.cfg
-        return ConfigRecord({
-            "round": round_num, "run-id": self.run_id, "aggregation": c.aggregation,
-            "local-steps": c.local_steps, "batch-size": c.batch_size,
-            "learning-rate": c.learning_rate, "planned-rounds": c.num_server_rounds,
-            "dp-enabled": c.dp, "noise-multiplier": c.dp_noise_multiplier,
-        })
+    def instructions(self, round_num: int) -> RoundInstructions:
+        """What every site is asked to do in ``round_num`` (train and evaluate)."""
+        return RoundInstructions.for_round(self.cfg, round_num=round_num, run_id=self.run_id)
 
     def _send(self, nodes: Iterable[int], kind: str, content: RecordDict,
               round_num: int) -> list[SiteReply]:
@@ -161,10 +150,10 @@ class RoundDriver:
                            len(got), len(nodes), self.cfg.round_timeout)
         for n in nodes:
             if n not in got:
-                replies.append(SiteReply(n, self.site_names.get(n, f"node-{n}"), "timeout",
+                replies.append(SiteReply(n, self.site_names.get(n, f"node-{n}"), Status.TIMEOUT,
                                          reason=f"no reply within {self.cfg.round_timeout:.0f} s"))
         for r in replies:
-            if r.status == STATUS_OK:
+            if r.status == Status.OK:
                 self.site_names[r.node_id] = r.site
             elif r.site.startswith("node-"):
                 r.site = self.site_names.get(r.node_id, r.site)
@@ -177,7 +166,8 @@ class RoundDriver:
         """Ask nodes whose site name is not known yet (cheap: no model is loaded)."""
         unknown = [n for n in nodes if n not in self.site_names]
         if unknown:
-            self._send(unknown, "query.hello", RecordDict({CONFIG: ConfigRecord({})}), round_num)
+            self._send(unknown, MessageType.HELLO, RecordDict({Key.CONFIG: ConfigRecord({})}),
+                       round_num)
 
     # phases ------------------------------------------------------------------------------
     def sample(self, round_num: int) -> list[int]:
@@ -190,21 +180,22 @@ class RoundDriver:
 
     def evaluate(self, round_num: int, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
         nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites, timeout=self.cfg.round_timeout)
-        content = RecordDict({ARRAYS: state_to_record(state), CONFIG: self._instructions(round_num)})
+        content = RecordDict({Key.ARRAYS: state_to_record(state),
+                              Key.CONFIG: self.instructions(round_num).to_record()})
         replies = self._send(nodes, MessageType.EVALUATE, content, round_num)
-        ok = [r for r in replies if r.status == STATUS_OK]
+        ok = [r for r in replies if r.status == Status.OK]
         for r in replies:
-            if r.status != STATUS_OK:
+            if r.status != Status.OK:
                 logger.warning("round %d: evaluation at %s %s: %s", round_num, r.site, r.status,
                                r.reason)
         if not ok:
             raise RuntimeError(f"round {round_num}: no site returned an evaluation")
         sites = {
             r.site: {
-                "eval_loss": float(r.metrics["eval-loss"]),
-                "eval_perplexity": math.exp(min(float(r.metrics["eval-loss"]), 50.0)),
-                "num_examples": int(r.metrics["num-examples"]),
-                "num_tokens": int(r.metrics["num-tokens"]),
+                "eval_loss": float(r.metrics[Metric.EVAL_LOSS]),
+                "eval_perplexity": math.exp(min(float(r.metrics[Metric.EVAL_LOSS]), 50.0)),
+                "num_examples": int(r.metrics[Metric.NUM_EXAMPLES]),
+                "num_tokens": int(r.metrics[Metric.NUM_TOKENS]),
             }
             for r in ok
         }
@@ -216,7 +207,8 @@ class RoundDriver:
         self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int]
     ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
         """Send ``train``, check and aggregate the replies; return the new state (or None)."""
-        content = RecordDict({ARRAYS: state_to_record(state), CONFIG: self._instructions(round_num)})
+        content = RecordDict({Key.ARRAYS: state_to_record(state),
+                              Key.CONFIG: self.instructions(round_num).to_record()})
         replies = self._send(nodes, MessageType.TRAIN, content, round_num)
         expected = {k: self.shapes[k] for k in self.upload_keys}
         accepted: list[SiteReply] = []
@@ -224,12 +216,12 @@ class RoundDriver:
                                 "declined": {}, "failed": {}, "epsilon": {}}
         for r in replies:
             part["sampled"].append(r.site)
-            if "epsilon" in r.metrics:
-                part["epsilon"][r.site] = float(r.metrics["epsilon"])
-            if r.status == "declined" and r.reason == "budget-exhausted":
+            if Metric.EPSILON in r.metrics:
+                part["epsilon"][r.site] = float(r.metrics[Metric.EPSILON])
+            if r.status == Status.DECLINED and r.reason == Reason.BUDGET_EXHAUSTED:
                 self.exhausted.add(r.node_id)
-            if r.status != STATUS_OK:
-                bucket = "declined" if r.status == "declined" else "failed"
+            if r.status != Status.OK:
+                bucket = "declined" if r.status == Status.DECLINED else "failed"
                 part[bucket][r.site] = r.reason or r.status
                 logger.warning("round %d: site %s %s: %s", round_num, r.site, r.status, r.reason)
                 continue
@@ -237,9 +229,10 @@ class RoundDriver:
                 if r.arrays is None:
                     raise AdapterError("reply carries no adapter delta")
                 check_state(r.arrays, expected, what=f"delta from {r.site}")
-                n = r.metrics.get("num-examples")
+                n = r.metrics.get(Metric.NUM_EXAMPLES)
                 if type(n) is not int or n <= 0:
-                    raise AdapterError(f"`num-examples` must be a positive integer, got {n!r}")
+                    raise AdapterError(f"`{Metric.NUM_EXAMPLES}` must be a positive integer, "
+                                       f"got {n!r}")
             except AdapterError as exc:
                 part["failed"][r.site] = f"rejected: {exc}"
                 logger.warning("round %d: rejected update from %s: %s", round_num, r.site, exc)
@@ -250,10 +243,10 @@ class RoundDriver:
             part["sampled"].sort()
             return None, part
         mean = weighted_mean([r.arrays for r in accepted if r.arrays is not None],
-                             [float(r.metrics["num-examples"]) for r in accepted])
+                             [float(r.metrics[Metric.NUM_EXAMPLES]) for r in accepted])
         part["contributed"] = sorted(r.site for r in accepted)
         part["released"] = True
-        part["train_loss"] = {r.site: float(r.metrics.get("train-loss", float("nan")))
+        part["train_loss"] = {r.site: float(r.metrics.get(Metric.TRAIN_LOSS, float("nan")))
                               for r in accepted}
         part["sampled"].sort()
         return apply_delta(state, mean), part
@@ -279,12 +272,12 @@ class RoundDriver:
             nodes = self.sample(rnd)
             if not nodes:
                 self.stopped_early = (f"before round {rnd}: every site has declined for "
-                                      "budget-exhausted; no site can train")
+                                      f"{Reason.BUDGET_EXHAUSTED}; no site can train")
                 logger.warning("stopping %s", self.stopped_early)
                 break
             if self.secure is not None:
                 self.discover_names(nodes, rnd)
-                new_state, part = self.secure.round(rnd, state, nodes, self._instructions(rnd))
+                new_state, part = self.secure.round(rnd, state, nodes, self.instructions(rnd))
                 if part.get("site_dp", {}).get("budget_exhausted"):
                     # nothing was trained or released; further rounds would only be refused
                     self.rundir.append_participation(ParticipationRow.from_json(part))

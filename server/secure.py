@@ -1,16 +1,22 @@
 """One round of secure aggregation driven over Flower messages.
 
-Stages (each one message per site, each with the round timeout):
+Stages (each one message per site, each with the round timeout), one method each, named as
+in Flower's ``SecAggPlusWorkflow``:
 
-1. ``query.secagg_advertise``: the round's config; sites return signed X25519 keys.
-2. ``query.secagg_share``: neighbours' signed adverts; sites return encrypted Shamir shares.
-3. ``train.secagg``: the global adapter, the round's instructions, the codec parameters and
-   the shares routed to the site; the site trains (DP at the site first), encodes its delta
-   (clip, weight, stochastic rounding mod 2^k) and returns it masked.
-4. ``query.secagg_unmask``: survivors / dropped lists; sites return the shares needed.
+1. :meth:`~SecureAggregator.setup_stage` (``query.secagg_advertise``): the round's config;
+   sites return signed X25519 keys.
+2. :meth:`~SecureAggregator.share_keys_stage` (``query.secagg_share``): neighbours' signed
+   adverts; sites return encrypted Shamir shares.
+3. :meth:`~SecureAggregator.collect_masked_vectors_stage` (``train.secagg``): the global
+   adapter, the round's instructions, the codec parameters and the shares routed to the
+   site; the site trains (DP at the site first), encodes its delta (clip, weight, stochastic
+   rounding mod 2^k) and returns it masked.
+4. :meth:`~SecureAggregator.unmask_stage` (``query.secagg_unmask``): survivors / dropped
+   lists; sites return the shares needed.
 
-The server only ever holds masked vectors and their sum; it decodes the sum of the
-contributors, divides by their total weight and applies it.
+Then :meth:`~SecureAggregator.release_stage`: the server only ever holds masked vectors and
+their sum; it decodes the sum of the contributors, divides by their total weight and
+applies it (or, with site-level DP, releases the accounted unweighted mean).
 """
 
 from __future__ import annotations
@@ -18,17 +24,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, MessageType, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
-from privacy.secagg import SecAggAbort, SecAggConfig, ServerSession
+from privacy.ddg import DDGParams, WrapError
+from privacy.secagg import SecAggAbort, SecAggConfig, SecAggResult, ServerSession
 from protocol.codec import Manifest, choose_modulus_bits, decode, decoding_error_bound
 from protocol.enrolment import load_enrolment
-from protocol.messages import ARRAYS, CONFIG, STATUS_OK, get_payload, put_payload, state_to_record
+from protocol.instructions import RoundInstructions, SecAggCodec, SiteDPPlan
+from protocol.messages import put_payload, state_to_record
+from protocol.wire import STAGE_MESSAGE_TYPE, Field, Key, Metric, Reason, Stage, Status
 from server.aggregate import apply_delta
+from server.site_dp import Admission, PlanRefusal
 
 __all__ = ["SCALE_BITS", "SecureAggregator", "load_enrolment"]
 
@@ -36,16 +47,43 @@ logger = logging.getLogger(__name__)
 
 #: One site's clipped, weighted delta spans 2^SCALE_BITS grid steps per coordinate.
 SCALE_BITS = 40
-COHORT_NAMES = "cohort-names"
-ADVERTISE = "query.secagg_advertise"
-SHARE = "query.secagg_share"
-MASKED = "train.secagg"
-UNMASK = "query.secagg_unmask"
+
+Outcome = tuple[dict[str, np.ndarray] | None, dict[str, Any]]
 
 
 def codec_scale(clip: float, max_weight: float) -> float:
     """Grid step: a site's clipped, weighted coordinate spans 2^SCALE_BITS steps."""
     return clip * max_weight / float(1 << SCALE_BITS)
+
+
+class _Aborted(Exception):
+    """The round stops here; nothing is released (``reason`` goes to participation)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Round:
+    """What one secure round has established so far, handed from stage to stage."""
+
+    num: int
+    state: Mapping[str, np.ndarray]
+    names: dict[int, str]
+    cohort: list[int]
+    manifest: Manifest
+    part: dict[str, Any]
+    plan: DDGParams | None = None
+    server: ServerSession | None = None
+    weights: dict[int, float] = field(default_factory=dict)
+    admission: Admission | None = None
+
+    @property
+    def session(self) -> ServerSession:
+        if self.server is None:
+            raise RuntimeError("secure-aggregation stage run before setup")
+        return self.server
 
 
 class SecureAggregator:
@@ -60,20 +98,128 @@ class SecureAggregator:
         self.max_weight = max_weight
         self.scale = codec_scale(clip, max_weight)
 
-    def _stage(self, kind: str, requests: Mapping[int, Mapping[str, Any]], round_num: int,
-               extra: RecordDict | None = None, names: Mapping[int, str] | None = None,
-               ) -> dict[int, Any]:
-        contents = {}
-        for node, payload in requests.items():
-            content = RecordDict(dict(extra.items()) if extra is not None else {})
-            if names is not None:
-                content[COHORT_NAMES] = ConfigRecord({"names": json.dumps(
-                    {str(n): s for n, s in names.items()})})
-            contents[node] = put_payload(content, payload)
-        return {r.node_id: r for r in self.driver.send_each(contents, kind, round_num)}
-
     def round(self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int],
-              instructions: ConfigRecord) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
+              instructions: RoundInstructions) -> Outcome:
+        """One secure round over ``nodes``: the new global state (None: unchanged) and the
+        round's participation record."""
+        rnd = self._new_round(round_num, state, nodes)
+        try:
+            self.setup_stage(rnd)
+            self.share_keys_stage(rnd)
+            self.collect_masked_vectors_stage(rnd, instructions)
+            result = self.unmask_stage(rnd)
+        except _Aborted as exc:
+            return self._abort(rnd.part, exc.reason)
+        except SecAggAbort as exc:
+            self._note_rejections(rnd, rnd.session.rejections)
+            return self._abort(rnd.part, str(exc))
+        self._note_rejections(rnd, result.rejections)
+        return self.release_stage(rnd, result)
+
+    # stages ------------------------------------------------------------------------------
+    def setup_stage(self, rnd: _Round) -> None:
+        """Plan the round (ring, site-level DP), open the server session, collect adverts."""
+        if self.site_dp is not None:
+            plan = self.site_dp.plan(cohort_size=len(rnd.cohort), dim=rnd.manifest.dim)
+            if isinstance(plan, PlanRefusal):
+                rnd.part["site_dp"] = {"mode": self.site_dp.mode, "released": False,
+                                       "refused": plan.reason,
+                                       "budget_exhausted": plan.budget_exhausted}
+                raise _Aborted(plan.reason)
+            rnd.plan = plan
+        try:
+            bits = rnd.plan.modulus_bits if rnd.plan is not None else choose_modulus_bits(
+                n_sites=max(len(rnd.cohort), 1), clip_norm=self.clip,
+                max_weight=self.max_weight, scale=self.scale, dim=rnd.manifest.dim)
+            config = SecAggConfig.create(
+                run_id=int(self.driver.run_id, 16), round=rnd.num, cohort=rnd.cohort,
+                modulus_bits=bits,
+                vector_length=rnd.plan.padded if rnd.plan is not None else rnd.manifest.dim,
+                graph_seed=os.urandom(32))
+            rnd.server = ServerSession(config=config, registry={
+                n: self.enrolment[rnd.names[n]] for n in rnd.cohort})
+        except (ValueError, SecAggAbort) as exc:
+            raise _Aborted(f"cannot set up secure aggregation: {exc}") from None
+        rnd.part.update(threshold=config.threshold, degree=config.degree, modulus_bits=bits)
+        replies = self._send_stage(Stage.ADVERTISE_KEYS, rnd.session.advertise_requests(), rnd,
+                                   names={n: rnd.names[n] for n in rnd.cohort})
+        self._accept(replies, rnd.session.receive_advertisement)
+
+    def share_keys_stage(self, rnd: _Round) -> None:
+        """Route the signed adverts; collect each site's encrypted Shamir shares."""
+        replies = self._send_stage(Stage.SHARE_KEYS, rnd.session.share_keys_requests(), rnd)
+        self._accept(replies, rnd.session.receive_shares)
+
+    def collect_masked_vectors_stage(self, rnd: _Round, instructions: RoundInstructions) -> None:
+        """Send the adapter and instructions; check and keep each masked input and weight.
+
+        With site-level DP the sum of the inputs received is admitted (or the round aborted)
+        here, before anything is unmasked.
+        """
+        codec = SecAggCodec(clip=self.clip, scale=self.scale, max_weight=self.max_weight,
+                            manifest=rnd.manifest.digest())
+        plan = None if rnd.plan is None else SiteDPPlan(self.site_dp.mode, rnd.plan.to_config())
+        extra = RecordDict({Key.ARRAYS: state_to_record(rnd.state),
+                            Key.CONFIG: instructions.with_secagg(codec, plan).to_record()})
+        replies = self._send_stage(Stage.MASKED_INPUT, rnd.session.masked_input_requests(), rnd,
+                                   extra)
+        for n, r in replies.items():
+            self._take_masked_input(rnd, n, r)
+        if rnd.plan is not None:  # decide before anything is unmasked
+            rnd.admission = self.site_dp.admit(rnd.plan, len(rnd.weights))
+            if not rnd.admission.ok:
+                rnd.part["site_dp"] = {**rnd.admission.record, "refused": rnd.admission.reason}
+                raise _Aborted(rnd.admission.reason)
+
+    def _take_masked_input(self, rnd: _Round, n: int, r: Any) -> None:
+        """Record a decline or failure; keep a masked input whose weight is in range."""
+        if Metric.EPSILON in r.metrics:
+            rnd.part["epsilon"][r.site] = float(r.metrics[Metric.EPSILON])
+        if r.status == Status.DECLINED:
+            rnd.part["declined"][r.site] = r.reason
+            if r.reason == Reason.BUDGET_EXHAUSTED:
+                self.driver.exhausted.add(n)
+            return
+        if r.status != Status.OK or r.payload is None:
+            rnd.part["failed"][r.site] = r.reason or r.status
+            return
+        w = r.metrics.get(Metric.NUM_EXAMPLES)
+        if type(w) is not int or not 0 < w <= self.max_weight:
+            rnd.part["failed"][r.site] = f"rejected: weight {w!r} outside (0, {self.max_weight:g}]"
+            return
+        if rnd.session.receive_masked_input(n, r.payload):
+            rnd.weights[n] = float(w)
+
+    def unmask_stage(self, rnd: _Round) -> SecAggResult:
+        """Send the survivor / dropped lists; collect the shares; unmask the sum."""
+        replies = self._send_stage(Stage.UNMASK, rnd.session.unmask_requests(), rnd)
+        self._accept(replies, rnd.session.receive_unmask)
+        return rnd.session.finish()
+
+    def release_stage(self, rnd: _Round, result: SecAggResult) -> Outcome:
+        """Decode the unmasked sum into the contributors' weighted mean and apply it."""
+        if rnd.plan is not None and rnd.admission is not None:
+            return self._release_site_dp(rnd, result, rnd.plan, rnd.admission)
+        part = rnd.part
+        bits = part["modulus_bits"]
+        total = sum(rnd.weights[n] for n in result.contributors)
+        summed = decode(result.vector, rnd.manifest, scale=self.scale, modulus_bits=bits)
+        mean = {k: (v / total).astype(np.float32) for k, v in summed.items()}
+        bound = decoding_error_bound(n_sites=len(result.contributors), clip_norm=self.clip,
+                                     max_weight=self.max_weight, scale=self.scale,
+                                     dim=rnd.manifest.dim)
+        self._note_outcome(rnd, result)
+        part["decoding_error_bound"] = {"per_coordinate": bound.per_coordinate / total,
+                                        "l2": bound.l2 / total}
+        logger.info("round %d: secure aggregate of %d sites (t=%d, k=%d bits), %d dropped; "
+                    "decoding error <= %.3g per coordinate of the mean", rnd.num,
+                    len(result.contributors), part["threshold"], bits, len(part["dropped"]),
+                    bound.per_coordinate / total)
+        return apply_delta(rnd.state, mean), part
+
+    # helpers -----------------------------------------------------------------------------
+    def _new_round(self, round_num: int, state: Mapping[str, np.ndarray],
+                   nodes: list[int]) -> _Round:
         d = self.driver
         part: dict[str, Any] = {"round": round_num, "sampled": [], "contributed": [],
                                 "dropped": [], "declined": {}, "failed": {}, "epsilon": {},
@@ -86,124 +232,60 @@ class SecureAggregator:
                 part["failed"][names[n]] = "not enrolled (no identity key in the enrolment list)"
         manifest = Manifest.from_arrays({k: np.zeros(d.shapes[k], np.float32)
                                          for k in d.upload_keys})
-        plan = None
-        if self.site_dp is not None:
-            plan = self.site_dp.plan(cohort_size=len(cohort), dim=manifest.dim)
-            if isinstance(plan, str):
-                part["site_dp"] = {"mode": self.site_dp.mode, "released": False,
-                                   "refused": plan,
-                                   "budget_exhausted": self.site_dp.exhausted}
-                return self._abort(part, plan)
-        try:
-            bits = plan.modulus_bits if plan is not None else choose_modulus_bits(
-                n_sites=max(len(cohort), 1), clip_norm=self.clip, max_weight=self.max_weight,
-                scale=self.scale, dim=manifest.dim)
-            config = SecAggConfig.create(
-                run_id=int(d.run_id, 16), round=round_num, cohort=cohort, modulus_bits=bits,
-                vector_length=plan.padded if plan is not None else manifest.dim,
-                graph_seed=os.urandom(32))
-            server = ServerSession(config=config,
-                                   registry={n: self.enrolment[names[n]] for n in cohort})
-        except (ValueError, SecAggAbort) as exc:
-            return self._abort(part, f"cannot set up secure aggregation: {exc}")
-        part["threshold"] = config.threshold
-        part["degree"] = config.degree
-        part["modulus_bits"] = bits
-        weights: dict[int, float] = {}
-        try:
-            replies = self._stage(ADVERTISE, server.advertise_requests(), round_num,
-                                  names={n: names[n] for n in cohort})
-            for n, r in replies.items():
-                if r.status == STATUS_OK and r.payload is not None:
-                    server.receive_advertisement(n, r.payload)
-            replies = self._stage(SHARE, server.share_keys_requests(), round_num)
-            for n, r in replies.items():
-                if r.status == STATUS_OK and r.payload is not None:
-                    server.receive_shares(n, r.payload)
-            codec = {"secagg-clip": self.clip, "secagg-scale": self.scale,
-                     "secagg-max-weight": self.max_weight, "manifest": manifest.digest()}
-            if plan is not None:
-                codec.update({**plan.to_config(), "site-dp-mode": self.site_dp.mode})
-            train_extra = RecordDict({ARRAYS: state_to_record(state), CONFIG: ConfigRecord(
-                {**dict(instructions.items()), **codec})})
-            replies = self._stage(MASKED, server.masked_input_requests(), round_num, train_extra)
-            for n, r in replies.items():
-                if "epsilon" in r.metrics:
-                    part["epsilon"][r.site] = float(r.metrics["epsilon"])
-                if r.status == "declined":
-                    part["declined"][r.site] = r.reason
-                    if r.reason == "budget-exhausted":
-                        d.exhausted.add(n)
-                    continue
-                if r.status != STATUS_OK or r.payload is None:
-                    part["failed"][r.site] = r.reason or r.status
-                    continue
-                w = r.metrics.get("num-examples")
-                if type(w) is not int or not 0 < w <= self.max_weight:
-                    part["failed"][r.site] = f"rejected: weight {w!r} outside (0, {self.max_weight:g}]"
-                    continue
-                if server.receive_masked_input(n, r.payload):
-                    weights[n] = float(w)
-            admission = None
-            if plan is not None:  # decide before anything is unmasked
-                admission = self.site_dp.admit(plan, len(weights))
-                if not admission.ok:
-                    part["site_dp"] = {**admission.record, "refused": admission.reason}
-                    return self._abort(part, admission.reason)
-            replies = self._stage(UNMASK, server.unmask_requests(), round_num)
-            for n, r in replies.items():
-                if r.status == STATUS_OK and r.payload is not None:
-                    server.receive_unmask(n, r.payload)
-            result = server.finish()
-        except SecAggAbort as exc:
-            for node, stage, reason in server.rejections:
-                part["failed"].setdefault(names.get(node, str(node)), f"{stage}: {reason}")
-            return self._abort(part, str(exc))
-        for node, stage, reason in result.rejections:
-            part["failed"].setdefault(names.get(node, str(node)), f"{stage}: {reason}")
-        if plan is not None and admission is not None:
-            return self._release_site_dp(part, state, result, manifest, plan, admission, names)
-        total = sum(weights[n] for n in result.contributors)
-        summed = decode(result.vector, manifest, scale=self.scale, modulus_bits=bits)
-        mean = {k: (v / total).astype(np.float32) for k, v in summed.items()}
-        bound = decoding_error_bound(n_sites=len(result.contributors), clip_norm=self.clip,
-                                     max_weight=self.max_weight, scale=self.scale,
-                                     dim=manifest.dim)
-        part["contributed"] = sorted(names[n] for n in result.contributors)
-        part["dropped"] = sorted(names[n] for n in result.dropped if names[n] not in part["declined"])
+        return _Round(round_num, state, names, cohort, manifest, part)
+
+    def _send_stage(self, stage: str, requests: Mapping[int, Mapping[str, Any]], rnd: _Round,
+                    extra: RecordDict | None = None, names: Mapping[int, str] | None = None,
+                    ) -> dict[int, Any]:
+        """Send each node its stage request (over ``extra``); the replies by node id."""
+        contents = {}
+        for node, payload in requests.items():
+            content = RecordDict(dict(extra.items()) if extra is not None else {})
+            if names is not None:
+                content[Key.COHORT_NAMES] = ConfigRecord({Field.NAMES: json.dumps(
+                    {str(n): s for n, s in names.items()})})
+            contents[node] = put_payload(content, payload)
+        kind = STAGE_MESSAGE_TYPE[stage]
+        return {r.node_id: r for r in self.driver.send_each(contents, kind, rnd.num)}
+
+    @staticmethod
+    def _accept(replies: Mapping[int, Any], receive: Callable[[int, Any], Any]) -> None:
+        """Hand each well-formed reply's payload to the session (it checks the content)."""
+        for n, r in replies.items():
+            if r.status == Status.OK and r.payload is not None:
+                receive(n, r.payload)
+
+    @staticmethod
+    def _note_rejections(rnd: _Round, rejections: Any) -> None:
+        for node, stage, reason in rejections:
+            rnd.part["failed"].setdefault(rnd.names.get(node, str(node)), f"{stage}: {reason}")
+
+    @staticmethod
+    def _note_outcome(rnd: _Round, result: SecAggResult) -> None:
+        part, names = rnd.part, rnd.names
+        part["contributed"] = sorted(names[c] for c in result.contributors)
+        part["dropped"] = sorted(names[c] for c in result.dropped
+                                 if names[c] not in part["declined"])
         part["released"] = True
-        part["decoding_error_bound"] = {"per_coordinate": bound.per_coordinate / total,
-                                        "l2": bound.l2 / total}
-        logger.info("round %d: secure aggregate of %d sites (t=%d, k=%d bits), %d dropped; "
-                    "decoding error <= %.3g per coordinate of the mean", round_num,
-                    len(result.contributors), config.threshold, bits, len(part["dropped"]),
-                    bound.per_coordinate / total)
-        return apply_delta(state, mean), part
 
-    def _release_site_dp(self, part: dict[str, Any], state: Mapping[str, np.ndarray],
-                         result: Any, manifest: Manifest, plan: Any, admission: Any,
-                         names: Mapping[int, str],
-                         ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
+    def _release_site_dp(self, rnd: _Round, result: SecAggResult, plan: DDGParams,
+                         admission: Admission) -> Outcome:
         """Site-level DP: the unweighted mean of the (noised) sum, accounted."""
-        from privacy.ddg import WrapError
-
+        part = rnd.part
         n = len(result.contributors)
         if n != admission.record["contributors"]:  # never release a sum other than admitted
             return self._abort(part, f"site-level DP: {n} contributors in the sum, "
                                      f"{admission.record['contributors']} admitted")
         try:
-            mean = self.site_dp.decode_mean(result.vector, manifest, plan, n)
+            mean = self.site_dp.decode_mean(result.vector, rnd.manifest, plan, n)
         except WrapError as exc:
             part["site_dp"] = {**admission.record, "refused": str(exc)}
             return self._abort(part, str(exc))
         part["site_dp"] = self.site_dp.release(admission)
-        part["contributed"] = sorted(names[c] for c in result.contributors)
-        part["dropped"] = sorted(names[c] for c in result.dropped
-                                 if names[c] not in part["declined"])
-        part["released"] = True
+        self._note_outcome(rnd, result)
         logger.info("round %d: site-level DP aggregate of %d sites, %d dropped; site eps %.4f",
                     part["round"], n, len(part["dropped"]), part["site_dp"]["epsilon_after"])
-        return apply_delta(state, mean), part
+        return apply_delta(rnd.state, mean), part
 
     def _abort(self, part: dict[str, Any], reason: str) -> tuple[None, dict[str, Any]]:
         part["released"] = False

@@ -43,7 +43,13 @@ from privacy.ddg import (
 from protocol.codec import Manifest
 from protocol.run_rows import ParticipationRow
 
-__all__ = ["Admission", "SiteDP", "UNDERFLOW_POLICIES", "history_from_participation"]
+__all__ = [
+    "UNDERFLOW_POLICIES",
+    "Admission",
+    "PlanRefusal",
+    "SiteDP",
+    "history_from_participation",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +64,18 @@ def history_from_participation(rows: Iterable[ParticipationRow]) -> list[SiteDPR
         if isinstance(rec, Mapping) and rec.get("released") is True:
             out.append(SiteDPRound.from_mapping(rec))
     return out
+
+
+@dataclass(frozen=True)
+class PlanRefusal:
+    """Why :meth:`SiteDP.plan` refuses a round (nothing is trained or released).
+
+    ``budget_exhausted``: even a full cohort's next round would exceed the site-level budget,
+    so every further round would be refused too (the run stops).
+    """
+
+    reason: str
+    budget_exhausted: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,8 +127,6 @@ class SiteDP:
         self.underflow = underflow
         self.planned_rounds = planned_rounds
         self.history: list[SiteDPRound] = list(history or [])
-        #: set by :meth:`plan` when even a full cohort's next round would exceed the budget
-        self.exhausted = False
         self._z: dict[tuple[int, int, int], float] = {}
 
     @classmethod
@@ -142,14 +158,14 @@ class SiteDP:
                         self.planned_rounds, cohort, self.epsilon, self.delta, self.mode)
         return self._z[key]
 
-    def plan(self, *, cohort_size: int, dim: int) -> DDGParams | str:
+    def plan(self, *, cohort_size: int, dim: int) -> DDGParams | PlanRefusal:
         """The round's parameters, or why the round must not run."""
         if cohort_size < 1:
-            return "site-level DP: no site to aggregate"
+            return PlanRefusal("site-level DP: no site to aggregate")
         t = self.cohort_setting or cohort_size
         if t > cohort_size and self.underflow == "refuse":
-            return (f"site-level DP: the round has {cohort_size} sites, fewer than the "
-                    f"calibration cohort {t}")
+            return PlanRefusal(f"site-level DP: the round has {cohort_size} sites, fewer than "
+                               f"the calibration cohort {t}")
         n_max = max(t, cohort_size)
         try:
             z = self.noise_multiplier(t, n_max, dim)
@@ -158,12 +174,12 @@ class SiteDP:
                                 cohort=t, max_contributors=n_max,
                                 rotation_seed=os.urandom(32).hex())
         except ValueError as exc:  # no z fits the budget, or the ring is too small
-            return f"site-level DP: cannot plan the round: {exc}"
+            return PlanRefusal(f"site-level DP: cannot plan the round: {exc}")
         nxt = site_epsilon([*self.history, self._record_of(params, t, z)], delta=self.delta)
         if nxt > self.epsilon:
-            self.exhausted = True
-            return (f"site-level budget: the next round would reach site eps {nxt:.4g} > "
-                    f"budget {self.epsilon:g} (spent {self.spent():.4g})")
+            return PlanRefusal(f"site-level budget: the next round would reach site eps "
+                               f"{nxt:.4g} > budget {self.epsilon:g} (spent {self.spent():.4g})",
+                               budget_exhausted=True)
         return params
 
     def _record_of(self, params: DDGParams, n: int, z: float) -> SiteDPRound:

@@ -23,6 +23,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from protocol.wire import MessageType, Metric
+
 __all__ = ["run_bench"]
 
 _BENCH_APP = '''
@@ -30,12 +32,14 @@ _BENCH_APP = '''
 import json
 import time
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import ServerApp
 
 from protocol.adapter import adapter_shapes, initial_adapter_state, lora_config
 from protocol.config import RunConfig
-from protocol.messages import ARRAYS, CONFIG, METRICS, state_to_record
+from protocol.instructions import RoundInstructions
+from protocol.messages import state_to_record
+from protocol.wire import Key, MessageType, Metric, Status
 from protocol.model_ref import resolve_model
 
 app = ServerApp()
@@ -55,17 +59,17 @@ def main(grid, context):
     lcfg = lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                        target_modules=cfg.target_modules, base_model=ref)
     state = initial_adapter_state(adapter_shapes(ref, lcfg), seed=0)
-    instr = {"round": 1, "run-id": "bench", "aggregation": cfg.aggregation,
-             "local-steps": cfg.local_steps, "batch-size": cfg.batch_size,
-             "learning-rate": cfg.learning_rate, "planned-rounds": 1, "dp-enabled": False,
-             "noise-multiplier": -1.0}
-    plan = [("query.hello", lambda: RecordDict({CONFIG: ConfigRecord({})}), ()),
-            (MessageType.EVALUATE, lambda: RecordDict({ARRAYS: state_to_record(state),
-                                                       CONFIG: ConfigRecord(instr)}),
-             ("time-eval",)),
-            (MessageType.TRAIN, lambda: RecordDict({ARRAYS: state_to_record(state),
-                                                    CONFIG: ConfigRecord(instr)}),
-             ("time-setup", "time-train"))]
+    instr = RoundInstructions(round_num=1, run_id="bench", aggregation=cfg.aggregation,
+                              local_steps=cfg.local_steps, batch_size=cfg.batch_size,
+                              learning_rate=cfg.learning_rate, planned_rounds=1,
+                              dp_enabled=False, noise_multiplier=-1.0)
+    plan = [(MessageType.HELLO, lambda: RecordDict({Key.CONFIG: ConfigRecord({})}), ()),
+            (MessageType.EVALUATE, lambda: RecordDict({Key.ARRAYS: state_to_record(state),
+                                                       Key.CONFIG: instr.to_record()}),
+             (Metric.TIME_EVAL,)),
+            (MessageType.TRAIN, lambda: RecordDict({Key.ARRAYS: state_to_record(state),
+                                                    Key.CONFIG: instr.to_record()}),
+             (Metric.TIME_SETUP, Metric.TIME_TRAIN))]
     results = {}
     for kind, content, handler_keys in plan:
         rows = []
@@ -75,9 +79,10 @@ def main(grid, context):
             replies = list(grid.send_and_receive([msg], timeout=cfg.round_timeout))
             rtt = time.perf_counter() - t0
             if not replies or replies[0].has_error():
-                err = replies[0].error.reason if replies else "timeout"
+                err = replies[0].error.reason if replies else Status.TIMEOUT
                 raise RuntimeError(f"{kind}: {err}")
-            metrics = dict(replies[0].content[METRICS]) if METRICS in replies[0].content else {}
+            content = replies[0].content
+            metrics = dict(content[Key.METRICS]) if Key.METRICS in content else {}
             rows.append({"rtt": rtt, "handler": sum(float(metrics.get(k, 0.0))
                                                     for k in handler_keys),
                          **{k: float(metrics[k]) for k in handler_keys if k in metrics}})
@@ -180,10 +185,10 @@ def run_bench(*, repeats: int = 3, local_steps: int = 1, json_path: str | None =
         report["messages"][kind] = {"rtt_median_s": rtt, "handler_median_s": handler,
                                     "overhead_median_s": rtt - handler, "rows": rows}
         print(f"{kind:<14}{rtt:>14.2f}{handler:>14.2f}{rtt - handler:>18.2f}")
-    hello = report["messages"]["query.hello"]["rtt_median_s"]
-    ev = report["messages"]["evaluate"]
-    tr = report["messages"]["train"]
-    setup = statistics.median(r.get("time-setup", 0.0) for r in tr["rows"])
+    hello = report["messages"][MessageType.HELLO]["rtt_median_s"]
+    ev = report["messages"][MessageType.EVALUATE]
+    tr = report["messages"][MessageType.TRAIN]
+    setup = statistics.median(r.get(Metric.TIME_SETUP, 0.0) for r in tr["rows"])
     # a secure-aggregation round: hello once, then advertise, share, unmask (query stages,
     # same process cost as hello), train.secagg (train) and evaluate
     per_round = 3 * hello + tr["overhead_median_s"] + ev["overhead_median_s"] + 2 * setup

@@ -183,7 +183,7 @@ def _site_policy(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def enrol_sites(cfg: Any, num_sites: int) -> None:
     """Stand in for each site's operator: an identity key per site, and the enrolment list."""
-    from client.secure import IDENTITY_FILE
+    from client.identity import IDENTITY_FILE
     from client.site import site_spec
     from privacy.secagg import generate_identity_key, identity_private_bytes
     from privacy.secagg.keys import load_identity_private_key, identity_public_bytes

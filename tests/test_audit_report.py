@@ -25,6 +25,7 @@ from privacy.ledger import LEDGER_FILENAME, PrivacyLedger, canonical_json
 from privacy.policy import SitePrivacyPolicy
 from protocol.run_folder import RunFolder, audit_report_name
 from protocol.run_rows import MetricsRow, ParticipationRow, RunInfo
+from protocol.wire import Reason
 
 RUN_ID = "run-test"
 STEPS, Q, SIGMA, C = 8, 0.05, 1.2, 1.0
@@ -75,11 +76,11 @@ def write_run_dir(root: Path, *, rounds: int = 3, understate: str | None = None)
             hist = [*led.history(), Mechanism(Q, SIGMA, STEPS)]
             eps = epsilon(hist, delta=delta, accountant=accountant)
             if eps > budget:
-                led.record_decline(run_id=RUN_ID, round=rnd, reason="budget-exhausted",
+                led.record_decline(run_id=RUN_ID, round=rnd, reason=Reason.BUDGET_EXHAUSTED,
                                    accountant=accountant, delta=delta,
                                    epsilon_after=led.epsilon(delta=delta, accountant=accountant),
                                    sample_rate=Q, noise_multiplier=SIGMA, max_grad_norm=C)
-                declined[site] = "budget-exhausted"
+                declined[site] = Reason.BUDGET_EXHAUSTED
                 continue
             stated = eps / 10 if site == understate else eps
             led.record_round(run_id=RUN_ID, round=rnd, steps=STEPS, sample_rate=Q,
@@ -150,7 +151,7 @@ def test_second_accountant_is_the_other_one_and_shown_next_to_stated(report: Any
 
 def test_rounds_declined_dropped_and_aggregates_are_reported(report: Any) -> None:
     gamma, beta, alpha = _site(report, "gamma"), _site(report, "beta"), _site(report, "alpha")
-    assert gamma.rounds_declined >= 1 and gamma.declined[0].reason == "budget-exhausted"
+    assert gamma.rounds_declined >= 1 and gamma.declined[0].reason == Reason.BUDGET_EXHAUSTED
     assert gamma.budget_left is not None and gamma.budget_left >= 0
     assert beta.rounds_dropped == 1 and beta.rounds_trained == 3
     assert alpha.epsilon_before_run > 0 and alpha.rounds[0].run_id == "run-earlier"
@@ -188,7 +189,7 @@ def test_markdown_renders_sites_rounds_and_recomputation(report: Any) -> None:
     assert md.startswith(f"# Privacy audit — run {RUN_ID}")
     for name in SITES:
         assert f"### {name} — VERIFIED" in md
-    assert "| round | sampled | in aggregate |" in md and "budget-exhausted" in md
+    assert "| round | sampled | in aggregate |" in md and Reason.BUDGET_EXHAUSTED in md
     assert "second accountant" in md and "UNVERIFIED" not in md
 
 

@@ -15,6 +15,7 @@ import pytest
 from protocol.run_folder import RunFolder
 from protocol.run_rows import RUN_COMPLETED
 from server.devkeys import make_keys
+from protocol.wire import MessageType
 from tests._deploy import crash, make_deployment, start, stop_all, text, wait_for
 
 pytestmark = pytest.mark.slow
@@ -45,8 +46,8 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
         assert noca.wait(timeout=120) == 3, text(logs / "noca.log")
 
         # kill one site while round 1 trains; restart it a few seconds later
-        wait_for(lambda: "train.secagg" in text(logs / "bank.log"), 400, "bank to get round 1's "
-                 "masked-training message")
+        wait_for(lambda: MessageType.SECAGG_MASKED in text(logs / "bank.log"), 400,
+                 "bank to get round 1's masked-training message")
         crash(clients["bank"])
         time.sleep(3)
         clients["bank"] = start(dep, ["client", "--config", str(dep.site_cfgs["bank"])],

@@ -17,6 +17,7 @@ from privacy.audit.sites import POLICY_FILENAME
 from privacy.ledger import PrivacyLedger
 from protocol.run_folder import RunFolder
 from protocol.run_rows import RUN_COMPLETED
+from protocol.wire import Reason, Status
 from tests.conftest import REPO
 from tests.test_simulation import _simulate
 
@@ -37,7 +38,7 @@ def test_budget_one_over_twenty_planned_rounds_is_never_exceeded(
     trained_rounds = [p.round for p in part if p.contributed]
     declined_rounds = [p.round for p in part if p.declined]
     assert trained_rounds and declined_rounds and max(trained_rounds) < min(declined_rounds)
-    assert all(set(p.declined.values()) == {"budget-exhausted"} for p in part if p.declined)
+    assert all(set(p.declined.values()) == {Reason.BUDGET_EXHAUSTED} for p in part if p.declined)
     assert len(part) < 20  # the run ended once no site could train
     for site in ("alpha", "beta", "gamma"):
         ledger = PrivacyLedger(folder.site_dir(site))
@@ -61,8 +62,10 @@ def test_budget_one_over_twenty_planned_rounds_is_never_exceeded(
 _SITE = textwrap.dedent('''
     import os, sys, time
     from flwr.app import ConfigRecord, Context, RecordDict
-    from client.app import local_update
+    from client.local_round import local_update
     from protocol.adapter import initial_adapter_state
+    from protocol.config import RunConfig
+    from protocol.instructions import RoundInstructions
     from protocol.messages import state_to_record
     from client.model import load_site_model, resolve_device
     model, data, state, rnd, policy = sys.argv[1:6]
@@ -73,8 +76,9 @@ _SITE = textwrap.dedent('''
     sm = load_site_model(model, device=resolve_device("cpu"), r=8, alpha=16, dropout=0.0,
                          target_modules=["q_proj", "v_proj"])
     arrays = state_to_record(initial_adapter_state(sm.shapes, seed=0))
-    instr = {"round": int(rnd), "run-id": "restart-run", "local-steps": 2, "batch-size": 8,
-             "dp-enabled": True, "planned-rounds": 5}
+    cfg = RunConfig.from_mapping(run_config, allow_extra=True)
+    instr = RoundInstructions.for_round(cfg.replace(batch_size=8, num_server_rounds=5),
+                                        round_num=int(rnd), run_id="restart-run")
     upd = local_update(instr, arrays, ctx)
     print("EPS", upd.status, upd.metrics.get("epsilon"), flush=True)
     time.sleep(600)  # stay up until killed, like a site agent between rounds
@@ -91,7 +95,7 @@ def _site_round(tiny_model: Path, data: Path, state: Path, rnd: int, policy: str
         for line in proc.stdout:
             if line.startswith("EPS"):
                 _, status, eps = line.split()
-                assert status == "ok"
+                assert status == Status.OK
                 return float(eps)
             assert time.monotonic() < deadline
         raise AssertionError("site process ended without training")

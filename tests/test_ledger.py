@@ -15,6 +15,7 @@ import pytest
 import privacy.ledger as ledger_mod
 from privacy.accounting import Mechanism, epsilon, independent_epsilon
 from privacy.ledger import GENESIS_HASH, LEDGER_FILENAME, LedgerError, PrivacyLedger
+from protocol.wire import Reason
 
 ROOT = Path(__file__).resolve().parent.parent
 DELTA = 1e-5
@@ -92,13 +93,13 @@ def test_recorded_epsilon_recomputes_from_recorded_parameters(tmp_path: Path) ->
 def test_declined_rounds_are_logged_but_not_composed(tmp_path: Path) -> None:
     ledger = _three_rounds(tmp_path)
     spent = ledger.entries[-1].epsilon_after
-    entry = ledger.record_decline(run_id="run-a", round=4, reason="budget-exhausted",
+    entry = ledger.record_decline(run_id="run-a", round=4, reason=Reason.BUDGET_EXHAUSTED,
                                   accountant="rdp", delta=DELTA, epsilon_after=spent,
                                   sample_rate=0.02, noise_multiplier=1.0)
     assert entry.status == "declined" and entry.steps == 0 and not entry.is_composition
     reopened = PrivacyLedger(tmp_path)
     assert len(reopened) == 4 and len(reopened.history()) == 3
-    assert reopened.entries[-1].reason == "budget-exhausted"
+    assert reopened.entries[-1].reason == Reason.BUDGET_EXHAUSTED
 
 
 def test_truncated_last_line_is_an_error_naming_the_line_and_nothing_is_overwritten(

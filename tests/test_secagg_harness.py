@@ -2,10 +2,10 @@
 
 Dropout points, by stage name:
 
-- ``"advertise-keys"``: the site never replies to the advertise request;
-- ``"share-keys"``: it advertised, then vanished before sending its shares;
-- ``"masked-input"``: it shared keys, then vanished before sending its masked input;
-- ``"unmask"``: it sent its masked input, then vanished before revealing shares.
+- ``advertise-keys``: the site never replies to the advertise request;
+- ``share-keys``: it advertised, then vanished before sending its shares;
+- ``masked-input``: it shared keys, then vanished before sending its masked input;
+- ``unmask``: it sent its masked input, then vanished before revealing shares.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from privacy.secagg import SecAggConfig, SecAggResult, ServerSession, SiteSession
 from privacy.secagg.keys import generate_identity_key, identity_public_bytes
 from protocol.codec import ring_dtype
+from protocol.wire import SECAGG_STAGES, Stage
 
-STAGES = ("advertise-keys", "share-keys", "masked-input", "unmask")
+STAGES = SECAGG_STAGES
 
 
 @dataclass
@@ -134,7 +135,7 @@ def run_round(
             if tamper is not None:
                 request = tamper(stage, node, request)
             site = run.sites[node]
-            if stage == "masked-input":
+            if stage == Stage.MASKED_INPUT:
                 replies[node] = site.masked_input(request, vector=run.inputs[node])
             else:
                 replies[node] = getattr(site, stage.replace("-", "_"))(request)
@@ -146,22 +147,22 @@ def run_round(
         run.sites[node] = SiteSession.from_request(
             request, node_id=node, identity_key=cohort.identities[node], registry=cohort.registry
         )
-    for node, reply in deliver("advertise-keys", requests).items():
+    for node, reply in deliver(Stage.ADVERTISE_KEYS, requests).items():
         assert server.receive_advertisement(node, reply)
-    if stop_after == "advertise-keys":
+    if stop_after == Stage.ADVERTISE_KEYS:
         return run
-    for node, reply in deliver("share-keys", server.share_keys_requests()).items():
+    for node, reply in deliver(Stage.SHARE_KEYS, server.share_keys_requests()).items():
         assert server.receive_shares(node, reply)
-    if stop_after == "share-keys":
+    if stop_after == Stage.SHARE_KEYS:
         return run
-    for node, reply in deliver("masked-input", server.masked_input_requests()).items():
+    for node, reply in deliver(Stage.MASKED_INPUT, server.masked_input_requests()).items():
         run.uploads[node] = reply["masked-vector"]
         assert server.receive_masked_input(node, reply)
-    if stop_after == "masked-input":
+    if stop_after == Stage.MASKED_INPUT:
         return run
-    for node, reply in deliver("unmask", server.unmask_requests()).items():
+    for node, reply in deliver(Stage.UNMASK, server.unmask_requests()).items():
         assert server.receive_unmask(node, reply)
-    if stop_after == "unmask":
+    if stop_after == Stage.UNMASK:
         return run
     run.result = server.finish()
     return run
@@ -184,16 +185,16 @@ def expected_outcome(
                     changed = True
         return alive if len(alive) >= t else None
 
-    u1 = prune(set(config.cohort) - set(drop.get("advertise-keys", ())))
+    u1 = prune(set(config.cohort) - set(drop.get(Stage.ADVERTISE_KEYS, ())))
     if u1 is None:
         return False, frozenset()
-    u2 = prune(u1 - set(drop.get("share-keys", ())))
+    u2 = prune(u1 - set(drop.get(Stage.SHARE_KEYS, ())))
     if u2 is None:
         return False, frozenset()
-    u3 = u2 - set(drop.get("masked-input", ()))
+    u3 = u2 - set(drop.get(Stage.MASKED_INPUT, ()))
     if len(u3) < t:
         return False, frozenset()
-    responders = u3 - set(drop.get("unmask", ()))
+    responders = u3 - set(drop.get(Stage.UNMASK, ()))
     for v in u3:
         holders = graph.holders(v)
         if sum(u in u3 for u in holders) < t or sum(u in responders for u in holders) < t:

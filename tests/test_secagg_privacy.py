@@ -12,6 +12,7 @@ from scipy import stats
 from privacy.secagg import ServerSession, keys, shamir
 from privacy.secagg.masks import apply_masks
 from protocol.codec import Manifest, TensorSpec, decode, decoding_error_bound, encode
+from protocol.wire import Stage
 from tests.test_secagg_harness import cohort_of, make_config, run_round
 
 NODES = [11, 12, 13, 14, 15, 16, 17, 18]
@@ -101,10 +102,10 @@ class RecordingServer(ServerSession):
     "drop",
     [
         {},
-        {"share-keys": [12]},
-        {"masked-input": [13]},
-        {"unmask": [14]},
-        {"advertise-keys": [11], "masked-input": [15], "unmask": [16]},
+        {Stage.SHARE_KEYS: [12]},
+        {Stage.MASKED_INPUT: [13]},
+        {Stage.UNMASK: [14]},
+        {Stage.ADVERTISE_KEYS: [11], Stage.MASKED_INPUT: [15], Stage.UNMASK: [16]},
     ],
     ids=["none", "after-advertise", "after-share-keys", "after-masked-input", "every-stage"],
 )
@@ -142,9 +143,10 @@ def test_dropped_sites_upload_stays_masked_even_with_every_share_the_server_got(
     inputs = _inputs(deltas)
     config = make_config(NODES, modulus_bits=BITS, vector_length=DIM)
     late = 13
-    run = run_round(config, inputs=inputs, drop={"masked-input": [late]}, stop_after="unmask")
+    run = run_round(config, inputs=inputs, drop={Stage.MASKED_INPUT: [late]},
+                    stop_after=Stage.UNMASK)
     server = run.server
-    upload = run.replies["masked-input"][late]["masked-vector"]
+    upload = run.replies[Stage.MASKED_INPUT][late]["masked-vector"]
     assert late not in server._seed_shares  # nobody was asked for its seed share
     secret = keys.x25519_private_from_bytes(
         shamir.combine_shares(server._key_shares[late], threshold=config.threshold)

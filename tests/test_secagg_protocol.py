@@ -18,6 +18,7 @@ from protocol.codec import (
     encode,
     flatten,
 )
+from protocol.wire import Stage
 from tests.test_secagg_harness import (
     STAGES,
     expected_outcome,
@@ -44,7 +45,7 @@ def test_one_dropout_at_each_stage_is_recovered(stage: str) -> None:
     config = make_config(NODES, vector_length=64)
     run = run_round(config, drop={stage: [21]})
     assert run.result is not None
-    contributors = [v for v in NODES if stage == "unmask" or v != 21]
+    contributors = [v for v in NODES if stage == Stage.UNMASK or v != 21]
     assert run.result.contributors == tuple(contributors)
     assert run.result.dropped == tuple(v for v in NODES if v not in contributors)
     expected = ring_sum([run.inputs[v] for v in contributors], 32, 64)
@@ -55,10 +56,10 @@ def test_dropouts_at_every_stage_at_once_on_a_sparse_graph() -> None:
     nodes = list(range(100, 130))
     config = make_config(nodes, degree=10, threshold=6, vector_length=50)
     drop = {
-        "advertise-keys": [100],
-        "share-keys": [111],
-        "masked-input": [120, 121],
-        "unmask": [129],
+        Stage.ADVERTISE_KEYS: [100],
+        Stage.SHARE_KEYS: [111],
+        Stage.MASKED_INPUT: [120, 121],
+        Stage.UNMASK: [129],
     }
     assert expected_outcome(config, drop)[0]
     run = run_round(config, drop=drop)
@@ -79,16 +80,16 @@ def test_round_aborts_cleanly_below_threshold(stage: str) -> None:
 
 def test_abort_forgets_the_partial_sum() -> None:
     config = make_config(NODES, threshold=5)
-    run = run_round(config, stop_after="masked-input", drop={"masked-input": NODES[:2]})
+    run = run_round(config, stop_after=Stage.MASKED_INPUT, drop={Stage.MASKED_INPUT: NODES[:2]})
     with pytest.raises(SecAggAbort, match="masked input"):
         run.server.unmask_requests()
-    assert run.server.stage.value == "aborted"
+    assert run.server.stage.value == Stage.ABORTED
     assert run.server._acc is None
 
 
 def test_abort_at_finish_when_unmask_replies_are_missing() -> None:
     config = make_config(NODES, threshold=5)
-    run = run_round(config, stop_after="unmask", drop={"unmask": NODES[:2]})
+    run = run_round(config, stop_after=Stage.UNMASK, drop={Stage.UNMASK: NODES[:2]})
     with pytest.raises(SecAggAbort, match="seed shares"):
         run.server.finish()
 

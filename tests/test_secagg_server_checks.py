@@ -10,6 +10,7 @@ import pytest
 
 from privacy.secagg import SecAggAbort, ServerSession
 from privacy.secagg.keys import generate_identity_key, identity_public_bytes
+from protocol.wire import Stage
 from tests.test_secagg_harness import cohort_of, make_config, ring_sum, run_round
 
 NODES = [1, 2, 3, 4, 5]
@@ -41,7 +42,7 @@ def test_bad_signature_is_rejected_and_the_round_goes_on(caplog: pytest.LogCaptu
     assert forged == {2: False}
     assert "invalid signature" in caplog.text and "node 2" in caplog.text
     assert run.result is not None and run.result.dropped == (2,)
-    assert run.result.rejections[0][:2] == (2, "advertise-keys")
+    assert run.result.rejections[0][:2] == (2, Stage.ADVERTISE_KEYS)
     expected = ring_sum([run.inputs[v] for v in NODES if v != 2], 32, 16)
     np.testing.assert_array_equal(run.result.vector, expected)
 
@@ -75,10 +76,10 @@ class _Lenient(ServerSession):
 
 
 STAGE_METHODS = {
-    "advertise-keys": "receive_advertisement",
-    "share-keys": "receive_shares",
-    "masked-input": "receive_masked_input",
-    "unmask": "receive_unmask",
+    Stage.ADVERTISE_KEYS: "receive_advertisement",
+    Stage.SHARE_KEYS: "receive_shares",
+    Stage.MASKED_INPUT: "receive_masked_input",
+    Stage.UNMASK: "receive_unmask",
 }
 
 
@@ -111,7 +112,7 @@ def test_duplicates_are_rejected_and_do_not_change_the_sum(stage: str) -> None:
         (lambda r: {**r, "round": r["round"] - 1}, "round"),
         (lambda r: {**r, "run-id": r["run-id"] + 1}, "run"),
         (lambda r: {**r, "node-id": 99}, "claims node 99"),
-        (lambda r: {**r, "stage": "done"}, "expected a"),
+        (lambda r: {**r, "stage": Stage.DONE}, "expected a"),
         (lambda r: {**r, "extra": 1}, "unknown key"),
     ],
 )
@@ -159,7 +160,7 @@ def test_unsampled_node_is_rejected_at_every_stage() -> None:
 )
 def test_malformed_masked_vectors_are_rejected(vector: Any, reason: str) -> None:
     config = make_config(NODES, modulus_bits=20)
-    run = run_round(config, stop_after="share-keys")
+    run = run_round(config, stop_after=Stage.SHARE_KEYS)
     requests = run.server.masked_input_requests()
     honest = {v: run.sites[v].masked_input(requests[v], vector=run.inputs[v]) for v in NODES}
     assert not run.server.receive_masked_input(2, {**honest[2], "masked-vector": vector})
@@ -175,16 +176,16 @@ def test_malformed_masked_vectors_are_rejected(vector: Any, reason: str) -> None
 
 def test_late_masked_input_is_rejected_and_its_seed_never_requested() -> None:
     config = make_config(NODES)
-    run = run_round(config, drop={"masked-input": [5]}, stop_after="masked-input")
+    run = run_round(config, drop={Stage.MASKED_INPUT: [5]}, stop_after=Stage.MASKED_INPUT)
     requests = run.server.unmask_requests()
-    assert not run.server.receive_masked_input(5, run.replies["masked-input"][5])
+    assert not run.server.receive_masked_input(5, run.replies[Stage.MASKED_INPUT][5])
     assert "stage 'unmask'" in run.server.rejections[-1][2]
     assert all(5 not in r["alive"] and 5 in r["dropped"] for r in requests.values())
 
 
 def test_unmask_reply_with_other_ids_or_someone_elses_shares_is_rejected() -> None:
     config = make_config(NODES)
-    run = run_round(config, stop_after="masked-input")
+    run = run_round(config, stop_after=Stage.MASKED_INPUT)
     requests = run.server.unmask_requests()
     replies = {v: run.sites[v].unmask(r) for v, r in requests.items()}
     assert not run.server.receive_unmask(1, {**replies[1], "seed-share-ids": [2, 1, 3, 4, 5]})
@@ -198,7 +199,7 @@ def test_unmask_reply_with_other_ids_or_someone_elses_shares_is_rejected() -> No
 def test_corrupted_shares_abort_instead_of_unmasking_wrongly() -> None:
     """A site sending a wrong share makes reconstruction fail the commitment check."""
     config = make_config(NODES, threshold=5)
-    run = run_round(config, stop_after="masked-input")
+    run = run_round(config, stop_after=Stage.MASKED_INPUT)
     for v, req in run.server.unmask_requests().items():
         reply = run.sites[v].unmask(req)
         if v == 2:

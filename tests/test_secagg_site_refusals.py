@@ -10,6 +10,7 @@ import pytest
 from privacy.secagg import SecAggError, SiteSession, Stage, StageError
 from privacy.secagg.payloads import CIPHERTEXT_LEN
 from privacy.secagg.shamir import SHARE_LEN, combine_shares
+from protocol import wire
 from tests.test_secagg_harness import cohort_of, make_config, run_round
 
 SPARSE = list(range(10, 22))  # 12 sites, 4-regular graph, threshold 3
@@ -17,7 +18,7 @@ SPARSE = list(range(10, 22))  # 12 sites, 4-regular graph, threshold 3
 
 def _sparse_until_masked() -> Any:
     config = make_config(SPARSE, degree=4, threshold=3)
-    run = run_round(config, stop_after="masked-input")
+    run = run_round(config, stop_after=wire.Stage.MASKED_INPUT)
     return run, run.server.unmask_requests()
 
 
@@ -63,11 +64,11 @@ def test_unmask_with_fewer_live_holders_than_threshold_is_refused() -> None:
 
 def test_one_share_kind_per_neighbour_and_unmask_only_once() -> None:
     config = make_config(SPARSE, degree=4, threshold=3)
-    run = run_round(config, drop={"masked-input": [SPARSE[1]]})
-    for node, reply in run.replies["unmask"].items():
+    run = run_round(config, drop={wire.Stage.MASKED_INPUT: [SPARSE[1]]})
+    for node, reply in run.replies[wire.Stage.UNMASK].items():
         assert not set(reply["seed-share-ids"]) & set(reply["key-share-ids"])
         with pytest.raises(StageError):
-            run.sites[node].unmask(run.requests["unmask"][node])
+            run.sites[node].unmask(run.requests[wire.Stage.UNMASK][node])
 
 
 def test_contradictory_unmask_lists_never_yield_both_secrets_of_a_site() -> None:
@@ -79,7 +80,7 @@ def test_contradictory_unmask_lists_never_yield_both_secrets_of_a_site() -> None
     others = [v for v in nodes if v != d]
     for size in range(len(others) + 1):
         for told_dropped in itertools.combinations(others, size):
-            run = run_round(config, stop_after="masked-input")
+            run = run_round(config, stop_after=wire.Stage.MASKED_INPUT)
             seed_shares, key_shares = [], []
             for node in nodes:
                 alive = [v for v in nodes if v == node or v == d or v not in told_dropped]
@@ -89,7 +90,7 @@ def test_contradictory_unmask_lists_never_yield_both_secrets_of_a_site() -> None
                 request = {
                     "run-id": config.run_id,
                     "round": config.round,
-                    "stage": "unmask",
+                    "stage": wire.Stage.UNMASK,
                     "config-digest": config.digest(),
                     "alive": sorted(alive),
                     "dropped": dropped,
@@ -116,7 +117,7 @@ def test_contradictory_unmask_lists_never_yield_both_secrets_of_a_site() -> None
 
 
 def _other_stage(stage: str) -> str:
-    return "share-keys" if stage == "unmask" else "unmask"
+    return wire.Stage.SHARE_KEYS if stage == wire.Stage.UNMASK else wire.Stage.UNMASK
 
 
 REPLAYS = [
@@ -129,26 +130,26 @@ REPLAYS = [
 ]
 
 
-@pytest.mark.parametrize("stage", ["share-keys", "masked-input", "unmask"])
+@pytest.mark.parametrize("stage", wire.SECAGG_STAGES[1:])
 @pytest.mark.parametrize("name,mutate,match", REPLAYS, ids=[r[0] for r in REPLAYS])
 def test_requests_for_another_run_round_stage_or_config_are_refused(
     stage: str, name: str, mutate: Any, match: str
 ) -> None:
     config = make_config([1, 2, 3, 4])
     previous = {
-        "share-keys": "advertise-keys",
-        "masked-input": "share-keys",
-        "unmask": "masked-input",
+        wire.Stage.SHARE_KEYS: wire.Stage.ADVERTISE_KEYS,
+        wire.Stage.MASKED_INPUT: wire.Stage.SHARE_KEYS,
+        wire.Stage.UNMASK: wire.Stage.MASKED_INPUT,
     }
     run = run_round(config, stop_after=previous[stage])
     nxt = {
-        "share-keys": run.server.share_keys_requests,
-        "masked-input": run.server.masked_input_requests,
-        "unmask": run.server.unmask_requests,
+        wire.Stage.SHARE_KEYS: run.server.share_keys_requests,
+        wire.Stage.MASKED_INPUT: run.server.masked_input_requests,
+        wire.Stage.UNMASK: run.server.unmask_requests,
     }[stage]()
     site = run.sites[1]
     call = getattr(site, stage.replace("-", "_"))
-    kwargs = {"vector": run.inputs[1]} if stage == "masked-input" else {}
+    kwargs = {"vector": run.inputs[1]} if stage == wire.Stage.MASKED_INPUT else {}
     with pytest.raises(SecAggError, match=match):
         call(mutate(nxt[1]), **kwargs)
     assert site.stage is Stage(previous[stage])  # nothing changed: the genuine request works
@@ -163,7 +164,7 @@ def test_advertise_request_for_another_config_is_refused() -> None:
         config=config, node_id=1, identity_key=cohort.identities[1], registry=cohort.registry
     )
     with pytest.raises(SecAggError, match="another config"):
-        site.advertise_keys({**other.to_payload(), "stage": "advertise-keys"})
+        site.advertise_keys({**other.to_payload(), "stage": wire.Stage.ADVERTISE_KEYS})
     assert site.stage is Stage.SETUP
 
 
@@ -171,7 +172,7 @@ def test_advertise_request_for_another_config_is_refused() -> None:
 
 
 def _share_keys_request(nodes: list[int]) -> tuple[Any, dict[int, dict[str, Any]]]:
-    run = run_round(make_config(nodes), stop_after="advertise-keys")
+    run = run_round(make_config(nodes), stop_after=wire.Stage.ADVERTISE_KEYS)
     return run, run.server.share_keys_requests()
 
 
@@ -194,7 +195,7 @@ def test_swapped_advertisements_are_refused() -> None:
 
 def test_share_keys_naming_a_non_neighbour_or_unregistered_node_is_refused() -> None:
     nodes = list(range(12))
-    run = run_round(make_config(nodes, degree=4, threshold=3), stop_after="advertise-keys")
+    run = run_round(make_config(nodes, degree=4, threshold=3), stop_after=wire.Stage.ADVERTISE_KEYS)
     requests = run.server.share_keys_requests()
     outsider = next(v for v in nodes if v and v not in run.config.graph().neighbours(0))
     request = {**requests[0], "node-ids": [outsider, *requests[0]["node-ids"][1:]]}
@@ -203,7 +204,7 @@ def test_share_keys_naming_a_non_neighbour_or_unregistered_node_is_refused() -> 
     config = make_config([1, 2, 3, 4])
     cohort = cohort_of(config.cohort)
     registry = {k: v for k, v in cohort.registry.items() if k != 2}
-    run = run_round(config, stop_after="advertise-keys")
+    run = run_round(config, stop_after=wire.Stage.ADVERTISE_KEYS)
     site = SiteSession.from_state(
         run.sites[1].to_state(), identity_key=cohort.identities[1], registry=registry
     )
@@ -212,7 +213,7 @@ def test_share_keys_naming_a_non_neighbour_or_unregistered_node_is_refused() -> 
 
 
 def _masked_input_requests(config: Any) -> tuple[Any, dict[int, dict[str, Any]]]:
-    run = run_round(config, stop_after="share-keys")
+    run = run_round(config, stop_after=wire.Stage.SHARE_KEYS)
     return run, run.server.masked_input_requests()
 
 

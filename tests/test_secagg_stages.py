@@ -8,6 +8,7 @@ import pytest
 
 from privacy.secagg import SiteSession, Stage, StageError, check_transition, is_valid_transition
 from privacy.secagg.stages import parse_stage
+from protocol import wire
 from tests.test_secagg_harness import cohort_of, make_config, run_round
 
 VALID = {
@@ -36,17 +37,17 @@ def test_terminal_stages_have_no_successor() -> None:
 
 
 def test_parse_stage_rejects_unknown_names() -> None:
-    assert parse_stage("unmask") is Stage.UNMASK
+    assert parse_stage(wire.Stage.UNMASK) is Stage.UNMASK
     for bad in ("UNMASK", "", None, 3, b"unmask"):
         with pytest.raises(StageError):
             parse_stage(bad)
 
 
-SITE_METHODS = ("advertise-keys", "share-keys", "masked-input", "unmask")
+SITE_METHODS = wire.SECAGG_STAGES
 _NEXT = {
-    "advertise-keys": "share_keys_requests",
-    "share-keys": "masked_input_requests",
-    "masked-input": "unmask_requests",
+    wire.Stage.ADVERTISE_KEYS: "share_keys_requests",
+    wire.Stage.SHARE_KEYS: "masked_input_requests",
+    wire.Stage.MASKED_INPUT: "unmask_requests",
 }
 
 
@@ -58,12 +59,12 @@ def test_site_accepts_only_the_next_stage_request(completed: int, attempt: str) 
     other = run_round(config)  # a complete round: requests for every stage, to replay
     if completed == 0:
         site = SiteSession.from_request(
-            other.requests["advertise-keys"][1],
+            other.requests[wire.Stage.ADVERTISE_KEYS][1],
             node_id=1,
             identity_key=other_identity(config),
             registry=cohort_of(config.cohort).registry,
         )
-        genuine = {"advertise-keys": other.requests["advertise-keys"][1]}
+        genuine = {wire.Stage.ADVERTISE_KEYS: other.requests[wire.Stage.ADVERTISE_KEYS][1]}
     elif completed < len(SITE_METHODS):
         run = run_round(config, stop_after=SITE_METHODS[completed - 1])
         site = run.sites[1]
@@ -73,7 +74,7 @@ def test_site_accepts_only_the_next_stage_request(completed: int, attempt: str) 
         site, genuine = other.sites[1], {}
     request = genuine.get(attempt, other.requests[attempt][1])
     call = getattr(site, attempt.replace("-", "_"))
-    kwargs = {"vector": other.inputs[1]} if attempt == "masked-input" else {}
+    kwargs = {"vector": other.inputs[1]} if attempt == wire.Stage.MASKED_INPUT else {}
     if attempt in genuine:
         call(request, **kwargs)
         assert site.stage in (Stage(attempt), Stage.DONE)

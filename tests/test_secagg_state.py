@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from privacy.secagg import SecAggConfig, SecAggError, SiteSession, Stage, StageError
+from protocol import wire
 from tests.test_secagg_harness import cohort_of, make_config, ring_sum, run_round
 
 NODES = [5, 6, 7, 8]
@@ -45,8 +46,8 @@ class _Persisting:
 
 def test_round_completes_when_sites_are_restored_from_state_before_every_message() -> None:
     config = make_config(NODES, vector_length=33)
-    stages = ("advertise-keys", "share-keys", "masked-input", "unmask")
-    run = run_round(config, stop_after="advertise-keys")
+    stages = wire.SECAGG_STAGES
+    run = run_round(config, stop_after=wire.Stage.ADVERTISE_KEYS)
     wrapped = {v: _Persisting(s) for v, s in run.sites.items()}
     server = run.server
     for stage, (make, receive) in zip(
@@ -60,7 +61,7 @@ def test_round_completes_when_sites_are_restored_from_state_before_every_message
     ):
         for v, request in make().items():
             call = getattr(wrapped[v], stage.replace("-", "_"))
-            kwargs = {"vector": run.inputs[v]} if stage == "masked-input" else {}
+            kwargs = {"vector": run.inputs[v]} if stage == wire.Stage.MASKED_INPUT else {}
             assert receive(v, call(request, **kwargs))
     result = server.finish()
     np.testing.assert_array_equal(result.vector, ring_sum(list(run.inputs.values()), 32, 33))
@@ -71,7 +72,7 @@ def test_round_completes_when_sites_are_restored_from_state_before_every_message
 
 def test_secrets_are_dropped_as_soon_as_they_are_no_longer_needed() -> None:
     config = make_config(NODES)
-    run = run_round(config, stop_after="share-keys")
+    run = run_round(config, stop_after=wire.Stage.SHARE_KEYS)
     state = run.sites[5].to_state()
     assert all(k in state for k in SECRET_KEYS)
     request = run.server.masked_input_requests()[5]
@@ -82,7 +83,7 @@ def test_secrets_are_dropped_as_soon_as_they_are_no_longer_needed() -> None:
 
 
 def test_wipe_mid_round_aborts_the_session() -> None:
-    run = run_round(make_config(NODES), stop_after="share-keys")
+    run = run_round(make_config(NODES), stop_after=wire.Stage.SHARE_KEYS)
     site = run.sites[6]
     site.wipe()
     assert site.stage is Stage.ABORTED
@@ -103,7 +104,7 @@ def test_wipe_mid_round_aborts_the_session() -> None:
     ],
 )
 def test_malformed_state_is_refused(mutate: Any) -> None:
-    run = run_round(make_config(NODES), stop_after="advertise-keys")
+    run = run_round(make_config(NODES), stop_after=wire.Stage.ADVERTISE_KEYS)
     cohort = cohort_of(NODES)
     with pytest.raises(SecAggError):
         SiteSession.from_state(
@@ -122,7 +123,8 @@ def test_site_construction_checks_its_arguments() -> None:
         SiteSession(config=config, node_id=5, identity_key=b"k", registry={})  # type: ignore[arg-type]
     with pytest.raises(SecAggError, match="config"):
         SiteSession.from_request(
-            {"stage": "advertise-keys"}, node_id=5, identity_key=cohort.identities[5], registry={}
+            {"stage": wire.Stage.ADVERTISE_KEYS}, node_id=5, identity_key=cohort.identities[5],
+            registry={},
         )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from privacy.ledger import LEDGER_FILENAME
 from protocol.adapter import load_adapter_dir
 from protocol.run_folder import RunFolder
+from protocol.wire import MessageType, Stage
 from tests.test_simulation import _flower_processes, _simulate
 
 
@@ -29,8 +30,10 @@ def test_dropouts_at_two_stages_still_release_the_exact_survivor_aggregate(
     tmp_path: Path, tiny_model: Path, tiny_sites: Path
 ) -> None:
     a, b = tmp_path / "secure", tmp_path / "plain"
-    _run(a, tiny_model, tiny_sites, "--faults", "alpha-0@unmask@1,beta-0@masked-input@1")
-    _run(b, tiny_model, tiny_sites, "--secagg", "off", "--faults", "beta-0@train@1")
+    _run(a, tiny_model, tiny_sites, "--faults",
+         f"alpha-0@{Stage.UNMASK}@1,beta-0@{Stage.MASKED_INPUT}@1")
+    _run(b, tiny_model, tiny_sites, "--secagg", "off", "--faults",
+         f"beta-0@{MessageType.TRAIN}@1")
 
     part_a = RunFolder(a).read_participation()[0]
     part_b = RunFolder(b).read_participation()[0]

@@ -14,6 +14,7 @@ from privacy.audit import build_report
 from protocol.adapter import load_adapter_dir
 from protocol.run_folder import RunFolder
 from protocol.run_rows import RUN_COMPLETED
+from protocol.wire import Stage
 from tests.test_simulation import _simulate
 
 
@@ -24,7 +25,7 @@ def test_site_dp_run_releases_noised_sums_and_refuses_an_under_noised_round(
     proc = _simulate("--sites", "3", "--rounds", "2", "--out", str(out), "--model",
                      str(tiny_model), "--data", str(tiny_sites), "--local-steps", "1",
                      "--dp", "off", "--site-dp", "on", "--site-clip", "0.5",
-                     "--faults", "beta@masked-input@2", "--quiet")
+                     "--faults", f"beta@{Stage.MASKED_INPUT}@2", "--quiet")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     folder = RunFolder(out)
     first, second = folder.read_participation()[:2]

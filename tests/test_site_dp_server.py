@@ -11,7 +11,7 @@ from privacy.ddg import DDGParams, site_epsilon
 from privacy.secagg import SecAggError
 from protocol.config import ConfigError, RunConfig
 from protocol.run_rows import ParticipationRow
-from server.site_dp import SiteDP, history_from_participation
+from server.site_dp import PlanRefusal, SiteDP, history_from_participation
 
 DIM = 3000
 
@@ -57,11 +57,12 @@ def test_the_run_budget_stops_releases_and_calibration_fills_it_exactly() -> Non
         sdp.release(adm)
     assert 7.9 < sdp.spent() <= 8.0
     refusal = sdp.plan(cohort_size=10, dim=DIM)
-    assert isinstance(refusal, str) and "site-level budget" in refusal
+    assert isinstance(refusal, PlanRefusal) and "site-level budget" in refusal.reason
+    assert refusal.budget_exhausted
     # an explicit, too small noise multiplier: refused at admission, never unmasked
     weak = _site_dp(noise_multiplier=0.2)
     params = weak.plan(cohort_size=10, dim=DIM)
-    assert isinstance(params, str) and "budget" in params
+    assert isinstance(params, PlanRefusal) and "budget" in params.reason
 
 
 def _row(rnd: int, site_dp: dict[str, object]) -> ParticipationRow:
@@ -157,7 +158,8 @@ def test_a_site_refuses_to_unmask_a_sum_below_the_cohort_in_the_complete_graph()
 def test_an_unplannable_round_is_refused_not_crashed() -> None:
     tiny_ring = _site_dp(modulus_bits=16, noise_multiplier=1.0)
     refusal = tiny_ring.plan(cohort_size=10, dim=2**22)  # 10 * sqrt(d) > 2^14
-    assert isinstance(refusal, str) and "cannot plan" in refusal
+    assert isinstance(refusal, PlanRefusal) and "cannot plan" in refusal.reason
+    assert not refusal.budget_exhausted
 
 
 def test_in_a_sparse_graph_a_site_refuses_when_a_neighbour_is_missing_from_a_full_cohort() -> None:

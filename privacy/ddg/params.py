@@ -29,6 +29,7 @@ from privacy.ddg.accounting import (
     site_epsilon,
 )
 from privacy.ddg.rotation import padded_dim
+from protocol.wire import SiteDPKey
 
 __all__ = [
     "DEFAULT_BETA",
@@ -153,24 +154,24 @@ class DDGParams:
 
     def to_config(self) -> dict[str, Any]:
         """Kebab-case keys for the round's ConfigRecord (all bool-free scalars)."""
-        return {"site-dp-clip": self.clip, "site-dp-dim": self.dim,
-                "site-dp-bits": self.modulus_bits, "site-dp-gamma": self.gamma,
-                "site-dp-local-sigma": self.local_sigma, "site-dp-cohort": self.cohort,
-                "site-dp-max-contributors": self.max_contributors,
-                "site-dp-beta": self.beta, "site-dp-rotation-seed": self.rotation_seed}
+        return {SiteDPKey.CLIP: self.clip, SiteDPKey.DIM: self.dim,
+                SiteDPKey.BITS: self.modulus_bits, SiteDPKey.GAMMA: self.gamma,
+                SiteDPKey.LOCAL_SIGMA: self.local_sigma, SiteDPKey.COHORT: self.cohort,
+                SiteDPKey.MAX_CONTRIBUTORS: self.max_contributors,
+                SiteDPKey.BETA: self.beta, SiteDPKey.ROTATION_SEED: self.rotation_seed}
 
     @classmethod
     def from_config(cls, cfg: Any) -> DDGParams:
         """Parse :meth:`to_config` output (a ConfigRecord or mapping); validated."""
         try:
-            return cls(clip=float(cfg["site-dp-clip"]), dim=int(cfg["site-dp-dim"]),
-                       modulus_bits=int(cfg["site-dp-bits"]),
-                       gamma=float(cfg["site-dp-gamma"]),
-                       local_sigma=float(cfg["site-dp-local-sigma"]),
-                       cohort=int(cfg["site-dp-cohort"]),
-                       max_contributors=int(cfg["site-dp-max-contributors"]),
-                       beta=float(cfg["site-dp-beta"]),
-                       rotation_seed=str(cfg["site-dp-rotation-seed"]))
+            return cls(clip=float(cfg[SiteDPKey.CLIP]), dim=int(cfg[SiteDPKey.DIM]),
+                       modulus_bits=int(cfg[SiteDPKey.BITS]),
+                       gamma=float(cfg[SiteDPKey.GAMMA]),
+                       local_sigma=float(cfg[SiteDPKey.LOCAL_SIGMA]),
+                       cohort=int(cfg[SiteDPKey.COHORT]),
+                       max_contributors=int(cfg[SiteDPKey.MAX_CONTRIBUTORS]),
+                       beta=float(cfg[SiteDPKey.BETA]),
+                       rotation_seed=str(cfg[SiteDPKey.ROTATION_SEED]))
         except KeyError as exc:
             raise ValueError(f"site-DP round config lacks {exc}") from None
 

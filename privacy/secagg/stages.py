@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import Enum
 
 from privacy.secagg.errors import StageError
+from protocol import wire
 
 __all__ = ["TRANSITIONS", "Stage", "check_transition", "is_valid_transition"]
 
@@ -13,16 +14,17 @@ class Stage(str, Enum):
     """Stages of one secure-aggregation round, in protocol order.
 
     ``SETUP`` is the state of a freshly created session; ``DONE`` and ``ABORTED`` are
-    terminal. The value is the kebab-case name that travels in the ``"stage"`` payload key.
+    terminal. The values are :class:`protocol.wire.Stage`'s: the kebab-case name that
+    travels in the ``"stage"`` payload key.
     """
 
-    SETUP = "setup"
-    ADVERTISE_KEYS = "advertise-keys"
-    SHARE_KEYS = "share-keys"
-    MASKED_INPUT = "masked-input"
-    UNMASK = "unmask"
-    DONE = "done"
-    ABORTED = "aborted"
+    SETUP = wire.Stage.SETUP
+    ADVERTISE_KEYS = wire.Stage.ADVERTISE_KEYS
+    SHARE_KEYS = wire.Stage.SHARE_KEYS
+    MASKED_INPUT = wire.Stage.MASKED_INPUT
+    UNMASK = wire.Stage.UNMASK
+    DONE = wire.Stage.DONE
+    ABORTED = wire.Stage.ABORTED
 
 
 _ORDER = (

@@ -1,0 +1,65 @@
+"""The site's plain message handlers: ``train``, ``evaluate`` and ``query.hello``.
+
+Each one parses the message, calls the round logic (:mod:`client.local_round`) and builds the
+reply; :mod:`client.app` registers them on the ClientApp.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from client.faults import inject_fault
+from client.local_round import load_site, local_update
+from client.site import site_spec
+from protocol.config import RunConfig
+from protocol.instructions import RoundInstructions
+from protocol.messages import record_to_state, reply_content, state_to_record
+from protocol.wire import Field, Key, MessageType, Metric, Status
+
+__all__ = ["evaluate", "hello", "train"]
+
+
+def train(msg: Message, context: Context) -> Message:
+    """Plain (unmasked) round: return the adapter delta of the trained tensors."""
+    instr = RoundInstructions.from_record(msg.content[Key.CONFIG])
+    cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
+    inject_fault(cfg, site_spec(context.node_config, cfg).name, MessageType.TRAIN,
+                 instr.round_num)
+    upd = local_update(instr, msg.content[Key.ARRAYS], context)
+    arrays = state_to_record(upd.delta) if upd.delta is not None else None
+    return Message(reply_content(site=upd.site, status=upd.status, reason=upd.reason,
+                                 metrics=upd.metrics, arrays=arrays,
+                                 ledger_summary=upd.ledger_summary), reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context) -> Message:
+    """Held-out loss of the global adapter on this site's held-out split."""
+    from client.model import set_adapter_state
+    from client.train import evaluate as held_out_loss
+
+    t0 = time.perf_counter()
+    instr = RoundInstructions.from_record(msg.content[Key.CONFIG])
+    cfg, sm, data = load_site(context)
+    set_adapter_state(sm, record_to_state(msg.content.array_records[Key.ARRAYS]),
+                      aggregation=instr.aggregation)
+    res = held_out_loss(sm.model, data.held_out, batch_size=max(cfg.batch_size, 16),
+                        pad_id=int(sm.tokenizer.pad_token_id), device=sm.device)
+    metrics: dict[str, Any] = {
+        Metric.NUM_EXAMPLES: res.num_examples,
+        Metric.NUM_TOKENS: res.num_tokens,
+        Metric.EVAL_LOSS: res.loss,
+        Metric.TIME_EVAL: time.perf_counter() - t0,
+    }
+    status = ConfigRecord({Field.STATUS: Status.OK, Field.SITE: data.spec.name})
+    return Message(RecordDict({Key.METRICS: MetricRecord(metrics), Key.CONFIG: status}),
+                   reply_to=msg)
+
+
+def hello(msg: Message, context: Context) -> Message:
+    """Tell the coordinator this node's site name (no model or data is loaded)."""
+    cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
+    spec = site_spec(context.node_config, cfg)
+    return Message(reply_content(site=spec.name, status=Status.OK), reply_to=msg)

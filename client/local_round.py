@@ -1,0 +1,155 @@
+"""The site's local round: plan (or decline) under its policy, train, record, return a delta.
+
+Called by the plain ``train`` handler and by the secure-aggregation ``train.secagg`` handler;
+it knows nothing about messages. torch, transformers and peft (``client.model``,
+``client.train``) are imported inside the functions only: in deployment every message runs
+in a fresh process, and the query stages need none of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from flwr.app import Context
+
+from client.privacy_agent import SitePrivacy, policy_from_config
+from client.site import SiteData, load_site_data, site_spec
+from privacy.budget import Decline, RoundPlan
+from privacy.policy import PolicyError
+from protocol.adapter import trainable_keys
+from protocol.config import RunConfig
+from protocol.instructions import RoundInstructions
+from protocol.messages import record_to_state
+from protocol.model_ref import resolve_model
+from protocol.wire import Metric, Reason, Status
+
+if TYPE_CHECKING:
+    from client.model import SiteModel
+
+__all__ = ["LocalUpdate", "load_site", "local_update"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalUpdate:
+    """The outcome of a site's local round: a delta, or a decline with its reason."""
+
+    site: str
+    status: str
+    reason: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    delta: dict[str, np.ndarray] | None = None
+    #: ``(summary JSON, hex signature)`` of the site's ledger after this round, if signed
+    ledger_summary: tuple[str, str] | None = None
+
+
+def load_site(context: Context) -> tuple[RunConfig, SiteModel, SiteData]:
+    """The run config, the (cached) base model with its LoRA adapter, and the site's data."""
+    from client.model import load_site_model, resolve_device
+
+    cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
+    spec = site_spec(context.node_config, cfg)
+    device = resolve_device(spec.device)
+    # deployment: a site may hold the base model at its own path (node config `model`)
+    model_ref = str(context.node_config.get("model") or cfg.model)
+    site_model = load_site_model(
+        resolve_model(model_ref), device=device, r=cfg.lora_r, alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
+    )
+    data = load_site_data(spec, cfg, site_model.tokenizer)
+    return cfg, site_model, data
+
+
+def _round_seed(cfg_seed: int, round_num: int, site: str) -> int:
+    digest = hashlib.sha256(f"{cfg_seed}|{round_num}|{site}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _site_privacy(context: Context, cfg: RunConfig, data: SiteData) -> SitePrivacy | None:
+    policy = policy_from_config(context.node_config, cfg.site_dp_policy)
+    if policy is None:
+        return None
+    if data.spec.state_dir is None:
+        raise PolicyError(f"site {data.spec.name} has a privacy policy but no state directory "
+                          "for its ledger (`state-dir`)")
+    return SitePrivacy.open(policy, data.spec.state_dir, site=data.spec.name,
+                            num_examples=len(data.train))
+
+
+def _summary(privacy: SitePrivacy | None, data: SiteData, run_id: str,
+             round_num: int) -> tuple[str, str] | None:
+    if privacy is None or data.spec.state_dir is None:
+        return None
+    return privacy.signed_summary(data.spec.state_dir, run_id=run_id, round_num=round_num)
+
+
+def local_update(instr: RoundInstructions, arrays: Any, context: Context) -> LocalUpdate:
+    """Plan (or decline) under the site's policy, train, write the ledger, return the delta.
+
+    With a site privacy policy the ledger entry is written before this returns, i.e. before
+    anything derived from the round's training can leave the site.
+    """
+    from client.model import get_adapter_state, set_adapter_state
+    from client.train import dp_train, train_steps
+
+    t0 = time.perf_counter()
+    cfg, sm, data = load_site(context)
+    round_num, run_id, steps = instr.round_num, instr.run_id, instr.local_steps
+    site = data.spec.name
+
+    privacy = _site_privacy(context, cfg, data)
+    plan: RoundPlan | None = None
+    if privacy is not None:
+        decision = privacy.plan(
+            run_id=run_id, batch_size=instr.batch_size, local_steps=steps,
+            planned_rounds=instr.planned_rounds, dp_enabled=instr.dp_enabled,
+            requested_noise_multiplier=instr.requested_noise_multiplier)
+        if isinstance(decision, Decline):
+            privacy.record_decline(decision, run_id=run_id, round_num=round_num)
+            logger.warning("site %s declines round %d: %s (%s)", site, round_num,
+                           decision.reason, decision.detail)
+            return LocalUpdate(site, Status.DECLINED, decision.reason,
+                               {Metric.EPSILON: decision.epsilon_spent,
+                                Metric.DELTA: decision.delta},
+                               ledger_summary=_summary(privacy, data, run_id, round_num))
+        plan = decision
+        logger.info("site %s round %d: DP plan %s", site, round_num, plan.summary())
+    elif instr.dp_enabled:
+        return LocalUpdate(site, Status.DECLINED, Reason.NO_PRIVACY_POLICY)
+
+    global_state = record_to_state(arrays)
+    set_adapter_state(sm, global_state, aggregation=instr.aggregation)
+    t_setup = time.perf_counter() - t0
+    seed = _round_seed(cfg.seed, round_num, site)
+    lr = instr.learning_rate
+    pad_id = int(sm.tokenizer.pad_token_id)
+    if plan is not None and privacy is not None:
+        mean_loss = dp_train(sm, data, plan=plan, policy=privacy.policy, learning_rate=lr,
+                             pad_id=pad_id, seed=seed)
+        privacy.record(plan, run_id=run_id, round_num=round_num)  # before anything leaves
+    else:
+        mean_loss = train_steps(sm.model, data.train, steps=steps, batch_size=instr.batch_size,
+                                learning_rate=lr, pad_id=pad_id, device=sm.device,
+                                seed=seed).mean_loss
+    t_train = time.perf_counter() - t0 - t_setup
+    local = get_adapter_state(sm)
+    delta = {k: local[k] - global_state[k]
+             for k in trainable_keys(list(local), instr.aggregation)}
+    metrics: dict[str, Any] = {
+        Metric.NUM_EXAMPLES: len(data.train), Metric.TRAIN_LOSS: mean_loss,
+        Metric.STEPS: steps, Metric.TIME_SETUP: t_setup, Metric.TIME_TRAIN: t_train,
+    }
+    if plan is not None:
+        metrics.update({Metric.EPSILON: plan.epsilon_after, Metric.DELTA: plan.delta,
+                        Metric.NOISE_MULTIPLIER: plan.noise_multiplier,
+                        Metric.SAMPLE_RATE: plan.sample_rate,
+                        Metric.MAX_GRAD_NORM: plan.max_grad_norm})
+    logger.info("site %s round %d: %d steps, train loss %.4f", site, round_num, steps, mean_loss)
+    return LocalUpdate(site, Status.OK, metrics=metrics, delta=delta,
+                       ledger_summary=_summary(privacy, data, run_id, round_num))

@@ -1,0 +1,132 @@
+"""The site's secure-aggregation message handlers, one per stage.
+
+Each handler restores the site's session (:mod:`client.secure`), runs its stage and replies.
+A request the site will not serve (bad signature, lists, parameters, a stage out of order) is
+answered with a refusal and the session wiped; a failed local round (data, policy, model) is
+answered as a training failure — never as a refusal, and never with the error's text, which
+may quote the site's records.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flwr.app import Context, Message
+
+from client.faults import inject_fault
+from client.local_round import local_update
+from client.secure import SecureSite
+from client.site_dp import check_unmask
+from privacy.secagg import SecAggError, SiteSession
+from protocol.instructions import RoundInstructions
+from protocol.messages import get_payload, reply_content
+from protocol.wire import Key, Reason, Stage, Status
+
+__all__ = ["advertise", "masked_train", "share", "unmask"]
+
+logger = logging.getLogger(__name__)
+
+#: what a site refuses a request for (the request is malformed or would be unsafe to serve)
+_REFUSALS = (SecAggError, ValueError, KeyError)
+
+
+def _round_of(msg: Message) -> int | None:
+    try:
+        return int(msg.metadata.group_id)
+    except (TypeError, ValueError):
+        return None
+
+
+def _answer(msg: Message, me: str, payload: dict[str, Any] | None, *, status: str = Status.OK,
+            reason: str = "", metrics: dict[str, Any] | None = None,
+            ledger_summary: tuple[str, str] | None = None) -> Message:
+    return Message(reply_content(site=me, status=status, reason=reason, metrics=metrics,
+                                 payload=payload, ledger_summary=ledger_summary), reply_to=msg)
+
+
+def _refuse(msg: Message, context: Context, me: str, exc: Exception,
+            session: SiteSession | None = None) -> Message:
+    SecureSite.wipe(context, session)
+    logger.warning("site %s refuses the secure-aggregation request: %s", me, exc)
+    return _answer(msg, me, None, status=Status.FAILED, reason=Reason.SECAGG_REFUSED)
+
+
+def _training_failed(msg: Message, context: Context, me: str, exc: Exception,
+                     session: SiteSession) -> Message:
+    SecureSite.wipe(context, session)
+    logger.error("site %s: local round failed: %s", me, exc, exc_info=exc)
+    return _answer(msg, me, None, status=Status.FAILED,
+                   reason=f"{Reason.TRAINING_FAILED} ({type(exc).__name__})")
+
+
+def advertise(msg: Message, context: Context) -> Message:
+    """Stage 1: fresh round keys, signed with the site's identity key."""
+    site = SecureSite.of(context)
+    site.wipe(context)
+    inject_fault(site.cfg, site.name, Stage.ADVERTISE_KEYS, _round_of(msg))
+    try:
+        session, reply = site.start(context, msg.content)
+    except _REFUSALS as exc:
+        return _refuse(msg, context, site.name, exc)
+    site.save(context, session)
+    return _answer(msg, site.name, reply)
+
+
+def share(msg: Message, context: Context) -> Message:
+    """Stage 2: check neighbours' signatures, send them encrypted Shamir shares."""
+    site = SecureSite.of(context)
+    inject_fault(site.cfg, site.name, Stage.SHARE_KEYS, _round_of(msg))
+    session = None
+    try:
+        session = site.restore(context)
+        reply = session.share_keys(get_payload(msg.content))
+    except _REFUSALS as exc:
+        return _refuse(msg, context, site.name, exc, session)
+    site.save(context, session)
+    return _answer(msg, site.name, reply)
+
+
+def masked_train(msg: Message, context: Context) -> Message:
+    """Stage 3: train (DP first), encode the delta, mask it, send it."""
+    site = SecureSite.of(context)
+    inject_fault(site.cfg, site.name, Stage.MASKED_INPUT, _round_of(msg))
+    session = None
+    try:
+        session = site.restore(context)
+        instr = RoundInstructions.from_record(msg.content[Key.CONFIG])
+    except _REFUSALS as exc:
+        return _refuse(msg, context, site.name, exc, session)
+    try:
+        upd = local_update(instr, msg.content[Key.ARRAYS], context)
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the local round failed
+        return _training_failed(msg, context, site.name, exc, session)
+    if upd.status != Status.OK or upd.delta is None:
+        site.wipe(context, session)
+        return _answer(msg, site.name, None, status=upd.status, reason=upd.reason,
+                       metrics=upd.metrics, ledger_summary=upd.ledger_summary)
+    try:
+        vector = site.encode(upd, instr, session, context)
+        reply = session.masked_input(get_payload(msg.content), vector=vector)
+        del vector  # only the masked vector leaves
+    except _REFUSALS as exc:
+        return _refuse(msg, context, site.name, exc, session)
+    site.save(context, session)
+    return _answer(msg, site.name, reply, metrics=upd.metrics,
+                   ledger_summary=upd.ledger_summary)
+
+
+def unmask(msg: Message, context: Context) -> Message:
+    """Stage 4: reveal, per neighbour, the self-mask share (alive) or key share (dropped)."""
+    site = SecureSite.of(context)
+    inject_fault(site.cfg, site.name, Stage.UNMASK, _round_of(msg))
+    session = None
+    try:
+        session = site.restore(context)
+        request = get_payload(msg.content)
+        check_unmask(context, request, session.config, session.node_id)
+        reply = session.unmask(request)
+    except _REFUSALS as exc:
+        return _refuse(msg, context, site.name, exc, session)
+    site.wipe(context, session)
+    return _answer(msg, site.name, reply)

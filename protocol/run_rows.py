@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 __all__ = [
+    "LEGACY_KEYS",
     "RUN_COMPLETED",
     "RUN_FAILED",
     "RUN_RUNNING",
@@ -29,6 +30,8 @@ __all__ = [
     "RunInfo",
     "RunState",
     "SiteEval",
+    "current_key",
+    "upgrade_keys",
 ]
 
 RUN_RUNNING = "running"
@@ -106,6 +109,27 @@ def _dump(v: Any) -> Any:
         return {k: _dump(x) for k, x in v.items()}
     return v
 
+#: Keys of run folders written before example-level and site-level DP were named apart
+#: (``site-dp-policy`` was the example-level policy; ``site-dp*`` / ``site_dp`` site-level DP).
+LEGACY_KEYS = {"site-dp-policy": "dp-policy", "site_dp": "site_level_dp"}
+_LEGACY_PREFIX = ("site-dp-", "site-level-dp-")
+
+
+def current_key(key: str) -> str:
+    """The key's current name (old run folders still read; see :data:`LEGACY_KEYS`)."""
+    if key in LEGACY_KEYS:
+        return LEGACY_KEYS[key]
+    if key == "site-dp":
+        return "site-level-dp"
+    if key.startswith(_LEGACY_PREFIX[0]):
+        return _LEGACY_PREFIX[1] + key[len(_LEGACY_PREFIX[0]):]
+    return key
+
+
+def upgrade_keys(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """``doc`` with every legacy key renamed to its current name."""
+    return {current_key(str(k)): v for k, v in doc.items()}
+
 
 class _Row:
     """Validation and JSON form shared by the rows (field name == JSON key)."""
@@ -125,6 +149,7 @@ class _Row:
         """Parse one row; :class:`RowError` names a missing, unknown or bad key."""
         if not isinstance(doc, Mapping):
             raise _fail(cls._WHAT, "a JSON object", doc)
+        doc = upgrade_keys(doc)
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(str(k) for k in doc if k not in fields)
         if unknown:
@@ -205,7 +230,7 @@ class ParticipationRow(_Row):
     ``declined`` / ``failed`` map a site to its reason. With secure aggregation the row also
     holds ``dropped``, ``threshold``, ``degree``, ``modulus_bits``,
     ``decoding_error_bound`` and, when a round is aborted, ``abort_reason``; with site-level
-    DP ``site_dp`` is the round's accounting record (see :mod:`server.site_dp`).
+    DP ``site_level_dp`` is the round's accounting record (see :mod:`server.site_level_dp`).
     """
 
     _WHAT = "participation row"
@@ -224,7 +249,7 @@ class ParticipationRow(_Row):
     modulus_bits: int | None = None
     decoding_error_bound: Mapping[str, float] | None = None
     abort_reason: str | None = None
-    site_dp: Mapping[str, Any] | None = None
+    site_level_dp: Mapping[str, Any] | None = None
 
 
 ParticipationRow._CHECKS = {
@@ -232,7 +257,7 @@ ParticipationRow._CHECKS = {
     "failed": _str_map, "epsilon": _num_map, "released": _bool, "train_loss": _num_map,
     "dropped": _names, "secure_aggregation": _bool, "threshold": _int, "degree": _int,
     "modulus_bits": _int, "decoding_error_bound": _num_map, "abort_reason": _str,
-    "site_dp": _obj,
+    "site_level_dp": _obj,
 }
 
 

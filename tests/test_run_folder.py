@@ -105,3 +105,15 @@ def test_resume_keeps_run_info_records_the_resume_and_truncates_rows(tmp_path: P
                              '"status": "running"}')
     with pytest.raises(ResumeError, match="`completed_round` must be an integer >= 0, got -1"):
         rd.read_state()
+
+
+def test_rows_written_before_dp_levels_were_named_apart_still_read(tmp_path):
+    from protocol.run_rows import ParticipationRow, upgrade_keys
+
+    old = {"round": 1, "sampled": ["a"], "contributed": ["a"], "declined": {}, "failed": {},
+           "site_dp": {"mode": "distributed", "released": True}}
+    row = ParticipationRow.from_json(old)
+    assert row.site_level_dp == {"mode": "distributed", "released": True}
+    assert upgrade_keys({"site-dp": True, "site-dp-epsilon": 8.0, "site-dp-policy": "{}",
+                         "dp": True}) == {"site-level-dp": True, "site-level-dp-epsilon": 8.0,
+                                          "dp-policy": "{}", "dp": True}

@@ -39,6 +39,7 @@ from protocol.run_folder import (
     RunFolder,
     RunFolderError,
 )
+from protocol.run_rows import upgrade_keys
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -130,7 +131,8 @@ def _read_json(folder: RunFolder, path: Path, flags: list[Flag]) -> dict[str, An
 
 def _read_jsonl(folder: RunFolder, path: Path, flags: list[Flag]) -> list[dict[str, Any]]:
     """Rows with an integer ``round``; every other line is flagged (fields are checked later)."""
-    return folder.read_raw_rows(path, lambda msg: flags.append(Flag("warning", None, msg)))
+    rows = folder.read_raw_rows(path, lambda msg: flags.append(Flag("warning", None, msg)))
+    return [upgrade_keys(r) for r in rows]
 
 
 def _num_or_none(x: Any) -> float | None:
@@ -288,7 +290,7 @@ def build_report(run_dir: str | Path, *,
     metrics = _read_jsonl(folder, folder.metrics_path, flags)
     participation = _read_jsonl(folder, folder.participation_path, flags)
     rounds = _aggregate_rounds(participation, metrics)
-    config: dict[str, Any] = run["config"] if isinstance(run.get("config"), dict) else {}
+    config = upgrade_keys(run["config"]) if isinstance(run.get("config"), dict) else {}
     num_rounds = max((r.round for r in rounds), default=0)  # completed, not planned
     run_id = str(run["run_id"]) if "run_id" in run else None
 

@@ -7,13 +7,13 @@ ones in :mod:`client.handlers`, the secure-aggregation stages in
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 from flwr.clientapp import ClientApp
 
 from client import handlers, secure_handlers
+from protocol.console import log_events
 from protocol.wire import Action
 
 __all__ = ["SITE_LOG_ENV", "app", "build_app"]
@@ -24,20 +24,12 @@ SITE_LOG_ENV = "CONFIDE_SITE_LOG"
 
 
 def _site_logging() -> None:
-    if os.environ.get(SITE_LOG_ENV) != "1":
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    for name in ("client", "privacy"):
-        lg = logging.getLogger(name)
-        if not lg.handlers:
-            lg.addHandler(handler)
-            lg.setLevel(logging.INFO)
-            lg.propagate = False
+    if os.environ.get(SITE_LOG_ENV) == "1":
+        log_events(sys.stderr, ("client", "privacy"), replace=False)
 
 
 def build_app() -> ClientApp:
-    """A ClientApp with every handler of the site registered."""
+    """Build the site's ClientApp with every handler registered explicitly."""
     _site_logging()
     client_app = ClientApp()
     client_app.train()(handlers.train)

@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from protocol.adapter import adapter_shapes, initial_adapter_state, lora_config
 from protocol.config import RunConfig
+from protocol.console import log_events
 from protocol.model_ref import resolve_model
 from protocol.run_rows import RUN_COMPLETED, RUN_FAILED
 from server.rounds import RoundDriver
@@ -29,15 +30,7 @@ app = ServerApp()
 
 def _configure_logging() -> None:
     """One line per event on stdout (streamed by ``flwr run --stream``)."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    for name in ("confide", "server", "protocol", "privacy"):
-        lg = logging.getLogger(name)
-        if not lg.handlers:
-            handler = logging.StreamHandler(sys.stdout)
-            handler.setFormatter(fmt)
-            lg.addHandler(handler)
-            lg.setLevel(logging.INFO)
-            lg.propagate = False
+    log_events(sys.stdout, ("confide", "server", "protocol", "privacy"), replace=False)
 
 
 def _site_level_dp(cfg: RunConfig, rundir: RunDir) -> Any:
@@ -62,7 +55,8 @@ def run_server(grid: Grid, cfg: RunConfig) -> Path:
     if cfg.resume and rundir.state_path.exists():
         prev = rundir.read_state()
         if prev.status == RUN_COMPLETED:
-            raise ResumeError(f"run in {rundir.root} already completed {prev.completed_round} rounds")
+            raise ResumeError(f"run in {rundir.root} already completed "
+                              f"{prev.completed_round} rounds")
         run_id = prev.run_id
         rundir.truncate_after(prev.completed_round)
         if prev.completed_round == 0 and not rundir.round_adapter(0).is_dir():

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from privacy.audit.aggregates import AggregateRound
 from privacy.audit.site_level import SiteLevelReport, build_site_level
 from privacy.audit.sites import SiteReport, build_site
 from privacy.audit.verify import SummaryCheck, check_signed_summary
@@ -67,22 +68,6 @@ class Flag:
     severity: str  # "red" | "warning"
     site_id: str | None
     message: str
-
-
-@dataclass(frozen=True)
-class AggregateRound:
-    """One server round: who was in the (secure) aggregate and whether it was released."""
-
-    round: int
-    sampled: tuple[str, ...]
-    contributed: tuple[str, ...]
-    declined: Mapping[str, str]
-    failed: Mapping[str, str]
-    dropped: tuple[str, ...]
-    threshold: int | None
-    released: bool | None
-    eval_loss: float | None
-    eval_perplexity: float | None
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from privacy.audit.verify import (
 from protocol.run_folder import METRICS_FILE, PARTICIPATION_FILE, RUN_FILE
 
 if TYPE_CHECKING:
-    from privacy.audit.model import AggregateRound
+    from privacy.audit.aggregates import AggregateRound
 
 __all__ = ["RoundNote", "SeriesPoint", "SiteReport", "SiteRound", "build_site"]
 

@@ -112,7 +112,8 @@ class SitePrivacy:
     def signed_summary(self, state_dir: Path, *, run_id: str,
                        round_num: int) -> tuple[str, str] | None:
         """``(summary JSON, hex signature)`` of the ledger as it stands, signed with the
-        site's identity key (``identity.key`` in ``state_dir``); None without a key."""
+        site's identity key (``identity.key`` in ``state_dir``); None without a key.
+        """
         from privacy.ledger_summary import dumps, make_summary, sign_summary
 
         if not (state_dir / IDENTITY_FILE).is_file():

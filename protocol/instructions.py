@@ -97,7 +97,8 @@ _PLAN_TYPES: dict[str, type] = {
 @dataclass(frozen=True)
 class SiteLevelDPPlan:
     """The round's site-level DP mode and plan (``privacy.ddg.DDGParams.to_config`` keys);
-    the site checks the plan's privacy itself (``client.site_level_dp``)."""
+    the site checks the plan's privacy itself (``client.site_level_dp``).
+    """
 
     mode: str
     params: Mapping[str, Scalar]

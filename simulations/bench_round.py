@@ -20,7 +20,13 @@ from pathlib import Path
 
 import torch
 
-from client.model import _load_cached, get_adapter_state, load_site_model, resolve_device, set_adapter_state
+from client.model import (
+    _load_cached,
+    get_adapter_state,
+    load_site_model,
+    resolve_device,
+    set_adapter_state,
+)
 from client.site import load_site_data, site_spec
 from client.train import evaluate, train_steps
 from protocol.adapter import check_state, initial_adapter_state, trainable_keys

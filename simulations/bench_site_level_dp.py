@@ -46,8 +46,8 @@ def _flags(variant: str) -> list[str]:
 def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from protocol.run_folder import RunFolder
     from simulations.cli import build_parser
-    from simulations.simulate import enrol_sites, run_config
     from simulations.runner import run_simulation
+    from simulations.simulate import enrol_sites, run_config
 
     argv = ["simulate", "--sites", str(args.sites), "--rounds", str(args.rounds),
             "--out", str(out), "--model", args.model, "--data", args.data,

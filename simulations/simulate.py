@@ -186,7 +186,7 @@ def enrol_sites(cfg: Any, num_sites: int) -> None:
     from client.identity import IDENTITY_FILE
     from client.site import site_spec
     from privacy.secagg import generate_identity_key, identity_private_bytes
-    from privacy.secagg.keys import load_identity_private_key, identity_public_bytes
+    from privacy.secagg.keys import identity_public_bytes, load_identity_private_key
     from protocol.io import atomic_write_bytes, atomic_write_json
 
     enrolment: dict[str, str] = {}
@@ -204,7 +204,6 @@ def enrol_sites(cfg: Any, num_sites: int) -> None:
 
 def dp_summary(cfg: Any, num_sites: int) -> str:
     """One screen: per site budget, delta, sigma, q, C, planned steps and projected epsilon."""
-    from client.model import load_site_model, resolve_device
     from client.privacy_agent import policy_from_config, projected_summary
     from client.site import load_site_data, site_spec
     from privacy.ledger import PrivacyLedger

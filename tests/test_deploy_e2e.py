@@ -14,8 +14,8 @@ import pytest
 
 from protocol.run_folder import RunFolder
 from protocol.run_rows import RUN_COMPLETED
-from server.devkeys import make_keys
 from protocol.wire import MessageType
+from server.devkeys import make_keys
 from tests._deploy import crash, make_deployment, start, stop_all, text, wait_for
 
 pytestmark = pytest.mark.slow

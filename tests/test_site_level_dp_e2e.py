@@ -1,5 +1,6 @@
 """Site-level DP end to end through Flower: sites add the noise, a dropout below the cohort is
-refused before unmasking, and the audit's site-level ε recomputes."""
+refused before unmasking, and the audit's site-level ε recomputes.
+"""
 
 from __future__ import annotations
 

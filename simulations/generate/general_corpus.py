@@ -42,7 +42,6 @@ from simulations.generate.demo_data import (
     Slot,
     date,
     expand,
-    join_list,
     money,
     person,
     tidy,

@@ -50,6 +50,7 @@ def _roundtrip(state: dict) -> tuple[dict, int]:  # type: ignore[type-arg]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Time the phases of one round and print each one's seconds and share; exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sites", type=int, default=3)
     ap.add_argument("--local-steps", type=int, default=RunConfig().local_steps)
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = RunConfig.from_mapping({"local-steps": args.local_steps, "model": resolve_model(args.model),
+    cfg = RunConfig.from_mapping({"local-steps": args.local_steps,
+                                  "model": resolve_model(args.model),
                                   "data-dir": resolve_data_dir(args.data)})
     phases: dict[str, float] = {}
 

@@ -53,7 +53,8 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
         clients["bank"] = start(dep, ["client", "--config", str(dep.site_cfgs["bank"])],
                                 logs / "bank-restarted.log")
         folder = RunFolder(dep.run_dir)
-        wait_for(lambda: any(r.round == 1 for r in folder.read_metrics()) or server.poll() is not None,
+        wait_for(lambda: (any(r.round == 1 for r in folder.read_metrics())
+                          or server.poll() is not None),
                  600, "round 1 to complete without bank")
         assert server.poll() is None, text(server_log)[-3000:]
 

@@ -20,8 +20,8 @@ SEED = "00" * 32
 
 def test_central_gaussian_epsilon_matches_opacus_rdp_at_sampling_rate_one() -> None:
     for z, rounds in ((1.1, 3), (0.8, 5), (3.0, 20)):
-        ours = site_level_epsilon([SiteLevelDPRound("central", 10, z * 0.2, 0.2, 0.0, 1000)] * rounds,
-                            delta=1e-5)
+        ours = site_level_epsilon(
+            [SiteLevelDPRound("central", 10, z * 0.2, 0.2, 0.0, 1000)] * rounds, delta=1e-5)
         theirs = example_epsilon([(1.0, z, rounds)], delta=1e-5)
         assert ours <= theirs * 1.001  # finer order grid: never looser
         assert ours == pytest.approx(theirs, rel=0.02)
@@ -31,7 +31,8 @@ def test_distributed_on_a_fine_grid_costs_almost_nothing_over_central() -> None:
     p = plan_site_level_round(clip=1.0, dim=12288, modulus_bits=32, noise_multiplier=1.1,
                               cohort=10, max_contributors=10, rotation_seed=SEED)
     dist = site_level_epsilon([p.round_record(10)] * 3, delta=1e-5)
-    cent = site_level_epsilon([SiteLevelDPRound("central", 10, 1.1, 1.0, 0.0, 12288)] * 3, delta=1e-5)
+    cent = site_level_epsilon([SiteLevelDPRound("central", 10, 1.1, 1.0, 0.0, 12288)] * 3,
+                              delta=1e-5)
     assert cent < dist < cent * 1.001
 
 
@@ -76,7 +77,8 @@ def test_calibration_never_overshoots_and_is_tight(mode: str, target: float, rou
 
 def test_no_noise_is_infinite_epsilon_and_records_validate() -> None:
     assert rdp_of_round(SiteLevelDPRound("distributed", 3, 0.0, 5.0, 25.0, 8), 2.0) == math.inf
-    assert site_level_epsilon([SiteLevelDPRound("central", 3, 0.0, 1.0, 0.0, 8)], delta=1e-5) == math.inf
+    no_noise = SiteLevelDPRound("central", 3, 0.0, 1.0, 0.0, 8)
+    assert site_level_epsilon([no_noise], delta=1e-5) == math.inf
     assert site_level_epsilon([], delta=1e-5) == 0.0
     # below sigma = 1/2 grid steps the sum-of-discrete-Gaussians bound does not apply
     assert rdp_of_round(SiteLevelDPRound("distributed", 3, 0.4, 5.0, 25.0, 8), 2.0) == math.inf

@@ -63,7 +63,7 @@ def _reachable(address: str, timeout: float = 2.0) -> bool:
 
 
 def _classify(tail: str, cfg: SiteDeployConfig) -> AgentError | None:
-    """A refusal that retrying cannot fix, from the SuperNode's last output lines."""
+    """Recognise a refusal that retrying cannot fix in the SuperNode's last output lines."""
     if "CERTIFICATE_VERIFY_FAILED" in tail or "handshake failed" in tail.lower():
         where = f"`ca-cert` {cfg.ca_cert}" if cfg.ca_cert else "the system CA bundle (no `ca-cert`)"
         return AgentError(
@@ -142,7 +142,7 @@ def _pump(stream: TextIO, out: TextIO, tail: collections.deque[str], prefix: str
 
 
 def _wait_supernode(proc: subprocess.Popen[str], gave_up: threading.Event) -> int | None:
-    """The SuperNode's exit code; ``None`` when it gave up reconnecting and had to be stopped."""
+    """Wait for the SuperNode's exit code; ``None`` when it gave up reconnecting and was stopped."""
     while True:
         code = proc.poll()
         if code is not None:

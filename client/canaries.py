@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def canary_plan(cfg: RunConfig, tokenizer: Any) -> CanaryPlan:
-    """The run's canaries and coins (the same at the site and for the auditor)."""
+    """Draw the run's canaries and coins (the same at the site and for the auditor)."""
     special = sorted({int(i) for i in (tokenizer.bos_token_id, tokenizer.eos_token_id,
                                         tokenizer.pad_token_id) if i is not None})
     return CanaryPlan.draw(cfg.canaries, length=cfg.canary_length, vocab_size=len(tokenizer),
@@ -31,7 +31,7 @@ def canary_plan(cfg: RunConfig, tokenizer: Any) -> CanaryPlan:
 
 
 def planted_canaries(cfg: RunConfig, site: str, tokenizer: Any) -> list[TokenizedExample]:
-    """The canaries ``site`` trains on: those with an IN coin when it is the canary site."""
+    """Return the canaries ``site`` trains on: those with an IN coin if it is the canary site."""
     if cfg.canaries <= 0 or site != cfg.canary_site:
         return []
     plan = canary_plan(cfg, tokenizer)

@@ -84,7 +84,8 @@ def _read_jsonl(path: Path) -> list[Example]:
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                raise DataError(f"{path}:{lineno}: expected a JSON object, "
+                                f"got {type(obj).__name__}")
             if "text" in obj:
                 text = obj["text"]
                 if not isinstance(text, str) or not text.strip():
@@ -147,7 +148,7 @@ def split_examples(
 
 
 def site_paths(data_dir: str | Path) -> list[Path]:
-    """The site folders (or files) of a simulation data directory, sorted by name."""
+    """List the site folders (or files) of a simulation data directory, sorted by name."""
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"data directory does not exist: {root}")
@@ -177,7 +178,7 @@ def shard_for_partition(
 
 
 def take_shard(examples: Sequence[Example], shard: int, num_shards: int) -> list[Example]:
-    """A deterministic, disjoint shard of ``examples`` (interleaved)."""
+    """Take a deterministic, disjoint shard of ``examples`` (interleaved)."""
     return [ex for i, ex in enumerate(examples) if i % num_shards == shard]
 
 

@@ -63,7 +63,7 @@ class SiteDeployConfig:
     privacy: Mapping[str, Any] = field(default_factory=dict)
 
     def node_config(self) -> dict[str, Any]:
-        """The SuperNode's node config (what the ClientApp reads as ``context.node_config``)."""
+        """Build the SuperNode's node config (the ClientApp's ``context.node_config``)."""
         out: dict[str, Any] = {
             "site-name": self.name, "data-path": str(self.data_path),
             "state-dir": str(self.state_dir), "device": self.device,

@@ -13,7 +13,7 @@ IDENTITY_FILE = "identity.key"
 
 
 def load_site_identity(state_dir: Path) -> Any:
-    """The site's Ed25519 identity key from ``state_dir/identity.key`` (32 raw bytes)."""
+    """Load the site's Ed25519 identity key from ``state_dir/identity.key`` (32 raw bytes)."""
     path = state_dir / IDENTITY_FILE
     try:
         return load_identity_private_key(path.read_bytes())

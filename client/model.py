@@ -6,7 +6,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,7 +114,7 @@ def set_adapter_state(
 
 
 def get_adapter_state(site: SiteModel) -> dict[str, np.ndarray]:
-    """The adapter tensors as float32 numpy arrays (``get_peft_model_state_dict`` names)."""
+    """Return the adapter tensors as float32 numpy arrays (``get_peft_model_state_dict`` names)."""
     from peft import get_peft_model_state_dict
 
     return {

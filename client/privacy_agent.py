@@ -31,7 +31,7 @@ POLICY_KEY = "dp-policy"
 
 
 def policy_from_config(node_config: Mapping[str, Any], simulated: str) -> SitePrivacyPolicy | None:
-    """The site's policy: ``dp-*`` keys of the node config, else the simulation's stand-in.
+    """Read the site's policy: ``dp-*`` keys of the node config, else the simulation's stand-in.
 
     ``None`` means the site trains without DP (and declines nothing for DP reasons).
     """
@@ -60,6 +60,7 @@ class SitePrivacy:
     @classmethod
     def open(cls, policy: SitePrivacyPolicy, state_dir: Path, *, site: str,
              num_examples: int) -> SitePrivacy:
+        """Open the site's ledger in ``state_dir`` and record its policy there (``policy.json``)."""
         ledger = PrivacyLedger(state_dir)  # verifies the hash chain; refuses a broken one
         me = cls(policy, ledger, site, num_examples, {})
         atomic_write_json(state_dir / "policy.json", {
@@ -70,9 +71,11 @@ class SitePrivacy:
 
     @property
     def delta(self) -> float:
+        """δ of the site's policy for its number of examples."""
         return self.policy.resolve_delta(self.num_examples)
 
     def spent(self) -> float:
+        """Return the ε the ledger has spent so far, at the policy's δ."""
         return epsilon(self.ledger.history(), delta=self.delta, accountant=self.policy.accountant)
 
     def plan(self, *, run_id: str, batch_size: int, local_steps: int, planned_rounds: int,
@@ -105,14 +108,17 @@ class SitePrivacy:
             accountant=plan.accountant, delta=plan.delta, epsilon_after=plan.epsilon_after)
 
     def record_decline(self, decline: Decline, *, run_id: str, round_num: int) -> None:
+        """Append the declined round to the ledger."""
         self.ledger.record_decline(run_id=run_id, round=round_num, reason=decline.reason,
                                    accountant=decline.accountant, delta=decline.delta,
                                    epsilon_after=decline.epsilon_spent)
 
     def signed_summary(self, state_dir: Path, *, run_id: str,
                        round_num: int) -> tuple[str, str] | None:
-        """``(summary JSON, hex signature)`` of the ledger as it stands, signed with the
-        site's identity key (``identity.key`` in ``state_dir``); None without a key."""
+        """Sign the ledger as it stands: ``(summary JSON, hex signature)``; None without a key.
+
+        The signing key is the site's identity key (``identity.key`` in ``state_dir``).
+        """
         from privacy.ledger_summary import dumps, make_summary, sign_summary
 
         if not (state_dir / IDENTITY_FILE).is_file():
@@ -131,7 +137,7 @@ def projected_summary(
     policy: SitePrivacyPolicy, *, site: str, num_examples: int, batch_size: int,
     local_steps: int, planned_rounds: int, history: list[Mechanism] | None = None,
 ) -> dict[str, Any]:
-    """What the site will do over the plan: σ, q, δ, steps and the projected ε."""
+    """Project what the site will do over the plan: σ, q, δ, steps and the projected ε."""
     past = list(history or [])
     q = sample_rate_for(batch_size=batch_size, num_examples=num_examples)
     delta = policy.resolve_delta(num_examples)

@@ -49,7 +49,10 @@ class SiteData:
 
 
 def site_spec(node_config: Mapping[str, Any], cfg: RunConfig) -> SiteSpec:
-    """Deployment: ``data-path`` etc. in the node config. Simulation: a partition of ``data-dir``."""
+    """Read the site's identity and local settings.
+
+    Deployment: ``data-path`` etc. in the node config. Simulation: a partition of ``data-dir``.
+    """
     if "data-path" in node_config:
         data_path = Path(str(node_config["data-path"])).expanduser()
         state = node_config.get("state-dir")

@@ -13,9 +13,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -42,12 +42,15 @@ class AdapterError(ValueError):
 
 
 def is_lora_a(name: str) -> bool:
-    """True for a LoRA down-projection (``lora_A``) tensor name."""
+    """Tell whether ``name`` is a LoRA down-projection (``lora_A``) tensor."""
     return ".lora_A." in name or name.endswith(".lora_A")
 
 
 def trainable_keys(names: Sequence[str], aggregation: str) -> list[str]:
-    """Names a site trains and uploads: all of them (``fedavg``) or the B matrices (``frozen-a``)."""
+    """Names a site trains and uploads.
+
+    All of them for ``fedavg``; only the B matrices for ``frozen-a``.
+    """
     if aggregation == "fedavg":
         return sorted(names)
     if aggregation == "frozen-a":
@@ -63,7 +66,7 @@ def _seeded_rng(seed: int, name: str) -> np.random.Generator:
 def initial_adapter_state(
     shapes: Mapping[str, tuple[int, ...]], *, seed: int
 ) -> dict[str, np.ndarray]:
-    """The starting adapter: A ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from ``seed``, B = 0.
+    """Build the starting adapter: A ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from ``seed``, B = 0.
 
     The bound is the one PEFT's default (Kaiming-uniform, a=sqrt(5)) uses; each A matrix
     gets its own stream keyed by ``(seed, name)``, so any party can re-derive it from the
@@ -92,7 +95,9 @@ def check_state(
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
-        raise AdapterError(f"{what} is missing tensors: {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        raise AdapterError(
+            f"{what} is missing tensors: {missing[:5]}{'...' if len(missing) > 5 else ''}"
+        )
     if unexpected:
         raise AdapterError(
             f"{what} has unexpected tensors: {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
@@ -100,7 +105,8 @@ def check_state(
     for name, arr in state.items():
         if tuple(arr.shape) != tuple(expected[name]):
             raise AdapterError(
-                f"{what} tensor {name!r} has shape {tuple(arr.shape)}, expected {tuple(expected[name])}"
+                f"{what} tensor {name!r} has shape {tuple(arr.shape)}, "
+                f"expected {tuple(expected[name])}"
             )
         if arr.dtype != np.float32:
             raise AdapterError(f"{what} tensor {name!r} has dtype {arr.dtype}, expected float32")
@@ -111,7 +117,7 @@ def check_state(
 def lora_config(
     *, r: int, alpha: int, dropout: float, target_modules: Sequence[str], base_model: str
 ) -> Any:
-    """The ``peft.LoraConfig`` every party builds from the run configuration."""
+    """Build the ``peft.LoraConfig`` every party derives from the run configuration."""
     from peft import LoraConfig, TaskType
 
     return LoraConfig(
@@ -135,13 +141,17 @@ def adapter_shapes(model_ref: str, config: Any) -> dict[str, tuple[int, ...]]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_config = AutoConfig.from_pretrained(model_ref)
+    # transformers leaves `from_config` unannotated; it returns a PreTrainedModel
+    from_config = cast(Callable[..., Any], AutoModelForCausalLM.from_config)
     with torch.device("meta"):
-        base = AutoModelForCausalLM.from_config(model_config)
+        base = from_config(model_config)
     peft_model = get_peft_model(base, config)
     return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(peft_model).items()}
 
 
-def save_adapter_dir(path: str | os.PathLike[str], state: Mapping[str, np.ndarray], config: Any) -> None:
+def save_adapter_dir(
+    path: str | os.PathLike[str], state: Mapping[str, np.ndarray], config: Any
+) -> None:
     """Write a PEFT adapter directory (loads with ``PeftModel.from_pretrained``) atomically.
 
     The files go to a temporary sibling directory that replaces ``path`` in one rename.

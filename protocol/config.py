@@ -14,7 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["AGGREGATION_MODES", "SITE_LEVEL_DP_MODES", "SITE_LEVEL_DP_UNDERFLOW", "ConfigError", "RunConfig"]
+__all__ = [
+    "AGGREGATION_MODES",
+    "SITE_LEVEL_DP_MODES",
+    "SITE_LEVEL_DP_UNDERFLOW",
+    "ConfigError",
+    "RunConfig",
+]
 
 AGGREGATION_MODES = ("fedavg", "frozen-a")
 SITE_LEVEL_DP_MODES = ("distributed", "central")
@@ -138,13 +144,16 @@ class RunConfig:
              "the name of the site that plants the canaries when canaries > 0")
 
     def _check_site_level_dp(self, need: Any) -> None:
-        need(self.site_level_dp_mode in SITE_LEVEL_DP_MODES, "site-level-dp-mode", f"one of {SITE_LEVEL_DP_MODES}")
+        need(self.site_level_dp_mode in SITE_LEVEL_DP_MODES, "site-level-dp-mode",
+             f"one of {SITE_LEVEL_DP_MODES}")
         need(math.isfinite(self.site_level_dp_epsilon) and self.site_level_dp_epsilon > 0,
              "site-level-dp-epsilon", "> 0")
         need(0.0 < self.site_level_dp_delta < 1.0, "site-level-dp-delta", "in (0, 1)")
-        need(math.isfinite(self.site_level_dp_clip) and self.site_level_dp_clip > 0, "site-level-dp-clip", "> 0")
-        need(self.site_level_dp_noise_multiplier == -1.0 or (
-            math.isfinite(self.site_level_dp_noise_multiplier) and self.site_level_dp_noise_multiplier >= 0),
+        need(math.isfinite(self.site_level_dp_clip) and self.site_level_dp_clip > 0,
+             "site-level-dp-clip", "> 0")
+        need(self.site_level_dp_noise_multiplier == -1.0
+             or (math.isfinite(self.site_level_dp_noise_multiplier)
+                 and self.site_level_dp_noise_multiplier >= 0),
              "site-level-dp-noise-multiplier", ">= 0 (or -1: calibrated to site-level-dp-epsilon)")
         need(self.site_level_dp_cohort >= 0, "site-level-dp-cohort", ">= 0 (0: the round's cohort)")
         need(16 <= self.site_level_dp_bits <= 52, "site-level-dp-bits", "in [16, 52]")
@@ -179,11 +188,11 @@ class RunConfig:
         return cls(**kwargs, extra=extra)
 
     def to_mapping(self) -> dict[str, Any]:
-        """The kebab-case mapping, extras included (JSON-serialisable)."""
+        """Return the kebab-case mapping, extras included (JSON-serialisable)."""
         out = {_kebab(f.name): getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         out.update(dict(self.extra))
         return out
 
     def replace(self, **changes: Any) -> RunConfig:
-        """A copy with some fields changed (validated again)."""
+        """Return a copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

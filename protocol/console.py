@@ -94,7 +94,7 @@ def log_events(stream: TextIO, names: Sequence[str] = PROJECT_LOGGERS, *,
 
 
 def configure_logging(*, events: bool) -> None:
-    """The ``confide`` command's logging: warnings on stderr; ``events``: every event on stdout.
+    """Set up ``confide``'s logging: warnings on stderr; ``events``: every event on stdout.
 
     Long-running commands (``server``, ``client``) pass ``events``; the others show only
     warnings, with the logger's name.

@@ -33,7 +33,7 @@ class DeployConfigError(UsageError):
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """The TOML document in ``path``; an unreadable file or bad TOML is a DeployConfigError."""
+    """Read the TOML document in ``path``; an unreadable file or bad TOML is a DeployConfigError."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -69,7 +69,7 @@ class Table:
         return f"{self.path}: [{self.name}] `{key}`"
 
     def error(self, key: str, rule: str) -> DeployConfigError:
-        """The error for ``key``'s value breaking ``rule`` ("must be ...")."""
+        """Build the error for ``key``'s value breaking ``rule`` ("must be ...")."""
         value = self.data.get(key)
         return DeployConfigError(f"{self.where(key)} {rule}, got {value!r}", field=key,
                                  value=value)
@@ -83,14 +83,14 @@ class Table:
         return self.data[key]
 
     def text(self, key: str, default: str | None = None) -> str:
-        """A string (``default`` None: required)."""
+        """Read a string (``default`` None: required)."""
         value = self._get(key, default if default is not None else _REQUIRED)
         if not isinstance(value, str):
             raise self.error(key, "must be a string")
         return value
 
     def integer(self, key: str, default: int, *, lo: int, hi: int) -> int:
-        """An integer in ``[lo, hi]`` (bools refused)."""
+        """Read an integer in ``[lo, hi]`` (bools refused)."""
         value = self._get(key, default)
         if type(value) is not int:
             raise self.error(key, "must be an integer")
@@ -99,7 +99,7 @@ class Table:
         return value
 
     def number(self, key: str, default: float, *, lo: float = 0.0) -> float:
-        """A number ``>= lo`` (an integer is taken as a float; bools refused)."""
+        """Read a number ``>= lo`` (an integer is taken as a float; bools refused)."""
         value = self._get(key, default)
         if type(value) not in (int, float):
             raise self.error(key, "must be a number")
@@ -109,7 +109,7 @@ class Table:
 
     def file(self, key: str, default: str | None = None, *, is_dir: bool = False,
              exists: bool = True) -> Path:
-        """A path, relative to the file's directory; ``exists``: it must exist."""
+        """Read a path, relative to the file's directory; ``exists``: it must exist."""
         text = self.text(key, default)
         if not text.strip():
             raise self.error(key, "must be a path")

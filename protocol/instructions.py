@@ -80,31 +80,36 @@ class SecAggCodec:
         _need(self.max_weight >= 1, Field.SECAGG_MAX_WEIGHT, ">= 1", self.max_weight)
 
     def to_config(self) -> dict[str, Scalar]:
+        """Return the codec's wire fields (kebab-case keys)."""
         return {name: getattr(self, attr) for name, attr, _ in _CODEC}
 
     @classmethod
     def from_config(cls, rec: Mapping[str, Any]) -> SecAggCodec:
+        """Parse (and check) the codec's fields of a received record."""
         return cls(*(_take(rec, name, kind) for name, _, kind in _CODEC))
 
 
 _PLAN_TYPES: dict[str, type] = {
-    SiteLevelDPKey.CLIP: float, SiteLevelDPKey.DIM: int, SiteLevelDPKey.BITS: int, SiteLevelDPKey.GAMMA: float,
-    SiteLevelDPKey.LOCAL_SIGMA: float, SiteLevelDPKey.COHORT: int, SiteLevelDPKey.MAX_CONTRIBUTORS: int,
-    SiteLevelDPKey.BETA: float, SiteLevelDPKey.ROTATION_SEED: str,
+    SiteLevelDPKey.CLIP: float, SiteLevelDPKey.DIM: int, SiteLevelDPKey.BITS: int,
+    SiteLevelDPKey.GAMMA: float, SiteLevelDPKey.LOCAL_SIGMA: float, SiteLevelDPKey.COHORT: int,
+    SiteLevelDPKey.MAX_CONTRIBUTORS: int, SiteLevelDPKey.BETA: float,
+    SiteLevelDPKey.ROTATION_SEED: str,
 }
 
 
 @dataclass(frozen=True)
 class SiteLevelDPPlan:
-    """The round's site-level DP mode and plan (``privacy.ddg.DDGParams.to_config`` keys);
-    the site checks the plan's privacy itself (``client.site_level_dp``)."""
+    """The round's site-level DP mode and plan (``privacy.ddg.DDGParams.to_config`` keys).
+
+    The site checks the plan's privacy itself (``client.site_level_dp``).
+    """
 
     mode: str
     params: Mapping[str, Scalar]
 
     def __post_init__(self) -> None:
-        _need(self.mode in SITE_LEVEL_DP_MODES, Field.SITE_LEVEL_DP_MODE, f"one of {SITE_LEVEL_DP_MODES}",
-              self.mode)
+        _need(self.mode in SITE_LEVEL_DP_MODES, Field.SITE_LEVEL_DP_MODE,
+              f"one of {SITE_LEVEL_DP_MODES}", self.mode)
         unknown = sorted(set(self.params) - set(_PLAN_TYPES))
         if unknown:
             raise InstructionError(f"unknown site-level DP plan key `{unknown[0]}`")
@@ -112,10 +117,12 @@ class SiteLevelDPPlan:
             k: _take(self.params, k, kind) for k, kind in _PLAN_TYPES.items()})
 
     def to_config(self) -> dict[str, Scalar]:
+        """Return the plan's wire fields: its parameters and the mode."""
         return {**self.params, Field.SITE_LEVEL_DP_MODE: self.mode}
 
     @classmethod
     def from_config(cls, rec: Mapping[str, Any]) -> SiteLevelDPPlan:
+        """Parse (and check) the site-level DP fields of a received record."""
         return cls(_take(rec, Field.SITE_LEVEL_DP_MODE, str), {k: rec[k] for k in _PLAN_TYPES
                                                          if k in rec})
 
@@ -166,7 +173,7 @@ class RoundInstructions:
 
     @classmethod
     def for_round(cls, cfg: RunConfig, *, round_num: int, run_id: str) -> RoundInstructions:
-        """The coordinator's instructions for ``round_num`` of run ``run_id``."""
+        """Build the coordinator's instructions for ``round_num`` of run ``run_id``."""
         return cls(round_num=round_num, run_id=run_id, aggregation=cfg.aggregation,
                    local_steps=cfg.local_steps, batch_size=cfg.batch_size,
                    learning_rate=cfg.learning_rate, planned_rounds=cfg.num_server_rounds,
@@ -174,7 +181,7 @@ class RoundInstructions:
 
     def with_secagg(self, codec: SecAggCodec,
                     site_level_dp: SiteLevelDPPlan | None = None) -> RoundInstructions:
-        """The same instructions for a secure-aggregation round (``train.secagg``)."""
+        """Return the same instructions for a secure-aggregation round (``train.secagg``)."""
         return dataclasses.replace(self, codec=codec, site_level_dp=site_level_dp)
 
     @property
@@ -183,7 +190,7 @@ class RoundInstructions:
         return self.noise_multiplier if self.noise_multiplier >= 0 else None
 
     def to_config(self) -> dict[str, Scalar]:
-        """The wire form: kebab-case keys, base fields, then codec, then site-level DP."""
+        """Return the wire form: kebab-case keys, base fields, then codec, then site-level DP."""
         out: dict[str, Scalar] = {name: getattr(self, attr) for name, attr, _ in _BASE}
         if self.codec is not None:
             out.update(self.codec.to_config())
@@ -192,6 +199,7 @@ class RoundInstructions:
         return out
 
     def to_record(self) -> ConfigRecord:
+        """Return the wire form as the ConfigRecord sent to the site."""
         return ConfigRecord(dict(self.to_config().items()))
 
     @classmethod

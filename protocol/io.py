@@ -26,7 +26,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def _umask() -> int:
-    """The process umask, read without changing it (Linux), else the usual 022."""
+    """Return the process umask, read without changing it (Linux), else the usual 022."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:

@@ -52,7 +52,7 @@ def _project_roots() -> list[Path]:
 
 
 def embedded_model_dir() -> Path:
-    """The checkpoint shipped with the project (``client/embedded``).
+    """Find the checkpoint shipped with the project (``client/embedded``).
 
     Looked up in ``$CONFIDE_EMBEDDED_MODEL``, next to the ``client`` package, then under
     every ``sys.path`` entry (a Flower FAB carries only the code; the installed project
@@ -96,7 +96,7 @@ def resolve_model(spec: str) -> str:
 
 
 def bundled_sites_dir() -> Path:
-    """The demo site data shipped with the project (``simulations/data/sites``)."""
+    """Find the demo site data shipped with the project (``simulations/data/sites``)."""
     candidates = [root / "simulations" / "data" / "sites" for root in _project_roots()]
     for cand in candidates:
         if cand.is_dir():

@@ -39,7 +39,7 @@ class ProcessError(RuntimeError):
 
 
 def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
+    """Return a currently free TCP port on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -70,7 +70,7 @@ def find_bin(name: str) -> str:
 
 
 def flower_env(token: str) -> dict[str, str]:
-    """This process's environment for a Flower executable of the run tagged ``token``.
+    """Copy this process's environment for a Flower executable of the run tagged ``token``.
 
     Flower's executables next to this interpreter come first on ``PATH``; telemetry, the
     update check and runtime dependency installation (which would fetch another torch) are

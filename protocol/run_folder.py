@@ -88,74 +88,94 @@ class RunFolder:
     # paths -------------------------------------------------------------------------------
     @property
     def run_path(self) -> Path:
+        """``run.json``: the run's id, configuration and versions."""
         return self.root / RUN_FILE
 
     @property
     def state_path(self) -> Path:
+        """``state.json``: the last completed round."""
         return self.root / STATE_FILE
 
     @property
     def metrics_path(self) -> Path:
+        """``metrics.jsonl``: one metrics row per round."""
         return self.root / METRICS_FILE
 
     @property
     def participation_path(self) -> Path:
+        """``participation.jsonl``: one participation row per round."""
         return self.root / PARTICIPATION_FILE
 
     @property
     def rounds_dir(self) -> Path:
+        """``rounds/``: one folder per round."""
         return self.root / ROUNDS_DIR
 
     def round_adapter(self, round_num: int) -> Path:
+        """Return ``rounds/<round_num>/adapter/``, the global adapter after that round."""
         return self.rounds_dir / str(round_num) / ADAPTER_DIR
 
     @property
     def final_adapter(self) -> Path:
+        """``adapter/``: the final adapter."""
         return self.root / ADAPTER_DIR
 
     @property
     def enrolment_path(self) -> Path:
+        """``enrolment.json``: the enrolment list the run used."""
         return self.root / ENROLMENT_FILE
 
     @property
     def ledger_summaries(self) -> Path:
+        """``ledger-summaries/``: the sites' signed ledger summaries."""
         return self.root / LEDGER_SUMMARIES_DIR
 
     def ledger_summary_path(self, site: str) -> Path:
+        """Return ``ledger-summaries/<site>.json``, ``site``'s signed ledger summary."""
         return self.ledger_summaries / f"{site}.json"
 
     @property
     def sites_dir(self) -> Path:
+        """``sites/``: the sites' own state, in a simulation."""
         return self.root / SITES_DIR
 
     def site_dir(self, site: str) -> Path:
+        """Return ``sites/<site>/``, ``site``'s own state in a simulation."""
         return self.sites_dir / site
 
     @property
     def canary_audit_path(self) -> Path:
+        """``canary-audit.json``: an empirical canary audit, optional."""
         return self.root / CANARY_AUDIT_FILE
 
     @property
     def audit_dir(self) -> Path:
+        """``audit/``: the privacy audit reports."""
         return self.root / AUDIT_DIR
 
     def audit_report(self, fmt: str) -> Path:
+        """Return ``audit/report.<fmt>``, the audit report in format ``fmt``."""
         return self.audit_dir / audit_report_name(fmt)
 
     # writers -----------------------------------------------------------------------------
     def write_run_info(self, info: RunInfo) -> None:
+        """Write ``run.json`` atomically."""
         atomic_write_json(self.run_path, info.to_json())
 
     def write_state(self, state: RunState) -> None:
+        """Write ``state.json`` atomically."""
         atomic_write_json(self.state_path, state.to_json())
 
     def append_metrics(self, row: MetricsRow) -> None:
+        """Append ``row`` to ``metrics.jsonl`` (the file is rewritten atomically)."""
         self._append(self.metrics_path, row.to_json())
 
     def append_participation(self, row: ParticipationRow) -> None:
+        """Append ``row`` to ``participation.jsonl`` (rewritten atomically)."""
         self._append(self.participation_path, row.to_json())
 
     def write_ledger_summary(self, record: LedgerSummaryRecord) -> None:
+        """Write ``record`` to ``ledger-summaries/<site>.json`` atomically."""
         atomic_write_json(self.ledger_summary_path(record.site), record.to_json())
 
     @staticmethod
@@ -197,7 +217,7 @@ class RunFolder:
         return self._typed(self.participation_path, ParticipationRow, on_bad_line)
 
     def read_json_object(self, path: Path) -> dict[str, Any]:
-        """A JSON document of this folder, unvalidated; :class:`RunFolderError` if unreadable.
+        """Read a JSON document of this folder, unvalidated; :class:`RunFolderError` if unreadable.
 
         For readers that must survive a tampered folder (the audit) and check fields one by
         one themselves.
@@ -211,7 +231,7 @@ class RunFolder:
         return doc
 
     def read_raw_rows(self, path: Path, on_bad_line: OnBadLine = None) -> list[dict[str, Any]]:
-        """The JSON-object lines of ``path`` with an integer ``round``, fields unvalidated."""
+        """Read the JSON-object lines of ``path`` with an integer ``round``, fields unvalidated."""
         return [row for _, row in self._lines(path, on_bad_line)]
 
     def _document(self, path: Path, cls: type[_D]) -> _D:

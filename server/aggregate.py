@@ -38,7 +38,7 @@ def weighted_mean(
 def apply_delta(
     state: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """The new global adapter: ``state + delta`` on the tensors ``delta`` names."""
+    """Return the new global adapter: ``state + delta`` on the tensors ``delta`` names."""
     unknown = sorted(set(delta) - set(state))
     if unknown:
         raise AdapterError(f"aggregate names tensors the adapter does not have: {unknown[:5]}")

@@ -78,7 +78,7 @@ class ServerDeployConfig:
     run: Mapping[str, Any] = field(default_factory=dict)
 
     def run_config(self, *, resume: bool = False) -> RunConfig:
-        """The validated RunConfig of this deployment (paths filled in from [server])."""
+        """Build the validated RunConfig of this deployment (paths filled in from [server])."""
         mapping = dict(self.run)
         mapping["out-dir"] = str(self.out_dir)
         mapping["resume"] = resume

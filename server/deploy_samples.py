@@ -20,7 +20,7 @@ __all__ = ["relpath", "server_toml", "site_toml"]
 def server_toml(*, sites: Sequence[str], address: str = "127.0.0.1", fleet_port: int = 9092,
                 control_port: int = 9093, metrics_port: int = 9400, keys: str = ".",
                 out_dir: str = "runs/deploy", run: Mapping[str, Any] | None = None) -> str:
-    """The coordinator's configuration; ``keys`` is the key folder relative to the file."""
+    """Render the coordinator's configuration; ``keys`` is the key folder relative to the file."""
     k = keys.rstrip("/")
     # secure aggregation needs a cohort of at least 3 sites
     run = dict(run or {"num-server-rounds": 3, "min-sites": min(3, len(sites)),

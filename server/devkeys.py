@@ -138,7 +138,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def auth_key_pair() -> tuple[bytes, bytes]:
-    """A SuperNode auth key pair: (OpenSSH private key, OpenSSH public key line)."""
+    """Generate a SuperNode auth key pair: (OpenSSH private key, OpenSSH public key line)."""
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())

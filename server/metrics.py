@@ -40,7 +40,10 @@ _HELP = {
 
 
 def dropped_sites(part: ParticipationRow | None) -> int:
-    """Sampled sites that failed, timed out or dropped out of secure aggregation (each once)."""
+    """Count sampled sites that failed, timed out or dropped out of secure aggregation.
+
+    Each site counts once.
+    """
     if part is None:
         return 0
     return len(set(part.failed) | set(part.dropped or ()))
@@ -67,6 +70,7 @@ class RunMetrics:
         self.completed = False
 
     def set_round(self, round_num: int) -> None:
+        """Record that round ``round_num`` is under way (the current round never goes back)."""
         with self._lock:
             self.current_round = max(self.current_round, round_num)
 
@@ -99,7 +103,7 @@ class RunMetrics:
         return [(m, part.get(m.round)) for m in new]
 
     def exposition(self) -> str:
-        """The Prometheus text format (version 0.0.4)."""
+        """Render the metrics in the Prometheus text format (version 0.0.4)."""
         with self._lock:
             values = dict(self._values)
             values["confide_current_round"] = float(self.current_round)

@@ -97,9 +97,11 @@ class RunDir(RunFolder):
             atomic_write_text(dest, src.read_text(encoding="utf-8"))
 
     def save_round(self, round_num: int, state: Mapping[str, np.ndarray], lora_cfg: Any) -> None:
+        """Save the global adapter after round ``round_num`` (``rounds/<n>/adapter``)."""
         save_adapter_dir(self.round_adapter(round_num), state, lora_cfg)
 
     def finalise(self, round_num: int) -> None:
+        """Replace ``adapter/`` with a copy of round ``round_num``'s adapter."""
         src = self.round_adapter(round_num)
         tmp = self.root / f".{self.final_adapter.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -110,6 +112,7 @@ class RunDir(RunFolder):
 
     # readers -----------------------------------------------------------------------------
     def read_state(self) -> RunState:
+        """Read ``state.json``; :class:`ResumeError` when missing or malformed."""
         if not self.state_path.is_file():
             raise ResumeError(f"no {self.state_path.name} in {self.root}: nothing to resume")
         try:
@@ -118,6 +121,7 @@ class RunDir(RunFolder):
             raise ResumeError(str(exc)) from exc
 
     def load_round(self, round_num: int) -> dict[str, np.ndarray]:
+        """Load the global adapter after round ``round_num``; :class:`ResumeError` if missing."""
         path = self.round_adapter(round_num)
         if not path.is_dir():
             raise ResumeError(f"adapter of completed round {round_num} missing: {path}")

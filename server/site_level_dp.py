@@ -36,7 +36,7 @@ from privacy.ddg import (
     SiteLevelDPRound,
     calibrate_site_noise,
     decode_ddg,
-    plan_round,
+    plan_site_level_round,
     secure_rng,
     site_level_epsilon,
 )
@@ -169,10 +169,10 @@ class SiteLevelDP:
         n_max = max(t, cohort_size)
         try:
             z = self.noise_multiplier(t, n_max, dim)
-            params = plan_round(clip=self.clip, dim=dim, modulus_bits=self.bits,
-                                noise_multiplier=0.0 if self.mode == "central" else z,
-                                cohort=t, max_contributors=n_max,
-                                rotation_seed=os.urandom(32).hex())
+            params = plan_site_level_round(clip=self.clip, dim=dim, modulus_bits=self.bits,
+                                           noise_multiplier=0.0 if self.mode == "central" else z,
+                                           cohort=t, max_contributors=n_max,
+                                           rotation_seed=os.urandom(32).hex())
         except ValueError as exc:  # no z fits the budget, or the ring is too small
             return PlanRefusal(f"site-level DP: cannot plan the round: {exc}")
         nxt = site_level_epsilon([*self.history, self._record_of(params, t, z)], delta=self.delta)

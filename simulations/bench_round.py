@@ -20,7 +20,13 @@ from pathlib import Path
 
 import torch
 
-from client.model import _load_cached, get_adapter_state, load_site_model, resolve_device, set_adapter_state
+from client.model import (
+    _load_cached,
+    get_adapter_state,
+    load_site_model,
+    resolve_device,
+    set_adapter_state,
+)
 from client.site import load_site_data, site_spec
 from client.train import evaluate, train_steps
 from protocol.adapter import check_state, initial_adapter_state, trainable_keys
@@ -44,6 +50,7 @@ def _roundtrip(state: dict) -> tuple[dict, int]:  # type: ignore[type-arg]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Time the phases of one round and print each one's seconds and share; exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sites", type=int, default=3)
     ap.add_argument("--local-steps", type=int, default=RunConfig().local_steps)
@@ -65,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = RunConfig.from_mapping({"local-steps": args.local_steps, "model": resolve_model(args.model),
+    cfg = RunConfig.from_mapping({"local-steps": args.local_steps,
+                                  "model": resolve_model(args.model),
                                   "data-dir": resolve_data_dir(args.data)})
     phases: dict[str, float] = {}
 

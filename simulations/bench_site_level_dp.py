@@ -40,14 +40,15 @@ VARIANTS: tuple[str, ...] = ("none", "example", "distributed", "central")
 
 def _flags(variant: str) -> list[str]:
     return {"none": ["--dp", "off"], "example": [],
-            "distributed": ["--site-level-dp", "on"], "central": ["--site-level-dp", "central"]}[variant]
+            "distributed": ["--site-level-dp", "on"],
+            "central": ["--site-level-dp", "central"]}[variant]
 
 
 def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from protocol.run_folder import RunFolder
     from simulations.cli import build_parser
-    from simulations.simulate import enrol_sites, run_config
     from simulations.runner import run_simulation
+    from simulations.simulate import enrol_sites, run_config
 
     argv = ["simulate", "--sites", str(args.sites), "--rounds", str(args.rounds),
             "--out", str(out), "--model", args.model, "--data", args.data,
@@ -90,6 +91,7 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the four variants and report each one's held-out perplexity; exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sites", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
@@ -150,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         zs = [f"central {calibrate_site_noise(mode='central', **kw):.4f}"]  # type: ignore[arg-type]
         zs += [f"k={k} {calibrate_site_noise(mode='distributed', modulus_bits=k, **kw):.4f}"
                for k in (16, 20, 24, 32)]  # type: ignore[arg-type]
-        print(f"noise multiplier z for site eps {args.site_level_epsilon:g} over {args.rounds} rounds "
+        print(f"noise multiplier z for site eps {args.site_level_epsilon:g} "
+              f"over {args.rounds} rounds "
               f"of {r0['cohort']} sites (d={r0['dim']}): " + ", ".join(zs))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(

@@ -1,4 +1,4 @@
-"""``confide simulate --canaries M``: plant M audit canaries at one site of a real run, then score them.
+"""``confide simulate --canaries M``: plant M audit canaries at one site of a real run, score them.
 
 The one-run audit of Steinke, Nasr & Jagielski (NeurIPS 2023) on the *federated* pipeline:
 the site ``--canary-site`` (default: the first virtual site) adds the canaries whose recorded
@@ -27,7 +27,7 @@ __all__ = ["add_canary_args", "canary_overrides", "score_planted"]
 
 
 def add_canary_args(p: argparse.ArgumentParser) -> None:
-    """The ``simulate`` flags of the planted canary audit."""
+    """Add the ``simulate`` flags of the planted canary audit to ``p``."""
     from simulations.flags import int_at_least
 
     g = p.add_argument_group("empirical privacy audit (canaries planted at one site)")

@@ -33,7 +33,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``confide`` parser with every subcommand."""
+    """Build the ``confide`` parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="confide",
         description="Federated LoRA fine-tuning with site-enforced DP and secure aggregation.",

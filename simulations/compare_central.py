@@ -50,6 +50,7 @@ def _site_weighted(sm: Any, sites: list[Any], cfg: RunConfig) -> tuple[float, di
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the federation and the centralised baseline, print the held-out losses; exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sites", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)

@@ -73,6 +73,7 @@ def _ledgers(state_root: Path) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the federation with and without DP and print what DP costs; exit status."""
     defaults = RunConfig()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sites", type=int, default=3)

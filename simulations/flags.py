@@ -14,7 +14,7 @@ __all__ = ["int_at_least", "number", "positive_float", "positive_int"]
 
 
 def int_at_least(flag: str, minimum: int) -> Callable[[str], int]:
-    """An integer ``>= minimum`` (``> 0`` for a minimum of 1)."""
+    """Build the argument type of an integer ``>= minimum`` (``> 0`` for a minimum of 1)."""
     rule = "> 0" if minimum == 1 else f">= {minimum}"
 
     def parse(text: str) -> int:
@@ -29,12 +29,12 @@ def int_at_least(flag: str, minimum: int) -> Callable[[str], int]:
 
 
 def positive_int(flag: str) -> Callable[[str], int]:
-    """An integer ``> 0``."""
+    """Build the argument type of an integer ``> 0``."""
     return int_at_least(flag, 1)
 
 
 def number(flag: str, *, minimum: float, strict: bool) -> Callable[[str], float]:
-    """A finite number ``> minimum`` (``strict``) or ``>= minimum``."""
+    """Build the argument type of a finite number ``> minimum`` (``strict``) or ``>= minimum``."""
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -48,5 +48,5 @@ def number(flag: str, *, minimum: float, strict: bool) -> Callable[[str], float]
 
 
 def positive_float(flag: str) -> Callable[[str], float]:
-    """A finite number ``> 0``."""
+    """Build the argument type of a finite number ``> 0``."""
     return number(flag, minimum=0, strict=True)

@@ -40,7 +40,8 @@ def add_simulate_parser(sub: Any) -> None:
     p.add_argument("--lora-r", type=_positive_int("--lora-r"), default=None)
     p.add_argument("--lora-alpha", type=_positive_int("--lora-alpha"), default=None)
     p.add_argument("--lora-dropout", type=float, default=None)
-    p.add_argument("--lora-target-modules", default=None, help="comma-separated, e.g. q_proj,v_proj")
+    p.add_argument("--lora-target-modules", default=None,
+                   help="comma-separated, e.g. q_proj,v_proj")
     p.add_argument("--fraction-train", type=float, default=None)
     p.add_argument("--min-sites", type=_positive_int("--min-sites"), default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -83,7 +84,7 @@ def add_simulate_parser(sub: Any) -> None:
 
 
 def run_config(args: argparse.Namespace) -> Any:
-    """The validated RunConfig of parsed ``simulate`` flags (bad input: UsageError)."""
+    """Build the validated RunConfig of parsed ``simulate`` flags (bad input: UsageError)."""
     from protocol.config import ConfigError, RunConfig
     from protocol.model_ref import ModelError, resolve_data_dir, resolve_model
     from protocol.run_folder import RunFolder
@@ -129,8 +130,8 @@ def run_config(args: argparse.Namespace) -> Any:
     from simulations.site_level_dp_cli import site_level_dp_overrides
 
     overrides.update(site_level_dp_overrides(args))
-    for flag in ("faults", "local_steps", "batch_size", "learning_rate", "max_seq_len", "aggregation",
-                 "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+    for flag in ("faults", "local_steps", "batch_size", "learning_rate", "max_seq_len",
+                 "aggregation", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                  "fraction_train", "seed", "device", "max_eval_examples"):
         value = getattr(args, flag)
         if value is not None:
@@ -158,7 +159,7 @@ _POLICY_FLAGS = {"budget_epsilon": "epsilon"}
 
 
 def _site_policy(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The policy every virtual site sets for itself (``--dp off``: none)."""
+    """Build the policy every virtual site sets for itself (``--dp off``: none)."""
     if args.dp == "off":
         return None
     from privacy.policy import PolicyError, SitePrivacyPolicy
@@ -186,7 +187,7 @@ def enrol_sites(cfg: Any, num_sites: int) -> None:
     from client.identity import IDENTITY_FILE
     from client.site import site_spec
     from privacy.secagg import generate_identity_key, identity_private_bytes
-    from privacy.secagg.keys import load_identity_private_key, identity_public_bytes
+    from privacy.secagg.keys import identity_public_bytes, load_identity_private_key
     from protocol.io import atomic_write_bytes, atomic_write_json
 
     enrolment: dict[str, str] = {}
@@ -204,7 +205,6 @@ def enrol_sites(cfg: Any, num_sites: int) -> None:
 
 def dp_summary(cfg: Any, num_sites: int) -> str:
     """One screen: per site budget, delta, sigma, q, C, planned steps and projected epsilon."""
-    from client.model import load_site_model, resolve_device
     from client.privacy_agent import policy_from_config, projected_summary
     from client.site import load_site_data, site_spec
     from privacy.ledger import PrivacyLedger

@@ -19,14 +19,18 @@ def add_site_level_dp_args(parser: argparse.ArgumentParser) -> None:
                    help="on: each site adds its share of discrete Gaussian noise inside "
                         "secure aggregation; central: a trusted server adds it (comparison); "
                         "default off")
-    g.add_argument("--site-level-epsilon", type=_number("--site-level-epsilon", minimum=0, strict=True),
+    g.add_argument("--site-level-epsilon",
+                   type=_number("--site-level-epsilon", minimum=0, strict=True),
                    default=None, help="run-level site-level budget epsilon (default 8)")
-    g.add_argument("--site-level-delta", type=_number("--site-level-delta", minimum=0, strict=True),
+    g.add_argument("--site-level-delta",
+                   type=_number("--site-level-delta", minimum=0, strict=True),
                    default=None, help="site-level delta (default 1e-5)")
-    g.add_argument("--site-level-clip", type=_number("--site-level-clip", minimum=0, strict=True),
+    g.add_argument("--site-level-clip",
+                   type=_number("--site-level-clip", minimum=0, strict=True),
                    default=None, help="L2 bound on each site's delta (default 1.0)")
     g.add_argument("--site-level-noise-multiplier",
-                   type=_number("--site-level-noise-multiplier", minimum=0, strict=False), default=None,
+                   type=_number("--site-level-noise-multiplier", minimum=0, strict=False),
+                   default=None,
                    help="noise std of the sum / clip (default: calibrated to --site-level-epsilon)")
     g.add_argument("--site-level-cohort", type=int, default=None,
                    help="calibration cohort: sites whose noise makes up the target "
@@ -45,10 +49,12 @@ def site_level_dp_overrides(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {"site-level-dp": True,
                            "site-level-dp-mode": "central" if mode == "central" else "distributed"}
-    for flag, key in (("site_level_epsilon", "site-level-dp-epsilon"), ("site_level_delta", "site-level-dp-delta"),
+    for flag, key in (("site_level_epsilon", "site-level-dp-epsilon"),
+                      ("site_level_delta", "site-level-dp-delta"),
                       ("site_level_clip", "site-level-dp-clip"),
                       ("site_level_noise_multiplier", "site-level-dp-noise-multiplier"),
-                      ("site_level_cohort", "site-level-dp-cohort"), ("site_level_dp_bits", "site-level-dp-bits"),
+                      ("site_level_cohort", "site-level-dp-cohort"),
+                      ("site_level_dp_bits", "site-level-dp-bits"),
                       ("site_level_dp_underflow", "site-level-dp-underflow")):
         value = getattr(args, flag, None)
         if value is not None:
@@ -66,6 +72,6 @@ def site_level_dp_summary(cfg: Any) -> str:
         cfg.site_level_dp_mode == "distributed" else "a trusted server adds it to the sum"
     t = cfg.site_level_dp_cohort or "the round's cohort"
     return (f"site-level DP of the aggregate: {cfg.site_level_dp_mode} ({who}); budget "
-            f"eps={cfg.site_level_dp_epsilon:g}, delta={cfg.site_level_dp_delta:g} over the run; clip "
-            f"C={cfg.site_level_dp_clip:g}; noise {z}; calibration cohort {t}; fewer survivors: "
-            f"{cfg.site_level_dp_underflow}; unweighted mean")
+            f"eps={cfg.site_level_dp_epsilon:g}, delta={cfg.site_level_dp_delta:g} over the run; "
+            f"clip C={cfg.site_level_dp_clip:g}; noise {z}; calibration cohort {t}; "
+            f"fewer survivors: {cfg.site_level_dp_underflow}; unweighted mean")

@@ -36,7 +36,8 @@ class Deployment:
 
 
 def make_deployment(tmp: Path, *, sites: tuple[str, ...] = ("bank", "clinic", "law"),
-                    run: dict[str, Any] | None = None, connect_timeout: float = 600.0) -> Deployment:
+                    run: dict[str, Any] | None = None,
+                    connect_timeout: float = 600.0) -> Deployment:
     """Keys and configs for a server and ``sites`` on free loopback ports."""
     ks = make_keys(tmp / "keys", hosts=["127.0.0.1", "localhost"], sites=sites)
     fleet, control, metrics = free_port(), free_port(), free_port()

@@ -63,7 +63,7 @@ def server_identity(run_id: int = 1) -> Iterator[None]:
 
 
 def enrol(state_dirs: Mapping[str, Path], enrolment: Path) -> None:
-    """An identity key in each site's state directory, and the enrolment list."""
+    """Write an identity key into each site's state directory, and the enrolment list."""
     from client.identity import IDENTITY_FILE
 
     doc = {}

@@ -30,10 +30,10 @@ def _sentences(rng: random.Random, n: int, words: list[str]) -> list[str]:
 
 
 def build_tiny_model(dest: Path) -> Path:
-    """A tiny random LlamaForCausalLM with a byte-level BPE tokenizer (seconds to build)."""
+    """Build a tiny random LlamaForCausalLM with a byte-level BPE tokenizer (seconds)."""
+    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    import torch
 
     dest.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)

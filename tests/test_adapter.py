@@ -108,11 +108,13 @@ def test_set_adapter_state_checks_keys_and_freezes_a(tiny_model: Path) -> None:
     with pytest.raises(AdapterError, match="missing"):
         set_adapter_state(site, bad, aggregation="fedavg")
     with pytest.raises(AdapterError, match="unexpected"):
-        set_adapter_state(site, {**state, "base_model.extra.lora_B.weight": state[sorted(state)[0]]},
+        set_adapter_state(site,
+                          {**state, "base_model.extra.lora_B.weight": state[sorted(state)[0]]},
                           aggregation="fedavg")
 
 
-def test_saved_adapter_loads_with_peft_and_reproduces_outputs(tiny_model: Path, tmp_path: Path) -> None:
+def test_saved_adapter_loads_with_peft_and_reproduces_outputs(tiny_model: Path,
+                                                               tmp_path: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -138,7 +140,8 @@ def test_saved_adapter_loads_with_peft_and_reproduces_outputs(tiny_model: Path, 
 
 
 def test_apply_delta_updates_only_named_tensors() -> None:
-    state = {"x.lora_A.weight": np.ones((2, 2), np.float32), "x.lora_B.weight": np.zeros((2, 2), np.float32)}
+    state = {"x.lora_A.weight": np.ones((2, 2), np.float32),
+             "x.lora_B.weight": np.zeros((2, 2), np.float32)}
     out = apply_delta(state, {"x.lora_B.weight": np.full((2, 2), 0.5, np.float32)})
     np.testing.assert_array_equal(out["x.lora_A.weight"], state["x.lora_A.weight"])
     np.testing.assert_array_equal(out["x.lora_B.weight"], np.full((2, 2), 0.5))

@@ -22,7 +22,7 @@ from privacy.policy import PolicyError, SitePrivacyPolicy
 
 def _run(policy: SitePrivacyPolicy, ledger: PrivacyLedger, *, run_id: str, rounds: int,
          num_examples: int, batch_size: int, local_steps: int) -> list[RoundPlan | Decline]:
-    """What a site does each round: plan, then ledger (trained or declined)."""
+    """Do what a site does each round: plan, then ledger (trained or declined)."""
     outcomes: list[RoundPlan | Decline] = []
     sigma = None
     if policy.calibrates:

@@ -20,7 +20,7 @@ from privacy.audit.canary import (
 
 
 def _reference_p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
-    """The paper's p-value, term by term with scipy (an independent implementation)."""
+    """Compute the paper's p-value term by term with scipy (an independent implementation)."""
     stats = pytest.importorskip("scipy.stats")
     q = 1.0 / (1.0 + math.exp(-eps))
     tail = float(stats.binom.sf(v - 1, r, q))

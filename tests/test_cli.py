@@ -42,20 +42,23 @@ def test_bad_flags_exit_2_naming_the_flag(
     assert needle in err
 
 
-def test_missing_model_path(capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_sites: Path) -> None:
+def test_missing_model_path(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                            tiny_sites: Path) -> None:
     code, err = _run(capsys, "simulate", "--out", str(tmp_path / "r"), "--model",
                      str(tmp_path / "no-model"), "--data", str(tiny_sites))
     assert code == 2 and "--model" in err and "does not exist" in err and "no-model" in err
 
 
-def test_model_dir_without_config(capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_sites: Path) -> None:
+def test_model_dir_without_config(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                  tiny_sites: Path) -> None:
     (tmp_path / "m").mkdir()
     code, err = _run(capsys, "simulate", "--out", str(tmp_path / "r"), "--model",
                      str(tmp_path / "m"), "--data", str(tiny_sites))
     assert code == 2 and "has no config.json" in err
 
 
-def test_empty_data_file(capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model: Path) -> None:
+def test_empty_data_file(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                         tiny_model: Path) -> None:
     (tmp_path / "data" / "s1").mkdir(parents=True)
     (tmp_path / "data" / "s1" / "train.jsonl").write_text("")
     code, err = _run(capsys, "simulate", "--out", str(tmp_path / "r"), "--model",
@@ -63,7 +66,8 @@ def test_empty_data_file(capsys: pytest.CaptureFixture[str], tmp_path: Path, tin
     assert code == 2 and "--data" in err and "empty" in err and "train.jsonl" in err
 
 
-def test_malformed_data_file(capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model: Path) -> None:
+def test_malformed_data_file(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                             tiny_model: Path) -> None:
     (tmp_path / "data" / "s1").mkdir(parents=True)
     (tmp_path / "data" / "s1" / "train.jsonl").write_text('{"text": "ok"}\n{"txt": "typo"}\n')
     code, err = _run(capsys, "simulate", "--out", str(tmp_path / "r"), "--model",
@@ -71,7 +75,8 @@ def test_malformed_data_file(capsys: pytest.CaptureFixture[str], tmp_path: Path,
     assert code == 2 and "train.jsonl:2" in err and "expected a `text` key" in err
 
 
-def test_missing_data_dir(capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model: Path) -> None:
+def test_missing_data_dir(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                          tiny_model: Path) -> None:
     code, err = _run(capsys, "simulate", "--out", str(tmp_path / "r"), "--model",
                      str(tiny_model), "--data", str(tmp_path / "nowhere"))
     assert code == 2 and "--data" in err and "nowhere" in err

@@ -203,8 +203,10 @@ def test_stochastic_rounding_is_unbiased() -> None:
     "n,grid_bits,k_expected", [(7, 2, 7), (7, 28, 32), (7, 29, 33), (3000, 51, 64)]
 )
 def test_extreme_sums_do_not_wrap(n: int, grid_bits: int, k_expected: int) -> None:
-    """Every site at +C or -C on one coordinate with the maximal weight: the sum survives,
-    and k is minimal: the worst-case sum does not fit in k - 1 bits."""
+    """Every site at +C or -C on one coordinate with the maximal weight: the sum survives.
+
+    And k is minimal: the worst-case sum does not fit in k - 1 bits.
+    """
     clip, weight, dim = 1.5, 2.0, 2
     scale = clip * weight * 2.0**-grid_bits
     k = choose_modulus_bits(n_sites=n, clip_norm=clip, max_weight=weight, scale=scale, dim=dim)

@@ -1,4 +1,4 @@
-"""Deployment: keys, validated TOML configs, metrics, ledger export, and refusals with real processes."""
+"""Deployment, with real processes: keys, validated TOML, metrics, ledger export, refusals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -24,7 +23,9 @@ from tests._deploy import REPO, make_deployment, start, stop_all, text, tree, wa
 
 
 # keys ------------------------------------------------------------------------------------------
-def test_keys_make_a_ca_signed_server_cert_with_sans_openssh_ecdsa_site_keys_and_enrolment(tmp_path):
+def test_keys_make_a_ca_signed_server_cert_with_sans_openssh_ecdsa_site_keys_and_enrolment(
+    tmp_path,
+):
     ks = make_keys(tmp_path / "k", hosts=["127.0.0.1", "coord.example.org"], sites=["a", "b"])
     ca = x509.load_pem_x509_certificate(ks.ca_cert.read_bytes())
     srv = x509.load_pem_x509_certificate(ks.server_cert.read_bytes())
@@ -65,7 +66,8 @@ def test_generated_configs_load_and_the_site_node_config_carries_its_policy(tmp_
 
 @pytest.mark.parametrize("edit, message", [
     (("[server]", "[server]\ncolour = \"blue\""), r"unknown key `colour` in \[server\]"),
-    (("fleet-port = ", "fleet-port = \"9\" #"), r"\[server\] `fleet-port` must be an integer, got '9'"),
+    (("fleet-port = ", "fleet-port = \"9\" #"),
+     r"\[server\] `fleet-port` must be an integer, got '9'"),
     (("local-steps = 2", "local-steps = \"ten\""), r"\[run\] `local-steps` must be an integer"),
     (("[run]", "[run]\nout-dir = \"/x\""), r"\[run\] `out-dir` cannot be set here"),
     (("cert = \"./server/server.crt\"", "cert = \"nope.crt\""),
@@ -87,7 +89,8 @@ def test_server_config_errors_name_the_file_the_key_and_the_value(tmp_path, edit
     (("device = \"auto\"", "device = \"tpu\""), r"\[site\] `device` must be one of"),
     (("runtime-port = 0", "runtime-port = true"), r"`runtime-port` must be an integer, got True"),
     (("auth-key = \"./auth.key\"", "auth-key = \"./auth.pub\""), r"not an OpenSSH private key"),
-    (("data-path = ", "data-path = \"/no/such/dir\" #"), r"`data-path`: file not found: '/no/such/dir'"),
+    (("data-path = ", "data-path = \"/no/such/dir\" #"),
+     r"`data-path`: file not found: '/no/such/dir'"),
     (("budget-epsilon = 8.0", "budget-epsilon = -1.0"), r"\[privacy\]"),
     (("[privacy]", "[privacy]\nnoise = 1.0"), r"\[privacy\].*noise"),
     (("superlink = ", "superlink = \"nohost\" #"), r"`superlink` must be HOST:PORT, got 'nohost'"),
@@ -213,7 +216,8 @@ def test_server_refuses_an_unenrolled_key_and_a_site_without_the_ca_then_stops_e
         assert "not enrolled there" in text(tmp_path / "mallory.log")
         assert "does not verify against the system CA bundle" in text(tmp_path / "noca.log")
         urls = f"http://127.0.0.1:{dep.metrics}/metrics"
-        assert "confide_planned_rounds 2.0" in urllib.request.urlopen(urls, timeout=10).read().decode()
+        exposition = urllib.request.urlopen(urls, timeout=10).read().decode()
+        assert "confide_planned_rounds 2.0" in exposition
         assert server.poll() is None, "a refused site must not stop the coordinator"
         server.send_signal(signal.SIGINT)  # Ctrl-C
         # also when this test runs with SIGINT ignored (a background job of a script, as CI)

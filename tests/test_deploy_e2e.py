@@ -14,8 +14,8 @@ import pytest
 
 from protocol.run_folder import RunFolder
 from protocol.run_rows import RUN_COMPLETED
-from server.devkeys import make_keys
 from protocol.wire import MessageType
+from server.devkeys import make_keys
 from tests._deploy import crash, make_deployment, start, stop_all, text, wait_for
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,8 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
         clients["bank"] = start(dep, ["client", "--config", str(dep.site_cfgs["bank"])],
                                 logs / "bank-restarted.log")
         folder = RunFolder(dep.run_dir)
-        wait_for(lambda: any(r.round == 1 for r in folder.read_metrics()) or server.poll() is not None,
+        wait_for(lambda: (any(r.round == 1 for r in folder.read_metrics())
+                          or server.poll() is not None),
                  600, "round 1 to complete without bank")
         assert server.poll() is None, text(server_log)[-3000:]
 

@@ -36,8 +36,10 @@ from tests.test_audit_report import RUN_ID, SITES, write_run_dir
 
 
 def _signed_run(root: Path) -> Path:
-    """write_run_dir plus identity keys, the enrolment list and each site's signed summary,
-    stored through the coordinator's own RunDir.save_ledger_summary."""
+    """Build write_run_dir's folder plus identity keys, the enrolment list and signed summaries.
+
+    Each site's summary is stored through the coordinator's own RunDir.save_ledger_summary.
+    """
     write_run_dir(root)
     enrolment = {}
     for site in SITES:

@@ -1,4 +1,4 @@
-"""The run-folder schema: typed rows round-trip byte for byte, old folders read, bad fields named."""
+"""Run-folder schema: typed rows round-trip byte for byte, old folders read, bad fields named."""
 
 from __future__ import annotations
 

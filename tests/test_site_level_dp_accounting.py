@@ -7,7 +7,12 @@ import math
 import pytest
 
 from privacy.accounting import epsilon as example_epsilon
-from privacy.ddg import SiteLevelDPRound, calibrate_site_noise, plan_round, site_level_epsilon
+from privacy.ddg import (
+    SiteLevelDPRound,
+    calibrate_site_noise,
+    plan_site_level_round,
+    site_level_epsilon,
+)
 from privacy.ddg.accounting import rdp_of_round, tau
 
 SEED = "00" * 32
@@ -15,26 +20,27 @@ SEED = "00" * 32
 
 def test_central_gaussian_epsilon_matches_opacus_rdp_at_sampling_rate_one() -> None:
     for z, rounds in ((1.1, 3), (0.8, 5), (3.0, 20)):
-        ours = site_level_epsilon([SiteLevelDPRound("central", 10, z * 0.2, 0.2, 0.0, 1000)] * rounds,
-                            delta=1e-5)
+        ours = site_level_epsilon(
+            [SiteLevelDPRound("central", 10, z * 0.2, 0.2, 0.0, 1000)] * rounds, delta=1e-5)
         theirs = example_epsilon([(1.0, z, rounds)], delta=1e-5)
         assert ours <= theirs * 1.001  # finer order grid: never looser
         assert ours == pytest.approx(theirs, rel=0.02)
 
 
 def test_distributed_on_a_fine_grid_costs_almost_nothing_over_central() -> None:
-    p = plan_round(clip=1.0, dim=12288, modulus_bits=32, noise_multiplier=1.1, cohort=10,
-                   max_contributors=10, rotation_seed=SEED)
+    p = plan_site_level_round(clip=1.0, dim=12288, modulus_bits=32, noise_multiplier=1.1,
+                              cohort=10, max_contributors=10, rotation_seed=SEED)
     dist = site_level_epsilon([p.round_record(10)] * 3, delta=1e-5)
-    cent = site_level_epsilon([SiteLevelDPRound("central", 10, 1.1, 1.0, 0.0, 12288)] * 3, delta=1e-5)
+    cent = site_level_epsilon([SiteLevelDPRound("central", 10, 1.1, 1.0, 0.0, 12288)] * 3,
+                              delta=1e-5)
     assert cent < dist < cent * 1.001
 
 
 def test_a_coarse_ring_pays_for_rounding_and_the_sum_of_discrete_gaussians() -> None:
-    fine = plan_round(clip=1.0, dim=4096, modulus_bits=32, noise_multiplier=1.0, cohort=10,
-                      max_contributors=10, rotation_seed=SEED)
-    coarse = plan_round(clip=1.0, dim=4096, modulus_bits=16, noise_multiplier=1.0, cohort=10,
-                        max_contributors=10, rotation_seed=SEED)
+    fine = plan_site_level_round(clip=1.0, dim=4096, modulus_bits=32, noise_multiplier=1.0,
+                                 cohort=10, max_contributors=10, rotation_seed=SEED)
+    coarse = plan_site_level_round(clip=1.0, dim=4096, modulus_bits=16, noise_multiplier=1.0,
+                                   cohort=10, max_contributors=10, rotation_seed=SEED)
     assert coarse.l2_sensitivity / (coarse.clip / coarse.gamma) > 1.001  # rounding inflation
     assert site_level_epsilon([coarse.round_record(10)], delta=1e-5) > \
         site_level_epsilon([fine.round_record(10)], delta=1e-5)
@@ -43,8 +49,8 @@ def test_a_coarse_ring_pays_for_rounding_and_the_sum_of_discrete_gaussians() -> 
 
 
 def test_fewer_survivors_mean_less_noise_and_more_epsilon() -> None:
-    p = plan_round(clip=1.0, dim=4096, modulus_bits=32, noise_multiplier=1.0, cohort=10,
-                   max_contributors=10, rotation_seed=SEED)
+    p = plan_site_level_round(clip=1.0, dim=4096, modulus_bits=32, noise_multiplier=1.0,
+                              cohort=10, max_contributors=10, rotation_seed=SEED)
     eps = [site_level_epsilon([p.round_record(n)], delta=1e-5) for n in (10, 8, 5, 2, 1)]
     assert eps == sorted(eps) and eps[0] < eps[-1]
     assert p.aggregate_noise_variance(5) == pytest.approx(0.5 * p.aggregate_noise_variance(10))
@@ -61,8 +67,8 @@ def test_calibration_never_overshoots_and_is_tight(mode: str, target: float, rou
         if mode == "central":
             return site_level_epsilon([SiteLevelDPRound("central", 10, zz * 0.05, 0.05, 0.0, 12288)]
                                 * rounds, delta=1e-5)
-        p = plan_round(clip=0.05, dim=12288, modulus_bits=32, noise_multiplier=zz, cohort=10,
-                       max_contributors=10, rotation_seed=SEED)
+        p = plan_site_level_round(clip=0.05, dim=12288, modulus_bits=32, noise_multiplier=zz,
+                                  cohort=10, max_contributors=10, rotation_seed=SEED)
         return site_level_epsilon([p.round_record(10)] * rounds, delta=1e-5)
 
     assert eps(z) <= target
@@ -71,7 +77,8 @@ def test_calibration_never_overshoots_and_is_tight(mode: str, target: float, rou
 
 def test_no_noise_is_infinite_epsilon_and_records_validate() -> None:
     assert rdp_of_round(SiteLevelDPRound("distributed", 3, 0.0, 5.0, 25.0, 8), 2.0) == math.inf
-    assert site_level_epsilon([SiteLevelDPRound("central", 3, 0.0, 1.0, 0.0, 8)], delta=1e-5) == math.inf
+    no_noise = SiteLevelDPRound("central", 3, 0.0, 1.0, 0.0, 8)
+    assert site_level_epsilon([no_noise], delta=1e-5) == math.inf
     assert site_level_epsilon([], delta=1e-5) == 0.0
     # below sigma = 1/2 grid steps the sum-of-discrete-Gaussians bound does not apply
     assert rdp_of_round(SiteLevelDPRound("distributed", 3, 0.4, 5.0, 25.0, 8), 2.0) == math.inf

@@ -1,4 +1,4 @@
-"""The audit's site-level section: stated ε equals an independent recomputation; tampering is red."""
+"""The audit's site-level section: stated ε equals an independent recomputation; tampered: red."""
 
 from __future__ import annotations
 

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from privacy.ddg import RandomizedHadamard, WrapError, decode_ddg, encode_ddg, plan_round
+from privacy.ddg import (
+    RandomizedHadamard,
+    WrapError,
+    decode_ddg,
+    encode_ddg,
+    plan_site_level_round,
+)
 from privacy.ddg.codec import central_noisy_sum
 from protocol.codec import Manifest, clip_l2, decode, encode, flatten, ring_reduce
 
@@ -43,8 +49,9 @@ def test_noise_off_decodes_to_the_plain_secure_aggregation_sum_within_rounding()
     deltas = _deltas(6, rng)
     manifest = Manifest.from_arrays(deltas[0])
     clip = 0.3
-    params = plan_round(clip=clip, dim=manifest.dim, modulus_bits=32, noise_multiplier=0.0,
-                        cohort=6, max_contributors=6, rotation_seed=SEED)
+    params = plan_site_level_round(clip=clip, dim=manifest.dim, modulus_bits=32,
+                                   noise_multiplier=0.0, cohort=6, max_contributors=6,
+                                   rotation_seed=SEED)
     ddg = decode_ddg(_ring_sum([encode_ddg(d, manifest, params, rng) for d in deltas], 32),
                      manifest, params, contributors=6)
     # the existing codec with weight 1 (unweighted) is the plain secure-aggregation result
@@ -66,8 +73,8 @@ def test_sum_of_t_noised_encodings_has_the_intended_variance() -> None:
     t, z, clip = 5, 1.3, 0.5
     manifest = Manifest.from_arrays({"w": np.zeros(16384, np.float32)})
     deltas = [{"w": rng.normal(size=16384).astype(np.float32) * 0.001} for _ in range(t)]
-    params = plan_round(clip=clip, dim=16384, modulus_bits=32, noise_multiplier=z,
-                        cohort=t, max_contributors=t, rotation_seed=SEED)
+    params = plan_site_level_round(clip=clip, dim=16384, modulus_bits=32, noise_multiplier=z,
+                                   cohort=t, max_contributors=t, rotation_seed=SEED)
     total = _ring_sum([encode_ddg(d, manifest, params, rng) for d in deltas], 32)
     noisy = decode_ddg(total, manifest, params, contributors=t)["w"]
     truth = sum(clip_l2(d["w"].astype(np.float64), clip) for d in deltas)
@@ -81,8 +88,8 @@ def test_conditional_rounding_enforces_the_l2_bound_and_the_sum_cannot_wrap() ->
     rng = np.random.default_rng(3)
     manifest = Manifest.from_arrays({"w": np.zeros(64, np.float32)})
     # a coarse ring: rounding inflation matters and the bound is tight
-    params = plan_round(clip=1.0, dim=64, modulus_bits=16, noise_multiplier=0.5, cohort=3,
-                        max_contributors=3, rotation_seed=SEED)
+    params = plan_site_level_round(clip=1.0, dim=64, modulus_bits=16, noise_multiplier=0.5,
+                                   cohort=3, max_contributors=3, rotation_seed=SEED)
     big = {"w": np.full(64, 10.0, np.float32)}
     for _ in range(50):
         vec = encode_ddg(big, manifest, params, rng, noise=False)
@@ -94,8 +101,8 @@ def test_conditional_rounding_enforces_the_l2_bound_and_the_sum_cannot_wrap() ->
 
 def test_a_wrapped_or_foreign_sum_is_refused() -> None:
     manifest = Manifest.from_arrays({"w": np.zeros(100, np.float32)})
-    params = plan_round(clip=1.0, dim=100, modulus_bits=20, noise_multiplier=1.0, cohort=2,
-                        max_contributors=2, rotation_seed=SEED)
+    params = plan_site_level_round(clip=1.0, dim=100, modulus_bits=20, noise_multiplier=1.0,
+                                   cohort=2, max_contributors=2, rotation_seed=SEED)
     bad = np.zeros(params.padded, np.uint32)
     bad[3] = 2**19  # the most negative value of the centred range
     with pytest.raises(WrapError, match="no-wrap"):
@@ -125,8 +132,8 @@ def test_decoded_sum_is_the_sum_of_clipped_deltas_within_rounding(
     rng = np.random.default_rng(seed)
     manifest = Manifest.from_arrays({"w": np.zeros(dim, np.float32)})
     deltas = [{"w": (rng.normal(size=dim) * scale).astype(np.float32)} for _ in range(n)]
-    params = plan_round(clip=clip, dim=dim, modulus_bits=bits, noise_multiplier=0.0, cohort=n,
-                        max_contributors=n, rotation_seed=SEED)
+    params = plan_site_level_round(clip=clip, dim=dim, modulus_bits=bits, noise_multiplier=0.0,
+                                   cohort=n, max_contributors=n, rotation_seed=SEED)
     total = _ring_sum([encode_ddg(d, manifest, params, rng) for d in deltas], bits)
     out = decode_ddg(total, manifest, params, contributors=n)["w"]
     truth = sum(clip_l2(flatten(d, manifest), clip) for d in deltas)

@@ -1,5 +1,8 @@
-"""Site-level DP end to end through Flower: sites add the noise, a dropout below the cohort is
-refused before unmasking, and the audit's site-level ε recomputes."""
+"""Site-level DP end to end through Flower.
+
+Sites add the noise, a dropout below the cohort is refused before unmasking, and the audit's
+site-level ε recomputes.
+"""
 
 from __future__ import annotations
 

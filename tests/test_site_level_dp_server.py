@@ -1,4 +1,4 @@
-"""The coordinator's site-level DP: dropouts below the cohort, the run budget, resume, site checks."""
+"""The coordinator's site-level DP: dropouts below the cohort, run budget, resume, site checks."""
 
 from __future__ import annotations
 
@@ -84,8 +84,8 @@ def test_a_resumed_run_composes_from_the_recorded_rounds() -> None:
 
 
 def _cfg(**kw: object) -> RunConfig:
-    return RunConfig.from_mapping({"secagg": True, "secagg-enrolment": "e.json", "site-level-dp": True,
-                                   "site-level-dp-clip": 0.05, **kw})
+    return RunConfig.from_mapping({"secagg": True, "secagg-enrolment": "e.json",
+                                   "site-level-dp": True, "site-level-dp-clip": 0.05, **kw})
 
 
 def test_a_site_refuses_parameters_below_its_own_calibration() -> None:
@@ -151,7 +151,8 @@ def test_a_site_refuses_to_unmask_a_sum_below_the_cohort_in_the_complete_graph()
                                                              cohort=(1, 2, 3, 4, 5)))
     remember_round(context, params, "central", _cfg(**{"site-level-dp-mode": "central"}), 3)
     check_unmask(context, {"alive": [1]}, complete)
-    remember_round(context, params, "distributed", _cfg(**{"site-level-dp-underflow": "account"}), 3)
+    remember_round(context, params, "distributed",
+                   _cfg(**{"site-level-dp-underflow": "account"}), 3)
     check_unmask(context, {"alive": [1]}, complete)
 
 

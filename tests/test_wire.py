@@ -8,7 +8,7 @@ import pytest
 from flwr.app import MessageType as FlowerMessageType
 
 from client.app import build_app
-from privacy.ddg import plan_round
+from privacy.ddg import plan_site_level_round
 from privacy.secagg import Stage as SessionStage
 from protocol.config import RunConfig
 from protocol.instructions import InstructionError, RoundInstructions, SecAggCodec, SiteLevelDPPlan
@@ -31,8 +31,9 @@ LEGACY = {"round": 3, "run-id": "0123abcd", "aggregation": "frozen-a", "local-st
 
 
 def _plan() -> dict[str, Any]:
-    return plan_round(clip=1.0, dim=100, modulus_bits=32, noise_multiplier=1.0, cohort=3,
-                      max_contributors=3, rotation_seed="ab" * 32).to_config()
+    return plan_site_level_round(clip=1.0, dim=100, modulus_bits=32, noise_multiplier=1.0,
+                                 cohort=3, max_contributors=3,
+                                 rotation_seed="ab" * 32).to_config()
 
 
 def test_message_types_are_flowers_and_every_stage_has_one() -> None:

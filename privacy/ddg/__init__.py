@@ -8,7 +8,7 @@ from privacy.ddg.accounting import (
     site_level_epsilon,
 )
 from privacy.ddg.codec import WrapError, central_noisy_sum, decode_ddg, encode_ddg
-from privacy.ddg.params import DDGParams, calibrate_site_noise, plan_round
+from privacy.ddg.params import DDGParams, calibrate_site_noise, plan_site_level_round
 from privacy.ddg.rotation import RandomizedHadamard, padded_dim
 from privacy.ddg.sampler import (
     sample_discrete_gaussian,
@@ -27,7 +27,7 @@ __all__ = [
     "decode_ddg",
     "encode_ddg",
     "padded_dim",
-    "plan_round",
+    "plan_site_level_round",
     "rdp_of_round",
     "rounded_l2_bound",
     "sample_discrete_gaussian",

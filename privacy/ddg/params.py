@@ -3,7 +3,7 @@
 Given the clip C, the delta's length, the ring Z/2^k, the number of sites that may
 contribute at most (``max_contributors``), the calibration cohort ``t`` and the aggregate
 noise multiplier z (noise standard deviation ``z C`` in the sum when ``t`` sites add theirs),
-:func:`plan_round` picks the grid step γ so that nothing wraps mod 2^k:
+:func:`plan_site_level_round` picks the grid step γ so that nothing wraps mod 2^k:
 
 * signal: each site's rounded vector has L2 norm <= Δ₂ <= C/γ + √d (conditional rounding
   enforces it), so every coordinate of the sum of ``n`` of them is at most ``n (C/γ + √d)``;
@@ -38,7 +38,7 @@ __all__ = [
     "WRAP_BETA",
     "DDGParams",
     "calibrate_site_noise",
-    "plan_round",
+    "plan_site_level_round",
 ]
 
 logger = logging.getLogger(__name__)
@@ -176,9 +176,9 @@ class DDGParams:
             raise ValueError(f"site-level-DP round config lacks {exc}") from None
 
 
-def plan_round(*, clip: float, dim: int, modulus_bits: int, noise_multiplier: float,
-               cohort: int, max_contributors: int, rotation_seed: str,
-               beta: float = DEFAULT_BETA) -> DDGParams:
+def plan_site_level_round(*, clip: float, dim: int, modulus_bits: int,
+                          noise_multiplier: float, cohort: int, max_contributors: int,
+                          rotation_seed: str, beta: float = DEFAULT_BETA) -> DDGParams:
     """The finest grid for which ``max_contributors`` sites cannot wrap mod 2^k.
 
     ``noise_multiplier`` z: the sum of ``cohort`` sites' noise has standard deviation
@@ -232,9 +232,10 @@ def calibrate_site_noise(*, target_epsilon: float, delta: float, rounds: int, mo
         if mode == "central":
             rec = SiteLevelDPRound("central", cohort, z * clip, clip, 0.0, max(dim, 1))
         else:
-            rec = plan_round(clip=clip, dim=dim, modulus_bits=modulus_bits,
-                             noise_multiplier=z, cohort=cohort, max_contributors=n_max,
-                             rotation_seed=seed).round_record(cohort)
+            rec = plan_site_level_round(clip=clip, dim=dim, modulus_bits=modulus_bits,
+                                        noise_multiplier=z, cohort=cohort,
+                                        max_contributors=n_max,
+                                        rotation_seed=seed).round_record(cohort)
         return site_level_epsilon(prior + [rec] * rounds, delta=delta)
 
     lo, hi = 0.0, 1.0

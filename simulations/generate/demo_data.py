@@ -208,8 +208,9 @@ def person(rng: random.Random) -> dict[str, str]:
     }
 
 
-def date(rng: random.Random, style: int | None = None, years: tuple[int, int] = (2019, 2025)) -> str:
-    """A random date in one of four common formats."""
+def date(rng: random.Random, style: int | None = None,
+         years: tuple[int, int] = (2019, 2025)) -> str:
+    """Draw a random date in one of four common formats."""
     y = rng.randint(*years)
     m = rng.randint(1, 12)
     d = rng.randint(1, 28)
@@ -479,7 +480,8 @@ def _lab_meaning(lab: str, v: float) -> tuple[str, str]:
     """Return (category, plain-language meaning) for a lab value."""
     if lab == "HbA1c":
         if v < 5.7:
-            return "normal", "your average blood sugar over the past 3 months is in the normal range"
+            return "normal", ("your average blood sugar over the past 3 months "
+                              "is in the normal range")
         if v < 6.5:
             return "in the prediabetes range", "your average blood sugar is higher than normal " \
                 "but not in the diabetes range"

@@ -1,4 +1,4 @@
-"""Deterministic generator of the bundled general English corpus used to pretrain the embedded model.
+"""Deterministic generator of the bundled general English corpus (pretrains the embedded model).
 
 The corpus has two parts, shuffled together:
 
@@ -42,7 +42,6 @@ from simulations.generate.demo_data import (
     Slot,
     date,
     expand,
-    join_list,
     money,
     person,
     tidy,
@@ -370,7 +369,7 @@ def _dialogue(rng: random.Random) -> str:
     ]
     lines = rng.choice(scenes)
     intro = _x("[|{time}, {first} and {f_first} talked.\n|A short conversation:\n]", rng, b)
-    return intro + "\n".join(_x(l, rng, b) for l in lines)
+    return intro + "\n".join(_x(line, rng, b) for line in lines)
 
 
 def _numbers(rng: random.Random) -> str:
@@ -879,21 +878,31 @@ def _sentences(rng: random.Random) -> str:
         lambda: f"when {np()} {_past(c(_VERBS))} {np()}, {np()} was {c(_ADJS)}.",
         lambda: f"{np()} was {_past(c(_VERBS))} by {name()} {c(_PREPS)} {np()}.",
         lambda: f"why did {name()} {c(_VERBS)} {np()}?",
-        lambda: f"{name()} will {c(_VERBS)} {np()} {c(['tomorrow', 'next week', 'soon', 'later', 'on ' + c(MONTHS) + ' ' + str(rng.randint(1, 28))])}.",
+        lambda: (f"{name()} will {c(_VERBS)} {np()} "
+                 + c(['tomorrow', 'next week', 'soon', 'later',
+                      'on ' + c(MONTHS) + ' ' + str(rng.randint(1, 28))]) + "."),
         lambda: f"if {np()} {_third(c(_VERBS))} {np()}, {np()} will {c(_VERBS)} {c(_ADVS)}.",
         lambda: f"there are {rng.randint(2, 900)} {_plural(c(_NOUNS))} {c(_PREPS)} {np()}.",
-        lambda: f"{np()} costs {money(rng.uniform(1, 5000))}, {c(['which is', 'and that is', 'but it is'])} {c(_ADJS)}.",
+        lambda: (f"{np()} costs {money(rng.uniform(1, 5000))}, "
+                 f"{c(['which is', 'and that is', 'but it is'])} {c(_ADJS)}."),
         lambda: f"{name()} said, \"I {_past(c(_VERBS))} {np()} {c(_ADVS)}.\"",
         lambda: f"please {c(_VERBS)} {np()} {c(_PREPS)} {np()}.",
-        lambda: f"about {rng.randint(2, 98)} percent of {np()} {c(['were', 'are', 'seemed', 'became'])} {c(_ADJS)}.",
-        lambda: f"{name()} {c(['has', 'had', 'wants', 'needs', 'found', 'lost'])} {np()}, but {np()} is {c(['not', 'still', 'very', 'quite', 'rather'])} {c(_ADJS)}.",
-        lambda: f"on {date(rng)}, {np()} {_past(c(_VERBS))} {rng.randint(2, 60)} {_plural(c(_NOUNS))}.",
-        lambda: f"{np()} that {name()} {_past(c(_VERBS))} {c(['is', 'was', 'seems', 'looked'])} {c(_ADJS)}.",
+        lambda: (f"about {rng.randint(2, 98)} percent of {np()} "
+                 f"{c(['were', 'are', 'seemed', 'became'])} {c(_ADJS)}."),
+        lambda: (f"{name()} {c(['has', 'had', 'wants', 'needs', 'found', 'lost'])} {np()}, "
+                 f"but {np()} is {c(['not', 'still', 'very', 'quite', 'rather'])} {c(_ADJS)}."),
+        lambda: (f"on {date(rng)}, {np()} {_past(c(_VERBS))} {rng.randint(2, 60)} "
+                 f"{_plural(c(_NOUNS))}."),
+        lambda: (f"{np()} that {name()} {_past(c(_VERBS))} "
+                 f"{c(['is', 'was', 'seems', 'looked'])} {c(_ADJS)}."),
         lambda: f"{c(['do', 'can', 'should', 'would'])} you {c(_VERBS)} {np()}?",
-        lambda: f"{np()} {_third(c(_VERBS))} {np()} {c(['every day', 'twice a week', 'each morning', 'at night', 'once a year'])}.",
+        lambda: (f"{np()} {_third(c(_VERBS))} {np()} "
+                 f"{c(['every day', 'twice a week', 'each morning', 'at night', 'once a year'])}."),
         lambda: f"{name()} and {name()} {c(['were', 'are'])} {c(_ADJS)} {_plural(c(_NOUNS))}.",
-        lambda: f"{c(['first', 'then', 'next', 'finally', 'meanwhile', 'however', 'still'])}, {np()} {_past(c(_VERBS))} {np()}.",
-        lambda: f"{np()} is {c(['not', 'never', 'always', 'usually', 'often'])} {c(_ADJS)} {c(['in', 'during', 'after', 'before'])} {np()}.",
+        lambda: (f"{c(['first', 'then', 'next', 'finally', 'meanwhile', 'however', 'still'])}, "
+                 f"{np()} {_past(c(_VERBS))} {np()}."),
+        lambda: (f"{np()} is {c(['not', 'never', 'always', 'usually', 'often'])} {c(_ADJS)} "
+                 f"{c(['in', 'during', 'after', 'before'])} {np()}."),
     ]
     out = []
     for _ in range(rng.randint(3, 9)):
@@ -1072,7 +1081,8 @@ def stdlib_docs() -> list[str]:
 
 
 KINDS: list[tuple[float, Doc]] = [
-    (1.2, _glossary), (9.0, _sentences), (6.0, _domain), (7.0, _word_mix), (4.0, _narrative), (3.0, _news), (0.8, _howto),
+    (1.2, _glossary), (9.0, _sentences), (6.0, _domain), (7.0, _word_mix), (4.0, _narrative),
+    (3.0, _news), (0.8, _howto),
     (0.6, _recipe), (1.8, _dialogue), (2.0, _numbers), (1.5, _form), (0.8, _list),
     (1.8, _health_story), (1.8, _money_story), (1.8, _law_story), (0.6, _facts),
     (1.2, _letter), (0.4, _qa), (1.2, _description),

@@ -161,7 +161,7 @@ def train_tokenizer(docs: Sequence[str], vocab_size: int) -> PreTrainedTokenizer
 
 
 def build_model(cfg: BuildConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
-    """A fresh ``LlamaForCausalLM`` sized by ``cfg`` (tied embeddings, q/k/v/o_proj names)."""
+    """Build a fresh ``LlamaForCausalLM`` sized by ``cfg`` (tied embeddings, q/k/v/o_proj names)."""
     eot = tokenizer.convert_tokens_to_ids(EOT)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
@@ -374,9 +374,10 @@ def lora_check(model_dir: Path, site_dir: Path, *, steps: int = 30, batch_size: 
     return {"before": before, "after": after, "drop": 1 - after / before, "seconds": seconds}
 
 
-def run_checks(model_dir: Path, general_heldout: Sequence[str] | None, *,
-               min_drop: float = 0.15, sites_dir: Path = SITES_DIR) -> tuple[bool, dict[str, float],
-                                                                            dict[str, dict[str, float]]]:
+def run_checks(
+    model_dir: Path, general_heldout: Sequence[str] | None, *,
+    min_drop: float = 0.15, sites_dir: Path = SITES_DIR,
+) -> tuple[bool, dict[str, float], dict[str, dict[str, float]]]:
     """Evaluate a saved model and run the LoRA sanity check on every site; print a summary."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -435,7 +436,8 @@ Everything is seeded. The tokenizer and the model were trained only on the gener
 corpus `simulations/data/general/corpus.txt` ({100 * cfg.heldout_fraction:g}% of its documents
 held out), never on the demo site data. That corpus is built by
 `simulations.generate.general_corpus`: text from our own template grammar plus English prose
-from the Python standard library's docstrings (PSF license); see `simulations/data/general/README.md`. Pretraining:
+from the Python standard library's docstrings (PSF license); see \
+`simulations/data/general/README.md`. Pretraining:
 {cfg.steps} steps of {cfg.batch_size} packed sequences of {cfg.seq_len} tokens, AdamW (lr
 {cfg.lr:g}, betas 0.9/0.95, weight decay {cfg.weight_decay:g}), {cfg.warmup_steps} warmup steps then
 cosine decay to {cfg.min_lr_ratio:g}x, label smoothing {cfg.label_smoothing:g}, gradient clip
@@ -457,7 +459,8 @@ python -m simulations.generate.make_embedded --out client/embedded --check-only
 
 General: packed held-out corpus documents. Sites: 300 held-out examples of each site's
 `train.jsonl` (seeded 10% split), encoded as `client.data` does (`text <|endoftext|>`, or
-`prompt` + space + `response <|endoftext|>` with loss on the response only). Acceptance: every site at most vocab / 10 = {cfg.vocab_size / 10:.0f}.
+`prompt` + space + `response <|endoftext|>` with loss on the response only). \
+Acceptance: every site at most vocab / 10 = {cfg.vocab_size / 10:.0f}.
 
 | data | perplexity |
 | --- | --- |

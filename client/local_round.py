@@ -95,7 +95,7 @@ def _noise_seed(context: Context, privacy: SitePrivacy, data: SiteData, *, run_i
 
 
 def _site_privacy(context: Context, cfg: RunConfig, data: SiteData) -> SitePrivacy | None:
-    policy = policy_from_config(context.node_config, cfg.site_dp_policy)
+    policy = policy_from_config(context.node_config, cfg.dp_policy)
     if policy is None:
         return None
     if data.spec.state_dir is None:

@@ -278,7 +278,7 @@ class RoundDriver:
             if self.secure is not None:
                 self.discover_names(nodes, rnd)
                 new_state, part = self.secure.round(rnd, state, nodes, self.instructions(rnd))
-                if part.get("site_dp", {}).get("budget_exhausted"):
+                if part.get("site_level_dp", {}).get("budget_exhausted"):
                     # nothing was trained or released; further rounds would only be refused
                     self.rundir.append_participation(ParticipationRow.from_json(part))
                     self.stopped_early = (f"before round {rnd}: {part['abort_reason']}; no "

@@ -46,7 +46,7 @@ def _site_round(tiny_model: Path, tiny_sites: Path, state: Path, *,
         node_config = {"partition-id": 0, "num-partitions": 1}
         run_config = {"model": str(tiny_model), "data-dir": str(tiny_sites), "local-steps": 1,
                       "dp": True, "sites-state-dir": str(state.parent),
-                      "site-dp-policy": json.dumps({**policy, "secure-mode": False})}
+                      "dp-policy": json.dumps({**policy, "secure-mode": False})}
     run_config.update(run_extra or {})
     ctx = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(),
                   run_config=run_config)
@@ -107,7 +107,7 @@ def test_a_policy_from_the_coordinator_cannot_turn_the_csprng_off_at_a_deployed_
                              "max-grad-norm": CLIP, "secure-mode": False})
     upd, cfg, sm, data = _site_round(
         tiny_model, tiny_sites, tmp_path / "alpha", node=node,
-        run_extra={"site-dp-policy": ctx_policy})
+        run_extra={"dp-policy": ctx_policy})
     assert upd.delta is not None
     assert PrivacyLedger(tmp_path / "alpha").entries[-1].noise_source == CSPRNG
     guess = _regenerate_noise(_public_seed(cfg.seed, ROUND, "alpha"), sm, len(data.train))

@@ -9,24 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from client.site_dp import check_round_params, check_site_level_price, site_level_budget
+from client.site_level_dp import check_round_params, check_site_level_price, site_level_budget
 from privacy.audit.site_level import independent_site_epsilon
-from privacy.ddg import DDGParams, SiteDPRound, rounded_l2_bound, site_epsilon
+from privacy.ddg import DDGParams, SiteLevelDPRound, rounded_l2_bound, site_level_epsilon
 from privacy.ddg.site_ledger import SITE_LEVEL_LEDGER, SiteLevelLedger
 from privacy.secagg import SecAggError
 from protocol.config import RunConfig
-from server.site_dp import SiteDP
+from server.site_level_dp import SiteLevelDP
 
 DIM, CLIP, COHORT = 3000, 0.05, 10
 
 
 def _cfg(**kw: object) -> RunConfig:
-    return RunConfig.from_mapping({"secagg": True, "secagg-enrolment": "e.json", "site-dp": True,
-                                   "site-dp-clip": CLIP, "num-server-rounds": 3, **kw})
+    return RunConfig.from_mapping({"secagg": True, "secagg-enrolment": "e.json", "site-level-dp": True,
+                                   "site-level-dp-clip": CLIP, "num-server-rounds": 3, **kw})
 
 
 def _honest() -> DDGParams:
-    sdp = SiteDP(mode="distributed", epsilon=8.0, delta=1e-5, clip=CLIP, noise_multiplier=-1.0,
+    sdp = SiteLevelDP(mode="distributed", epsilon=8.0, delta=1e-5, clip=CLIP, noise_multiplier=-1.0,
                  cohort=0, modulus_bits=32, underflow="refuse", planned_rounds=3)
     params = sdp.plan(cohort_size=COHORT, dim=DIM)
     assert isinstance(params, DDGParams)
@@ -47,8 +47,8 @@ def test_a_coordinators_coarse_grid_is_refused_with_the_eps_it_would_cost(
     coarse = _coarse(honest, sigma_grid)
     ok = {"cohort_size": COHORT, "modulus_bits": 32, "vector_length": coarse.padded}
     check_round_params(coarse, "distributed", cfg, **ok)  # type: ignore[arg-type]  # old check: ok
-    cost = site_epsilon([coarse.round_record(COHORT)], delta=cfg.site_dp_delta)
-    assert cost > cfg.site_dp_epsilon
+    cost = site_level_epsilon([coarse.round_record(COHORT)], delta=cfg.site_level_dp_delta)
+    assert cost > cfg.site_level_dp_epsilon
     with pytest.raises(SecAggError) as err:
         check_site_level_price(coarse, cfg, state_dir=tmp_path, run_id="r", round_num=1)
     assert f"would cost site eps {cost:.4g}" in str(err.value)
@@ -69,12 +69,12 @@ def test_the_sites_ledger_composes_the_run_and_refuses_the_round_past_the_budget
         check_site_level_price(params, cfg, state_dir=tmp_path, run_id="r", round_num=4)
     ledger = SiteLevelLedger(tmp_path)
     assert [c["round"] for c in ledger.charges()] == [1, 2, 3]
-    assert site_epsilon(ledger.history("r"), delta=1e-5) == pytest.approx(eps[2])
+    assert site_level_epsilon(ledger.history("r"), delta=1e-5) == pytest.approx(eps[2])
     doc = json.loads((tmp_path / SITE_LEVEL_LEDGER).read_text())
     assert doc["format"] == "confide-site-level-ledger/1"
     # another run starts from zero; the site's own, smaller budget binds before the run's
     node = {"site-level-epsilon": 5.0}
-    assert site_level_budget(cfg, node) == (5.0, cfg.site_dp_delta)
+    assert site_level_budget(cfg, node) == (5.0, cfg.site_level_dp_delta)
     check_site_level_price(params, cfg, state_dir=tmp_path, run_id="s", round_num=1,
                            node_config=node)
     with pytest.raises(SecAggError, match="> budget 5 "):
@@ -90,7 +90,7 @@ def test_a_corrupt_site_level_ledger_is_refused_naming_the_file(tmp_path: Path) 
 
 def test_central_mode_in_a_16_bit_ring_states_the_true_rounding_bound() -> None:
     dim, cohort, delta = 30000, 10, 1e-5
-    sdp = SiteDP(mode="central", epsilon=8.0, delta=delta, clip=CLIP, noise_multiplier=-1.0,
+    sdp = SiteLevelDP(mode="central", epsilon=8.0, delta=delta, clip=CLIP, noise_multiplier=-1.0,
                  cohort=0, modulus_bits=16, underflow="refuse", planned_rounds=3)
     records = []
     for _ in range(3):
@@ -103,11 +103,11 @@ def test_central_mode_in_a_16_bit_ring_states_the_true_rounding_bound() -> None:
     bound = rounded_l2_bound(CLIP / params.gamma, params.padded, params.beta) * params.gamma
     assert bound > CLIP * 1.001
     sigma = records[0]["sigma"]
-    true = site_epsilon([SiteDPRound("central", cohort, sigma, bound, 0.0, dim)] * 3,
+    true = site_level_epsilon([SiteLevelDPRound("central", cohort, sigma, bound, 0.0, dim)] * 3,
                         delta=delta)
     assert sdp.spent() == pytest.approx(true, rel=1e-9) and sdp.spent() <= 8.0
     # sensitivity C would understate it
-    naive = site_epsilon([SiteDPRound("central", cohort, sigma, CLIP, 0.0, dim)] * 3,
+    naive = site_level_epsilon([SiteLevelDPRound("central", cohort, sigma, CLIP, 0.0, dim)] * 3,
                          delta=delta)
     assert naive < true
     # the audit's own recomputation from the records agrees

@@ -20,7 +20,7 @@ __all__ = ["RandomizedHadamard", "fwht", "padded_dim"]
 
 logger = logging.getLogger(__name__)
 
-_DOMAIN = b"confide/site-dp/rotation/v1"
+_DOMAIN = b"confide/site-level-dp/rotation/v1"
 
 
 def padded_dim(dim: int) -> int:

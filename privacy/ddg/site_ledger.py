@@ -3,7 +3,7 @@
 One JSON file, ``<state_dir>/site-level-ledger.json``, rewritten atomically on each charge::
 
     {"format": "confide-site-level-ledger/1",
-     "rounds": [{"run_id": "7", "round": 1, "record": {<SiteDPRound fields>},
+     "rounds": [{"run_id": "7", "round": 1, "record": {<SiteLevelDPRound fields>},
                  "epsilon_after": 2.1, "budget": 8.0, "delta": 1e-05}, ...]}
 
 A round is charged *before* the site's vector leaves, at the price the site computed itself
@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from privacy.ddg.accounting import SiteDPRound
+from privacy.ddg.accounting import SiteLevelDPRound
 from protocol.io import atomic_write_json
 
 __all__ = ["SITE_LEVEL_LEDGER", "SiteLevelLedger"]
@@ -49,21 +49,21 @@ class SiteLevelLedger:
                 if doc.get("format") != _FORMAT or not isinstance(doc.get("rounds"), list):
                     raise ValueError("not a site-level ledger")
                 for row in doc["rounds"]:
-                    SiteDPRound.from_mapping(row["record"])  # validates
+                    SiteLevelDPRound.from_mapping(row["record"])  # validates
                 self._rounds = list(doc["rounds"])
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise ValueError(f"site-level ledger {self.path}: {exc}") from None
 
-    def history(self, run_id: str) -> list[SiteDPRound]:
+    def history(self, run_id: str) -> list[SiteLevelDPRound]:
         """The charged rounds of ``run_id``, oldest first."""
-        return [SiteDPRound.from_mapping(r["record"]) for r in self._rounds
+        return [SiteLevelDPRound.from_mapping(r["record"]) for r in self._rounds
                 if r["run_id"] == run_id]
 
     def charges(self) -> list[dict[str, Any]]:
         """Every charge, as stored."""
         return [dict(r) for r in self._rounds]
 
-    def charge(self, *, run_id: str, round_num: int, record: SiteDPRound,
+    def charge(self, *, run_id: str, round_num: int, record: SiteLevelDPRound,
                epsilon_after: float, budget: float, delta: float) -> None:
         """Record (atomically) that this round's vector is about to leave at this price."""
         row = {"run_id": str(run_id), "round": int(round_num), "record": record.to_mapping(),

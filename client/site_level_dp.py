@@ -23,19 +23,19 @@ import numpy as np
 
 from privacy.ddg import (
     DDGParams,
-    SiteDPRound,
+    SiteLevelDPRound,
     calibrate_site_noise,
     encode_ddg,
     secure_rng,
-    site_epsilon,
+    site_level_epsilon,
 )
 from privacy.ddg.site_ledger import SiteLevelLedger
 from privacy.secagg import SecAggError
 from protocol.codec import Manifest
 from protocol.config import RunConfig
-from protocol.instructions import SiteDPPlan
+from protocol.instructions import SiteLevelDPPlan
 
-__all__ = ["check_round_params", "check_site_level_price", "check_unmask", "encode_site_dp",
+__all__ = ["check_round_params", "check_site_level_price", "check_unmask", "encode_site_level_dp",
            "remember_round", "site_level_budget"]
 
 logger = logging.getLogger(__name__)
@@ -46,25 +46,25 @@ _RTOL = 1e-6
 def check_round_params(params: DDGParams, mode: str, cfg: RunConfig, *,
                        cohort_size: int, modulus_bits: int, vector_length: int) -> None:
     """Raise :class:`SecAggError` unless the server's round parameters honour ``cfg``."""
-    if not cfg.site_dp:
+    if not cfg.site_level_dp:
         raise SecAggError("the server asks for site-level DP, which this run config has off")
-    if mode != cfg.site_dp_mode:
+    if mode != cfg.site_level_dp_mode:
         raise SecAggError(f"the server asks for {mode!r} site-level DP, the run config says "
-                          f"{cfg.site_dp_mode!r}")
+                          f"{cfg.site_level_dp_mode!r}")
     if params.modulus_bits != modulus_bits or params.padded != vector_length:
         raise SecAggError("site-level DP parameters do not match the secure-aggregation round")
-    if params.clip > cfg.site_dp_clip * (1 + _RTOL):
-        raise SecAggError(f"the server's clip {params.clip:g} exceeds site-dp-clip "
-                          f"{cfg.site_dp_clip:g}")
-    if params.cohort > cohort_size and cfg.site_dp_underflow == "refuse":
+    if params.clip > cfg.site_level_dp_clip * (1 + _RTOL):
+        raise SecAggError(f"the server's clip {params.clip:g} exceeds site-level-dp-clip "
+                          f"{cfg.site_level_dp_clip:g}")
+    if params.cohort > cohort_size and cfg.site_level_dp_underflow == "refuse":
         raise SecAggError(f"the server claims a cohort of {params.cohort} sites; "
                           f"the round has {cohort_size}")
     if mode == "central":
         return
-    z = cfg.site_dp_noise_multiplier
+    z = cfg.site_level_dp_noise_multiplier
     if z < 0:
         z = calibrate_site_noise(
-            target_epsilon=cfg.site_dp_epsilon, delta=cfg.site_dp_delta,
+            target_epsilon=cfg.site_level_dp_epsilon, delta=cfg.site_level_dp_delta,
             rounds=cfg.num_server_rounds, mode=mode, clip=params.clip, dim=params.dim,
             modulus_bits=params.modulus_bits, cohort=params.cohort,
             max_contributors=params.max_contributors)
@@ -74,7 +74,7 @@ def check_round_params(params: DDGParams, mode: str, cfg: RunConfig, *,
                           f"{params.cohort}) is below z*C = {z * params.clip:.4g}")
 
 
-def encode_site_dp(delta: Mapping[str, np.ndarray], manifest: Manifest, plan: SiteDPPlan,
+def encode_site_level_dp(delta: Mapping[str, np.ndarray], manifest: Manifest, plan: SiteLevelDPPlan,
                    cfg: RunConfig, secagg_config: Any, context: Any = None) -> np.ndarray:
     """Check the round's parameters and return the site's noised encoding mod 2^k."""
     try:
@@ -115,13 +115,13 @@ def site_level_budget(cfg: RunConfig,
     """``(ε, δ)`` of the site-level budget a site holds a run to.
 
     The site's own ``site-level-epsilon`` / ``site-level-delta`` (its node config) when it
-    sets them; otherwise the run's ``site-dp-epsilon`` / ``site-dp-delta``, which the site
+    sets them; otherwise the run's ``site-level-dp-epsilon`` / ``site-level-dp-delta``, which the site
     agreed to by taking part in the run. Either budget is per run.
     """
     node = node_config or {}
     eps, delta = _number(node.get("site-level-epsilon")), _number(node.get("site-level-delta"))
-    budget = cfg.site_dp_epsilon if eps is None else eps
-    d = cfg.site_dp_delta if delta is None else delta
+    budget = cfg.site_level_dp_epsilon if eps is None else eps
+    d = cfg.site_level_dp_delta if delta is None else delta
     if not (math.isfinite(budget) and budget > 0) or not 0.0 < d < 1.0:
         raise SecAggError(f"bad site-level budget: site-level-epsilon={budget!r}, "
                           f"site-level-delta={d!r}")
@@ -133,7 +133,7 @@ def check_site_level_price(params: DDGParams, cfg: RunConfig, *, state_dir: Path
                            node_config: Mapping[str, Any] | None = None) -> float:
     """Price the round with the site's own accountant; charge it, or refuse it.
 
-    The round's site-level ε is :func:`privacy.ddg.site_epsilon` of the distributed discrete
+    The round's site-level ε is :func:`privacy.ddg.site_level_epsilon` of the distributed discrete
     Gaussian with the grid γ, local σ, calibration cohort t (the contributors the noise is
     calibrated for), ring and padded dimension the coordinator sent, composed with every
     round of this run already charged in the site's own site-level ledger
@@ -144,11 +144,11 @@ def check_site_level_price(params: DDGParams, cfg: RunConfig, *, state_dir: Path
     """
     budget, delta = site_level_budget(cfg, node_config)
     ledger = SiteLevelLedger(state_dir)
-    history = [SiteDPRound.from_mapping(r["record"]) for r in ledger.charges()
+    history = [SiteLevelDPRound.from_mapping(r["record"]) for r in ledger.charges()
                if r["run_id"] == run_id and r["round"] != round_num]
     record = params.round_record(params.cohort)
-    eps_round = site_epsilon([record], delta=delta)
-    eps_after = site_epsilon([*history, record], delta=delta)
+    eps_round = site_level_epsilon([record], delta=delta)
+    eps_after = site_level_epsilon([*history, record], delta=delta)
     if eps_after > budget:
         raise SecAggError(
             f"site-level price: this round would cost site eps {eps_round:.4g} "
@@ -160,7 +160,7 @@ def check_site_level_price(params: DDGParams, cfg: RunConfig, *, state_dir: Path
     return eps_after
 
 
-_ROUND_KEY = "site-dp-round"
+_ROUND_KEY = "site-level-dp-round"
 
 
 def remember_round(context: Any, params: DDGParams, mode: str, cfg: RunConfig,
@@ -168,7 +168,7 @@ def remember_round(context: Any, params: DDGParams, mode: str, cfg: RunConfig,
     """Keep what the unmask stage of this round must check (in ``context.state``)."""
     from flwr.app import ConfigRecord
 
-    guard = int(mode == "distributed" and cfg.site_dp_underflow == "refuse")
+    guard = int(mode == "distributed" and cfg.site_level_dp_underflow == "refuse")
     context.state[_ROUND_KEY] = ConfigRecord({"round": round_num, "cohort": params.cohort,
                                               "guard": guard})
 
@@ -184,7 +184,7 @@ def check_unmask(context: Any, request: Mapping[str, Any], secagg_config: Any,
     complete graph (cohorts up to ``privacy.secagg.graph.COMPLETE_GRAPH_MAX`` sites) that is
     the exact count; in a sparse graph it is an upper bound, which still catches any dropout
     among this site's neighbours when t is the whole cohort. Fewer dropouts elsewhere are
-    left to the coordinator's own check (it never unmasks below t; see ``server.site_dp``).
+    left to the coordinator's own check (it never unmasks below t; see ``server.site_level_dp``).
     """
     from privacy.secagg.payloads import get_ids
 

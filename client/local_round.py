@@ -20,6 +20,7 @@ from flwr.app import Context
 from client.privacy_agent import SitePrivacy, policy_from_config
 from client.site import SiteData, load_site_data, site_spec
 from privacy.budget import Decline, RoundPlan
+from privacy.noise_source import CSPRNG, SEEDED, round_seed, site_secret_seed
 from privacy.policy import PolicyError
 from protocol.adapter import trainable_keys
 from protocol.config import RunConfig
@@ -67,8 +68,30 @@ def load_site(context: Context) -> tuple[RunConfig, SiteModel, SiteData]:
 
 
 def _round_seed(cfg_seed: int, round_num: int, site: str) -> int:
+    """Batch order of *non-private* training only (public values; no DP noise uses it)."""
     digest = hashlib.sha256(f"{cfg_seed}|{round_num}|{site}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _noise_seed(context: Context, privacy: SitePrivacy, data: SiteData, *, run_id: str,
+                round_num: int) -> tuple[str, int | None]:
+    """The round's DP noise source and seed: ``("csprng", None)`` or ``("seeded", seed)``.
+
+    CSPRNG unless the site's policy turns secure mode off. At a deployed site (``data-path``
+    in the node config) only the node config itself can: a policy that came from the run
+    config (the coordinator) never weakens the noise. A seeded round's seed is keyed by the
+    site's secret seed in its state directory; nothing the coordinator knows enters it.
+    """
+    deployed = "data-path" in context.node_config
+    site_off = context.node_config.get("dp-secure-mode") is False
+    if privacy.policy.secure_mode or (deployed and not site_off):
+        return CSPRNG, None
+    assert data.spec.state_dir is not None  # _site_privacy refuses a policy without one
+    (logger.warning if deployed else logger.debug)(
+        "site %s round %d: DP noise from a generator seeded by the site's secret seed, not "
+        "the OS CSPRNG (the site's policy turned secure mode off)", data.spec.name, round_num)
+    secret = site_secret_seed(data.spec.state_dir)
+    return SEEDED, round_seed(secret, run_id=run_id, round_num=round_num)
 
 
 def _site_privacy(context: Context, cfg: RunConfig, data: SiteData) -> SitePrivacy | None:
@@ -130,9 +153,12 @@ def local_update(instr: RoundInstructions, arrays: Any, context: Context) -> Loc
     lr = instr.learning_rate
     pad_id = int(sm.tokenizer.pad_token_id)
     if plan is not None and privacy is not None:
+        source, noise_seed = _noise_seed(context, privacy, data, run_id=run_id,
+                                         round_num=round_num)
         mean_loss = dp_train(sm, data, plan=plan, policy=privacy.policy, learning_rate=lr,
-                             pad_id=pad_id, seed=seed)
-        privacy.record(plan, run_id=run_id, round_num=round_num)  # before anything leaves
+                             pad_id=pad_id, seed=noise_seed)
+        privacy.record(plan, run_id=run_id, round_num=round_num,  # before anything leaves
+                       noise_source=source)
     else:
         mean_loss = train_steps(sm.model, data.train, steps=steps, batch_size=instr.batch_size,
                                 learning_rate=lr, pad_id=pad_id, device=sm.device,

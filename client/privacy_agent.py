@@ -100,12 +100,14 @@ class SitePrivacy:
             calibrated_noise_multiplier=sigma,
         )
 
-    def record(self, plan: RoundPlan, *, run_id: str, round_num: int) -> None:
+    def record(self, plan: RoundPlan, *, run_id: str, round_num: int,
+               noise_source: str | None = None) -> None:
         """Append the trained round to the ledger (before the update leaves the site)."""
         self.ledger.record_round(
             run_id=run_id, round=round_num, steps=plan.steps, sample_rate=plan.sample_rate,
             noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-            accountant=plan.accountant, delta=plan.delta, epsilon_after=plan.epsilon_after)
+            accountant=plan.accountant, delta=plan.delta, epsilon_after=plan.epsilon_after,
+            noise_source=noise_source)
 
     def record_decline(self, decline: Decline, *, run_id: str, round_num: int) -> None:
         """Append the declined round to the ledger."""

@@ -5,7 +5,10 @@ copy of the run configuration it recomputes the noise multiplier z (the configur
 the same deterministic calibration the server runs) and refuses a round whose parameters
 would put less than ``(z C)^2`` of noise into a sum of the calibration cohort, claim a
 cohort larger than the secure-aggregation cohort it was shown, use a larger clip, or switch
-the run to central noise it did not agree to.
+the run to central noise it did not agree to. It then prices the round itself
+(:func:`check_site_level_price`): the site-level ε of the grid, noise, cohort and ring it was
+handed, composed with the rounds of the run in its own site-level ledger, with its own
+accountant; a round that would take the run past the budget is refused with that ε.
 """
 
 from __future__ import annotations
@@ -13,17 +16,27 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from privacy.ddg import DDGParams, calibrate_site_noise, encode_ddg, secure_rng
+from privacy.ddg import (
+    DDGParams,
+    SiteLevelDPRound,
+    calibrate_site_noise,
+    encode_ddg,
+    secure_rng,
+    site_level_epsilon,
+)
+from privacy.ddg.site_ledger import SiteLevelLedger
 from privacy.secagg import SecAggError
 from protocol.codec import Manifest
 from protocol.config import RunConfig
 from protocol.instructions import SiteLevelDPPlan
 
-__all__ = ["check_round_params", "check_unmask", "encode_site_level_dp", "remember_round"]
+__all__ = ["check_round_params", "check_site_level_price", "check_unmask", "encode_site_level_dp",
+           "remember_round", "site_level_budget"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +86,78 @@ def encode_site_level_dp(delta: Mapping[str, np.ndarray], manifest: Manifest, pl
                        modulus_bits=secagg_config.modulus_bits,
                        vector_length=secagg_config.vector_length)
     if context is not None:
+        state_dir = _state_dir(context, cfg)
+        if state_dir is not None and mode == "distributed":
+            check_site_level_price(params, cfg, state_dir=state_dir,
+                                   run_id=str(context.run_id), round_num=secagg_config.round,
+                                   node_config=context.node_config)
         remember_round(context, params, mode, cfg, secagg_config.round)
     return encode_ddg(delta, manifest, params, secure_rng(), noise=(mode == "distributed"))
+
+
+def _state_dir(context: Any, cfg: RunConfig) -> Path | None:
+    from client.site import site_spec
+
+    try:
+        return site_spec(context.node_config, cfg).state_dir
+    except Exception:  # noqa: BLE001 - a site without a spec has no ledger to keep
+        return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def site_level_budget(cfg: RunConfig,
+                      node_config: Mapping[str, Any] | None) -> tuple[float, float]:
+    """``(ε, δ)`` of the site-level budget a site holds a run to.
+
+    The site's own ``site-level-epsilon`` / ``site-level-delta`` (its node config) when it
+    sets them; otherwise the run's ``site-level-dp-epsilon`` / ``site-level-dp-delta``, which the site
+    agreed to by taking part in the run. Either budget is per run.
+    """
+    node = node_config or {}
+    eps, delta = _number(node.get("site-level-epsilon")), _number(node.get("site-level-delta"))
+    budget = cfg.site_level_dp_epsilon if eps is None else eps
+    d = cfg.site_level_dp_delta if delta is None else delta
+    if not (math.isfinite(budget) and budget > 0) or not 0.0 < d < 1.0:
+        raise SecAggError(f"bad site-level budget: site-level-epsilon={budget!r}, "
+                          f"site-level-delta={d!r}")
+    return budget, d
+
+
+def check_site_level_price(params: DDGParams, cfg: RunConfig, *, state_dir: Path,
+                           run_id: str, round_num: int,
+                           node_config: Mapping[str, Any] | None = None) -> float:
+    """Price the round with the site's own accountant; charge it, or refuse it.
+
+    The round's site-level ε is :func:`privacy.ddg.site_level_epsilon` of the distributed discrete
+    Gaussian with the grid γ, local σ, calibration cohort t (the contributors the noise is
+    calibrated for), ring and padded dimension the coordinator sent, composed with every
+    round of this run already charged in the site's own site-level ledger
+    (:class:`privacy.ddg.site_ledger.SiteLevelLedger`, in ``state_dir``). Over the budget of
+    :func:`site_level_budget` the round is refused (:class:`SecAggError`) with the ε it would
+    cost; otherwise it is charged, atomically, before the vector leaves. Returns the ε after
+    the round.
+    """
+    budget, delta = site_level_budget(cfg, node_config)
+    ledger = SiteLevelLedger(state_dir)
+    history = [SiteLevelDPRound.from_mapping(r["record"]) for r in ledger.charges()
+               if r["run_id"] == run_id and r["round"] != round_num]
+    record = params.round_record(params.cohort)
+    eps_round = site_level_epsilon([record], delta=delta)
+    eps_after = site_level_epsilon([*history, record], delta=delta)
+    if eps_after > budget:
+        raise SecAggError(
+            f"site-level price: this round would cost site eps {eps_round:.4g} "
+            f"(grid {params.gamma:.3g}, local sigma {params.local_sigma:.3g} grid units, "
+            f"cohort {params.cohort}, ring 2^{params.modulus_bits}) and take the run to "
+            f"site eps {eps_after:.4g} > budget {budget:g} at delta {delta:g}")
+    ledger.charge(run_id=run_id, round_num=round_num, record=record, epsilon_after=eps_after,
+                  budget=budget, delta=delta)
+    return eps_after
 
 
 _ROUND_KEY = "site-level-dp-round"

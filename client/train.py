@@ -139,12 +139,16 @@ def dp_train(
     policy: Any,
     learning_rate: float,
     pad_id: int,
-    seed: int,
+    seed: int | None,
 ) -> float:
     """DP-SGD (Opacus) on the LoRA parameters for ``plan.steps`` Poisson-sampled steps.
 
     ``plan`` (a :class:`privacy.budget.RoundPlan`) fixes q, σ, C and the steps; ``policy``
-    chooses the per-sample-gradient mode and secure mode. Returns the mean batch loss.
+    chooses the per-sample-gradient mode. ``seed`` chooses the noise source: ``None`` draws
+    the Poisson coins and the Gaussian noise from the OS CSPRNG (secure mode); an int seeds
+    a generator for both (a site passes its secret round seed from
+    :func:`privacy.noise_source.round_seed`, never anything the coordinator knows).
+    Returns the mean batch loss.
     """
     from privacy.dp_sgd import dp_train_steps, make_private
 
@@ -152,11 +156,12 @@ def dp_train(
     model.train()  # Opacus validates a model in training mode
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    generator = None if policy.secure_mode else torch.Generator().manual_seed(seed)
+    secure = seed is None
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
     private = make_private(
         model, optimizer, data.train, sample_rate=plan.sample_rate,
         noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-        grad_sample_mode=policy.grad_sample_mode, secure_mode=policy.secure_mode,
+        grad_sample_mode=policy.grad_sample_mode, secure_mode=secure,
         generator=generator, collate_fn=lambda batch: collate(batch, pad_id),
     )
     try:

@@ -18,6 +18,11 @@ One file, ``<state_dir>/privacy-ledger.jsonl``; one JSON object per line::
   without ``hash``; ``prev_hash`` is the previous entry's ``hash`` (64 zeros for the first).
   :meth:`PrivacyLedger.head` is the last hash; reporting it off-site (e.g. in round metrics)
   lets an audit detect a ledger whose tail was later cut off, which a chain alone cannot.
+* ``noise_source`` (trained entries written since the noise-source change; optional):
+  ``csprng`` (noise and Poisson coins from ``os.urandom``) or ``seeded`` (a generator keyed
+  by the site's secret seed; see :mod:`privacy.noise_source`). Older lines have no such key
+  and hash exactly as before; the audit shows their source as unrecorded and flags them,
+  as it flags every ``seeded`` round.
 
 Every append rewrites the whole file atomically (temp file, fsync, rename), so a crash
 leaves the old ledger or the new one. Opening verifies the whole chain; any malformed,
@@ -40,11 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from privacy.accounting import Mechanism
+from privacy.noise_source import NOISE_SOURCES
 from protocol.io import atomic_write_bytes
 
 __all__ = [
     "GENESIS_HASH",
     "LEDGER_FILENAME",
+    "OPTIONAL_FIELDS",
     "LedgerEntry",
     "LedgerError",
     "PrivacyLedger",
@@ -95,10 +102,19 @@ class LedgerEntry:
     timestamp: str
     prev_hash: str
     hash: str
+    noise_source: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """The entry as its ledger line holds it: an unset optional field is left out."""
+        out = asdict(self)
+        for name in OPTIONAL_FIELDS:
+            if out[name] is None:
+                del out[name]
+        return out
 
     def body(self) -> dict[str, Any]:
         """The fields covered by ``hash`` (all but ``hash``)."""
-        out = asdict(self)
+        out = self.to_record()
         del out["hash"]
         return out
 
@@ -119,7 +135,9 @@ class LedgerEntry:
         return Mechanism(self.sample_rate, self.noise_multiplier, self.steps)
 
 
-_FIELDS = tuple(f.name for f in fields(LedgerEntry))
+#: Fields a line may leave out (absent in ledgers written before they existed).
+OPTIONAL_FIELDS: tuple[str, ...] = ("noise_source",)
+_FIELDS = tuple(f.name for f in fields(LedgerEntry) if f.name not in OPTIONAL_FIELDS)
 
 
 def _is_num(x: Any) -> bool:
@@ -129,9 +147,12 @@ def _is_num(x: Any) -> bool:
 def _entry_problem(d: dict[str, Any]) -> str | None:
     """What is wrong with a parsed entry's field types / ranges (None when fine)."""
     keys = set(d)
-    if keys != set(_FIELDS):
-        missing, extra = sorted(set(_FIELDS) - keys), sorted(keys - set(_FIELDS))
+    if not set(_FIELDS) <= keys <= set(_FIELDS) | set(OPTIONAL_FIELDS):
+        missing = sorted(set(_FIELDS) - keys)
+        extra = sorted(keys - set(_FIELDS) - set(OPTIONAL_FIELDS))
         return f"fields differ from the ledger format (missing {missing}, unexpected {extra})"
+    if d.get("noise_source") not in (None, *NOISE_SOURCES):  # null: unrecorded, as absent
+        return f"`noise_source` must be one of {NOISE_SOURCES}, got {d['noise_source']!r}"
     for name in ("seq", "round", "steps"):
         if type(d[name]) is not int or d[name] < 0:
             return f"`{name}` must be an int >= 0, got {d[name]!r}"
@@ -283,12 +304,13 @@ class PrivacyLedger:
                 self._entries = _parse(self.path, raw)
                 self._raw = raw
             body = {"seq": len(self._entries), "prev_hash": self.head(), **fields_}
+            body = {k: v for k, v in body.items() if not (k in OPTIONAL_FIELDS and v is None)}
             problem = _entry_problem({**body, "hash": ""})
             if problem is not None:
                 raise ValueError(f"refusing to write a bad ledger entry: {problem}")
             digest = hashlib.sha256(canonical_json(body)).hexdigest()
             entry = LedgerEntry(**body, hash=digest)
-            new_raw = raw + canonical_json(asdict(entry)) + b"\n"
+            new_raw = raw + canonical_json(entry.to_record()) + b"\n"
             atomic_write_bytes(self.path, new_raw)
             self._raw = new_raw
             self._entries.append(entry)
@@ -309,14 +331,20 @@ class PrivacyLedger:
         delta: float,
         epsilon_after: float,
         timestamp: str | None = None,
+        noise_source: str | None = None,
     ) -> LedgerEntry:
-        """Append a trained round (a composition entry). Call it before the update leaves."""
+        """Append a trained round (a composition entry). Call it before the update leaves.
+
+        ``noise_source`` (``csprng`` / ``seeded``) is how the round's noise was drawn; a
+        caller that does not know leaves it out and the audit shows it as unrecorded.
+        """
         return self._append({
             "run_id": str(run_id), "round": round, "status": "trained", "reason": None,
             "steps": steps, "sample_rate": float(sample_rate),
             "noise_multiplier": float(noise_multiplier), "max_grad_norm": float(max_grad_norm),
             "accountant": accountant, "delta": float(delta),
             "epsilon_after": float(epsilon_after), "timestamp": timestamp or _now(),
+            "noise_source": noise_source,
         })
 
     def record_decline(

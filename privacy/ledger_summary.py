@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -65,7 +64,7 @@ def make_summary(entries: Sequence[LedgerEntry], *, site: str, run_id: str, roun
         "format": SUMMARY_FORMAT, "site": str(site), "run_id": str(run_id),
         "round": int(round_num), "count": len(entries),
         "head": entries[-1].hash if entries else GENESIS_HASH,
-        "policy": dict(policy), "entries": [asdict(e) for e in entries],
+        "policy": dict(policy), "entries": [e.to_record() for e in entries],
     }
 
 

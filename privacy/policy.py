@@ -125,9 +125,13 @@ class SitePrivacyPolicy:
         materialising them (less memory for large batches, two backward passes).
     secure_mode : bool
         Draw the Poisson sampling and the Gaussian noise from the operating system's
-        CSPRNG (``os.urandom``) and use the floating-point-attack resistant noise of
-        Opacus' secure mode (sum of 4 Gaussians / 2). Slower; use it for production
-        runs. Without it, noise comes from PyTorch's (predictable) PRNG.
+        CSPRNG (``os.urandom``) with the floating-point-attack resistant noise of Opacus'
+        secure mode (sum of 4 Gaussians / 2). On by default: noise anyone else can
+        regenerate protects nothing against them. ``False`` draws them from a generator
+        seeded by the site's own secret seed (:mod:`privacy.noise_source`; reproducible,
+        for simulations), and every such round is flagged by the audit. At a deployed
+        site only the site's node config (``dp-secure-mode = false``) can turn it off;
+        nothing the coordinator sends does.
     """
 
     budget_epsilon: float
@@ -137,7 +141,7 @@ class SitePrivacyPolicy:
     noise_multiplier: float | None = None
     min_noise_multiplier: float = 0.0
     grad_sample_mode: str = "hooks"
-    secure_mode: bool = False
+    secure_mode: bool = True
 
     def __post_init__(self) -> None:
         check_epsilon(self.budget_epsilon, "budget_epsilon")

@@ -183,8 +183,9 @@ class SiteLevelDP:
         return params
 
     def _record_of(self, params: DDGParams, n: int, z: float) -> SiteLevelDPRound:
-        if self.mode == "central":
-            return SiteLevelDPRound("central", n, z * self.clip, self.clip, 0.0, params.dim)
+        if self.mode == "central":  # rounded vectors reach Δ₂ γ > C: that is the sensitivity
+            return SiteLevelDPRound("central", n, z * self.clip, params.released_l2_bound, 0.0,
+                                    params.dim)
         return params.round_record(n)
 
     # ---- admission and release ---------------------------------------------------------
@@ -206,13 +207,14 @@ class SiteLevelDP:
         eps_round = site_level_epsilon([acct], delta=self.delta)
         eps_after = site_level_epsilon([*self.history, acct], delta=self.delta)
         rec.update(acct.to_mapping())
+        # the grid is recorded in both modes: central accounts the rounding bound Δ₂ γ too
+        rec.update({"gamma": params.gamma, "modulus_bits": params.modulus_bits,
+                    "padded_dim": params.padded, "beta": params.beta})
         if self.mode == "central":
             variance = (z * self.clip) ** 2
         else:
             variance = params.aggregate_noise_variance(contributors)
-            rec.update({"gamma": params.gamma, "modulus_bits": params.modulus_bits,
-                        "padded_dim": params.padded, "beta": params.beta,
-                        "local_sigma_grid": params.local_sigma})
+            rec["local_sigma_grid"] = params.local_sigma
         rec.update({"noise_variance": variance,
                     "noise_std_of_mean": math.sqrt(variance) / contributors,
                     "epsilon_round": eps_round, "epsilon_after": eps_after})

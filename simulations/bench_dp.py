@@ -1,7 +1,7 @@
 """Benchmark: cost of DP-SGD (Opacus ``hooks`` / ``ghost``) over a non-private LoRA step.
 
 For each model (the embedded checkpoint, and a larger Llama config: hidden 512, 4 layers)
-and each mode (``none``, ``hooks``, ``ghost``) it runs LoRA r=8 on ``q_proj, v_proj`` with a
+and each mode (``none``, ``hooks``, ``ghost``, ``csprng``) it runs LoRA r=8 on ``q_proj, v_proj`` with a
 batch of 16 sequences of 128 tokens and reports steps/s and peak memory, then a table with
 ratios against ``none``. Every (model, mode) runs in a fresh Python process, started by this
 one, so one mode's memory (and the allocator's cache) cannot leak into the next.
@@ -14,7 +14,11 @@ Peak memory (``peak_mem_mb``) is the *working* memory of training, above the loa
   minus the RSS before the first step (includes the allocator's overhead, whole process).
 
 The DP steps use a fixed batch of 16 (the Poisson sampler is bypassed so every mode does
-the same work); σ = 1, C = 1. steps/s is 1 / the median step time (after warm-up steps).
+the same work); σ = 1, C = 1. ``hooks`` and ``ghost`` draw their noise from a seeded torch
+generator; ``csprng`` is ``hooks`` with the noise and the Poisson coins from the OS CSPRNG
+(``os.urandom``, the default at every deployed site): it also draws a step's coins (and
+discards them, so the batch stays the same), and its ratio to ``hooks`` ("x hooks") is the
+CSPRNG's cost per step. ``--modes`` picks a subset. steps/s is 1 / the median step time (after warm-up steps).
 On CPU the table also shows the median process CPU time per step (all threads): on a shared
 machine it is much less disturbed by other load than wall time, so its ratio ("cpu x") is
 the steadier estimate of DP's cost.
@@ -48,7 +52,7 @@ __all__ = ["main", "run_one"]
 
 logger = logging.getLogger(__name__)
 
-MODES = ("none", "hooks", "ghost")
+MODES = ("none", "hooks", "ghost", "csprng")
 LARGER = "llama-h512-l4"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,6 +143,14 @@ def run_one(model_name: str, mode: str, *, steps: int, batch: int, seq: int, dev
             out = model(input_ids=x, attention_mask=torch.ones_like(x))
             sequence_losses(out.logits, x).mean().backward()
             optimizer.step()
+    elif mode == "csprng":
+        private = make_private(model, optimizer, (ids,), sample_rate=batch / n,
+                               noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode="hooks",
+                               secure_mode=True)
+
+        def step() -> None:
+            private.sampler.draw()  # the step's coins from os.urandom; the batch stays fixed
+            private.step(indices)
     else:
         private = make_private(model, optimizer, (ids,), sample_rate=batch / n,
                                noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode,
@@ -196,8 +208,9 @@ def _embedded_available() -> bool:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     base = {r["model"]: r for r in rows if r["mode"] == "none"}
+    hooks = {r["model"]: r for r in rows if r["mode"] == "hooks"}
     lines = [f"{'model':<16} {'mode':<6} {'steps/s':>8} {'cost x':>7} {'cpu s':>7} "
-             f"{'cpu x':>6} {'peak MB':>9} {'mem x':>6}", "-" * 72]
+             f"{'cpu x':>6} {'peak MB':>9} {'mem x':>6} {'x hooks':>8}", "-" * 81]
     nan = float("nan")
     for r in rows:
         ref = base.get(r["model"])
@@ -206,9 +219,13 @@ def _table(rows: list[dict[str, Any]]) -> str:
         cpu_ref = ref.get("cpu_s_per_step") if ref else None
         cpu_x = cpu / cpu_ref if cpu and cpu_ref else nan
         mem = r["peak_mem_mb"] / ref["peak_mem_mb"] if ref and ref["peak_mem_mb"] > 0 else nan
+        h = hooks.get(r["model"])
+        h_cpu = h.get("cpu_s_per_step") if h else None
+        vs_hooks = (cpu / h_cpu if cpu and h_cpu else
+                    h["steps_per_s"] / r["steps_per_s"] if h else nan)
         lines.append(f"{r['model']:<16} {r['mode']:<6} {r['steps_per_s']:>8.3f} {cost:>7.2f} "
                      f"{cpu if cpu is not None else nan:>7.2f} {cpu_x:>6.2f} "
-                     f"{r['peak_mem_mb']:>9.1f} {mem:>6.2f}")
+                     f"{r['peak_mem_mb']:>9.1f} {mem:>6.2f} {vs_hooks:>8.2f}")
     return "\n".join(lines)
 
 
@@ -240,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 steps, batch 4, seq 32")
     parser.add_argument("--models", default=f"embedded,{LARGER}")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated subset of {', '.join(MODES)}")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads per worker (0: torch's default); one thread "
                              "keeps CPU timings steady on a shared machine")
@@ -264,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         print("BENCH_ROW " + json.dumps(row), flush=True)
         return 0
 
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or any(m not in MODES for m in modes):
+        parser.error(f"--modes must name some of {', '.join(MODES)}, got {args.modes!r}")
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in ("embedded", LARGER)]
     if unknown:
@@ -276,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     for _ in range(args.repeats):
         for model in models:
-            for mode in MODES:
+            for mode in modes:
                 row = _run_worker(model, mode, args, env)
                 if row is None:
                     return 1
@@ -294,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                     best[key] = row
                 print(f"  {model:<16} {mode:<6} {row['steps_per_s']:.3f} steps/s, "
                       f"{row['peak_mem_mb']:.1f} MB", flush=True)
-    rows = [best[(m, mode)] for m in models for mode in MODES]
+    rows = [best[(m, mode)] for m in models for mode in modes]
     if not rows:
         print("bench_dp: nothing to run", file=sys.stderr)
         return 1

@@ -33,12 +33,16 @@ STEPS, Q, SIGMA, C = 8, 0.05, 1.2, 1.0
 SITES = {"alpha": ("rdp", 8.0), "beta": ("prv", 6.0), "gamma": ("rdp", 1.5)}
 
 
-def write_run_dir(root: Path, *, rounds: int = 3, understate: str | None = None) -> Path:
+def write_run_dir(root: Path, *, rounds: int = 3, understate: str | None = None,
+                  understate_by: float = 10.0,
+                  noise_sources: dict[str, str] | None = None) -> Path:
     """Write a 3-site RUN_DIR as the simulation does.
 
     alpha (RDP) also has one entry of an earlier run; beta (PRV) trains in round 2 but drops
     out of the secure aggregate; gamma (RDP, small budget) declines once its budget would
-    be exceeded. ``understate`` names a site whose ledger states a tenth of the true ε.
+    be exceeded. ``understate`` names a site whose ledger states the true ε divided by
+    ``understate_by``. ``noise_sources`` gives a site's recorded noise source (default: none
+    recorded, as in ledgers written before sources were).
     """
     root.mkdir(parents=True, exist_ok=True)
     folder = RunFolder(root)
@@ -82,10 +86,11 @@ def write_run_dir(root: Path, *, rounds: int = 3, understate: str | None = None)
                                    sample_rate=Q, noise_multiplier=SIGMA, max_grad_norm=C)
                 declined[site] = Reason.BUDGET_EXHAUSTED
                 continue
-            stated = eps / 10 if site == understate else eps
+            stated = eps / understate_by if site == understate else eps
             led.record_round(run_id=RUN_ID, round=rnd, steps=STEPS, sample_rate=Q,
                              noise_multiplier=SIGMA, max_grad_norm=C, accountant=accountant,
-                             delta=delta, epsilon_after=stated)
+                             delta=delta, epsilon_after=stated,
+                             noise_source=(noise_sources or {}).get(site))
             eps_reported[site] = stated
             (dropped if site == "beta" and rnd == 2 else contributed).append(site)
         threshold = 2

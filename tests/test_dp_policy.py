@@ -7,12 +7,12 @@ import pytest
 from privacy.policy import PolicyError, SitePrivacyPolicy, default_delta
 
 
-def test_defaults_are_rdp_hooks_calibrated_insecure() -> None:
+def test_defaults_are_rdp_hooks_calibrated_and_noise_from_the_csprng() -> None:
     policy = SitePrivacyPolicy(budget_epsilon=4.0)
     assert policy.accountant == "rdp"
     assert policy.grad_sample_mode == "hooks"
     assert policy.calibrates and policy.noise_multiplier is None
-    assert policy.secure_mode is False
+    assert policy.secure_mode is True  # noise no one else can regenerate, unless turned off
     assert policy.max_grad_norm == 1.0
 
 

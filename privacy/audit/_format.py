@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from privacy.audit.recompute import Recomputation
 
-__all__ = ["fmt_eps", "fmt_names", "fmt_num", "recomputation_cells"]
+__all__ = ["fmt_eps", "fmt_names", "fmt_num", "google_cell", "recomputation_cells"]
 
 
 def fmt_num(x: float | None, spec: str = ".4g") -> str:
@@ -39,3 +39,12 @@ def recomputation_cells(r: Recomputation | None) -> tuple[str, str, str]:
     rel = "-" if r.relative_error is None else f"{100 * r.relative_error:.2f}%"
     same = f"{fmt_eps(r.same)} ({r.accountant}, Δ {rel})"
     return same, f"{fmt_eps(r.second_epsilon)} ({r.second})", fmt_eps(r.tight_lower)
+
+
+def google_cell(r: Recomputation | None) -> str:
+    """``RDP / PLD`` ε from Google's dp-accounting for a site row."""
+    if r is None:
+        return "-"
+    if r.google_error:
+        return f"error: {r.google_error}"
+    return f"{fmt_eps(r.google_rdp)} / {fmt_eps(r.google_pld)}"

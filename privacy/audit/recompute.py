@@ -1,4 +1,4 @@
-"""Recompute a site's stated ε from the parameters its ledger records, three ways.
+"""Recompute a site's stated ε from the parameters its ledger records, four ways.
 
 1. **Same accountant** (:func:`privacy.accounting.epsilon`): what the site should have
    stated; the report's ε must equal it to :data:`MATCH_RTOL`.
@@ -8,6 +8,10 @@
 3. **Tight lower bound**: the lower end of the PRV accountant's error bracket. The true ε of
    the recorded mechanism is at least this, so a stated ε *below* it understates the privacy
    loss: the report flags it in red.
+4. **A second implementation**: Google's ``dp-accounting``
+   (:mod:`privacy.audit.google_accounting`), RDP and PLD, shown side by side with the
+   project's accountant. A stated ε more than 1% below its PLD value is flagged red: the
+   PLD accountant is tight, so this catches understatements far smaller than (3) does.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from privacy.accounting import PRV_EPS_ERROR, Mechanism, epsilon, independent_epsilon
+from privacy.audit.google_accounting import PLD_RTOL, google_epsilons
 
 __all__ = [
     "MATCH_RTOL",
@@ -106,6 +111,12 @@ class Recomputation:
         The stated ε is below ``tight_lower``: the run understates its privacy loss.
     error : str or None
         Why a recomputation failed, if one did.
+    google_rdp, google_pld : float or None
+        ε from Google's ``dp-accounting``: its RDP accountant and its (tight) PLD one.
+    below_pld : bool
+        The stated ε is more than ``PLD_RTOL`` (1%) below ``google_pld``.
+    google_error : str or None
+        Why ``dp-accounting`` could not recompute, if it could not.
     """
 
     stated: float
@@ -118,6 +129,10 @@ class Recomputation:
     tight_lower: float | None
     below_tight: bool
     error: str | None = None
+    google_rdp: float | None = None
+    google_pld: float | None = None
+    below_pld: bool = False
+    google_error: str | None = None
 
 
 def recompute(history: Sequence[Mechanism], *, stated: float, delta: float,
@@ -155,8 +170,21 @@ def recompute(history: Sequence[Mechanism], *, stated: float, delta: float,
     else:
         rel = math.inf
     below = stated < low  # an infinite true ε is understated by any finite claim
+    g_rdp: float | None = None
+    g_pld: float | None = None
+    g_error: str | None = None
+    below_pld = False
+    try:
+        g_rdp_raw, g_pld_raw = google_epsilons(history, delta=delta)
+    except (ValueError, ArithmeticError, RuntimeError, ImportError) as exc:
+        logger.warning("dp-accounting recomputation failed: %s", exc)
+        g_error = str(exc)
+    else:
+        g_rdp, g_pld = _finite(g_rdp_raw), _finite(g_pld_raw)
+        below_pld = stated < (1.0 - PLD_RTOL) * g_pld_raw  # inf: any finite claim is below
     return Recomputation(
         stated=stated, accountant=accountant, second=second, same=_finite(same),
         relative_error=_finite(rel), matches=rel <= MATCH_RTOL,
         second_epsilon=_finite(other), tight_lower=_finite(low), below_tight=below,
+        google_rdp=g_rdp, google_pld=g_pld, below_pld=below_pld, google_error=g_error,
     )

@@ -13,7 +13,13 @@ import math
 from collections.abc import Sequence
 from html import escape
 
-from privacy.audit._format import fmt_eps, fmt_names, fmt_num, recomputation_cells
+from privacy.audit._format import (
+    fmt_eps,
+    fmt_names,
+    fmt_num,
+    google_cell,
+    recomputation_cells,
+)
 from privacy.audit.model import AuditReport
 from privacy.audit.site_level import site_level_html
 from privacy.audit.sites import SiteReport
@@ -175,20 +181,24 @@ def _sites_table(report: AuditReport) -> str:
         rc = s.recomputation
         bad_same = rc is not None and (not rc.matches or bool(rc.error))
         below = rc is not None and rc.below_tight
+        below_pld = rc is not None and rc.below_pld
         over = s.budget_left is not None and s.budget_left < 0
         rows.append(
             "<tr>" + _td(s.site_id)
             + f"<td>{_verified_badge(s)}</td>"
-            + _td(fmt_eps(s.epsilon), "num red" if below or over else "num")
+            + _td(fmt_eps(s.epsilon), "num red" if below or below_pld or over else "num")
             + _td(fmt_num(s.delta, ".3g"), "num") + _td(s.accountant or "-")
             + _td(fmt_eps(s.budget_epsilon), "num") + _td(fmt_eps(s.budget_left),
                                                           "num red" if over else "num")
             + _td(str(s.rounds_trained), "num") + _td(str(s.rounds_declined), "num")
-            + _td(str(s.rounds_dropped), "num") + _td(same, "red" if bad_same else "")
-            + _td(second) + _td(tight, "red" if below else "") + "</tr>")
+            + _td(str(s.rounds_dropped), "num")
+            + _td(s.noise_source or "-", "" if s.noise_source in (None, "csprng") else "red")
+            + _td(same, "red" if bad_same else "")
+            + _td(second) + _td(tight, "red" if below else "")
+            + _td(google_cell(rc), "red" if below_pld else "") + "</tr>")
     return _table(["site", "ledger", "ε", "δ", "accountant", "budget", "left", "trained",
-                   "declined", "dropped", "recomputed (same accountant)",
-                   "second accountant", "tight lower bound"], rows)
+                   "declined", "dropped", "noise source", "recomputed (same accountant)",
+                   "second accountant", "tight lower bound", "dp-accounting RDP / PLD"], rows)
 
 
 def _site_section(s: SiteReport, run_id: str | None) -> str:
@@ -301,7 +311,10 @@ def render_html(report: AuditReport) -> str:
         _sites_table(report),
         ('<p class="meta">Recomputed from the parameters each ledger records: same accountant '
          "(must match to 1%), the second accountant (PRV for RDP runs and vice versa), and the "
-         "PRV lower bound (a stated ε below it is flagged red).</p>"),
+         "PRV lower bound (a stated ε below it is flagged red); and a second implementation, "
+         "Google's dp-accounting, with its RDP and its tight PLD accountant (a stated ε more "
+         "than 1% below the PLD value is flagged red). Noise source: csprng (OS CSPRNG) or "
+         "seeded (the site's secret seed; flagged).</p>"),
         *(_site_section(s, report.run_id) for s in report.sites), "</section>",
         '<section id="rounds"><h2>Rounds: who was in each aggregate</h2>',
         _rounds_table(report), "</section>", site_level_html(report.site_level),

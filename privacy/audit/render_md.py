@@ -6,7 +6,13 @@ import json
 import logging
 from collections.abc import Sequence
 
-from privacy.audit._format import fmt_eps, fmt_names, fmt_num, recomputation_cells
+from privacy.audit._format import (
+    fmt_eps,
+    fmt_names,
+    fmt_num,
+    google_cell,
+    recomputation_cells,
+)
 from privacy.audit.model import AuditReport
 from privacy.audit.site_level import site_level_md
 from privacy.audit.sites import SiteReport
@@ -45,9 +51,10 @@ def _site_section(site: SiteReport, run_id: str | None) -> list[str]:
              fmt_num(r.max_grad_norm), fmt_eps(r.epsilon_after), fmt_eps(r.epsilon_recomputed),
              f"earlier run {r.run_id}" if r.run_id != run_id else
              "yes" if r.in_aggregate else ("dropped" if r.dropped else "no"),
+             (r.noise_source or "unrecorded") if r.status == "trained" else "-",
              r.reason or ""] for r in site.rounds]
     lines += _table(["round", "status", "steps", "q", "σ", "C", "ε after", "recomputed",
-                     "in aggregate", "reason"], rows)
+                     "in aggregate", "noise", "reason"], rows)
     if site.failed:
         lines += ["", "Failed: " + "; ".join(f"round {n.round}: {n.reason}" for n in site.failed)]
     return lines + [""]
@@ -74,10 +81,11 @@ def render_md(report: AuditReport) -> str:
         rows.append([s.site_id, "yes" if s.verification.verified else "**NO**",
                      fmt_eps(s.epsilon), fmt_num(s.delta, ".3g"), s.accountant or "-",
                      fmt_eps(s.budget_epsilon), fmt_eps(s.budget_left), str(s.rounds_trained),
-                     str(s.rounds_declined), str(s.rounds_dropped), same, second, tight])
+                     str(s.rounds_declined), str(s.rounds_dropped), s.noise_source or "-",
+                     same, second, tight, google_cell(s.recomputation)])
     lines += _table(["site", "verified", "ε", "δ", "accountant", "budget", "left", "trained",
-                     "declined", "dropped", "same accountant", "second accountant",
-                     "tight lower"], rows)
+                     "declined", "dropped", "noise", "same accountant", "second accountant",
+                     "tight lower", "dp-accounting RDP / PLD"], rows)
     lines += ["", "ε after each round:", ""]
     rounds = list(range(report.num_rounds + 1))
     lines += _table(["site"] + [str(r) for r in rounds],

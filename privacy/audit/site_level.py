@@ -74,7 +74,14 @@ def _rdp_fn(rec: Mapping[str, Any]) -> Any:
     if var <= 0:
         return lambda a: math.inf
     if rec["mode"] == "central":
-        return lambda a: a * clip * clip / (2 * var)
+        # released vectors are rounded on the grid: norm up to Δ₂ γ (records before the
+        # grid was recorded in central mode fall back to C)
+        if "gamma" in rec:
+            g = float(rec["gamma"])
+            bound = _l2_bound(clip / g, int(rec["padded_dim"]), float(rec["beta"])) * g
+        else:
+            bound = clip
+        return lambda a: a * bound * bound / (2 * var)
     gamma = float(rec["gamma"])
     d = int(rec["padded_dim"])
     sigma = math.sqrt(var / n) / gamma  # per-site sigma in grid units

@@ -60,6 +60,8 @@ class SiteRound:
     dropped: bool
     ledger_line: int
     intact: bool
+    #: ``csprng`` / ``seeded`` as the ledger records it; None: not recorded (older ledger)
+    noise_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,32 @@ class SiteReport:
     epsilon_series: tuple[SeriesPoint, ...]
     recomputation: Recomputation | None
     verification: Verification
+    #: Noise of the run's trained rounds: ``csprng``, ``seeded``, ``unrecorded``, ``mixed``
+    #: (None: no trained round in this run)
+    noise_source: str | None = None
+
+
+def _noise_summary(mine: Sequence[SiteRound]) -> tuple[str | None, list[tuple[str, str]]]:
+    """The run's noise source for the site, and a flag for every round not from the CSPRNG."""
+    trained = [r for r in mine if r.status == "trained"]
+    sources = {r.noise_source or "unrecorded" for r in trained}
+    notes = []
+    seeded = [r.round for r in trained if r.noise_source == "seeded"]
+    unknown = [r.round for r in trained if r.noise_source is None]
+    if seeded:
+        notes.append(("warning", (
+            f"round(s) {', '.join(map(str, seeded))}: DP-SGD noise and Poisson sampling came "
+            "from a generator seeded by the site's secret seed, not the OS CSPRNG (secure "
+            "mode off in the site's policy): the eps holds only while that seed stays "
+            "secret")))
+    if unknown:
+        notes.append(("warning", (
+            f"round(s) {', '.join(map(str, unknown))}: the ledger does not record the noise "
+            "source (written before sources were recorded; such runs seeded the noise from "
+            "the coordinator's run seed unless secure mode was on)")))
+    if not sources:
+        return None, notes
+    return (sources.pop() if len(sources) == 1 else "mixed"), notes
 
 
 def _read_policy(site_dir: Path | None) -> tuple[dict[str, Any], str | None]:
@@ -266,7 +294,7 @@ def build_site(
             epsilon_recomputed=recomputed,
             in_aggregate=bool(agg and names & set(agg.contributed)),
             dropped=bool(agg and names & set(agg.dropped)),
-            ledger_line=ln.line, intact=ln.intact,
+            ledger_line=ln.line, intact=ln.intact, noise_source=e.noise_source,
         ))
         if this_run:
             mine.append(site_rounds[-1])
@@ -324,6 +352,13 @@ def build_site(
             notes.append(("red", (f"stated eps {stated:.6g} is below the tight (PRV) lower "
                                   f"bound {recomp.tight_lower}: the run understates its "
                                   "privacy loss")))
+        if recomp.google_error:
+            notes.append(("warning", f"dp-accounting could not recompute eps: "
+                                     f"{recomp.google_error}"))
+        elif recomp.below_pld:
+            notes.append(("red", (f"stated eps {stated:.6g} is more than 1% below Google "
+                                  f"dp-accounting's PLD value {recomp.google_pld}: the run "
+                                  "understates its privacy loss")))
     elif history:
         notes.append(("red", "no usable delta / accountant: eps cannot be recomputed"))
     pdelta = _pnum(policy, "delta")
@@ -331,6 +366,8 @@ def build_site(
         notes.append(("warning", f"policy delta {pdelta:g} differs from the ledger's {delta:g}"))
     if budget is not None and stated > budget * (1 + 1e-9):
         notes.append(("red", f"eps {stated:.6g} exceeds the site's budget {budget:g}"))
+    noise_source, noise_notes = _noise_summary(mine)
+    notes += noise_notes
     num_examples = policy.get("num_examples", policy.get("num-examples"))
     report = SiteReport(
         site_id=site_id,
@@ -344,6 +381,6 @@ def build_site(
         declined=tuple(RoundNote(r, declined[r]) for r in sorted(declined)),
         failed=tuple(RoundNote(r, failed[r]) for r in sorted(failed)),
         rounds=tuple(site_rounds), epsilon_series=tuple(series),
-        recomputation=recomp, verification=verification,
+        recomputation=recomp, verification=verification, noise_source=noise_source,
     )
     return report, notes

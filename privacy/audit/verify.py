@@ -31,11 +31,13 @@ from typing import Any
 from privacy.ledger import (
     GENESIS_HASH,
     LEDGER_FILENAME,
+    OPTIONAL_FIELDS,
     LedgerEntry,
     LedgerError,
     PrivacyLedger,
     link_problems,
 )
+from privacy.noise_source import NOISE_SOURCES
 
 __all__ = [
     "LEDGER_FILENAMES",
@@ -53,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 #: Ledger file names looked for in a site's directory, in order.
 LEDGER_FILENAMES: tuple[str, ...] = (LEDGER_FILENAME, "ledger.jsonl")
-_FIELDS = tuple(f.name for f in fields(LedgerEntry))
+_FIELDS = tuple(f.name for f in fields(LedgerEntry) if f.name not in OPTIONAL_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,12 @@ def _coerce(obj: Any) -> LedgerEntry | str:
     """A :class:`LedgerEntry` from a parsed line, or what is wrong with it."""
     if not isinstance(obj, dict):
         return f"expected a JSON object, got {type(obj).__name__}"
-    if set(obj) != set(_FIELDS):
-        missing, extra = sorted(set(_FIELDS) - set(obj)), sorted(set(obj) - set(_FIELDS))
+    if not set(_FIELDS) <= set(obj) <= set(_FIELDS) | set(OPTIONAL_FIELDS):
+        missing = sorted(set(_FIELDS) - set(obj))
+        extra = sorted(set(obj) - set(_FIELDS) - set(OPTIONAL_FIELDS))
         return f"fields differ from the ledger format (missing {missing}, unexpected {extra})"
+    if obj.get("noise_source") not in (None, *NOISE_SOURCES):  # null: unrecorded, as absent
+        return f"`noise_source` must be one of {NOISE_SOURCES}, got {obj['noise_source']!r}"
     for name in ("seq", "round", "steps"):
         if type(obj[name]) is not int or obj[name] < 0:
             return f"`{name}` must be an int >= 0, got {obj[name]!r}"

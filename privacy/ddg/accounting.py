@@ -24,8 +24,9 @@ Per released round, the Rényi DP at order α is
   down to integers because its *subsampled* RDP routine needs them; no amplification by
   sampling is claimed here, so fractional orders near 1, where large-ε plans have their
   optimum, are valid.)
-* **central**: a trusted server adds ``N(0, σ²)`` to the sum of updates clipped to ``C``:
-  ``RDP(α) = α C² / (2 σ²)`` (Mironov 2017).
+* **central**: a trusted server adds ``N(0, σ²)`` to the sum of the rounded updates, each of
+  L2 norm at most ``Δ₂ γ`` (conditional rounding on the grid; ``C`` only before rounding):
+  ``RDP(α) = α Δ² / (2 σ²)`` with ``Δ = Δ₂ γ`` (Mironov 2017); ``l2_sensitivity`` holds Δ.
 
 Rounds compose by adding RDP per order; ``(ε, δ)`` follows from Balle et al. 2020
 (arXiv 1905.09982, Thm. 21), minimised over :data:`SITE_ORDERS`. No amplification by
@@ -111,7 +112,7 @@ class SiteLevelDPRound:
         Distributed: each site's discrete Gaussian parameter, in grid units. Central: the
         server's Gaussian standard deviation, in the units of the update.
     l2_sensitivity : float
-        Distributed: Δ₂ in grid units. Central: the clip C.
+        Distributed: Δ₂ in grid units. Central: Δ₂ γ, the rounded vectors' norm bound (>= C).
     l1_sensitivity : float
         Distributed: Δ₁ in grid units (0 in central mode, unused).
     dim : int

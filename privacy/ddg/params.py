@@ -129,6 +129,17 @@ class DDGParams:
         return rounded_l2_bound(self.clip / self.gamma, self.padded, self.beta)
 
     @property
+    def released_l2_bound(self) -> float:
+        """L2 norm bound of one site's released vector in real units: ``Δ₂ γ``.
+
+        Conditional rounding lets a vector of norm C grow to Δ₂ grid units; the rotation
+        back is orthonormal, so one site moves the decoded sum by up to ``Δ₂ γ`` >= C. The
+        central mode's sensitivity (its server noise covers rounded vectors, not C-clipped
+        ones).
+        """
+        return self.l2_sensitivity * self.gamma
+
+    @property
     def l1_sensitivity(self) -> float:
         """Δ₁ in grid units."""
         return rounded_l1_bound(self.l2_sensitivity, self.padded)
@@ -229,8 +240,12 @@ def calibrate_site_noise(*, target_epsilon: float, delta: float, rounds: int, mo
     n_max = max_contributors if max_contributors is not None else cohort
 
     def eps_at(z: float) -> float:
-        if mode == "central":
-            rec = SiteLevelDPRound("central", cohort, z * clip, clip, 0.0, max(dim, 1))
+        if mode == "central":  # the server's noise covers rounded vectors: Δ₂ γ, not C
+            bound = plan_site_level_round(clip=clip, dim=dim, modulus_bits=modulus_bits,
+                                          noise_multiplier=0.0, cohort=cohort,
+                                          max_contributors=n_max,
+                                          rotation_seed=seed).released_l2_bound
+            rec = SiteLevelDPRound("central", cohort, z * clip, bound, 0.0, max(dim, 1))
         else:
             rec = plan_site_level_round(clip=clip, dim=dim, modulus_bits=modulus_bits,
                                         noise_multiplier=z, cohort=cohort,

@@ -70,7 +70,8 @@ def add_simulate_parser(sub: Any) -> None:
     dp.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
     dp.add_argument("--grad-sample-mode", choices=("hooks", "ghost"), default="hooks")
     dp.add_argument("--secure-mode", action="store_true",
-                    help="OS CSPRNG for sampling and noise (slower; for production)")
+                    help="OS CSPRNG for sampling and noise, as at a deployed site (default: a "
+                         "secret per-site seed in the site's state directory; repeatable)")
     from simulations.site_level_dp_cli import add_site_level_dp_args
 
     add_site_level_dp_args(p)

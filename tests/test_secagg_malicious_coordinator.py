@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from privacy.secagg import SecAggAbort, SecAggConfig, SecAggError, keys, shamir
+from privacy.secagg.guard import RoundGuard
 from privacy.secagg.keys import generate_identity_key, identity_public_bytes
 from privacy.secagg.sharebox import open_shares, seal_shares
 from tests._secagg_adversary import Coordinator, Plan, split_view
@@ -17,7 +18,8 @@ from tests.test_secagg_harness import cohort_of, make_config, random_inputs, rin
 
 
 def _site_kwargs(tmp: Path) -> Any:
-    return lambda node: {}
+    """What deployment gives every site: its own persistent round record."""
+    return lambda node: {"guard": RoundGuard(tmp / f"site-{node}")}
 
 
 def _sets_plans(coord: Coordinator, sets: dict[int, list[int]]) -> dict[int, Plan]:
@@ -147,7 +149,7 @@ def _attempt(config: SecAggConfig, inputs: dict[int, np.ndarray], tmp_path: Path
 
 
 def _run_kwargs(tmp: Path) -> dict[str, Any]:
-    return {}
+    return {"site_kwargs": _site_kwargs(tmp)}
 
 
 def test_replaying_a_round_without_one_site_recovers_nothing(tmp_path: Path) -> None:
@@ -158,7 +160,7 @@ def test_replaying_a_round_without_one_site_recovers_nothing(tmp_path: Path) -> 
     inputs = random_inputs(first, seed=3)
     sum_1 = _attempt(first, inputs, tmp_path)
     assert sum_1 is not None
-    second = make_config(nodes, graph_seed=bytes([1]) * 32)  # same run and round, new attempt
+    second = make_config(nodes, graph_seed=bytes([1]) * 32, attempt=1)  # same run and round
     sum_2 = _attempt(second, inputs, tmp_path, drop={"masked-input": [3]})
     if sum_2 is not None:
         diff = ring_sum([sum_1, (-sum_2.astype(np.int64)).astype(sum_1.dtype)], 32, 16)
@@ -172,7 +174,7 @@ def test_shrinking_the_cohort_of_a_rerun_recovers_nothing(tmp_path: Path) -> Non
     inputs = random_inputs(first, seed=4)
     sum_1 = _attempt(first, inputs, tmp_path)
     assert sum_1 is not None
-    second = make_config([1, 2, 3], graph_seed=bytes([7]) * 32)
+    second = make_config([1, 2, 3], graph_seed=bytes([7]) * 32, attempt=1)
     sum_2 = _attempt(second, {v: inputs[v] for v in (1, 2, 3)}, tmp_path)
     if sum_2 is not None:
         diff = ring_sum([sum_1, (-sum_2.astype(np.int64)).astype(sum_1.dtype)], 32, 16)

@@ -10,7 +10,7 @@ import pytest
 from privacy.secagg import SecAggError, SiteSession, Stage, StageError
 from privacy.secagg.payloads import CIPHERTEXT_LEN
 from privacy.secagg.shamir import SHARE_LEN, combine_shares
-from tests.test_secagg_harness import cohort_of, make_config, run_round
+from tests.test_secagg_harness import cohort_of, make_config, run_round, signed_unmask_requests
 
 SPARSE = list(range(10, 22))  # 12 sites, 4-regular graph, threshold 3
 
@@ -18,7 +18,7 @@ SPARSE = list(range(10, 22))  # 12 sites, 4-regular graph, threshold 3
 def _sparse_until_masked() -> Any:
     config = make_config(SPARSE, degree=4, threshold=3)
     run = run_round(config, stop_after="masked-input")
-    return run, run.server.unmask_requests()
+    return run, signed_unmask_requests(run)
 
 
 def _expect_abort(site: SiteSession, request: dict[str, Any], match: str) -> None:
@@ -80,6 +80,7 @@ def test_contradictory_unmask_lists_never_yield_both_secrets_of_a_site() -> None
     for size in range(len(others) + 1):
         for told_dropped in itertools.combinations(others, size):
             run = run_round(config, stop_after="masked-input")
+            genuine = signed_unmask_requests(run)
             seed_shares, key_shares = [], []
             for node in nodes:
                 alive = [v for v in nodes if v == node or v == d or v not in told_dropped]
@@ -93,6 +94,7 @@ def test_contradictory_unmask_lists_never_yield_both_secrets_of_a_site() -> None
                     "config-digest": config.digest(),
                     "alive": sorted(alive),
                     "dropped": dropped,
+                    **{k: genuine[node][k] for k in ("contributors", "signers", "signatures")},
                 }
                 try:
                     reply = run.sites[node].unmask(request)
@@ -116,7 +118,7 @@ def test_contradictory_unmask_lists_never_yield_both_secrets_of_a_site() -> None
 
 
 def _other_stage(stage: str) -> str:
-    return "share-keys" if stage == "unmask" else "unmask"
+    return "share-keys" if stage in ("unmask", "consistency-check") else "unmask"
 
 
 REPLAYS = [
@@ -129,7 +131,7 @@ REPLAYS = [
 ]
 
 
-@pytest.mark.parametrize("stage", ["share-keys", "masked-input", "unmask"])
+@pytest.mark.parametrize("stage", ["share-keys", "masked-input", "consistency-check", "unmask"])
 @pytest.mark.parametrize("name,mutate,match", REPLAYS, ids=[r[0] for r in REPLAYS])
 def test_requests_for_another_run_round_stage_or_config_are_refused(
     stage: str, name: str, mutate: Any, match: str
@@ -138,12 +140,14 @@ def test_requests_for_another_run_round_stage_or_config_are_refused(
     previous = {
         "share-keys": "advertise-keys",
         "masked-input": "share-keys",
-        "unmask": "masked-input",
+        "consistency-check": "masked-input",
+        "unmask": "consistency-check",
     }
     run = run_round(config, stop_after=previous[stage])
     nxt = {
         "share-keys": run.server.share_keys_requests,
         "masked-input": run.server.masked_input_requests,
+        "consistency-check": run.server.consistency_requests,
         "unmask": run.server.unmask_requests,
     }[stage]()
     site = run.sites[1]
@@ -204,11 +208,10 @@ def test_share_keys_naming_a_non_neighbour_or_unregistered_node_is_refused() -> 
     cohort = cohort_of(config.cohort)
     registry = {k: v for k, v in cohort.registry.items() if k != 2}
     run = run_round(config, stop_after="advertise-keys")
-    site = SiteSession.from_state(
-        run.sites[1].to_state(), identity_key=cohort.identities[1], registry=registry
-    )
-    with pytest.raises(SecAggError, match="node 2 has no identity key"):
-        site.share_keys(run.server.share_keys_requests()[1])
+    with pytest.raises(SecAggError, match="node 2 has no identity key"):  # refused on restore
+        SiteSession.from_state(
+            run.sites[1].to_state(), identity_key=cohort.identities[1], registry=registry
+        )
 
 
 def _masked_input_requests(config: Any) -> tuple[Any, dict[int, dict[str, Any]]]:

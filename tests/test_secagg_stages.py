@@ -14,7 +14,8 @@ VALID = {
     (Stage.SETUP, Stage.ADVERTISE_KEYS),
     (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS),
     (Stage.SHARE_KEYS, Stage.MASKED_INPUT),
-    (Stage.MASKED_INPUT, Stage.UNMASK),
+    (Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK),
+    (Stage.CONSISTENCY_CHECK, Stage.UNMASK),
     (Stage.UNMASK, Stage.DONE),
     *((s, Stage.ABORTED) for s in Stage if s not in (Stage.DONE, Stage.ABORTED)),
 }
@@ -42,11 +43,12 @@ def test_parse_stage_rejects_unknown_names() -> None:
             parse_stage(bad)
 
 
-SITE_METHODS = ("advertise-keys", "share-keys", "masked-input", "unmask")
+SITE_METHODS = ("advertise-keys", "share-keys", "masked-input", "consistency-check", "unmask")
 _NEXT = {
     "advertise-keys": "share_keys_requests",
     "share-keys": "masked_input_requests",
-    "masked-input": "unmask_requests",
+    "masked-input": "consistency_requests",
+    "consistency-check": "unmask_requests",
 }
 
 

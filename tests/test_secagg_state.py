@@ -45,7 +45,7 @@ class _Persisting:
 
 def test_round_completes_when_sites_are_restored_from_state_before_every_message() -> None:
     config = make_config(NODES, vector_length=33)
-    stages = ("advertise-keys", "share-keys", "masked-input", "unmask")
+    stages = ("advertise-keys", "share-keys", "masked-input", "consistency-check", "unmask")
     run = run_round(config, stop_after="advertise-keys")
     wrapped = {v: _Persisting(s) for v, s in run.sites.items()}
     server = run.server
@@ -54,6 +54,7 @@ def test_round_completes_when_sites_are_restored_from_state_before_every_message
         [
             (server.share_keys_requests, server.receive_shares),
             (server.masked_input_requests, server.receive_masked_input),
+            (server.consistency_requests, server.receive_consistency),
             (server.unmask_requests, server.receive_unmask),
         ],
         strict=True,

@@ -7,21 +7,30 @@ the sum untouched; the site then counts as dropped). :meth:`ServerSession.finish
 reconstructs the secrets it needs and returns the aggregate vector mod 2^k.
 
 Sets, in the notation of Bonawitz et al. (2017): U1 advertised keys, U2 shared keys, U3
-sent a masked input. The server keeps only the running sum of masked inputs, never an
-individual one. When fewer than ``threshold`` sites (or shares) remain, it raises
+sent a masked input, U4 signed U3 at the consistency check. The server keeps only the
+running sum of masked inputs, never an individual one. When fewer than ``threshold`` sites
+(or shares, or ``signature_threshold`` signatures) remain, it raises
 :class:`~privacy.secagg.errors.SecAggAbort` and forgets the sum.
+
+Malicious sites: no reply, however malformed (wrong types, wrong lengths, bad signatures,
+low-order keys, wrong shares), raises out of a ``receive_*`` method; it is rejected with a
+named reason and that site leaves the round. Every revealed share is checked against the
+commitment its owner sent at share time, so a lying holder is dropped and any t valid
+shares reconstruct the secret.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from privacy.secagg import keys, shamir
+from privacy.secagg.cohort import check_distinct_identities
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggAbort, SecAggError
 from privacy.secagg.graph import prune_to_threshold
@@ -40,6 +49,27 @@ from protocol.codec import ring_dtype
 __all__ = ["SecAggResult", "ServerSession"]
 
 logger = logging.getLogger(__name__)
+
+_F = TypeVar("_F", bound=Callable[..., bool])
+
+
+def _never_raises(stage: Stage) -> Callable[[_F], _F]:
+    """Turn anything a malformed reply makes a ``receive_*`` method raise into a rejection."""
+
+    def wrap(method: _F) -> _F:
+        @functools.wraps(method)
+        def guarded(self: ServerSession, node_id: object, reply: object) -> bool:
+            try:
+                return method(self, node_id, reply)
+            except (SecAggAbort, AssertionError):
+                raise
+            except Exception as exc:  # a reply must never take the round down  # noqa: BLE001
+                logger.debug("reply from node %s raised", node_id, exc_info=True)
+                return self._reject(node_id, stage, f"malformed reply ({type(exc).__name__})")
+
+        return guarded  # type: ignore[return-value]
+
+    return wrap
 
 
 @dataclass(frozen=True)
@@ -85,6 +115,10 @@ class ServerSession:
         missing = [n for n in config.cohort if n not in registry]
         if missing:
             raise ValueError(f"`registry` has no identity key for sampled node {missing[0]}")
+        try:
+            check_distinct_identities(registry, config.cohort)
+        except SecAggError as exc:
+            raise ValueError(f"`registry`: {exc}") from None
         self._config = config
         self._binding = config.binding
         self._graph = config.graph()
@@ -98,6 +132,8 @@ class ServerSession:
         self._u2: frozenset[int] = frozenset()
         self._acc: np.ndarray | None = None
         self._u3: set[int] = set()
+        self._commits: dict[int, dict[int, tuple[bytes, bytes]]] = {}
+        self._signatures: dict[int, bytes] = {}
         self._unmask_lists: dict[int, tuple[list[int], list[int]]] = {}
         self._unmask_done: set[int] = set()
         self._seed_shares: dict[int, list[bytes]] = {}
@@ -193,6 +229,7 @@ class ServerSession:
         payload = {**self._config.to_payload(), "stage": Stage.ADVERTISE_KEYS.value}
         return {node: dict(payload) for node in self._config.cohort}
 
+    @_never_raises(Stage.ADVERTISE_KEYS)
     def receive_advertisement(self, node_id: int, reply: Mapping[str, Any]) -> bool:
         """Accept a site's signed public keys (bad signature, duplicate, unsampled: rejected)."""
         stage = Stage.ADVERTISE_KEYS
@@ -244,6 +281,7 @@ class ServerSession:
             }
         return requests
 
+    @_never_raises(Stage.SHARE_KEYS)
     def receive_shares(self, node_id: int, reply: Mapping[str, Any]) -> bool:
         """Accept a site's encrypted shares, one ciphertext per neighbour, for routing."""
         stage = Stage.SHARE_KEYS
@@ -256,10 +294,15 @@ class ServerSession:
                 if recipients != self._expected_recipients[node_id]:
                     raise SecAggError("`recipients` differ from the neighbours it was sent")
                 ciphertexts = split_fixed(reply, "ciphertexts", len(recipients))
+                holders = sorted([*recipients, node_id])
+                commits = split_fixed(reply, "share-commits", len(holders))
             except SecAggError as exc:
                 reason = str(exc)
         if reason is not None:
             return self._reject(node_id, stage, reason)
+        self._commits[node_id] = {
+            h: (c[: keys.KEY_LEN], c[keys.KEY_LEN :]) for h, c in zip(holders, commits, strict=True)
+        }
         for recipient, ciphertext in zip(recipients, ciphertexts, strict=True):
             self._inbox.setdefault(recipient, {})[node_id] = ciphertext
         self._shared.add(node_id)
@@ -292,6 +335,7 @@ class ServerSession:
         )
         return requests
 
+    @_never_raises(Stage.MASKED_INPUT)
     def receive_masked_input(self, node_id: int, reply: Mapping[str, Any]) -> bool:
         """Add a site's masked vector to the running sum (wrong length/dtype: rejected)."""
         stage = Stage.MASKED_INPUT
@@ -314,34 +358,92 @@ class ServerSession:
 
     # ------------------------------------------------------------------ stage 4
 
-    def unmask_requests(self) -> dict[int, dict[str, Any]]:
-        """Close stage 3 and open stage 4: ask each contributor for the shares to unmask.
-
-        A contributor is asked for the self-mask-seed shares of every live holder it holds
-        shares of (itself included) and for the mask-key shares of its neighbours that
-        shared keys but sent no masked input.
+    def consistency_requests(self) -> dict[int, dict[str, Any]]:
+        """Close stage 3 and open stage 4: announce the contributor set U3 to each member.
 
         Raises
         ------
         SecAggAbort
-            If fewer than ``threshold`` sites sent a masked input, or a secret that must be
-            reconstructed has fewer than ``threshold`` live holders.
+            If fewer than ``signature_threshold`` sites sent a masked input, or a secret that
+            must be reconstructed has fewer than ``threshold`` live holders.
         """
-        self._advance(Stage.UNMASK)
+        self._advance(Stage.CONSISTENCY_CHECK)
         u3 = frozenset(self._u3)
         reason = unrecoverable(
             self._graph, threshold=self._config.threshold, shared=self._u2, contributors=u3
         )
+        need = self._config.signature_threshold
+        if reason is None and len(u3) < need:
+            reason = f"{len(u3)} sites sent a masked input, {need} consistency signatures needed"
         if reason is not None:
             raise self._abort(reason)
+        announced = sorted(u3)
+        return {
+            node: {**self._header(Stage.CONSISTENCY_CHECK), "contributors": list(announced)}
+            for node in announced
+        }
+
+    @_never_raises(Stage.CONSISTENCY_CHECK)
+    def receive_consistency(self, node_id: int, reply: Mapping[str, Any]) -> bool:
+        """Accept a contributor's signature over the announced set (invalid: rejected)."""
+        stage = Stage.CONSISTENCY_CHECK
+        reason = self._accept(node_id, reply, stage, frozenset(self._u3))
+        if reason is None and node_id in self._signatures:
+            reason = "duplicate consistency signature"
+        if reason is None:
+            try:
+                keys.verify_contributors(
+                    self._registry[node_id],
+                    reply["signature"],
+                    self._binding,
+                    signer=node_id,
+                    attempt=self._config.attempt,
+                    contributors=tuple(sorted(self._u3)),
+                )
+            except SecAggError as exc:
+                reason = str(exc)
+        if reason is not None:
+            return self._reject(node_id, stage, reason)
+        self._signatures[node_id] = reply["signature"]
+        return True
+
+    def unmask_requests(self) -> dict[int, dict[str, Any]]:
+        """Close stage 4 and open stage 5: ask each signer for the shares to unmask.
+
+        A signer is sent the set, every valid signature, and the lists the set implies:
+        the self-mask-seed shares of every contributor it holds shares of (itself
+        included) and the mask-key shares of its neighbours that shared keys but sent no
+        masked input.
+
+        Raises
+        ------
+        SecAggAbort
+            If fewer than ``signature_threshold`` contributors signed the set.
+        """
+        self._advance(Stage.UNMASK)
+        u3, need = frozenset(self._u3), self._config.signature_threshold
+        signers = sorted(self._signatures)
+        if len(signers) < need:
+            raise self._abort(f"{len(signers)} consistency signatures, need {need}")
+        proof = {
+            "contributors": sorted(u3),
+            "signers": signers,
+            "signatures": b"".join(self._signatures[v] for v in signers),
+        }
         requests = {}
-        for node in sorted(u3):
+        for node in signers:
             alive = [v for v in self._graph.holders(node) if v in u3]
             dropped = [v for v in self._graph.neighbours(node) if v in self._u2 and v not in u3]
             self._unmask_lists[node] = (alive, dropped)
-            requests[node] = {**self._header(Stage.UNMASK), "alive": alive, "dropped": dropped}
+            requests[node] = {
+                **self._header(Stage.UNMASK),
+                "alive": alive,
+                "dropped": dropped,
+                **proof,
+            }
         return requests
 
+    @_never_raises(Stage.UNMASK)
     def receive_unmask(self, node_id: int, reply: Mapping[str, Any]) -> bool:
         """Collect a site's shares (ids must match what it was asked; x must be its own)."""
         stage = Stage.UNMASK
@@ -360,6 +462,20 @@ class ServerSession:
                 own_x = self._config.cohort.index(node_id) + 1
                 if any(shamir.share_x(s) != own_x for s in (*seed_shares, *key_shares)):
                     raise SecAggError("a share is not the sender's own")
+                for kind, index, owners, shares in (
+                    (b"seed", 0, alive, seed_shares),
+                    (b"key", 1, dropped, key_shares),
+                ):
+                    for owner, share in zip(owners, shares, strict=True):
+                        commit = self._commits.get(owner, {}).get(node_id)
+                        made = keys.share_commitment(
+                            share, self._binding, owner=owner, holder=node_id, kind=kind
+                        )
+                        if commit is None or not keys.ct_equal(made, commit[index]):
+                            raise SecAggError(
+                                f"{kind.decode()} share of node {owner} does not match "
+                                "the commitment its owner sent"
+                            )
             except SecAggError as exc:
                 reason = str(exc)
         if reason is not None:

@@ -23,8 +23,11 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privacy.secagg import keys, shamir
+from privacy.secagg.cohort import SiteLimits, check_distinct_identities
 from privacy.secagg.config import SecAggConfig
+from privacy.secagg.consistency import check_announced_set, check_signed_set, expected_lists
 from privacy.secagg.errors import SecAggError
+from privacy.secagg.guard import RoundGuard
 from privacy.secagg.masks import apply_masks
 from privacy.secagg.payloads import (
     REQUEST_KEYS,
@@ -55,8 +58,16 @@ class SiteSession:
     identity_key : Ed25519PrivateKey
         This site's long-term identity key; signs the advertised keys.
     registry : mapping of int to bytes
-        Raw Ed25519 identity public keys of the other sites, by node id; a neighbour's
-        advertisement is used only after its signature verifies against this registry.
+        Raw Ed25519 identity public keys of every site of the cohort, by node id (build it
+        with :func:`~privacy.secagg.cohort.cohort_registry`); a neighbour's advertisement
+        and a consistency signature count only after they verify against it. Two nodes
+        with one key are refused.
+    limits : SiteLimits, optional
+        This site's own caps on cohort size, degree and threshold.
+    guard : RoundGuard, optional
+        The site's persistent round record: at most one masked input per (run, round) and
+        unmask help for that attempt only. Deployment must pass one (per-message work runs
+        in a fresh process); without it, replays across sessions are not stopped.
     """
 
     def __init__(
@@ -66,18 +77,28 @@ class SiteSession:
         node_id: int,
         identity_key: Ed25519PrivateKey,
         registry: Mapping[int, bytes],
+        limits: SiteLimits | None = None,
+        guard: RoundGuard | None = None,
     ) -> None:
         if not isinstance(config, SecAggConfig):
             raise ValueError(f"`config` must be a SecAggConfig, got {type(config).__name__}")
+        self._limits = limits or SiteLimits()
+        problem = self._limits.request_problem(config.to_payload())
+        if problem is not None:
+            raise SecAggError(f"refused: {problem}")
         if type(node_id) is not int or node_id not in config.cohort:
             raise ValueError(f"`node_id` {node_id!r} is not in the round's cohort")
         if not isinstance(identity_key, Ed25519PrivateKey):
             raise ValueError("`identity_key` must be an Ed25519PrivateKey")
+        self._registry = dict(registry)
+        check_distinct_identities(self._registry, config.cohort)
+        if not keys.ct_equal(self._registry[node_id], keys.identity_public_bytes(identity_key)):
+            raise SecAggError("the registry gives this site another identity key")
         self._config = config
         self._binding = config.binding
         self._node_id = node_id
         self._identity_key = identity_key
-        self._registry = dict(registry)
+        self._guard = guard
         self._neighbours = frozenset(config.graph().neighbours(node_id))
         self._x = {v: i + 1 for i, v in enumerate(config.cohort)}  # Shamir evaluation points
         self._stage = Stage.SETUP
@@ -93,19 +114,36 @@ class SiteSession:
         node_id: int,
         identity_key: Ed25519PrivateKey,
         registry: Mapping[int, bytes],
+        limits: SiteLimits | None = None,
+        guard: RoundGuard | None = None,
     ) -> SiteSession:
         """Create the session from the server's advertise-keys request.
+
+        The cohort size, degree and threshold are checked against ``limits`` before the
+        config is parsed, in time and memory independent of the cohort's size.
 
         Raises
         ------
         SecAggError
-            If the request's config is malformed.
+            If the request's config is malformed or exceeds this site's limits.
         """
+        if not isinstance(request, Mapping):
+            raise SecAggError("advertise-keys request must be a mapping")
+        problem = (limits or SiteLimits()).request_problem(request)
+        if problem is not None:
+            raise SecAggError(f"refused: {problem}")
         try:
             config = SecAggConfig.from_payload(request, allow_extra=("stage",))
         except (ValueError, TypeError) as exc:
             raise SecAggError(f"invalid secure-aggregation config: {exc}") from None
-        return cls(config=config, node_id=node_id, identity_key=identity_key, registry=registry)
+        return cls(
+            config=config,
+            node_id=node_id,
+            identity_key=identity_key,
+            registry=registry,
+            limits=limits,
+            guard=guard,
+        )
 
     @property
     def stage(self) -> Stage:
@@ -121,6 +159,16 @@ class SiteSession:
     def node_id(self) -> int:
         """Node id of this site."""
         return self._node_id
+
+    @property
+    def signed_contributors(self) -> tuple[int, ...] | None:
+        """The contributor set this site signed at the consistency check (None before).
+
+        Its length is the exact number of inputs in any sum this site helps unmask: a site
+        checks a calibration cohort (site-level DP) against it, not against the
+        coordinator's word.
+        """
+        return self._secrets.contributors
 
     # ------------------------------------------------------------------ helpers
 
@@ -201,7 +249,7 @@ class SiteSession:
     def _share_keys(self, request: Mapping[str, Any]) -> dict[str, Any]:
         sec = self._secrets
         assert sec.enc_sk is not None and sec.mask_sk is not None and sec.seed is not None
-        ids = get_ids(request, "node-ids")
+        ids = get_ids(request, "node-ids", max_len=len(self._config.cohort))
         count = len(ids)
         fields = {
             k: split_fixed(request, k, count)
@@ -232,8 +280,14 @@ class SiteSession:
         t = self._config.threshold
         seed_shares = shamir.split_secret(bytes(sec.seed), threshold=t, xs=xs)
         key_shares = shamir.split_secret(keys.x25519_private_bytes(sec.mask_sk), threshold=t, xs=xs)
-        recipients, ciphertexts = [], []
+        recipients, ciphertexts, commits = [], [], []
         for holder, seed_share, key_share in zip(holders, seed_shares, key_shares, strict=True):
+            for kind, share in ((b"seed", seed_share), (b"key", key_share)):
+                commits.append(
+                    keys.share_commitment(
+                        share, self._binding, owner=self._node_id, holder=holder, kind=kind
+                    )
+                )
             if holder == self._node_id:
                 sec.own_seed_share = seed_share  # own key share is never kept nor revealed
                 continue
@@ -254,10 +308,14 @@ class SiteSession:
             **self._header(Stage.SHARE_KEYS),
             "recipients": recipients,
             "ciphertexts": b"".join(ciphertexts),
+            "share-commits": b"".join(commits),  # one pair per holder, ascending, self too
         }
 
     def masked_input(self, request: Mapping[str, Any], *, vector: np.ndarray) -> dict[str, Any]:
         """Stage 3: store neighbours' shares, return ``vector`` + pairwise masks + self mask.
+
+        With a :class:`RoundGuard`, the masked input of this (run, round) is claimed on disk
+        first; a second one, for any attempt, is refused.
 
         Parameters
         ----------
@@ -281,7 +339,7 @@ class SiteSession:
     def _masked_input(self, request: Mapping[str, Any], vector: np.ndarray) -> dict[str, Any]:
         sec = self._secrets
         assert sec.enc_sk is not None and sec.mask_sk is not None and sec.seed is not None
-        senders = get_ids(request, "senders")
+        senders = get_ids(request, "senders", max_len=len(self._config.cohort))
         ciphertexts = split_fixed(request, "ciphertexts", len(senders))
         for node in senders:
             if node not in sec.peers:
@@ -315,30 +373,66 @@ class SiteSession:
             modulus_bits=self._config.modulus_bits,
             out=np.empty_like(vector),
         )
+        if self._guard is not None:  # written before the masked vector leaves
+            cfg = self._config
+            self._guard.claim_masked_input(cfg.run_id, cfg.round, cfg.attempt)
         sec.held = held
         sec.drop_key_material()
         self._stage = Stage.MASKED_INPUT
         logger.debug("node %d: masked input with %d neighbours", self._node_id, len(senders))
         return {**self._header(Stage.MASKED_INPUT), "masked-vector": masked}
 
-    def unmask(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """Stage 4: reveal seed shares of live holders and key shares of dropped ones.
+    def consistency_check(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Stage 4: sign the announced contributor set, if it agrees with what this site saw.
+
+        See :mod:`privacy.secagg.consistency` for the checks. A site signs one set per
+        session and reveals nothing here.
+        """
+        self._enter(request, Stage.CONSISTENCY_CHECK)
+        try:
+            signed = check_announced_set(
+                request,
+                config=self._config,
+                node_id=self._node_id,
+                masked_with=sorted(self._secrets.held),
+            )
+        except (SecAggError, ValueError) as exc:
+            raise self._fail(exc) from None
+        signature = keys.sign_contributors(
+            self._identity_key, self._binding, attempt=self._config.attempt, contributors=signed
+        )
+        self._secrets.contributors = signed
+        self._stage = Stage.CONSISTENCY_CHECK
+        return {**self._header(Stage.CONSISTENCY_CHECK), "signature": signature}
+
+    def unmask(self, request: Mapping[str, Any], *, min_contributors: int = 0) -> dict[str, Any]:
+        """Stage 5: reveal seed shares of live holders and key shares of dropped ones.
 
         Refuses (and aborts) a request that names a node whose shares this site does not
-        hold, names a node both alive and dropped, lists this site as dropped, or names
-        fewer than ``threshold`` live holders of this site's shares.
+        hold, names a node both alive and dropped, lists this site as dropped, names
+        fewer than ``threshold`` live holders of this site's shares, is for another set
+        than this site signed, carries fewer than ``signature_threshold`` valid signatures
+        over it, or lists alive / dropped nodes other than that set implies.
+
+        Parameters
+        ----------
+        min_contributors : int, optional
+            Refuse unless the signed set holds at least this many sites (a site-level DP
+            calibration cohort, checked against the signed count).
         """
         self._enter(request, Stage.UNMASK)
         try:
-            reply = self._unmask(request)
+            reply = self._unmask(request, min_contributors)
         except (SecAggError, ValueError) as exc:
             raise self._fail(exc) from None
         self._stage = Stage.UNMASK
         self.wipe()
         return reply
 
-    def _unmask(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        alive, dropped = get_ids(request, "alive"), get_ids(request, "dropped")
+    def _unmask(self, request: Mapping[str, Any], min_contributors: int) -> dict[str, Any]:
+        n = len(self._config.cohort)
+        alive = get_ids(request, "alive", max_len=n)
+        dropped = get_ids(request, "dropped", max_len=n)
         both = set(alive) & set(dropped)
         if both:
             raise SecAggError(f"unmask request names node {min(both)} both alive and dropped")
@@ -352,10 +446,24 @@ class SiteSession:
                 f"unmask request names {len(alive)} live holders; threshold is "
                 f"{self._config.threshold}"
             )
+        signed = self._secrets.contributors
+        assert signed is not None
+        check_signed_set(request, config=self._config, signed=signed, registry=self._registry)
+        implied = expected_lists(signed, node_id=self._node_id, held=sorted(self._secrets.held))
+        if (alive, dropped) != implied:
+            raise SecAggError("unmask lists differ from what the signed contributor set implies")
+        if type(min_contributors) is not int or len(signed) < min_contributors:
+            raise SecAggError(
+                f"the signed contributor set holds {len(signed)} sites, fewer than the "
+                f"{min_contributors} this site requires"
+            )
+        if self._guard is not None:
+            cfg = self._config
+            self._guard.claim_unmask(cfg.run_id, cfg.round, cfg.attempt)
         own, held = self._secrets.own_seed_share, self._secrets.held
         assert own is not None
-        seed_shares = [own if n == self._node_id else held[n][0] for n in alive]
-        key_shares = [held[n][1] for n in dropped]
+        seed_shares = [own if v == self._node_id else held[v][0] for v in alive]
+        key_shares = [held[v][1] for v in dropped]
         return {
             **self._header(Stage.UNMASK),
             "seed-share-ids": alive,
@@ -395,6 +503,8 @@ class SiteSession:
         *,
         identity_key: Ed25519PrivateKey,
         registry: Mapping[int, bytes],
+        limits: SiteLimits | None = None,
+        guard: RoundGuard | None = None,
     ) -> SiteSession:
         """Rebuild a session from :meth:`to_state` output.
 
@@ -406,7 +516,12 @@ class SiteSession:
         config, node_id, stage, secrets = load_state(state)
         try:
             session = cls(
-                config=config, node_id=node_id, identity_key=identity_key, registry=registry
+                config=config,
+                node_id=node_id,
+                identity_key=identity_key,
+                registry=registry,
+                limits=limits,
+                guard=guard,
             )
         except ValueError as exc:
             raise SecAggError(f"malformed secure-aggregation state: {exc}") from None

@@ -14,12 +14,15 @@ class Stage(str, Enum):
 
     ``SETUP`` is the state of a freshly created session; ``DONE`` and ``ABORTED`` are
     terminal. The value is the kebab-case name that travels in the ``"stage"`` payload key.
+    ``CONSISTENCY_CHECK`` (Bonawitz et al. 2017) sits between the masked input and the
+    unmask: every contributor signs the contributor set before anyone reveals a share.
     """
 
     SETUP = "setup"
     ADVERTISE_KEYS = "advertise-keys"
     SHARE_KEYS = "share-keys"
     MASKED_INPUT = "masked-input"
+    CONSISTENCY_CHECK = "consistency-check"
     UNMASK = "unmask"
     DONE = "done"
     ABORTED = "aborted"
@@ -30,6 +33,7 @@ _ORDER = (
     Stage.ADVERTISE_KEYS,
     Stage.SHARE_KEYS,
     Stage.MASKED_INPUT,
+    Stage.CONSISTENCY_CHECK,
     Stage.UNMASK,
     Stage.DONE,
 )

@@ -164,9 +164,13 @@ class Coordinator:
                 continue
             w = shamir.SHARE_LEN
             for i, owner in enumerate(reply["seed-share-ids"]):
-                self.seed_shares.setdefault(owner, []).append(reply["seed-shares"][i * w : (i + 1) * w])
+                self.seed_shares.setdefault(owner, []).append(
+                    reply["seed-shares"][i * w : (i + 1) * w]
+                )
             for i, owner in enumerate(reply["key-share-ids"]):
-                self.key_shares.setdefault(owner, []).append(reply["key-shares"][i * w : (i + 1) * w])
+                self.key_shares.setdefault(owner, []).append(
+                    reply["key-shares"][i * w : (i + 1) * w]
+                )
 
     # ------------------------------------------------------------------ what it learnt
 
@@ -235,7 +239,9 @@ class Coordinator:
         for p in self.senders[node]:
             raw = self.mask_key_of(p)
             if raw is not None:
-                shared = keys.agree(keys.x25519_private_from_bytes(raw), self.adverts[node]["mask-pk"])
+                shared = keys.agree(
+                    keys.x25519_private_from_bytes(raw), self.adverts[node]["mask-pk"]
+                )
             else:
                 raw = self.mask_key_of(node)
                 assert raw is not None

@@ -102,7 +102,10 @@ def _sybil_round(tmp_path: Path) -> tuple[Coordinator, SecAggConfig, dict[int, n
             mallory, binding, node_id=s, enc_pk=enc_pk, mask_pk=mask_pk, seed_commit=commit
         )
         coord.adverts[s] = {
-            "enc-pk": enc_pk, "mask-pk": mask_pk, "seed-commit": commit, "signature": sig
+            "enc-pk": enc_pk,
+            "mask-pk": mask_pk,
+            "seed-commit": commit,
+            "signature": sig,
         }
         fake[s] = (enc_sk, mask_sk, seed)
     coord.share_keys()
@@ -111,10 +114,19 @@ def _sybil_round(tmp_path: Path) -> tuple[Coordinator, SecAggConfig, dict[int, n
         for s in sybils:  # Sybils deal well-formed shares to the victim
             shares = shamir.split_secret(bytes(32), threshold=t, xs=xs)
             own = shares[sorted([victim, *sybils]).index(victim)]
-            ct = seal_shares(
-                fake[s][0], coord.adverts[victim]["enc-pk"] if victim in coord.adverts else bytes(32),
-                binding, sender=s, recipient=victim, seed_share=own, key_share=own,
-            ) if victim in coord.adverts else b""
+            ct = (
+                seal_shares(
+                    fake[s][0],
+                    coord.adverts[victim]["enc-pk"] if victim in coord.adverts else bytes(32),
+                    binding,
+                    sender=s,
+                    recipient=victim,
+                    seed_share=own,
+                    key_share=own,
+                )
+                if victim in coord.adverts
+                else b""
+            )
             coord.boxes.setdefault(victim, {})[s] = ct
     coord.masked_input(inputs)
     # decrypt every share pair the victim sent to a Sybil
@@ -123,8 +135,13 @@ def _sybil_round(tmp_path: Path) -> tuple[Coordinator, SecAggConfig, dict[int, n
         if ct is None:
             continue
         seed_share, key_share = open_shares(
-            fake[s][0], coord.adverts[victim]["enc-pk"], binding, ct,
-            sender=victim, recipient=s, own_x=coord.x(s),
+            fake[s][0],
+            coord.adverts[victim]["enc-pk"],
+            binding,
+            ct,
+            sender=victim,
+            recipient=s,
+            own_x=coord.x(s),
         )
         coord.seed_shares.setdefault(victim, []).append(seed_share)
         coord.key_shares.setdefault(victim, []).append(key_share)
@@ -132,13 +149,17 @@ def _sybil_round(tmp_path: Path) -> tuple[Coordinator, SecAggConfig, dict[int, n
 
 
 def test_sybil_names_recover_nothing(tmp_path: Path) -> None:
-    coord, config, inputs, victim = _sybil_round(tmp_path)
+    coord, _, inputs, victim = _sybil_round(tmp_path)
     recovered = coord.recover_input(victim)
     assert recovered is None or not np.array_equal(recovered, inputs[victim])
 
 
-def _attempt(config: SecAggConfig, inputs: dict[int, np.ndarray], tmp_path: Path,
-             drop: dict[str, list[int]] | None = None) -> np.ndarray | None:
+def _attempt(
+    config: SecAggConfig,
+    inputs: dict[int, np.ndarray],
+    tmp_path: Path,
+    drop: dict[str, list[int]] | None = None,
+) -> np.ndarray | None:
     """One honest-looking attempt of a round; None when the sites refuse it."""
     try:
         run = run_round(config, inputs=inputs, drop=drop, **_run_kwargs(tmp_path))

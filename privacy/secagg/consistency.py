@@ -99,7 +99,9 @@ def check_signed_set(
     outside = [v for v in signers if v not in members]
     if outside:
         raise SecAggError(f"consistency signer {outside[0]} is not in the contributor set")
-    for signer, signature in zip(signers, split_fixed(request, "signatures", len(signers)), strict=True):
+    for signer, signature in zip(
+        signers, split_fixed(request, "signatures", len(signers)), strict=True
+    ):
         public = registry.get(signer)
         if public is None:
             raise SecAggError(f"consistency signer {signer} has no identity key in the registry")

@@ -111,7 +111,9 @@ class RoundGuard:
             )
         entry["masked-input"] = attempt
         self._store(doc)
-        logger.debug("claimed the masked input of run %d round %d attempt %d", run_id, round, attempt)
+        logger.debug(
+            "claimed the masked input of run %d round %d attempt %d", run_id, round, attempt
+        )
 
     def claim_unmask(self, run_id: int, round: int, attempt: int) -> None:
         """Record that this site reveals its unmask shares for this attempt.

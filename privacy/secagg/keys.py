@@ -46,17 +46,17 @@ __all__ = [
     "pair_mask_key",
     "seed_commitment",
     "self_mask_key",
-    "share_enc_key",
     "share_commitment",
+    "share_enc_key",
     "sign_advertisement",
     "sign_contributors",
     "verify_advertisement",
     "verify_contributors",
-    "x25519_public_problem",
     "x25519_keypair",
     "x25519_private_bytes",
     "x25519_private_from_bytes",
     "x25519_public_from_private",
+    "x25519_public_problem",
 ]
 
 KEY_LEN = 32
@@ -215,7 +215,9 @@ def verify_advertisement(
             raise SecAggError(f"advertisement of node {node_id}: {name} key {problem}")
 
 
-def _contributors_message(binding: RoundBinding, attempt: int, contributors: tuple[int, ...]) -> bytes:
+def _contributors_message(
+    binding: RoundBinding, attempt: int, contributors: tuple[int, ...]
+) -> bytes:
     return _frame(
         _DOMAIN + b"consistency",
         binding.encode(),

@@ -13,7 +13,7 @@ from privacy.secagg.cohort import SiteLimits, cohort_registry
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.graph import NeighbourGraph
 from privacy.secagg.guard import GUARD_FILE, RoundGuard
-from privacy.secagg.keys import generate_identity_key, identity_public_bytes
+from privacy.secagg.keys import generate_identity_key
 from tests.test_secagg_harness import cohort_of, make_config, run_round
 
 LOW_ORDER = [

@@ -5,11 +5,37 @@ Each method takes the server's request payload for one stage and returns the rep
 or stage are refused before anything is used; a failure inside a stage (bad signature, bad
 ciphertext, an unsafe unmask request) aborts the session and wipes its secrets.
 
+Stages: advertise-keys, share-keys, masked-input, consistency-check, unmask.
+
 Per-round secrets: two X25519 key pairs (``enc`` for share encryption, ``mask`` for
 pairwise masks) and a 32-byte self-mask seed. They are dropped as soon as the masked
 input is sent; what remains until the unmask stage are the shares held for neighbours.
 :meth:`SiteSession.to_state` / :meth:`SiteSession.from_state` carry the session across
 Flower messages (in ``context.state``); :meth:`SiteSession.wipe` ends it.
+
+Threat model. The coordinator may be malicious: it may send any message to any site, route
+shares as it likes, claim any contributor set to anyone, replay or re-run a round, choose
+every parameter, and collude with c enrolled sites. Against it an honest site's input is
+revealed only inside a sum of at least t inputs of one round (at least t - c honest ones),
+provided c < 2 * signature_threshold - n (the consistency check's majority; with the
+defaults, c = 0 or 1) and c < t; a site raises its own floor with
+:class:`~privacy.secagg.cohort.SiteLimits`. What stops each attack:
+
+- split views at unmask: the consistency check (:mod:`privacy.secagg.consistency`);
+- Sybil identities: one key per node (:func:`~privacy.secagg.cohort.cohort_registry`);
+- replays, re-runs, shrunk cohorts: one masked input per (run, round) and unmask help for
+  that attempt only, recorded on disk (:class:`~privacy.secagg.guard.RoundGuard`); a
+  second attempt of a round the site already contributed to is refused (training the
+  same round twice with the same randomness is issue 14's, at the training layer);
+- site-level DP under-noising: ``unmask(..., min_contributors=...)`` checks the
+  calibration cohort against the signed set;
+- resource exhaustion: caps from :class:`SiteLimits` before any work that grows with n;
+  low-order X25519 keys refused.
+
+Not covered: a site may poison the sum with an out-of-range input (masking hides inputs,
+it does not bound them; that needs input proofs such as ACORN or RoFL), and a malicious
+site that deals inconsistent shares of its own secrets can make the round abort (never
+unmask wrongly: every reconstructed secret is checked against its owner's commitment).
 """
 
 from __future__ import annotations

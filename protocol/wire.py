@@ -206,6 +206,11 @@ class Reason(_Names):
     DP_WEAKER_THAN_POLICY = "dp-weaker-than-policy"
     #: the coordinator asked for DP and the site has no privacy policy
     NO_PRIVACY_POLICY = "no-privacy-policy"
+    #: the site already sent a masked input for this (run, round), in this or another
+    #: attempt; it declines before training (a resumed re-run goes on without it)
+    ROUND_ALREADY_CONTRIBUTED = "round-already-contributed"
+    #: the coordinator dropped a site whose reply was malformed; followed by what was wrong
+    MALFORMED_REPLY = "malformed reply"
     #: the site refused a secure-aggregation request (bad signature, lists, parameters, ...)
     SECAGG_REFUSED = "secure aggregation refused"
     #: the site's local round raised (data, policy, model); followed by the error's type

@@ -287,7 +287,11 @@ class SecureAggregator:
                     {str(n): s for n, s in names.items()})})
             contents[node] = put_payload(content, payload)
         kind = STAGE_MESSAGE_TYPE[stage]
-        return {r.node_id: r for r in self.driver.send_each(contents, kind, rnd.num)}
+        replies = {r.node_id: r for r in self.driver.send_each(contents, kind, rnd.num)}
+        for r in replies.values():  # a site that failed here is out of the round, and why
+            if r.status not in (Status.OK, Status.DECLINED):
+                rnd.part["failed"].setdefault(r.site, f"{stage}: {r.reason or r.status}")
+        return replies
 
     @staticmethod
     def _accept(replies: Mapping[int, Any], receive: Callable[[int, Any], Any]) -> None:

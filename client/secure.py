@@ -15,7 +15,7 @@ are in :mod:`client.secure_handlers`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ class SecureSite:
     cfg: RunConfig
     name: str
     state_dir: Path
-    limits: SiteLimits = SiteLimits()
+    limits: SiteLimits = field(default_factory=SiteLimits)
 
     @property
     def guard(self) -> RoundGuard:

@@ -25,8 +25,8 @@ from protocol.adapter import AdapterError, check_state, trainable_keys
 from protocol.config import RunConfig
 from protocol.instructions import RoundInstructions
 from protocol.messages import get_payload, record_to_state, state_to_record
-from protocol.wire import Field, Key, MessageType, Metric, Reason, Status
 from protocol.run_rows import RUN_RUNNING, MetricsRow, ParticipationRow
+from protocol.wire import Field, Key, MessageType, Metric, Reason, Status
 from server.aggregate import apply_delta, weighted_mean
 from server.rundir import RunDir, RunState
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from protocol.messages import SECAGG, get_payload
+from protocol.messages import get_payload
+from protocol.wire import Field, Key
 
 
 @pytest.mark.parametrize(
@@ -21,4 +22,4 @@ from protocol.messages import SECAGG, get_payload
 )
 def test_malformed_payloads_raise_value_error(raw: str) -> None:
     with pytest.raises(ValueError):
-        get_payload(RecordDict({SECAGG: ConfigRecord({"payload": raw})}))
+        get_payload(RecordDict({Key.SECAGG: ConfigRecord({Field.PAYLOAD: raw})}))

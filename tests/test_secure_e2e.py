@@ -16,7 +16,7 @@ from privacy.ledger import LEDGER_FILENAME
 from protocol.adapter import load_adapter_dir
 from protocol.run_folder import RunFolder
 from protocol.wire import MessageType, Stage
-from tests.test_simulation import _flower_processes, _simulate
+from tests.test_simulation import _simulate
 
 
 def _run(out: Path, tiny_model: Path, tiny_sites: Path, *extra: str) -> None:

@@ -22,7 +22,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from client.app import app
 from protocol.adapter import load_adapter_dir
 from protocol.config import RunConfig
-from protocol.wire import Field, Key, Metric, Reason, MessageType
+from protocol.wire import Field, Key, MessageType, Metric
 from server.app import run_server
 from server.rundir import RunDir
 from tests._loopback import LoopbackGrid, enrol, server_identity

@@ -10,7 +10,7 @@ DEMO_SITES ?= 30
 DEMO_ROUNDS ?= 3
 # Site-level DP needs many sites to leave signal in the mean (noise std z*C/n per coordinate):
 # the demo runs 30 virtual sites (10 shards of each bundled domain) with smaller local steps.
-DEMO_FLAGS ?= --batch-size 64 --local-steps 4 --site-dp on
+DEMO_FLAGS ?= --batch-size 64 --local-steps 4 --site-level-dp on
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test test-slow test-deps clean

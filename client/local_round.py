@@ -72,7 +72,7 @@ def _round_seed(cfg_seed: int, round_num: int, site: str) -> int:
 
 
 def _site_privacy(context: Context, cfg: RunConfig, data: SiteData) -> SitePrivacy | None:
-    policy = policy_from_config(context.node_config, cfg.site_dp_policy)
+    policy = policy_from_config(context.node_config, cfg.dp_policy)
     if policy is None:
         return None
     if data.spec.state_dir is None:

@@ -2,7 +2,7 @@
 
 The policy comes from the site (its node config in deployment; in simulation the
 ``confide simulate`` command stands in for every site operator and passes one policy for
-all virtual sites as ``site-dp-policy``, which the ServerApp never reads). The server only
+all virtual sites as ``dp-policy``, which the ServerApp never reads). The server only
 asks: DP on or off, optionally a σ. The ledger lives in the site's state directory and is
 written before the update leaves the site.
 """
@@ -27,7 +27,7 @@ __all__ = ["SitePrivacy", "policy_from_config", "projected_summary"]
 
 logger = logging.getLogger(__name__)
 
-POLICY_KEY = "site-dp-policy"
+POLICY_KEY = "dp-policy"
 
 
 def policy_from_config(node_config: Mapping[str, Any], simulated: str) -> SitePrivacyPolicy | None:

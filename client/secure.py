@@ -25,7 +25,7 @@ from flwr.app import ConfigRecord, Context, RecordDict
 from client.identity import load_site_identity
 from client.local_round import LocalUpdate
 from client.site import site_spec
-from client.site_dp import encode_site_dp
+from client.site_level_dp import encode_site_level_dp
 from privacy.secagg import RoundGuard, SecAggError, SiteLimits, SiteSession, cohort_registry
 from protocol.codec import Manifest, encode
 from protocol.config import RunConfig
@@ -135,8 +135,8 @@ class SecureSite:
         delta = {k: upd.delta[k] for k in sorted(upd.delta)}
         manifest = Manifest.from_arrays(delta)
         manifest.check_digest(instr.codec.manifest)
-        if instr.site_dp is not None:  # site-level DP: clip, rotate, round, add own noise
-            return encode_site_dp(delta, manifest, instr.site_dp, self.cfg, session.config,
+        if instr.site_level_dp is not None:  # site-level DP: clip, rotate, round, add own noise
+            return encode_site_level_dp(delta, manifest, instr.site_level_dp, self.cfg, session.config,
                                   context)
         weight = int(upd.metrics[Metric.NUM_EXAMPLES])
         return encode(delta, manifest, clip_norm=instr.codec.clip, weight=float(weight),

@@ -19,7 +19,7 @@ from flwr.app import Context, Message
 from client.faults import inject_fault
 from client.local_round import local_update
 from client.secure import SecureSite
-from client.site_dp import check_unmask
+from client.site_level_dp import check_unmask
 from privacy.secagg import SecAggError, SiteSession
 from protocol.instructions import RoundInstructions
 from protocol.messages import get_payload, reply_content

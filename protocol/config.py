@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["AGGREGATION_MODES", "SITE_DP_MODES", "SITE_DP_UNDERFLOW", "ConfigError", "RunConfig"]
+__all__ = ["AGGREGATION_MODES", "SITE_LEVEL_DP_MODES", "SITE_LEVEL_DP_UNDERFLOW", "ConfigError", "RunConfig"]
 
 AGGREGATION_MODES = ("fedavg", "frozen-a")
-SITE_DP_MODES = ("distributed", "central")
-SITE_DP_UNDERFLOW = ("refuse", "account")
+SITE_LEVEL_DP_MODES = ("distributed", "central")
+SITE_LEVEL_DP_UNDERFLOW = ("refuse", "account")
 _DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -59,22 +59,22 @@ class RunConfig:
     resume: bool = False
     dp: bool = False
     dp_noise_multiplier: float = -1.0
-    site_dp_policy: str = ""
+    dp_policy: str = ""
     sites_state_dir: str = ""
     secagg: bool = False
     secagg_enrolment: str = ""
     secagg_clip: float = 10.0
     secagg_max_weight: float = 100000.0
     faults: str = ""
-    site_dp: bool = False
-    site_dp_mode: str = "distributed"
-    site_dp_epsilon: float = 8.0
-    site_dp_delta: float = 1e-5
-    site_dp_clip: float = 1.0
-    site_dp_noise_multiplier: float = -1.0
-    site_dp_cohort: int = 0
-    site_dp_bits: int = 32
-    site_dp_underflow: str = "refuse"
+    site_level_dp: bool = False
+    site_level_dp_mode: str = "distributed"
+    site_level_dp_epsilon: float = 8.0
+    site_level_dp_delta: float = 1e-5
+    site_level_dp_clip: float = 1.0
+    site_level_dp_noise_multiplier: float = -1.0
+    site_level_dp_cohort: int = 0
+    site_level_dp_bits: int = 32
+    site_level_dp_underflow: str = "refuse"
     canaries: int = 0
     canary_site: str = ""
     canary_length: int = 16
@@ -130,27 +130,27 @@ class RunConfig:
              "the path of the enrolment list when secagg is on")
         need(self.dp_noise_multiplier == -1.0 or self.dp_noise_multiplier >= 0.0,
              "dp-noise-multiplier", ">= 0 (or -1: left to each site)")
-        self._check_site_dp(need)
+        self._check_site_level_dp(need)
         need(0 <= self.canaries <= 100_000, "canaries", "in [0, 100000] (0: no canary audit)")
         need(2 <= self.canary_length <= self.max_seq_len, "canary-length",
              f"in [2, max-seq-len={self.max_seq_len}]")
         need(self.canaries == 0 or bool(self.canary_site.strip()), "canary-site",
              "the name of the site that plants the canaries when canaries > 0")
 
-    def _check_site_dp(self, need: Any) -> None:
-        need(self.site_dp_mode in SITE_DP_MODES, "site-dp-mode", f"one of {SITE_DP_MODES}")
-        need(math.isfinite(self.site_dp_epsilon) and self.site_dp_epsilon > 0,
-             "site-dp-epsilon", "> 0")
-        need(0.0 < self.site_dp_delta < 1.0, "site-dp-delta", "in (0, 1)")
-        need(math.isfinite(self.site_dp_clip) and self.site_dp_clip > 0, "site-dp-clip", "> 0")
-        need(self.site_dp_noise_multiplier == -1.0 or (
-            math.isfinite(self.site_dp_noise_multiplier) and self.site_dp_noise_multiplier >= 0),
-             "site-dp-noise-multiplier", ">= 0 (or -1: calibrated to site-dp-epsilon)")
-        need(self.site_dp_cohort >= 0, "site-dp-cohort", ">= 0 (0: the round's cohort)")
-        need(16 <= self.site_dp_bits <= 52, "site-dp-bits", "in [16, 52]")
-        need(self.site_dp_underflow in SITE_DP_UNDERFLOW, "site-dp-underflow",
-             f"one of {SITE_DP_UNDERFLOW}")
-        need(not self.site_dp or self.secagg, "site-dp",
+    def _check_site_level_dp(self, need: Any) -> None:
+        need(self.site_level_dp_mode in SITE_LEVEL_DP_MODES, "site-level-dp-mode", f"one of {SITE_LEVEL_DP_MODES}")
+        need(math.isfinite(self.site_level_dp_epsilon) and self.site_level_dp_epsilon > 0,
+             "site-level-dp-epsilon", "> 0")
+        need(0.0 < self.site_level_dp_delta < 1.0, "site-level-dp-delta", "in (0, 1)")
+        need(math.isfinite(self.site_level_dp_clip) and self.site_level_dp_clip > 0, "site-level-dp-clip", "> 0")
+        need(self.site_level_dp_noise_multiplier == -1.0 or (
+            math.isfinite(self.site_level_dp_noise_multiplier) and self.site_level_dp_noise_multiplier >= 0),
+             "site-level-dp-noise-multiplier", ">= 0 (or -1: calibrated to site-level-dp-epsilon)")
+        need(self.site_level_dp_cohort >= 0, "site-level-dp-cohort", ">= 0 (0: the round's cohort)")
+        need(16 <= self.site_level_dp_bits <= 52, "site-level-dp-bits", "in [16, 52]")
+        need(self.site_level_dp_underflow in SITE_LEVEL_DP_UNDERFLOW, "site-level-dp-underflow",
+             f"one of {SITE_LEVEL_DP_UNDERFLOW}")
+        need(not self.site_level_dp or self.secagg, "site-level-dp",
              "false unless secagg is on (the noised sum travels through secure aggregation)")
 
     @property

@@ -15,10 +15,10 @@ from typing import Any
 
 from flwr.app import ConfigRecord
 
-from protocol.config import AGGREGATION_MODES, SITE_DP_MODES, RunConfig
-from protocol.wire import Field, SiteDPKey
+from protocol.config import AGGREGATION_MODES, SITE_LEVEL_DP_MODES, RunConfig
+from protocol.wire import Field, SiteLevelDPKey
 
-__all__ = ["InstructionError", "RoundInstructions", "SecAggCodec", "SiteDPPlan"]
+__all__ = ["InstructionError", "RoundInstructions", "SecAggCodec", "SiteLevelDPPlan"]
 
 Scalar = int | float | str | bool
 
@@ -88,22 +88,22 @@ class SecAggCodec:
 
 
 _PLAN_TYPES: dict[str, type] = {
-    SiteDPKey.CLIP: float, SiteDPKey.DIM: int, SiteDPKey.BITS: int, SiteDPKey.GAMMA: float,
-    SiteDPKey.LOCAL_SIGMA: float, SiteDPKey.COHORT: int, SiteDPKey.MAX_CONTRIBUTORS: int,
-    SiteDPKey.BETA: float, SiteDPKey.ROTATION_SEED: str,
+    SiteLevelDPKey.CLIP: float, SiteLevelDPKey.DIM: int, SiteLevelDPKey.BITS: int, SiteLevelDPKey.GAMMA: float,
+    SiteLevelDPKey.LOCAL_SIGMA: float, SiteLevelDPKey.COHORT: int, SiteLevelDPKey.MAX_CONTRIBUTORS: int,
+    SiteLevelDPKey.BETA: float, SiteLevelDPKey.ROTATION_SEED: str,
 }
 
 
 @dataclass(frozen=True)
-class SiteDPPlan:
+class SiteLevelDPPlan:
     """The round's site-level DP mode and plan (``privacy.ddg.DDGParams.to_config`` keys);
-    the site checks the plan's privacy itself (``client.site_dp``)."""
+    the site checks the plan's privacy itself (``client.site_level_dp``)."""
 
     mode: str
     params: Mapping[str, Scalar]
 
     def __post_init__(self) -> None:
-        _need(self.mode in SITE_DP_MODES, Field.SITE_DP_MODE, f"one of {SITE_DP_MODES}",
+        _need(self.mode in SITE_LEVEL_DP_MODES, Field.SITE_LEVEL_DP_MODE, f"one of {SITE_LEVEL_DP_MODES}",
               self.mode)
         unknown = sorted(set(self.params) - set(_PLAN_TYPES))
         if unknown:
@@ -112,11 +112,11 @@ class SiteDPPlan:
             k: _take(self.params, k, kind) for k, kind in _PLAN_TYPES.items()})
 
     def to_config(self) -> dict[str, Scalar]:
-        return {**self.params, Field.SITE_DP_MODE: self.mode}
+        return {**self.params, Field.SITE_LEVEL_DP_MODE: self.mode}
 
     @classmethod
-    def from_config(cls, rec: Mapping[str, Any]) -> SiteDPPlan:
-        return cls(_take(rec, Field.SITE_DP_MODE, str), {k: rec[k] for k in _PLAN_TYPES
+    def from_config(cls, rec: Mapping[str, Any]) -> SiteLevelDPPlan:
+        return cls(_take(rec, Field.SITE_LEVEL_DP_MODE, str), {k: rec[k] for k in _PLAN_TYPES
                                                          if k in rec})
 
 
@@ -148,7 +148,7 @@ class RoundInstructions:
     #: σ the coordinator asks for; -1: left to the site's policy
     noise_multiplier: float
     codec: SecAggCodec | None = field(default=None, kw_only=True)
-    site_dp: SiteDPPlan | None = field(default=None, kw_only=True)
+    site_level_dp: SiteLevelDPPlan | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_fields(self, _BASE)
@@ -161,7 +161,7 @@ class RoundInstructions:
         _need(self.planned_rounds > 0, Field.PLANNED_ROUNDS, "> 0", self.planned_rounds)
         _need(self.noise_multiplier == -1.0 or self.noise_multiplier >= 0,
               Field.NOISE_MULTIPLIER, ">= 0 (or -1: left to the site)", self.noise_multiplier)
-        if self.site_dp is not None and self.codec is None:
+        if self.site_level_dp is not None and self.codec is None:
             raise InstructionError("site-level DP instructions without the secagg codec")
 
     @classmethod
@@ -173,9 +173,9 @@ class RoundInstructions:
                    dp_enabled=cfg.dp, noise_multiplier=cfg.dp_noise_multiplier)
 
     def with_secagg(self, codec: SecAggCodec,
-                    site_dp: SiteDPPlan | None = None) -> RoundInstructions:
+                    site_level_dp: SiteLevelDPPlan | None = None) -> RoundInstructions:
         """The same instructions for a secure-aggregation round (``train.secagg``)."""
-        return dataclasses.replace(self, codec=codec, site_dp=site_dp)
+        return dataclasses.replace(self, codec=codec, site_level_dp=site_level_dp)
 
     @property
     def requested_noise_multiplier(self) -> float | None:
@@ -187,8 +187,8 @@ class RoundInstructions:
         out: dict[str, Scalar] = {name: getattr(self, attr) for name, attr, _ in _BASE}
         if self.codec is not None:
             out.update(self.codec.to_config())
-        if self.site_dp is not None:
-            out.update(self.site_dp.to_config())
+        if self.site_level_dp is not None:
+            out.update(self.site_level_dp.to_config())
         return out
 
     def to_record(self) -> ConfigRecord:
@@ -198,16 +198,16 @@ class RoundInstructions:
     def from_record(cls, rec: Mapping[str, Any]) -> RoundInstructions:
         """Parse (and check) the ConfigRecord a site received; unknown keys are refused."""
         known = {name for name, _, _ in _BASE}
-        codec = site_dp = None
+        codec = site_level_dp = None
         if Field.MANIFEST in rec:
             codec = SecAggCodec.from_config(rec)
             known.update(name for name, _, _ in _CODEC)
-        if Field.SITE_DP_MODE in rec:
-            site_dp = SiteDPPlan.from_config(rec)
-            known.update([Field.SITE_DP_MODE, *_PLAN_TYPES])
+        if Field.SITE_LEVEL_DP_MODE in rec:
+            site_level_dp = SiteLevelDPPlan.from_config(rec)
+            known.update([Field.SITE_LEVEL_DP_MODE, *_PLAN_TYPES])
         unknown = sorted(set(rec) - known)
         if unknown:
             raise InstructionError(f"unknown round-instructions key `{unknown[0]}` "
                                    f"(value {rec[unknown[0]]!r})")
         return cls(*(_take(rec, name, kind) for name, _, kind in _BASE), codec=codec,
-                   site_dp=site_dp)
+                   site_level_dp=site_level_dp)

@@ -21,7 +21,7 @@ __all__ = [
     "MessageType",
     "Metric",
     "Reason",
-    "SiteDPKey",
+    "SiteLevelDPKey",
     "Stage",
     "Status",
     "fault_point",
@@ -150,22 +150,22 @@ class Field(_Names):
     SECAGG_SCALE = "secagg-scale"
     SECAGG_MAX_WEIGHT = "secagg-max-weight"
     MANIFEST = "manifest"
-    #: present when the round runs site-level DP; its plan follows in :class:`SiteDPKey`
-    SITE_DP_MODE = "site-dp-mode"
+    #: present when the round runs site-level DP; its plan follows in :class:`SiteLevelDPKey`
+    SITE_LEVEL_DP_MODE = "site-level-dp-mode"
 
 
-class SiteDPKey(_Names):
+class SiteLevelDPKey(_Names):
     """The site-level DP plan of a round (``privacy.ddg.DDGParams.to_config``)."""
 
-    CLIP = "site-dp-clip"
-    DIM = "site-dp-dim"
-    BITS = "site-dp-bits"
-    GAMMA = "site-dp-gamma"
-    LOCAL_SIGMA = "site-dp-local-sigma"
-    COHORT = "site-dp-cohort"
-    MAX_CONTRIBUTORS = "site-dp-max-contributors"
-    BETA = "site-dp-beta"
-    ROTATION_SEED = "site-dp-rotation-seed"
+    CLIP = "site-level-dp-clip"
+    DIM = "site-level-dp-dim"
+    BITS = "site-level-dp-bits"
+    GAMMA = "site-level-dp-gamma"
+    LOCAL_SIGMA = "site-level-dp-local-sigma"
+    COHORT = "site-level-dp-cohort"
+    MAX_CONTRIBUTORS = "site-level-dp-max-contributors"
+    BETA = "site-level-dp-beta"
+    ROTATION_SEED = "site-level-dp-rotation-seed"
     ALL = (CLIP, DIM, BITS, GAMMA, LOCAL_SIGMA, COHORT, MAX_CONTRIBUTORS, BETA, ROTATION_SEED)
 
 

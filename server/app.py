@@ -40,16 +40,16 @@ def _configure_logging() -> None:
             lg.propagate = False
 
 
-def _site_dp(cfg: RunConfig, rundir: RunDir) -> Any:
+def _site_level_dp(cfg: RunConfig, rundir: RunDir) -> Any:
     """Site-level DP of the aggregate (None when off); a resumed run keeps its history."""
-    if not getattr(cfg, "site_dp", False):
+    if not getattr(cfg, "site_level_dp", False):
         return None
-    from server.site_dp import SiteDP, history_from_participation
+    from server.site_level_dp import SiteLevelDP, history_from_participation
 
-    site_dp = SiteDP.from_config(
+    site_level_dp = SiteLevelDP.from_config(
         cfg, history=history_from_participation(rundir.read_participation()))
-    logger.info("%s", site_dp.summary())
-    return site_dp
+    logger.info("%s", site_level_dp.summary())
+    return site_level_dp
 
 
 def run_server(grid: Grid, cfg: RunConfig) -> Path:
@@ -94,7 +94,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> Path:
     if cfg.secagg:
         driver.secure = SecureAggregator(driver, enrolment=load_enrolment(cfg.secagg_enrolment),
                                          clip=cfg.secagg_clip, max_weight=cfg.secagg_max_weight,
-                                         site_dp=_site_dp(cfg, rundir))
+                                         site_level_dp=_site_level_dp(cfg, rundir))
         logger.info("secure aggregation on: %d enrolled sites, delta clip %g, max weight %g",
                     len(driver.secure.enrolment), cfg.secagg_clip, cfg.secagg_max_weight)
     else:

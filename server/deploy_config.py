@@ -44,7 +44,7 @@ _RUN_RESERVED = {
     "out-dir": "set `out-dir` in [server]",
     "secagg-enrolment": "set `enrolment` in [server]",
     "resume": "pass --resume RUN_DIR to `confide server`",
-    "site-dp-policy": "each site sets its own policy in the [privacy] table of its site.toml",
+    "dp-policy": "each site sets its own policy in the [privacy] table of its site.toml",
     "sites-state-dir": "each site sets `state-dir` in its site.toml",
     "data-dir": "each site sets `data-path` in its site.toml",
     "faults": "fault injection is for simulations",

@@ -34,7 +34,7 @@ _HELP = {
     "confide_round_duration_seconds": ("gauge", "Wall time of the last completed round."),
     "confide_bytes_received_total": ("counter", "Payload bytes received from sites."),
     "confide_eval_loss": ("gauge", "Weighted held-out loss after the last completed round."),
-    "confide_site_epsilon": ("gauge", "Epsilon each site reported (its ledger total)."),
+    "confide_example_level_epsilon": ("gauge", "Epsilon each site reported (its ledger total)."),
     "confide_run_completed": ("gauge", "1 once the run has completed."),
 }
 
@@ -109,7 +109,7 @@ class RunMetrics:
         lines: list[str] = []
         for name, (kind, text) in _HELP.items():
             lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-            if name == "confide_site_epsilon":
+            if name == "confide_example_level_epsilon":
                 lines += [f'{name}{{site="{_label(s)}"}} {v!r}' for s, v in sorted(eps.items())]
             else:
                 lines.append(f"{name} {values.get(name, 0.0)!r}")

@@ -368,7 +368,7 @@ class RoundDriver:
                 attempt = self.attempt(rnd, resumed=rnd == resumed_at)
                 new_state, part = self.secure.round(rnd, state, nodes, self.instructions(rnd),
                                                     attempt=attempt)
-                if part.get("site_dp", {}).get("budget_exhausted"):
+                if part.get("site_level_dp", {}).get("budget_exhausted"):
                     # nothing was trained or released; further rounds would only be refused
                     self.rundir.append_participation(ParticipationRow.from_json(part))
                     self.stopped_early = (f"before round {rnd}: {part['abort_reason']}; no "

@@ -45,11 +45,11 @@ from privacy.ddg import DDGParams, WrapError
 from privacy.secagg import SecAggAbort, SecAggConfig, SecAggResult, ServerSession
 from protocol.codec import Manifest, choose_modulus_bits, decode, decoding_error_bound
 from protocol.enrolment import load_enrolment
-from protocol.instructions import RoundInstructions, SecAggCodec, SiteDPPlan
+from protocol.instructions import RoundInstructions, SecAggCodec, SiteLevelDPPlan
 from protocol.messages import put_payload, state_to_record
 from protocol.wire import STAGE_MESSAGE_TYPE, Field, Key, Metric, Reason, Stage, Status
 from server.aggregate import apply_delta
-from server.site_dp import Admission, PlanRefusal
+from server.site_level_dp import Admission, PlanRefusal
 
 __all__ = ["SCALE_BITS", "SecureAggregator", "load_enrolment"]
 
@@ -101,9 +101,9 @@ class SecureAggregator:
     """Runs the stages of one round; the driver supplies messaging, names and the record."""
 
     def __init__(self, driver: Any, *, enrolment: Mapping[str, bytes], clip: float,
-                 max_weight: float, site_dp: Any = None) -> None:
+                 max_weight: float, site_level_dp: Any = None) -> None:
         self.driver = driver
-        self.site_dp = site_dp  # a server.site_dp.SiteDP when site-level DP is on
+        self.site_level_dp = site_level_dp  # a server.site_level_dp.SiteLevelDP when site-level DP is on
         self.enrolment = dict(enrolment)
         self.clip = clip
         self.max_weight = max_weight
@@ -136,10 +136,10 @@ class SecureAggregator:
     # stages ------------------------------------------------------------------------------
     def setup_stage(self, rnd: _Round) -> None:
         """Plan the round (ring, site-level DP), open the server session, collect adverts."""
-        if self.site_dp is not None:
-            plan = self.site_dp.plan(cohort_size=len(rnd.cohort), dim=rnd.manifest.dim)
+        if self.site_level_dp is not None:
+            plan = self.site_level_dp.plan(cohort_size=len(rnd.cohort), dim=rnd.manifest.dim)
             if isinstance(plan, PlanRefusal):
-                rnd.part["site_dp"] = {"mode": self.site_dp.mode, "released": False,
+                rnd.part["site_level_dp"] = {"mode": self.site_level_dp.mode, "released": False,
                                        "refused": plan.reason,
                                        "budget_exhausted": plan.budget_exhausted}
                 raise _Aborted(plan.reason)
@@ -175,7 +175,7 @@ class SecureAggregator:
         """
         codec = SecAggCodec(clip=self.clip, scale=self.scale, max_weight=self.max_weight,
                             manifest=rnd.manifest.digest())
-        plan = None if rnd.plan is None else SiteDPPlan(self.site_dp.mode, rnd.plan.to_config())
+        plan = None if rnd.plan is None else SiteLevelDPPlan(self.site_level_dp.mode, rnd.plan.to_config())
         extra = RecordDict({Key.ARRAYS: state_to_record(rnd.state),
                             Key.CONFIG: instructions.with_secagg(codec, plan).to_record()})
         replies = self._send_stage(Stage.MASKED_INPUT, rnd.session.masked_input_requests(), rnd,
@@ -183,9 +183,9 @@ class SecureAggregator:
         for n, r in replies.items():
             self._take_masked_input(rnd, n, r)
         if rnd.plan is not None:  # decide before anything is unmasked
-            rnd.admission = self.site_dp.admit(rnd.plan, len(rnd.weights))
+            rnd.admission = self.site_level_dp.admit(rnd.plan, len(rnd.weights))
             if not rnd.admission.ok:
-                rnd.part["site_dp"] = {**rnd.admission.record, "refused": rnd.admission.reason}
+                rnd.part["site_level_dp"] = {**rnd.admission.record, "refused": rnd.admission.reason}
                 raise _Aborted(rnd.admission.reason)
 
     def _take_masked_input(self, rnd: _Round, n: int, r: Any) -> None:
@@ -226,7 +226,7 @@ class SecureAggregator:
         part["dropped"] = sorted(names[c] for c in rnd.cohort if c not in rnd.weights
                                  and names[c] not in part["declined"])
         if rnd.plan is not None and rnd.admission is not None:
-            part["site_dp"] = self.site_dp.release(rnd.admission)
+            part["site_level_dp"] = self.site_level_dp.release(rnd.admission)
         part["released"] = True  # may be released from here on; amended if it is not
         part["charged"] = True
         self.driver.write_ahead(part)
@@ -240,7 +240,7 @@ class SecureAggregator:
     def release_stage(self, rnd: _Round, result: SecAggResult) -> Outcome:
         """Decode the unmasked sum into the contributors' weighted mean and apply it."""
         if rnd.plan is not None and rnd.admission is not None:
-            return self._release_site_dp(rnd, result, rnd.plan, rnd.admission)
+            return self._release_site_level_dp(rnd, result, rnd.plan, rnd.admission)
         part = rnd.part
         bits = part["modulus_bits"]
         total = sum(rnd.weights[n] for n in result.contributors)
@@ -314,21 +314,21 @@ class SecureAggregator:
                                  if names[c] not in part["declined"])
         part["released"] = True
 
-    def _release_site_dp(self, rnd: _Round, result: SecAggResult, plan: DDGParams,
+    def _release_site_level_dp(self, rnd: _Round, result: SecAggResult, plan: DDGParams,
                          admission: Admission) -> Outcome:
         """Site-level DP: the unweighted mean of the (noised) sum, accounted."""
-        part = rnd.part  # part["site_dp"]: charged at the write-ahead, whatever happens here
+        part = rnd.part  # part["site_level_dp"]: charged at the write-ahead, whatever happens here
         n = len(result.contributors)
         if n != admission.record["contributors"]:  # never release a sum other than admitted
             return self._abort(part, f"site-level DP: {n} contributors in the sum, "
                                      f"{admission.record['contributors']} admitted")
         try:
-            mean = self.site_dp.decode_mean(result.vector, rnd.manifest, plan, n)
+            mean = self.site_level_dp.decode_mean(result.vector, rnd.manifest, plan, n)
         except WrapError as exc:
             return self._abort(part, str(exc))
         self._note_outcome(rnd, result)
         logger.info("round %d: site-level DP aggregate of %d sites, %d dropped; site eps %.4f",
-                    part["round"], n, len(part["dropped"]), part["site_dp"]["epsilon_after"])
+                    part["round"], n, len(part["dropped"]), part["site_level_dp"]["epsilon_after"])
         return apply_delta(rnd.state, mean), part
 
     def _abort(self, part: dict[str, Any], reason: str) -> tuple[None, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""What DP costs in utility: the same federated run with and without site DP-SGD.
+"""What DP costs in utility: the same federated run with and without example-level DP-SGD.
 
 Runs the demo federation twice through Flower (the real ServerApp / ClientApp; same sites,
 rounds, local steps, batch size, learning rate, optimiser, LoRA adapter and seeds; secure
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max-eval-examples": args.max_eval_examples,
                 "model": resolve_model(args.model), "data-dir": resolve_data_dir(args.data),
                 "min-sites": args.sites, "out-dir": str(out), "dp": dp,
-                "site-dp-policy": json.dumps(policy) if dp else "",
+                "dp-policy": json.dumps(policy) if dp else "",
                 "sites-state-dir": str(RunFolder(out).sites_dir), "secagg": True,
                 "secagg-enrolment": str(RunFolder(out).enrolment_path),
             })

@@ -70,9 +70,9 @@ def add_simulate_parser(sub: Any) -> None:
     dp.add_argument("--grad-sample-mode", choices=("hooks", "ghost"), default="hooks")
     dp.add_argument("--secure-mode", action="store_true",
                     help="OS CSPRNG for sampling and noise (slower; for production)")
-    from simulations.site_dp_cli import add_site_dp_args
+    from simulations.site_level_dp_cli import add_site_level_dp_args
 
-    add_site_dp_args(p)
+    add_site_level_dp_args(p)
     from simulations.canary_run import add_canary_args
 
     add_canary_args(p)
@@ -118,7 +118,7 @@ def run_config(args: argparse.Namespace) -> Any:
     overrides: dict[str, Any] = {
         "num-server-rounds": args.rounds, "model": model, "data-dir": data,
         "out-dir": str(out), "resume": bool(args.resume),
-        "dp": policy is not None, "site-dp-policy": json.dumps(policy) if policy else "",
+        "dp": policy is not None, "dp-policy": json.dumps(policy) if policy else "",
         "sites-state-dir": str(RunFolder(out).sites_dir),
         "secagg": args.secagg == "on",
         "secagg-enrolment": str(RunFolder(out).enrolment_path) if args.secagg == "on" else "",
@@ -126,9 +126,9 @@ def run_config(args: argparse.Namespace) -> Any:
     }
     if args.secagg_clip is not None:
         overrides["secagg-clip"] = args.secagg_clip
-    from simulations.site_dp_cli import site_dp_overrides
+    from simulations.site_level_dp_cli import site_level_dp_overrides
 
-    overrides.update(site_dp_overrides(args))
+    overrides.update(site_level_dp_overrides(args))
     for flag in ("faults", "local_steps", "batch_size", "learning_rate", "max_seq_len", "aggregation",
                  "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                  "fraction_train", "seed", "device", "max_eval_examples"):
@@ -209,7 +209,7 @@ def dp_summary(cfg: Any, num_sites: int) -> str:
     from client.site import load_site_data, site_spec
     from privacy.ledger import PrivacyLedger
 
-    policy = policy_from_config({}, cfg.site_dp_policy)
+    policy = policy_from_config({}, cfg.dp_policy)
     if policy is None:
         return "differential privacy: off (sites train without DP; no epsilon is claimed)"
     from transformers import AutoTokenizer
@@ -260,9 +260,9 @@ def _summary(out: Path) -> str:
     rows = folder.read_metrics()
     if not rows:
         return "(no metrics recorded)"
-    site_eps = {p.round: float(p.site_dp["epsilon_after"])  # site-level eps so far
+    site_eps = {p.round: float(p.site_level_dp["epsilon_after"])  # site-level eps so far
                 for p in folder.read_participation()
-                if p.site_dp is not None and p.site_dp.get("released") is True}
+                if p.site_level_dp is not None and p.site_level_dp.get("released") is True}
     head = f"{'round':>5}  {'eval loss':>9}  {'perplexity':>10}  {'sites':>5}  {'max eps':>8}  "
     lines = [head + (f"{'site eps':>8}  " if site_eps else "") + f"{'time s':>7}"]
     last_site = 0.0
@@ -310,9 +310,9 @@ def _simulate(args: argparse.Namespace) -> int:
               f"{cfg.secagg_clip:g}); the coordinator sees only the sum", flush=True)
     else:
         print("secure aggregation: off (the coordinator sees each update)", flush=True)
-    from simulations.site_dp_cli import site_dp_summary
+    from simulations.site_level_dp_cli import site_level_dp_summary
 
-    print(site_dp_summary(cfg), flush=True)
+    print(site_level_dp_summary(cfg), flush=True)
     try:
         print(dp_summary(cfg, args.sites), flush=True)
     except Exception as exc:  # noqa: BLE001 - a broken ledger, a bad policy: refuse to start

@@ -142,7 +142,7 @@ def test_metrics_exposition_reports_rounds_sites_bytes_and_epsilon(tmp_path):
     assert "confide_current_round 1.0" in body and "confide_sites_sampled 3.0" in body
     assert "confide_sites_reporting 2.0" in body and "confide_sites_dropped 1.0" in body
     assert "confide_bytes_received_total 1010.0" in body
-    assert 'confide_site_epsilon{site="law"} 2.0' in body
+    assert 'confide_example_level_epsilon{site="law"} 2.0' in body
     assert "confide_round_duration_seconds 9.5" in body
 
 

@@ -1,6 +1,6 @@
 """A real federation on 127.0.0.1: ``confide server`` + three ``confide client`` processes.
 
-TLS and SuperNode authentication on, site DP and secure aggregation on. During the run an
+TLS and SuperNode authentication on, example-level DP and secure aggregation on. During the run an
 unenrolled site and a site without the CA are refused while the run goes on; one site is
 killed mid-round (the round completes without it, it rejoins after a restart); the server
 is killed mid-round and ``--resume`` finishes with exactly the planned rounds.

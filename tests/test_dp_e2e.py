@@ -70,7 +70,7 @@ _SITE = textwrap.dedent('''
     from client.model import load_site_model, resolve_device
     model, data, state, rnd, policy = sys.argv[1:6]
     run_config = {"model": model, "data-dir": data, "sites-state-dir": state,
-                  "site-dp-policy": policy, "local-steps": 2, "dp": True}
+                  "dp-policy": policy, "local-steps": 2, "dp": True}
     ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 1},
                   state=RecordDict(), run_config=run_config)
     sm = load_site_model(model, device=resolve_device("cpu"), r=8, alpha=16, dropout=0.0,

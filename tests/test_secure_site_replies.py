@@ -59,7 +59,7 @@ def _cfg(tmp_path: Path, tiny_model: Path, tiny_sites: Path) -> RunConfig:
         "num-server-rounds": 1, "model": str(tiny_model), "data-dir": str(tiny_sites),
         "out-dir": str(tmp_path / "run"), "sites-state-dir": str(tmp_path / "sites"),
         "secagg": True, "secagg-enrolment": str(tmp_path / "enrolment.json"),
-        "dp": True, "site-dp-policy": json.dumps(policy), "min-sites": 3, "local-steps": 1,
+        "dp": True, "dp-policy": json.dumps(policy), "min-sites": 3, "local-steps": 1,
         "batch-size": 8, "max-seq-len": 32, "max-eval-examples": 4, "device": "cpu",
     })
 

@@ -17,7 +17,7 @@ from protocol.config import RunConfig
 from protocol.wire import Reason
 from server.app import run_server
 from server.rundir import RunDir
-from server.site_dp import history_from_participation
+from server.site_level_dp import history_from_participation
 from tests._loopback import LoopbackGrid, enrol, server_identity
 
 SITES = ("alpha", "beta", "gamma")
@@ -32,7 +32,7 @@ def _cfg(tmp_path: Path, tiny_model: Path, tiny_sites: Path, **extra: Any) -> Ru
         "num-server-rounds": 2, "model": str(tiny_model), "data-dir": str(tiny_sites),
         "out-dir": str(tmp_path / "run"), "sites-state-dir": str(tmp_path / "sites"),
         "secagg": True, "secagg-enrolment": str(tmp_path / "enrolment.json"),
-        "site-dp": True, "site-dp-clip": 0.5, "min-sites": 3, "local-steps": 1,
+        "site-level-dp": True, "site-level-dp-clip": 0.5, "min-sites": 3, "local-steps": 1,
         "batch-size": 8, "max-seq-len": 32, "max-eval-examples": 4, "device": "cpu", **extra,
     })
 
@@ -71,8 +71,8 @@ def test_a_crash_between_unmask_and_checkpoint_keeps_the_rounds_charge_on_resume
     rows = RunDir(cfg.out_dir).read_participation()
     first, rerun, second = rows
     assert (first.round, first.attempt, first.charged) == (1, 0, True)
-    assert first.site_dp is not None and first.site_dp["released"] is True
-    assert first.site_dp["contributors"] == 3 and first.site_dp["epsilon_after"] > 0
+    assert first.site_level_dp is not None and first.site_level_dp["released"] is True
+    assert first.site_level_dp["contributors"] == 3 and first.site_level_dp["epsilon_after"] > 0
     history = history_from_participation(rows)
     assert [h.contributors for h in history] == [3, 3]  # round 1's charge and round 2's
     assert (rerun.round, rerun.attempt, rerun.released) == (1, 1, False)

@@ -11,14 +11,14 @@ from client.app import build_app
 from privacy.ddg import plan_round
 from privacy.secagg import Stage as SessionStage
 from protocol.config import RunConfig
-from protocol.instructions import InstructionError, RoundInstructions, SecAggCodec, SiteDPPlan
+from protocol.instructions import InstructionError, RoundInstructions, SecAggCodec, SiteLevelDPPlan
 from protocol.wire import (
     FAULT_POINTS,
     SECAGG_STAGES,
     STAGE_MESSAGE_TYPE,
     Field,
     MessageType,
-    SiteDPKey,
+    SiteLevelDPKey,
     Stage,
     fault_point,
 )
@@ -66,14 +66,14 @@ def test_instructions_are_byte_compatible_with_the_legacy_record() -> None:
     assert RoundInstructions.from_record(instr.to_record()) == instr
 
 
-def test_secure_instructions_round_trip_with_codec_and_site_dp_plan() -> None:
+def test_secure_instructions_round_trip_with_codec_and_site_level_dp_plan() -> None:
     base = RoundInstructions.from_record(LEGACY)
     codec = SecAggCodec(clip=10.0, scale=1e-6, max_weight=1e5, manifest="d1")
-    plan = SiteDPPlan("distributed", _plan())
+    plan = SiteLevelDPPlan("distributed", _plan())
     instr = base.with_secagg(codec, plan)
     keys = list(instr.to_config())
     assert keys == [*LEGACY, "secagg-clip", "secagg-scale", "secagg-max-weight", "manifest",
-                    *SiteDPKey.ALL, "site-dp-mode"]
+                    *SiteLevelDPKey.ALL, "site-level-dp-mode"]
     assert RoundInstructions.from_record(instr.to_record()) == instr
 
 
@@ -99,7 +99,7 @@ def test_missing_fields_are_refused_not_defaulted() -> None:
         RoundInstructions.from_record(rec)
     with pytest.raises(InstructionError, match="lack `secagg-clip`"):
         RoundInstructions.from_record({**LEGACY, Field.MANIFEST: "d1"})
-    plan = {k: v for k, v in _plan().items() if k != SiteDPKey.GAMMA}
+    plan = {k: v for k, v in _plan().items() if k != SiteLevelDPKey.GAMMA}
     secure = {**LEGACY, **SecAggCodec(1.0, 1.0, 1.0, "d").to_config()}
-    with pytest.raises(InstructionError, match="lack `site-dp-gamma`"):
-        RoundInstructions.from_record({**secure, **plan, "site-dp-mode": "distributed"})
+    with pytest.raises(InstructionError, match="lack `site-level-dp-gamma`"):
+        RoundInstructions.from_record({**secure, **plan, "site-level-dp-mode": "distributed"})

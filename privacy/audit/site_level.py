@@ -1,6 +1,6 @@
 """The audit report's site-level section: per round, who was summed, how much noise, ε after.
 
-Read from ``participation.jsonl`` (the ``site_dp`` record the coordinator writes for every
+Read from ``participation.jsonl`` (the ``site_level_dp`` record the coordinator writes for every
 round it planned), and checked by an **independent recomputation**: from each released
 round's recorded clip, grid step, padded dimension, rounding β, survivors and noise
 variance in the aggregate, this module re-derives the sensitivities (KLS 2021, Thm. 2), the
@@ -127,19 +127,19 @@ def _num(x: Any) -> float | None:
 def build_site_level(participation: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
                      flags: list[tuple[str, str]]) -> SiteLevelReport | None:
     """The section, or None when the run had no site-level DP; ``flags`` gets (severity, msg)."""
-    rows = [p for p in participation if isinstance(p.get("site_dp"), Mapping)]
-    if not rows and not config.get("site-dp"):
+    rows = [p for p in participation if isinstance(p.get("site_level_dp"), Mapping)]
+    if not rows and not config.get("site-level-dp"):
         return None
-    delta = _num(config.get("site-dp-delta"))
-    budget = _num(config.get("site-dp-epsilon"))
-    mode = str(config.get("site-dp-mode", "distributed"))
+    delta = _num(config.get("site-level-dp-delta"))
+    budget = _num(config.get("site-level-dp-epsilon"))
+    mode = str(config.get("site-level-dp-mode", "distributed"))
     released: list[Mapping[str, Any]] = []
     out = []
     stated_last: float | None = 0.0
     recomputed_last: float | None = 0.0
     ok = True
     for p in sorted(rows, key=lambda r: int(r["round"])):
-        rec = p["site_dp"]
+        rec = p["site_level_dp"]
         is_released = rec.get("released") is True
         recomputed = None
         if is_released:
@@ -182,7 +182,7 @@ def build_site_level(participation: Sequence[Mapping[str, Any]], config: Mapping
                 "Prop. 14)." if mode == "distributed" else
                 "A trusted server added Gaussian noise to the sum (central comparison)."))
     return SiteLevelReport(mode=mode, budget_epsilon=budget, delta=delta,
-                           clip=_num(config.get("site-dp-clip")), epsilon=stated_last,
+                           clip=_num(config.get("site-level-dp-clip")), epsilon=stated_last,
                            epsilon_recomputed=recomputed_last, matches=ok,
                            rounds=tuple(out), note=note)
 

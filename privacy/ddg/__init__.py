@@ -2,10 +2,10 @@
 
 from privacy.ddg.accounting import (
     MODES,
-    SiteDPRound,
+    SiteLevelDPRound,
     rdp_of_round,
     rounded_l2_bound,
-    site_epsilon,
+    site_level_epsilon,
 )
 from privacy.ddg.codec import WrapError, central_noisy_sum, decode_ddg, encode_ddg
 from privacy.ddg.params import DDGParams, calibrate_site_noise, plan_round
@@ -20,7 +20,7 @@ __all__ = [
     "MODES",
     "DDGParams",
     "RandomizedHadamard",
-    "SiteDPRound",
+    "SiteLevelDPRound",
     "WrapError",
     "calibrate_site_noise",
     "central_noisy_sum",
@@ -33,5 +33,5 @@ __all__ = [
     "sample_discrete_gaussian",
     "sample_discrete_gaussian_exact",
     "secure_rng",
-    "site_epsilon",
+    "site_level_epsilon",
 ]

@@ -44,12 +44,12 @@ from typing import Any
 __all__ = [
     "MODES",
     "SITE_ORDERS",
-    "SiteDPRound",
+    "SiteLevelDPRound",
     "epsilon_from_rdp",
     "rdp_of_round",
     "rounded_l1_bound",
     "rounded_l2_bound",
-    "site_epsilon",
+    "site_level_epsilon",
     "tau",
 ]
 
@@ -99,7 +99,7 @@ def tau(local_sigma: float, contributors: int) -> float:
 
 
 @dataclass(frozen=True)
-class SiteDPRound:
+class SiteLevelDPRound:
     """What the accountant needs of one released aggregate (recorded per round).
 
     Attributes
@@ -143,14 +143,14 @@ class SiteDPRound:
         return asdict(self)
 
     @classmethod
-    def from_mapping(cls, m: Mapping[str, Any]) -> SiteDPRound:
+    def from_mapping(cls, m: Mapping[str, Any]) -> SiteLevelDPRound:
         """Inverse of :meth:`to_mapping` (extra keys are ignored: records carry more)."""
         return cls(mode=m["mode"], contributors=m["contributors"], sigma=m["sigma"],
                    l2_sensitivity=m["l2_sensitivity"], l1_sensitivity=m["l1_sensitivity"],
                    dim=m["dim"])
 
 
-def rdp_of_round(rnd: SiteDPRound, alpha: float) -> float:
+def rdp_of_round(rnd: SiteLevelDPRound, alpha: float) -> float:
     """Rényi DP of one released aggregate at order ``alpha`` (see the module docstring)."""
     if rnd.sigma == 0.0:
         return math.inf
@@ -181,7 +181,7 @@ def epsilon_from_rdp(rdp: Sequence[float], orders: Sequence[float], delta: float
     return max(best, 0.0)
 
 
-def site_epsilon(rounds: Iterable[SiteDPRound], *, delta: float,
+def site_level_epsilon(rounds: Iterable[SiteLevelDPRound], *, delta: float,
                  orders: Sequence[float] = SITE_ORDERS) -> float:
     """Site-level ε(δ) of all ``rounds`` composed (0 for none, ``inf`` if one had no noise)."""
     rounds = list(rounds)

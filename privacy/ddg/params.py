@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from privacy.ddg.accounting import (
-    SiteDPRound,
+    SiteLevelDPRound,
     rounded_l1_bound,
     rounded_l2_bound,
-    site_epsilon,
+    site_level_epsilon,
 )
 from privacy.ddg.rotation import padded_dim
-from protocol.wire import SiteDPKey
+from protocol.wire import SiteLevelDPKey
 
 __all__ = [
     "DEFAULT_BETA",
@@ -146,34 +146,34 @@ class DDGParams:
         """Per-coordinate variance parameter of the noise in the sum, real units."""
         return contributors * (self.local_sigma * self.gamma) ** 2
 
-    def round_record(self, contributors: int) -> SiteDPRound:
+    def round_record(self, contributors: int) -> SiteLevelDPRound:
         """The accountant's view of a round in which ``contributors`` sites are summed."""
-        return SiteDPRound(mode="distributed", contributors=contributors,
+        return SiteLevelDPRound(mode="distributed", contributors=contributors,
                            sigma=self.local_sigma, l2_sensitivity=self.l2_sensitivity,
                            l1_sensitivity=self.l1_sensitivity, dim=self.padded)
 
     def to_config(self) -> dict[str, Any]:
         """Kebab-case keys for the round's ConfigRecord (all bool-free scalars)."""
-        return {SiteDPKey.CLIP: self.clip, SiteDPKey.DIM: self.dim,
-                SiteDPKey.BITS: self.modulus_bits, SiteDPKey.GAMMA: self.gamma,
-                SiteDPKey.LOCAL_SIGMA: self.local_sigma, SiteDPKey.COHORT: self.cohort,
-                SiteDPKey.MAX_CONTRIBUTORS: self.max_contributors,
-                SiteDPKey.BETA: self.beta, SiteDPKey.ROTATION_SEED: self.rotation_seed}
+        return {SiteLevelDPKey.CLIP: self.clip, SiteLevelDPKey.DIM: self.dim,
+                SiteLevelDPKey.BITS: self.modulus_bits, SiteLevelDPKey.GAMMA: self.gamma,
+                SiteLevelDPKey.LOCAL_SIGMA: self.local_sigma, SiteLevelDPKey.COHORT: self.cohort,
+                SiteLevelDPKey.MAX_CONTRIBUTORS: self.max_contributors,
+                SiteLevelDPKey.BETA: self.beta, SiteLevelDPKey.ROTATION_SEED: self.rotation_seed}
 
     @classmethod
     def from_config(cls, cfg: Any) -> DDGParams:
         """Parse :meth:`to_config` output (a ConfigRecord or mapping); validated."""
         try:
-            return cls(clip=float(cfg[SiteDPKey.CLIP]), dim=int(cfg[SiteDPKey.DIM]),
-                       modulus_bits=int(cfg[SiteDPKey.BITS]),
-                       gamma=float(cfg[SiteDPKey.GAMMA]),
-                       local_sigma=float(cfg[SiteDPKey.LOCAL_SIGMA]),
-                       cohort=int(cfg[SiteDPKey.COHORT]),
-                       max_contributors=int(cfg[SiteDPKey.MAX_CONTRIBUTORS]),
-                       beta=float(cfg[SiteDPKey.BETA]),
-                       rotation_seed=str(cfg[SiteDPKey.ROTATION_SEED]))
+            return cls(clip=float(cfg[SiteLevelDPKey.CLIP]), dim=int(cfg[SiteLevelDPKey.DIM]),
+                       modulus_bits=int(cfg[SiteLevelDPKey.BITS]),
+                       gamma=float(cfg[SiteLevelDPKey.GAMMA]),
+                       local_sigma=float(cfg[SiteLevelDPKey.LOCAL_SIGMA]),
+                       cohort=int(cfg[SiteLevelDPKey.COHORT]),
+                       max_contributors=int(cfg[SiteLevelDPKey.MAX_CONTRIBUTORS]),
+                       beta=float(cfg[SiteLevelDPKey.BETA]),
+                       rotation_seed=str(cfg[SiteLevelDPKey.ROTATION_SEED]))
         except KeyError as exc:
-            raise ValueError(f"site-DP round config lacks {exc}") from None
+            raise ValueError(f"site-level-DP round config lacks {exc}") from None
 
 
 def plan_round(*, clip: float, dim: int, modulus_bits: int, noise_multiplier: float,
@@ -208,7 +208,7 @@ def plan_round(*, clip: float, dim: int, modulus_bits: int, noise_multiplier: fl
 def calibrate_site_noise(*, target_epsilon: float, delta: float, rounds: int, mode: str,
                          clip: float = 1.0, dim: int = 1, modulus_bits: int = 32,
                          cohort: int = 1, max_contributors: int | None = None,
-                         prior: list[SiteDPRound] | None = None, rtol: float = 1e-3) -> float:
+                         prior: list[SiteLevelDPRound] | None = None, rtol: float = 1e-3) -> float:
     """The smallest noise multiplier z (to ``rtol``) whose ``rounds`` rounds fit the budget.
 
     Each planned round is assumed to sum exactly ``cohort`` sites (fewer survivors are
@@ -221,7 +221,7 @@ def calibrate_site_noise(*, target_epsilon: float, delta: float, rounds: int, mo
         If even z = 1e4 does not fit (``prior`` spent the budget) or an argument is bad.
     """
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
-        raise ValueError(f"`site_epsilon` must be > 0, got {target_epsilon!r}")
+        raise ValueError(f"`site_level_epsilon` must be > 0, got {target_epsilon!r}")
     if type(rounds) is not int or rounds < 1:
         raise ValueError(f"`rounds` must be an int >= 1, got {rounds!r}")
     prior = list(prior or [])
@@ -230,12 +230,12 @@ def calibrate_site_noise(*, target_epsilon: float, delta: float, rounds: int, mo
 
     def eps_at(z: float) -> float:
         if mode == "central":
-            rec = SiteDPRound("central", cohort, z * clip, clip, 0.0, max(dim, 1))
+            rec = SiteLevelDPRound("central", cohort, z * clip, clip, 0.0, max(dim, 1))
         else:
             rec = plan_round(clip=clip, dim=dim, modulus_bits=modulus_bits,
                              noise_multiplier=z, cohort=cohort, max_contributors=n_max,
                              rotation_seed=seed).round_record(cohort)
-        return site_epsilon(prior + [rec] * rounds, delta=delta)
+        return site_level_epsilon(prior + [rec] * rounds, delta=delta)
 
     lo, hi = 0.0, 1.0
     while eps_at(hi) > target_epsilon:

@@ -21,9 +21,9 @@ from privacy.ddg import DDGParams, calibrate_site_noise, encode_ddg, secure_rng
 from privacy.secagg import SecAggError
 from protocol.codec import Manifest
 from protocol.config import RunConfig
-from protocol.instructions import SiteDPPlan
+from protocol.instructions import SiteLevelDPPlan
 
-__all__ = ["check_round_params", "check_unmask", "encode_site_dp", "remember_round"]
+__all__ = ["check_round_params", "check_unmask", "encode_site_level_dp", "remember_round"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,25 +33,25 @@ _RTOL = 1e-6
 def check_round_params(params: DDGParams, mode: str, cfg: RunConfig, *,
                        cohort_size: int, modulus_bits: int, vector_length: int) -> None:
     """Raise :class:`SecAggError` unless the server's round parameters honour ``cfg``."""
-    if not cfg.site_dp:
+    if not cfg.site_level_dp:
         raise SecAggError("the server asks for site-level DP, which this run config has off")
-    if mode != cfg.site_dp_mode:
+    if mode != cfg.site_level_dp_mode:
         raise SecAggError(f"the server asks for {mode!r} site-level DP, the run config says "
-                          f"{cfg.site_dp_mode!r}")
+                          f"{cfg.site_level_dp_mode!r}")
     if params.modulus_bits != modulus_bits or params.padded != vector_length:
         raise SecAggError("site-level DP parameters do not match the secure-aggregation round")
-    if params.clip > cfg.site_dp_clip * (1 + _RTOL):
-        raise SecAggError(f"the server's clip {params.clip:g} exceeds site-dp-clip "
-                          f"{cfg.site_dp_clip:g}")
-    if params.cohort > cohort_size and cfg.site_dp_underflow == "refuse":
+    if params.clip > cfg.site_level_dp_clip * (1 + _RTOL):
+        raise SecAggError(f"the server's clip {params.clip:g} exceeds site-level-dp-clip "
+                          f"{cfg.site_level_dp_clip:g}")
+    if params.cohort > cohort_size and cfg.site_level_dp_underflow == "refuse":
         raise SecAggError(f"the server claims a cohort of {params.cohort} sites; "
                           f"the round has {cohort_size}")
     if mode == "central":
         return
-    z = cfg.site_dp_noise_multiplier
+    z = cfg.site_level_dp_noise_multiplier
     if z < 0:
         z = calibrate_site_noise(
-            target_epsilon=cfg.site_dp_epsilon, delta=cfg.site_dp_delta,
+            target_epsilon=cfg.site_level_dp_epsilon, delta=cfg.site_level_dp_delta,
             rounds=cfg.num_server_rounds, mode=mode, clip=params.clip, dim=params.dim,
             modulus_bits=params.modulus_bits, cohort=params.cohort,
             max_contributors=params.max_contributors)
@@ -61,7 +61,7 @@ def check_round_params(params: DDGParams, mode: str, cfg: RunConfig, *,
                           f"{params.cohort}) is below z*C = {z * params.clip:.4g}")
 
 
-def encode_site_dp(delta: Mapping[str, np.ndarray], manifest: Manifest, plan: SiteDPPlan,
+def encode_site_level_dp(delta: Mapping[str, np.ndarray], manifest: Manifest, plan: SiteLevelDPPlan,
                    cfg: RunConfig, secagg_config: Any, context: Any = None) -> np.ndarray:
     """Check the round's parameters and return the site's noised encoding mod 2^k."""
     try:
@@ -77,7 +77,7 @@ def encode_site_dp(delta: Mapping[str, np.ndarray], manifest: Manifest, plan: Si
     return encode_ddg(delta, manifest, params, secure_rng(), noise=(mode == "distributed"))
 
 
-_ROUND_KEY = "site-dp-round"
+_ROUND_KEY = "site-level-dp-round"
 
 
 def remember_round(context: Any, params: DDGParams, mode: str, cfg: RunConfig,
@@ -85,7 +85,7 @@ def remember_round(context: Any, params: DDGParams, mode: str, cfg: RunConfig,
     """Keep what the unmask stage of this round must check (in ``context.state``)."""
     from flwr.app import ConfigRecord
 
-    guard = int(mode == "distributed" and cfg.site_dp_underflow == "refuse")
+    guard = int(mode == "distributed" and cfg.site_level_dp_underflow == "refuse")
     context.state[_ROUND_KEY] = ConfigRecord({"round": round_num, "cohort": params.cohort,
                                               "guard": guard})
 

@@ -1,21 +1,21 @@
 """The coordinator's side of site-level DP: plan each round's noise, admit, decode, account.
 
-Used by :class:`server.secure.SecureAggregator` when ``site-dp`` is on. Per round:
+Used by :class:`server.secure.SecureAggregator` when ``site-level-dp`` is on. Per round:
 
-1. :meth:`SiteDP.plan` fixes the grid, the ring and each site's noise for the round's
+1. :meth:`SiteLevelDP.plan` fixes the grid, the ring and each site's noise for the round's
    cohort, or refuses the round when even a full cohort would take the run past its
    site-level budget (the round then trains nothing and releases nothing).
 2. After the masked inputs are in and *before* anything is unmasked,
-   :meth:`SiteDP.admit` counts the contributors ``n`` whose noised vectors are in the sum.
-   ``n`` below the calibration cohort ``t`` is refused (``site-dp-underflow = "refuse"``)
+   :meth:`SiteLevelDP.admit` counts the contributors ``n`` whose noised vectors are in the sum.
+   ``n`` below the calibration cohort ``t`` is refused (``site-level-dp-underflow = "refuse"``)
    or accounted with the smaller noise it really has (``"account"``); either way the round
    is refused when its ε, computed from the actual ``n``, would exceed the budget. A
    refused round is aborted before the unmask stage, so no one learns its sum.
-3. :meth:`SiteDP.decode` turns the unmasked sum into the unweighted mean; in ``central``
+3. :meth:`SiteLevelDP.decode` turns the unmasked sum into the unweighted mean; in ``central``
    mode (a trusted server, for comparison) the sites add no noise and the server adds
    ``N(0, (z C)^2)`` to the sum here.
 
-Each released round is recorded in ``participation.jsonl`` under ``site_dp`` (contributors,
+Each released round is recorded in ``participation.jsonl`` under ``site_level_dp`` (contributors,
 σ, sensitivities, noise variance in the aggregate, ε of the round and after it); a resumed
 run composes from those records.
 """
@@ -33,12 +33,12 @@ import numpy as np
 
 from privacy.ddg import (
     DDGParams,
-    SiteDPRound,
+    SiteLevelDPRound,
     calibrate_site_noise,
     decode_ddg,
     plan_round,
     secure_rng,
-    site_epsilon,
+    site_level_epsilon,
 )
 from protocol.codec import Manifest
 from protocol.run_rows import ParticipationRow
@@ -47,7 +47,7 @@ __all__ = [
     "UNDERFLOW_POLICIES",
     "Admission",
     "PlanRefusal",
-    "SiteDP",
+    "SiteLevelDP",
     "history_from_participation",
 ]
 
@@ -56,19 +56,19 @@ logger = logging.getLogger(__name__)
 UNDERFLOW_POLICIES: tuple[str, ...] = ("refuse", "account")
 
 
-def history_from_participation(rows: Iterable[ParticipationRow]) -> list[SiteDPRound]:
-    """Released site-DP rounds recorded in ``participation.jsonl`` rows, in order."""
+def history_from_participation(rows: Iterable[ParticipationRow]) -> list[SiteLevelDPRound]:
+    """Released site-level-DP rounds recorded in ``participation.jsonl`` rows, in order."""
     out = []
     for row in rows:
-        rec = row.site_dp
+        rec = row.site_level_dp
         if isinstance(rec, Mapping) and rec.get("released") is True:
-            out.append(SiteDPRound.from_mapping(rec))
+            out.append(SiteLevelDPRound.from_mapping(rec))
     return out
 
 
 @dataclass(frozen=True)
 class PlanRefusal:
-    """Why :meth:`SiteDP.plan` refuses a round (nothing is trained or released).
+    """Why :meth:`SiteLevelDP.plan` refuses a round (nothing is trained or released).
 
     ``budget_exhausted``: even a full cohort's next round would exceed the site-level budget,
     so every further round would be refused too (the run stops).
@@ -80,14 +80,14 @@ class PlanRefusal:
 
 @dataclass(frozen=True)
 class Admission:
-    """The outcome of :meth:`SiteDP.admit`: a reason to refuse, or the round's record."""
+    """The outcome of :meth:`SiteLevelDP.admit`: a reason to refuse, or the round's record."""
 
     ok: bool
     reason: str
     record: dict[str, Any]
 
 
-class SiteDP:
+class SiteLevelDP:
     """Site-level DP settings of a run and its composed history.
 
     Parameters
@@ -107,15 +107,15 @@ class SiteDP:
     underflow : {"refuse", "account"}
         What to do when fewer than t sites contribute.
     planned_rounds : int
-    history : list of SiteDPRound
+    history : list of SiteLevelDPRound
         Rounds already released (a resumed run).
     """
 
     def __init__(self, *, mode: str, epsilon: float, delta: float, clip: float,
                  noise_multiplier: float, cohort: int, modulus_bits: int, underflow: str,
-                 planned_rounds: int, history: list[SiteDPRound] | None = None) -> None:
+                 planned_rounds: int, history: list[SiteLevelDPRound] | None = None) -> None:
         if underflow not in UNDERFLOW_POLICIES:
-            raise ValueError(f"`site-dp-underflow` must be one of {UNDERFLOW_POLICIES}, "
+            raise ValueError(f"`site-level-dp-underflow` must be one of {UNDERFLOW_POLICIES}, "
                              f"got {underflow!r}")
         self.mode = mode
         self.epsilon = epsilon
@@ -126,22 +126,22 @@ class SiteDP:
         self.bits = modulus_bits
         self.underflow = underflow
         self.planned_rounds = planned_rounds
-        self.history: list[SiteDPRound] = list(history or [])
+        self.history: list[SiteLevelDPRound] = list(history or [])
         self._z: dict[tuple[int, int, int], float] = {}
 
     @classmethod
-    def from_config(cls, cfg: Any, history: list[SiteDPRound] | None = None) -> SiteDP:
-        """From a :class:`protocol.config.RunConfig` with ``site_dp`` on."""
-        return cls(mode=cfg.site_dp_mode, epsilon=cfg.site_dp_epsilon, delta=cfg.site_dp_delta,
-                   clip=cfg.site_dp_clip, noise_multiplier=cfg.site_dp_noise_multiplier,
-                   cohort=cfg.site_dp_cohort, modulus_bits=cfg.site_dp_bits,
-                   underflow=cfg.site_dp_underflow, planned_rounds=cfg.num_server_rounds,
+    def from_config(cls, cfg: Any, history: list[SiteLevelDPRound] | None = None) -> SiteLevelDP:
+        """From a :class:`protocol.config.RunConfig` with ``site_level_dp`` on."""
+        return cls(mode=cfg.site_level_dp_mode, epsilon=cfg.site_level_dp_epsilon, delta=cfg.site_level_dp_delta,
+                   clip=cfg.site_level_dp_clip, noise_multiplier=cfg.site_level_dp_noise_multiplier,
+                   cohort=cfg.site_level_dp_cohort, modulus_bits=cfg.site_level_dp_bits,
+                   underflow=cfg.site_level_dp_underflow, planned_rounds=cfg.num_server_rounds,
                    history=history)
 
     # ---- planning ----------------------------------------------------------------------
     def spent(self) -> float:
         """Site-level ε of the rounds released so far."""
-        return site_epsilon(self.history, delta=self.delta)
+        return site_level_epsilon(self.history, delta=self.delta)
 
     def noise_multiplier(self, cohort: int, max_contributors: int, dim: int) -> float:
         """z for this run: the configured one, or calibrated once per (t, n, d)."""
@@ -175,16 +175,16 @@ class SiteDP:
                                 rotation_seed=os.urandom(32).hex())
         except ValueError as exc:  # no z fits the budget, or the ring is too small
             return PlanRefusal(f"site-level DP: cannot plan the round: {exc}")
-        nxt = site_epsilon([*self.history, self._record_of(params, t, z)], delta=self.delta)
+        nxt = site_level_epsilon([*self.history, self._record_of(params, t, z)], delta=self.delta)
         if nxt > self.epsilon:
             return PlanRefusal(f"site-level budget: the next round would reach site eps "
                                f"{nxt:.4g} > budget {self.epsilon:g} (spent {self.spent():.4g})",
                                budget_exhausted=True)
         return params
 
-    def _record_of(self, params: DDGParams, n: int, z: float) -> SiteDPRound:
+    def _record_of(self, params: DDGParams, n: int, z: float) -> SiteLevelDPRound:
         if self.mode == "central":
-            return SiteDPRound("central", n, z * self.clip, self.clip, 0.0, params.dim)
+            return SiteLevelDPRound("central", n, z * self.clip, self.clip, 0.0, params.dim)
         return params.round_record(n)
 
     # ---- admission and release ---------------------------------------------------------
@@ -203,8 +203,8 @@ class SiteDP:
                                     f"the calibration cohort {t}: the sum would be "
                                     "under-noised; not unmasked", rec)
         acct = self._record_of(params, contributors, z)
-        eps_round = site_epsilon([acct], delta=self.delta)
-        eps_after = site_epsilon([*self.history, acct], delta=self.delta)
+        eps_round = site_level_epsilon([acct], delta=self.delta)
+        eps_after = site_level_epsilon([*self.history, acct], delta=self.delta)
         rec.update(acct.to_mapping())
         if self.mode == "central":
             variance = (z * self.clip) ** 2
@@ -225,7 +225,7 @@ class SiteDP:
     def release(self, admission: Admission) -> dict[str, Any]:
         """Commit an admitted round to the history; the record for participation.jsonl."""
         rec = dict(admission.record, released=True)
-        self.history.append(SiteDPRound.from_mapping(rec))
+        self.history.append(SiteLevelDPRound.from_mapping(rec))
         logger.info("site-level DP: released a sum of %d sites (%s, noise var %.3g per "
                     "coordinate), site eps %.4f of %g", rec["contributors"], self.mode,
                     rec["noise_variance"], rec["epsilon_after"], self.epsilon)

@@ -8,15 +8,15 @@ perplexity after R rounds (example-weighted over every site's held-out split, as
 (a) ``none``         no DP at all;
 (b) ``example``      example-level DP-SGD at every site only;
 (c) ``distributed``  (b) + site-level DP: each site adds its share of discrete Gaussian noise
-                     inside secure aggregation (``--site-dp on``);
+                     inside secure aggregation (``--site-level-dp on``);
 (d) ``central``      (b) + the same site-level ε, noise added by a trusted server to the sum
-                     (``--site-dp central``).
+                     (``--site-level-dp central``).
 
 (c) and (d) calibrate their noise to the same site ε (default 8) over the R planned rounds;
 the table shows each one's noise multiplier, the noise standard deviation in the released
 mean and the site ε actually spent.
 
-    python -m simulations.bench_site_dp [--sites 30] [--rounds 3] [--json PATH]
+    python -m simulations.bench_site_level_dp [--sites 30] [--rounds 3] [--json PATH]
 
 The defaults are the demo's (``make demo``): 30 virtual sites, 3 rounds x 4 local steps of
 expected batch 64, site clip 1.0.
@@ -40,7 +40,7 @@ VARIANTS: tuple[str, ...] = ("none", "example", "distributed", "central")
 
 def _flags(variant: str) -> list[str]:
     return {"none": ["--dp", "off"], "example": [],
-            "distributed": ["--site-dp", "on"], "central": ["--site-dp", "central"]}[variant]
+            "distributed": ["--site-level-dp", "on"], "central": ["--site-level-dp", "central"]}[variant]
 
 
 def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -52,8 +52,8 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     argv = ["simulate", "--sites", str(args.sites), "--rounds", str(args.rounds),
             "--out", str(out), "--model", args.model, "--data", args.data,
             "--local-steps", str(args.local_steps), "--seed", str(args.seed),
-            "--epsilon", str(args.epsilon), "--site-epsilon", str(args.site_epsilon),
-            "--site-clip", str(args.site_clip), *_flags(variant)]
+            "--epsilon", str(args.epsilon), "--site-level-epsilon", str(args.site_level_epsilon),
+            "--site-level-clip", str(args.site_level_clip), *_flags(variant)]
     for flag in ("batch_size", "learning_rate"):
         if getattr(args, flag) is not None:
             argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
@@ -69,12 +69,12 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     if code != 0 or not rows or rows[-1].round != args.rounds:
         raise RuntimeError(f"variant {variant}: the run failed (exit {code}); see {out}")
     part = folder.read_participation()
-    site = [p.site_dp for p in part if p.site_dp is not None]
+    site = [p.site_level_dp for p in part if p.site_level_dp is not None]
     released = [s for s in site if s.get("released")]
     last = rows[-1]
     return {
         "variant": variant,
-        "site_epsilon": released[-1]["epsilon_after"] if released else None,
+        "site_level_epsilon": released[-1]["epsilon_after"] if released else None,
         "perplexity": float(last.eval_perplexity),
         "eval_loss": float(last.eval_loss),
         "initial_perplexity": float(rows[0].eval_perplexity),
@@ -100,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--learning-rate", type=float, default=None,
                     help="local learning rate (default: the run default)")
     ap.add_argument("--epsilon", type=float, default=8.0, help="example-level budget per site")
-    ap.add_argument("--site-epsilon", type=float, default=8.0)
-    ap.add_argument("--site-clip", type=float, default=1.0)
+    ap.add_argument("--site-level-epsilon", type=float, default=8.0)
+    ap.add_argument("--site-level-clip", type=float, default=1.0)
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--data", default="embedded")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma-separated subset of {','.join(VARIANTS)}")
     ap.add_argument("--json", dest="json_path", default=None,
-                    help='write rows {"variant", "site_epsilon", "perplexity", ...} as JSON')
+                    help='write rows {"variant", "site_level_epsilon", "perplexity", ...} as JSON')
     ap.add_argument("--out", default=None, help="keep the RUN_DIRs under this directory")
     args = ap.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad or args.sites < 1 or args.rounds < 1:
         ap.error(f"--variants must name {VARIANTS}, got {bad}" if bad else
                  "--sites and --rounds must be >= 1")
-    tmp = tempfile.TemporaryDirectory(prefix="confide-bench-site-dp-")
+    tmp = tempfile.TemporaryDirectory(prefix="confide-bench-site-level-dp-")
     root = Path(args.out).resolve() if args.out else Path(tmp.name)
     rows = []
     for v in variants:
@@ -123,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"  {v}: perplexity {row['perplexity']:.2f} ({row['seconds']:.0f} s)", flush=True)
     print(f"\n{args.sites} sites, {args.rounds} rounds x {args.local_steps} local steps, "
-          f"example eps {args.epsilon:g} per site, site eps {args.site_epsilon:g} "
-          f"(clip {args.site_clip:g}); held-out perplexity after round {args.rounds} "
+          f"example eps {args.epsilon:g} per site, site eps {args.site_level_epsilon:g} "
+          f"(clip {args.site_level_clip:g}); held-out perplexity after round {args.rounds} "
           f"(round 0: {rows[0]['initial_perplexity']:.2f})")
     print(f"{'variant':<12}{'perplexity':>11}{'site eps':>10}{'z':>8}{'noise std/mean':>16}"
           f"{'ex. eps':>9}{'released':>9}")
     for r in rows:
-        se = "-" if r["site_epsilon"] is None else f"{r['site_epsilon']:.3f}"
+        se = "-" if r["site_level_epsilon"] is None else f"{r['site_level_epsilon']:.3f}"
         z = "-" if r["noise_multiplier"] is None else f"{r['noise_multiplier']:.3f}"
         ns = "-" if r["noise_std_of_mean"] is None else f"{r['noise_std_of_mean']:.3g}"
         ee = "-" if r["example_epsilon"] is None else f"{r['example_epsilon']:.2f}"
@@ -145,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         from privacy.ddg import calibrate_site_noise
 
         r0 = dims[0]
-        kw = dict(target_epsilon=args.site_epsilon, delta=1e-5, rounds=args.rounds,
-                  clip=args.site_clip, dim=int(r0["dim"]), cohort=int(r0["cohort"]))
+        kw = dict(target_epsilon=args.site_level_epsilon, delta=1e-5, rounds=args.rounds,
+                  clip=args.site_level_clip, dim=int(r0["dim"]), cohort=int(r0["cohort"]))
         zs = [f"central {calibrate_site_noise(mode='central', **kw):.4f}"]  # type: ignore[arg-type]
         zs += [f"k={k} {calibrate_site_noise(mode='distributed', modulus_bits=k, **kw):.4f}"
                for k in (16, 20, 24, 32)]  # type: ignore[arg-type]
-        print(f"noise multiplier z for site eps {args.site_epsilon:g} over {args.rounds} rounds "
+        print(f"noise multiplier z for site eps {args.site_level_epsilon:g} over {args.rounds} rounds "
               f"of {r0['cohort']} sites (d={r0['dim']}): " + ", ".join(zs))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(

@@ -18,25 +18,25 @@ from protocol.wire import Stage
 from tests.test_simulation import _simulate
 
 
-def test_site_dp_run_releases_noised_sums_and_refuses_an_under_noised_round(
+def test_site_level_dp_run_releases_noised_sums_and_refuses_an_under_noised_round(
     tmp_path: Path, tiny_model: Path, tiny_sites: Path
 ) -> None:
     out = tmp_path / "run"
     proc = _simulate("--sites", "3", "--rounds", "2", "--out", str(out), "--model",
                      str(tiny_model), "--data", str(tiny_sites), "--local-steps", "1",
-                     "--dp", "off", "--site-dp", "on", "--site-clip", "0.5",
+                     "--dp", "off", "--site-level-dp", "on", "--site-level-clip", "0.5",
                      "--faults", f"beta@{Stage.MASKED_INPUT}@2", "--quiet")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     folder = RunFolder(out)
     first, second = folder.read_participation()[:2]
-    assert first.site_dp is not None and second.site_dp is not None
-    assert first.released and first.site_dp["released"]
-    assert first.site_dp["contributors"] == first.site_dp["cohort"] == 3
-    assert first.site_dp["noise_variance"] > 0
-    assert first.site_dp["epsilon_after"] <= 8.0
+    assert first.site_level_dp is not None and second.site_level_dp is not None
+    assert first.released and first.site_level_dp["released"]
+    assert first.site_level_dp["contributors"] == first.site_level_dp["cohort"] == 3
+    assert first.site_level_dp["noise_variance"] > 0
+    assert first.site_level_dp["epsilon_after"] <= 8.0
     # beta crashed after training: 2 of 3 noised vectors, below the cohort -> never unmasked
-    assert second.released is False and second.site_dp["released"] is False
-    assert "calibration cohort" in second.site_dp["refused"]
+    assert second.released is False and second.site_level_dp["released"] is False
+    assert "calibration cohort" in second.site_level_dp["refused"]
     r1, _ = load_adapter_dir(folder.round_adapter(1))
     r2, _ = load_adapter_dir(folder.round_adapter(2))
     for k in r1:
@@ -58,13 +58,13 @@ def test_the_run_stops_when_the_next_round_would_exceed_the_site_budget(
     out = tmp_path / "run"
     proc = _simulate("--sites", "3", "--rounds", "3", "--out", str(out), "--model",
                      str(tiny_model), "--data", str(tiny_sites), "--local-steps", "1",
-                     "--dp", "off", "--site-dp", "on", "--site-clip", "0.5",
-                     "--site-noise-multiplier", "0.8", "--site-epsilon", "8", "--quiet")
+                     "--dp", "off", "--site-level-dp", "on", "--site-level-clip", "0.5",
+                     "--site-level-noise-multiplier", "0.8", "--site-level-epsilon", "8", "--quiet")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     folder = RunFolder(out)
     parts = folder.read_participation()
     assert [p.round for p in parts] == [1, 2]
-    released, refused = parts[0].site_dp, parts[1].site_dp
+    released, refused = parts[0].site_level_dp, parts[1].site_level_dp
     assert released is not None and refused is not None
     assert released["released"] and released["epsilon_after"] < 8.0
     assert refused["budget_exhausted"] and "site-level budget" in refused["refused"]
@@ -84,10 +84,10 @@ def test_the_run_stops_when_the_next_round_would_exceed_the_site_budget(
 
 
 @pytest.mark.slow
-def test_bench_site_dp_writes_the_four_variants_as_json(
+def test_bench_site_level_dp_writes_the_four_variants_as_json(
     tmp_path: Path, tiny_model: Path, tiny_sites: Path
 ) -> None:
-    from simulations.bench_site_dp import main
+    from simulations.bench_site_level_dp import main
 
     out = tmp_path / "bench.json"
     assert main(["--sites", "3", "--rounds", "1", "--local-steps", "1", "--batch-size", "8",
@@ -96,7 +96,7 @@ def test_bench_site_dp_writes_the_four_variants_as_json(
     rows = json.loads(out.read_text())
     assert [r["variant"] for r in rows] == ["none", "example", "distributed", "central"]
     for r in rows:
-        assert {"variant", "site_epsilon", "perplexity"} <= set(r)
+        assert {"variant", "site_level_epsilon", "perplexity"} <= set(r)
         assert math.isfinite(r["perplexity"]) and r["perplexity"] > 1
-    assert rows[0]["site_epsilon"] is None and rows[1]["site_epsilon"] is None
-    assert 0 < rows[2]["site_epsilon"] <= 8.0 and 0 < rows[3]["site_epsilon"] <= 8.0
+    assert rows[0]["site_level_epsilon"] is None and rows[1]["site_level_epsilon"] is None
+    assert 0 < rows[2]["site_level_epsilon"] <= 8.0 and 0 < rows[3]["site_level_epsilon"] <= 8.0

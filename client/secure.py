@@ -4,14 +4,18 @@ Per-round secrets live in ``context.state`` (Flower keeps it per node across the
 a run) as the session's byte state, and are wiped after the unmask stage or on any failure.
 Identity: the site's long-term Ed25519 key (:mod:`client.identity`); the other sites' public
 keys come from the site's own copy of the enrolment list, looked up by the names the server
-claims for each node id — a claim that only holds if the node signs with that name's key.
-The message handlers that drive these steps are in :mod:`client.secure_handlers`.
+claims for each node id — a claim that only holds if the node signs with that name's key, and
+one name (one key) per node (:func:`privacy.secagg.cohort_registry`). The site's own caps on a
+round (:class:`privacy.secagg.SiteLimits`) come from its node config, and its record of what it
+sent in each round (:class:`privacy.secagg.RoundGuard`) lives in its state directory, so no
+per-message process can be talked into a replay. The message handlers that drive these steps
+are in :mod:`client.secure_handlers`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,7 @@ from client.identity import load_site_identity
 from client.local_round import LocalUpdate
 from client.site import site_spec
 from client.site_level_dp import encode_site_level_dp
-from privacy.secagg import SecAggError, SiteSession
+from privacy.secagg import RoundGuard, SecAggError, SiteLimits, SiteSession, cohort_registry
 from protocol.codec import Manifest, encode
 from protocol.config import RunConfig
 from protocol.enrolment import load_enrolment
@@ -30,11 +34,25 @@ from protocol.instructions import RoundInstructions
 from protocol.messages import get_payload
 from protocol.wire import Field, Key, Metric
 
-__all__ = ["SecureSite"]
+__all__ = ["SecureSite", "site_limits"]
 
 #: context.state keys of the session in progress (site-local, never sent)
 _STATE_KEY = "secagg-session"
 _NAMES_KEY = Key.COHORT_NAMES
+
+#: node-config keys of the site's own caps (``site.toml`` or ``--node-config``), defaults of
+#: :class:`SiteLimits` when absent
+LIMIT_KEYS = {"secagg-max-cohort": "max_cohort", "secagg-max-degree": "max_degree",
+              "secagg-min-threshold": "min_threshold"}
+
+
+def site_limits(node_config: Any) -> SiteLimits:
+    """The site's caps from its own node config (never from the coordinator)."""
+    given = {field: node_config[key] for key, field in LIMIT_KEYS.items() if key in node_config}
+    try:
+        return SiteLimits(**given)
+    except ValueError as exc:
+        raise SecAggError(f"node config: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -44,6 +62,12 @@ class SecureSite:
     cfg: RunConfig
     name: str
     state_dir: Path
+    limits: SiteLimits = field(default_factory=SiteLimits)
+
+    @property
+    def guard(self) -> RoundGuard:
+        """This site's persistent record of its masked inputs and unmask help per round."""
+        return RoundGuard(self.state_dir)
 
     @classmethod
     def of(cls, context: Context) -> SecureSite:
@@ -55,21 +79,18 @@ class SecureSite:
         spec = site_spec(context.node_config, cfg)
         if spec.state_dir is None:
             raise SecAggError(f"site {spec.name} has no state directory for its identity key")
-        return cls(cfg, spec.name, spec.state_dir)
+        return cls(cfg, spec.name, spec.state_dir, site_limits(context.node_config))
 
     def _registry(self, names_rec: Any, node_id: int) -> dict[int, bytes]:
-        """Node id -> enrolled public key, for the names the server claims."""
-        names = json.loads(str(names_rec[Field.NAMES]))
-        enrolment = load_enrolment(self.cfg.secagg_enrolment)
-        registry: dict[int, bytes] = {}
-        for node, name in names.items():
-            if name not in enrolment:
-                raise SecAggError(f"the server names node {node} as {name!r}, "
-                                  "which is not enrolled")
-            registry[int(node)] = enrolment[name]
-        if names.get(str(node_id)) != self.name:
+        """Node id -> enrolled public key, for the names the server claims (one per node)."""
+        try:
+            claimed = json.loads(str(names_rec[Field.NAMES]))
+            names = {int(node): name for node, name in claimed.items()}
+        except (ValueError, TypeError, AttributeError, RecursionError):
+            raise SecAggError("the server's cohort names are malformed") from None
+        if names.get(node_id) != self.name:
             raise SecAggError("the server names this node as another site")
-        return registry
+        return cohort_registry(names, load_enrolment(self.cfg.secagg_enrolment))
 
     def start(self, context: Context, content: RecordDict) -> tuple[SiteSession, dict[str, Any]]:
         """A new session from the advertise request; returns it with the site's reply."""
@@ -78,7 +99,8 @@ class SecureSite:
         request = get_payload(content)
         session = SiteSession.from_request(request, node_id=context.node_id,
                                            identity_key=load_site_identity(self.state_dir),
-                                           registry=registry)
+                                           registry=registry, limits=self.limits,
+                                           guard=self.guard)
         reply = session.advertise_keys(request)
         context.state[_NAMES_KEY] = ConfigRecord({Field.NAMES: str(names_rec[Field.NAMES])})
         return session, reply
@@ -91,7 +113,7 @@ class SecureSite:
         registry = self._registry(context.state[_NAMES_KEY], context.node_id)
         return SiteSession.from_state({k: bytes(rec[k]) for k in rec},
                                       identity_key=load_site_identity(self.state_dir),
-                                      registry=registry)
+                                      registry=registry, limits=self.limits, guard=self.guard)
 
     @staticmethod
     def save(context: Context, session: SiteSession) -> None:

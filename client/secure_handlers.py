@@ -4,7 +4,9 @@ Each handler restores the site's session (:mod:`client.secure`), runs its stage 
 A request the site will not serve (bad signature, lists, parameters, a stage out of order) is
 answered with a refusal and the session wiped; a failed local round (data, policy, model) is
 answered as a training failure — never as a refusal, and never with the error's text, which
-may quote the site's records.
+may quote the site's records. A reply sent after the site trained and wrote its ledger, a
+refusal included, carries the site's signed ledger summary, so the audit never shows less than
+the site spent.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from protocol.instructions import RoundInstructions
 from protocol.messages import get_payload, reply_content
 from protocol.wire import Key, Reason, Stage, Status
 
-__all__ = ["advertise", "masked_train", "share", "unmask"]
+__all__ = ["advertise", "consistency", "masked_train", "share", "unmask"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +48,12 @@ def _answer(msg: Message, me: str, payload: dict[str, Any] | None, *, status: st
 
 
 def _refuse(msg: Message, context: Context, me: str, exc: Exception,
-            session: SiteSession | None = None) -> Message:
+            session: SiteSession | None = None,
+            ledger_summary: tuple[str, str] | None = None) -> Message:
     SecureSite.wipe(context, session)
     logger.warning("site %s refuses the secure-aggregation request: %s", me, exc)
-    return _answer(msg, me, None, status=Status.FAILED, reason=Reason.SECAGG_REFUSED)
+    return _answer(msg, me, None, status=Status.FAILED, reason=Reason.SECAGG_REFUSED,
+                   ledger_summary=ledger_summary)
 
 
 def _training_failed(msg: Message, context: Context, me: str, exc: Exception,
@@ -88,15 +92,28 @@ def share(msg: Message, context: Context) -> Message:
 
 
 def masked_train(msg: Message, context: Context) -> Message:
-    """Stage 3: train (DP first), encode the delta, mask it, send it."""
+    """Stage 3: train (DP first), encode the delta, mask it, send it.
+
+    A site that already sent a masked input for this (run, round), in any attempt, declines
+    before training: it never trains a round twice nor sends two inputs to sums that could
+    differ in it (the coordinator's re-run of an interrupted round goes on without it).
+    """
     site = SecureSite.of(context)
     inject_fault(site.cfg, site.name, Stage.MASKED_INPUT, _round_of(msg))
     session = None
     try:
         session = site.restore(context)
         instr = RoundInstructions.from_record(msg.content[Key.CONFIG])
+        cfg = session.config
+        done = Stage.MASKED_INPUT in site.guard.record(cfg.run_id, cfg.round)
     except _REFUSALS as exc:
         return _refuse(msg, context, site.name, exc, session)
+    if done:
+        site.wipe(context, session)
+        logger.warning("site %s declines round %d: it already sent a masked input for it",
+                       site.name, cfg.round)
+        return _answer(msg, site.name, None, status=Status.DECLINED,
+                       reason=Reason.ROUND_ALREADY_CONTRIBUTED)
     try:
         upd = local_update(instr, msg.content[Key.ARRAYS], context)
     except Exception as exc:  # noqa: BLE001 - whatever it is, the local round failed
@@ -109,23 +126,41 @@ def masked_train(msg: Message, context: Context) -> Message:
         vector = site.encode(upd, instr, session, context)
         reply = session.masked_input(get_payload(msg.content), vector=vector)
         del vector  # only the masked vector leaves
-    except _REFUSALS as exc:
-        return _refuse(msg, context, site.name, exc, session)
+    except _REFUSALS as exc:  # trained and charged: the refusal carries the ledger summary
+        return _refuse(msg, context, site.name, exc, session, upd.ledger_summary)
     site.save(context, session)
     return _answer(msg, site.name, reply, metrics=upd.metrics,
                    ledger_summary=upd.ledger_summary)
 
 
+def consistency(msg: Message, context: Context) -> Message:
+    """Stage 4: sign the announced contributor set, if it agrees with what this site saw."""
+    site = SecureSite.of(context)
+    inject_fault(site.cfg, site.name, Stage.CONSISTENCY_CHECK, _round_of(msg))
+    session = None
+    try:
+        session = site.restore(context)
+        reply = session.consistency_check(get_payload(msg.content))
+    except _REFUSALS as exc:
+        return _refuse(msg, context, site.name, exc, session)
+    site.save(context, session)
+    return _answer(msg, site.name, reply)
+
+
 def unmask(msg: Message, context: Context) -> Message:
-    """Stage 4: reveal, per neighbour, the self-mask share (alive) or key share (dropped)."""
+    """Stage 5: reveal, per neighbour, the self-mask share (alive) or key share (dropped).
+
+    With site-level DP the signed contributor set must hold the calibration cohort.
+    """
     site = SecureSite.of(context)
     inject_fault(site.cfg, site.name, Stage.UNMASK, _round_of(msg))
     session = None
     try:
         session = site.restore(context)
         request = get_payload(msg.content)
-        check_unmask(context, request, session.config, session.node_id)
-        reply = session.unmask(request)
+        cohort = check_unmask(context, request, session.config, session.node_id,
+                              signed_contributors=session.signed_contributors)
+        reply = session.unmask(request, min_contributors=cohort)
     except _REFUSALS as exc:
         return _refuse(msg, context, site.name, exc, session)
     site.wipe(context, session)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,36 +174,47 @@ def remember_round(context: Any, params: DDGParams, mode: str, cfg: RunConfig,
 
 
 def check_unmask(context: Any, request: Mapping[str, Any], secagg_config: Any,
-                 node_id: int | None = None) -> None:
+                 node_id: int | None = None, *,
+                 signed_contributors: Sequence[int] | None = None) -> int:
     """Refuse to help unmask a sum that cannot hold as many noised vectors as the cohort t.
 
+    Returns the calibration cohort this site requires in the sum (0: no requirement), for
+    ``SiteSession.unmask(min_contributors=...)``.
+
     Defence in depth against a coordinator that would unmask a round it should have refused.
-    The unmask request names the live holders of this site's shares (its graph neighbours
-    that sent a masked input, and itself). Every other neighbour is not in the sum, so at
-    most ``N - (neighbours - (alive - 1))`` of the round's ``N`` sites contributed. In the
-    complete graph (cohorts up to ``privacy.secagg.graph.COMPLETE_GRAPH_MAX`` sites) that is
-    the exact count; in a sparse graph it is an upper bound, which still catches any dropout
-    among this site's neighbours when t is the whole cohort. Fewer dropouts elsewhere are
-    left to the coordinator's own check (it never unmasks below t; see ``server.site_level_dp``).
+    With ``signed_contributors`` (the set this site signed at the consistency check: exactly
+    the inputs in any sum it helps unmask) the count is exact, in any graph. Without it, the
+    unmask request names the live holders of this site's shares (its graph neighbours that
+    sent a masked input, and itself); every other neighbour is not in the sum, so at most
+    ``N - (neighbours - (alive - 1))`` of the round's ``N`` sites contributed: the exact count
+    in the complete graph, an upper bound in a sparse one.
     """
     from privacy.secagg.payloads import get_ids
 
     if _ROUND_KEY not in context.state:
-        return
+        return 0
     rec: Any = context.state[_ROUND_KEY]
     if int(rec["round"]) != secagg_config.round or not int(rec["guard"]):
-        return
+        return 0
+    cohort = int(rec["cohort"])
+    if signed_contributors is not None:
+        if len(signed_contributors) < cohort:
+            raise SecAggError(f"the signed contributor set holds {len(signed_contributors)} "
+                              f"sites, fewer than the calibration cohort {cohort}: the sum "
+                              "would be under-noised")
+        return cohort
     n = len(secagg_config.cohort)
     if secagg_config.degree >= n - 1:
         neighbours = n - 1
     elif node_id is None:  # cannot tell its neighbours apart
-        return
+        return cohort
     else:
         neighbours = len(secagg_config.graph().neighbours(node_id))
     alive = get_ids(request, "alive")
     most = n - (neighbours - (len(alive) - 1))
-    if most < int(rec["cohort"]):
+    if most < cohort:
         raise SecAggError(f"the unmask request names {len(alive)} live holders of this "
                           f"site's shares, so at most {most} contributors are in the sum, "
-                          f"fewer than the calibration cohort {int(rec['cohort'])}: the sum "
+                          f"fewer than the calibration cohort {cohort}: the sum "
                           "would be under-noised")
+    return cohort

@@ -78,13 +78,24 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot put {type(value).__name__} in a secure-aggregation payload")
 
 
-def _from_jsonable(value: Any) -> Any:
+#: Payload values are ints, strs, bytes or lists of them; anything nested deeper is refused.
+_MAX_DEPTH = 4
+#: Largest payload text accepted (the masked vector travels in an ArrayRecord, not here).
+MAX_PAYLOAD_CHARS = 64 << 20
+
+
+def _from_jsonable(value: Any, depth: int = 0) -> Any:
+    if depth > _MAX_DEPTH:
+        raise ValueError("secure-aggregation payload is nested too deeply")
     if isinstance(value, dict):
-        if set(value) != {"b64"}:
+        if set(value) != {"b64"} or not isinstance(value["b64"], str):
             raise ValueError("malformed secure-aggregation payload field")
-        return base64.b64decode(value["b64"], validate=True)
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except ValueError:  # binascii.Error
+            raise ValueError("malformed secure-aggregation payload field") from None
     if isinstance(value, list):
-        return [_from_jsonable(v) for v in value]
+        return [_from_jsonable(v, depth + 1) for v in value]
     return value
 
 
@@ -104,10 +115,14 @@ def get_payload(content: RecordDict) -> dict[str, Any]:
     if Key.SECAGG not in content:
         raise ValueError("message carries no secure-aggregation payload")
     raw: Any = content[Key.SECAGG][Field.PAYLOAD]
+    if not isinstance(raw, str) or len(raw) > MAX_PAYLOAD_CHARS:
+        raise ValueError("secure-aggregation payload must be a JSON string of at most 64 MiB")
     try:
-        doc = json.loads(str(raw))
+        doc = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ValueError(f"secure-aggregation payload is not JSON: {exc.msg}") from None
+    except RecursionError:  # e.g. 100,000 nested brackets from a malicious peer
+        raise ValueError("secure-aggregation payload is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("secure-aggregation payload must be an object")
     out = {k: _from_jsonable(v) for k, v in doc.items()}

@@ -174,6 +174,18 @@ class RunFolder:
         """Append ``row`` to ``participation.jsonl`` (rewritten atomically)."""
         self._append(self.participation_path, row.to_json())
 
+    def replace_last_participation(self, row: ParticipationRow) -> None:
+        """Replace the last row (the same round's write-ahead row) by ``row``, atomically."""
+        lines = (self.participation_path.read_text(encoding="utf-8").splitlines()
+                 if self.participation_path.exists() else [])
+        while lines and not lines[-1].strip():
+            lines.pop()
+        if not lines or json.loads(lines[-1]).get("round") != row.round:
+            raise RunFolderError(f"no participation row of round {row.round} to replace")
+        line = json.dumps(row.to_json(), sort_keys=True, allow_nan=False)
+        atomic_write_text(self.participation_path, "".join(x + "\n" for x in lines[:-1])
+                          + line + "\n")
+
     def write_ledger_summary(self, record: LedgerSummaryRecord) -> None:
         """Write ``record`` to ``ledger-summaries/<site>.json`` atomically."""
         atomic_write_json(self.ledger_summary_path(record.site), record.to_json())
@@ -185,13 +197,21 @@ class RunFolder:
         atomic_write_text(path, existing + line + "\n")
 
     def truncate_rows_after(self, round_num: int) -> None:
-        """Drop the metrics / participation lines of rounds after ``round_num`` (kept as is)."""
+        """Drop the metrics / participation lines of rounds after ``round_num`` (kept as is).
+
+        A participation row written ahead of an unmask (``"charged": true``) is kept: that
+        aggregate may have been released, so its charge stands on resume.
+        """
         for path in (self.metrics_path, self.participation_path):
             if not path.exists():
                 continue
             kept = []
             for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip() and int(json.loads(line)["round"]) <= round_num:
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if int(row["round"]) <= round_num or (
+                        path == self.participation_path and row.get("charged") is True):
                     kept.append(line)
             atomic_write_text(path, "".join(k + "\n" for k in kept))
 

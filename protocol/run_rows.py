@@ -231,6 +231,11 @@ class ParticipationRow(_Row):
     holds ``dropped``, ``threshold``, ``degree``, ``modulus_bits``,
     ``decoding_error_bound`` and, when a round is aborted, ``abort_reason``; with site-level
     DP ``site_level_dp`` is the round's accounting record (see :mod:`server.site_level_dp`).
+
+    ``attempt`` is the secure-aggregation attempt of the round (a resumed re-run gets a new
+    one); ``charged`` is true once the row was written ahead of the unmask stage: from then
+    on the aggregate may be unmasked, so the row (its ``site_level_dp`` charge included) stands
+    whatever happens next, and a resume keeps it although the round was not checkpointed.
     """
 
     _WHAT = "participation row"
@@ -250,6 +255,8 @@ class ParticipationRow(_Row):
     decoding_error_bound: Mapping[str, float] | None = None
     abort_reason: str | None = None
     site_level_dp: Mapping[str, Any] | None = None
+    attempt: int | None = None
+    charged: bool | None = None
 
 
 ParticipationRow._CHECKS = {
@@ -257,7 +264,7 @@ ParticipationRow._CHECKS = {
     "failed": _str_map, "epsilon": _num_map, "released": _bool, "train_loss": _num_map,
     "dropped": _names, "secure_aggregation": _bool, "threshold": _int, "degree": _int,
     "modulus_bits": _int, "decoding_error_bound": _num_map, "abort_reason": _str,
-    "site_level_dp": _obj,
+    "site_level_dp": _obj, "attempt": _int, "charged": _bool,
 }
 
 

@@ -45,6 +45,7 @@ class Action(_Names):
     SECAGG_ADVERTISE = "secagg_advertise"
     SECAGG_SHARE = "secagg_share"
     SECAGG_MASKED = "secagg"
+    SECAGG_CONSISTENCY = "secagg_consistency"
     SECAGG_UNMASK = "secagg_unmask"
 
 
@@ -58,6 +59,7 @@ class MessageType(_Names):
     SECAGG_ADVERTISE = f"{QUERY}.{Action.SECAGG_ADVERTISE}"
     SECAGG_SHARE = f"{QUERY}.{Action.SECAGG_SHARE}"
     SECAGG_MASKED = f"{TRAIN}.{Action.SECAGG_MASKED}"
+    SECAGG_CONSISTENCY = f"{QUERY}.{Action.SECAGG_CONSISTENCY}"
     SECAGG_UNMASK = f"{QUERY}.{Action.SECAGG_UNMASK}"
 
 
@@ -66,26 +68,30 @@ class Stage(_Names):
 
     ``SETUP`` is a fresh session; ``DONE`` and ``ABORTED`` are terminal. The value travels in
     the ``"stage"`` payload key and names a fault point (``faults = "site@stage"``).
+    ``CONSISTENCY_CHECK`` (Bonawitz et al. 2017, ConsistencyCheck) sits between the masked
+    input and the unmask: every contributor signs the contributor set before any reveal.
     """
 
     SETUP = "setup"
     ADVERTISE_KEYS = "advertise-keys"
     SHARE_KEYS = "share-keys"
     MASKED_INPUT = "masked-input"
+    CONSISTENCY_CHECK = "consistency-check"
     UNMASK = "unmask"
     DONE = "done"
     ABORTED = "aborted"
 
 
-#: The four stages that each take one message per site, in order.
+#: The five stages that each take one message per site, in order.
 SECAGG_STAGES: tuple[str, ...] = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT,
-                                  Stage.UNMASK)
+                                  Stage.CONSISTENCY_CHECK, Stage.UNMASK)
 
 #: The Flower message type that drives each secure-aggregation stage.
 STAGE_MESSAGE_TYPE: dict[str, str] = {
     Stage.ADVERTISE_KEYS: MessageType.SECAGG_ADVERTISE,
     Stage.SHARE_KEYS: MessageType.SECAGG_SHARE,
     Stage.MASKED_INPUT: MessageType.SECAGG_MASKED,
+    Stage.CONSISTENCY_CHECK: MessageType.SECAGG_CONSISTENCY,
     Stage.UNMASK: MessageType.SECAGG_UNMASK,
 }
 
@@ -200,6 +206,11 @@ class Reason(_Names):
     DP_WEAKER_THAN_POLICY = "dp-weaker-than-policy"
     #: the coordinator asked for DP and the site has no privacy policy
     NO_PRIVACY_POLICY = "no-privacy-policy"
+    #: the site already sent a masked input for this (run, round), in this or another
+    #: attempt; it declines before training (a resumed re-run goes on without it)
+    ROUND_ALREADY_CONTRIBUTED = "round-already-contributed"
+    #: the coordinator dropped a site whose reply was malformed; followed by what was wrong
+    MALFORMED_REPLY = "malformed reply"
     #: the site refused a secure-aggregation request (bad signature, lists, parameters, ...)
     SECAGG_REFUSED = "secure aggregation refused"
     #: the site's local round raised (data, policy, model); followed by the error's type

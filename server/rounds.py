@@ -1,4 +1,11 @@
-"""The coordinator's round loop: sample, train, aggregate, checkpoint, evaluate."""
+"""The coordinator's round loop: sample, train, aggregate, checkpoint, evaluate.
+
+Every reply is parsed by :func:`parse_reply`, which never raises: a malformed one (an error
+in its records, a metric of the wrong type, a payload nested too deep or too large) becomes
+a failed reply with a reason naming what was wrong, so one site can drop out of a round but
+never fail the run. A secure round's participation row is written ahead of its unmask
+(:meth:`RoundDriver.write_ahead`) and amended once the round's outcome is known.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +25,12 @@ from protocol.adapter import AdapterError, check_state, trainable_keys
 from protocol.config import RunConfig
 from protocol.instructions import RoundInstructions
 from protocol.messages import get_payload, record_to_state, state_to_record
-from protocol.wire import Field, Key, MessageType, Metric, Reason, Status
 from protocol.run_rows import RUN_RUNNING, MetricsRow, ParticipationRow
+from protocol.wire import Field, Key, MessageType, Metric, Reason, Status
 from server.aggregate import apply_delta, weighted_mean
 from server.rundir import RunDir, RunState
 
-__all__ = ["RoundDriver", "SiteReply", "wait_for_nodes"]
+__all__ = ["RoundDriver", "SiteReply", "parse_reply", "wait_for_nodes"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +69,38 @@ class SiteReply:
     ledger_summary: tuple[str, str] | None = None
 
 
-def _parse_reply(msg: Message) -> SiteReply:
+#: metrics that count something: an int >= 0; every other metric is a finite number
+_COUNTS = (Metric.NUM_EXAMPLES, Metric.NUM_TOKENS, Metric.STEPS)
+_MAX_REASON = 600
+
+
+def _metrics_problem(metrics: Mapping[str, Any]) -> str | None:
+    """What is wrong with a reply's metrics, or None."""
+    for key, value in metrics.items():
+        if key in _COUNTS:
+            if type(value) is not int or value < 0:
+                return f"metric `{key}` must be an integer >= 0, got {value!r:.80}"
+        elif (not isinstance(value, (int, float)) or isinstance(value, bool)
+              or not math.isfinite(value)):
+            return f"metric `{key}` must be a finite number, got {value!r:.80}"
+    return None
+
+
+def _parse(msg: Message) -> SiteReply:
     node = int(msg.metadata.src_node_id)
     if msg.has_error():
         return SiteReply(node, f"node-{node}", Status.FAILED,
-                         reason=str(msg.error.reason)[-600:])
+                         reason=str(msg.error.reason)[-_MAX_REASON:])
     content = msg.content
     status: Any = content.get(Key.CONFIG, {})
-    site = str(status.get(Field.SITE, f"node-{node}"))
+    site = status.get(Field.SITE, f"node-{node}")
+    if not isinstance(site, str):
+        return SiteReply(node, f"node-{node}", Status.FAILED,
+                         reason=f"{Reason.MALFORMED_REPLY}: `{Field.SITE}` is not a string")
     metrics = dict(content[Key.METRICS]) if Key.METRICS in content else {}
+    problem = _metrics_problem(metrics)
+    if problem is not None:
+        return SiteReply(node, site, Status.FAILED, reason=f"{Reason.MALFORMED_REPLY}: {problem}")
     arrays = record_to_state(content.array_records[Key.ARRAYS]) \
         if Key.ARRAYS in content.array_records else None
     payload = None
@@ -84,7 +114,22 @@ def _parse_reply(msg: Message) -> SiteReply:
     if Field.LEDGER_SUMMARY in status and Field.LEDGER_SIGNATURE in status:
         summary = (str(status[Field.LEDGER_SUMMARY]), str(status[Field.LEDGER_SIGNATURE]))
     return SiteReply(node, site, str(status.get(Field.STATUS, "")), metrics, arrays,
-                     str(status.get(Field.REASON, "")), payload, summary)
+                     str(status.get(Field.REASON, ""))[:_MAX_REASON], payload, summary)
+
+
+def parse_reply(msg: Message) -> SiteReply:
+    """A site's reply as a :class:`SiteReply`; a malformed reply is a failed one, never an
+    exception (the reason names the error's type and message)."""
+    try:
+        return _parse(msg)
+    except Exception as exc:  # noqa: BLE001 - whatever a site sent, the run goes on
+        try:
+            node = int(msg.metadata.src_node_id)
+        except Exception:  # noqa: BLE001
+            node = -1
+        return SiteReply(node, f"node-{node}", Status.FAILED,
+                         reason=f"{Reason.MALFORMED_REPLY} ({type(exc).__name__}: "
+                                f"{str(exc)[:200]})")
 
 
 def content_bytes(msg: Message) -> int:
@@ -104,6 +149,22 @@ def content_bytes(msg: Message) -> int:
             else:
                 total += 8
     return total
+
+
+def _safe_bytes(msg: Message) -> int:
+    try:
+        return content_bytes(msg)
+    except Exception:  # noqa: BLE001 - a malformed reply is counted as empty
+        return 0
+
+
+def _eval_problem(m: Mapping[str, Any]) -> str | None:
+    for key in (Metric.EVAL_LOSS, Metric.NUM_EXAMPLES, Metric.NUM_TOKENS):
+        if key not in m:
+            return f"metric `{key}` is missing"
+    if m[Metric.NUM_EXAMPLES] <= 0:
+        return f"metric `{Metric.NUM_EXAMPLES}` must be > 0, got {m[Metric.NUM_EXAMPLES]!r}"
+    return None
 
 
 class RoundDriver:
@@ -141,8 +202,8 @@ class RoundDriver:
                             group_id=str(round_num)) for n in nodes]
         raw = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
         self.bytes_received[round_num] = (self.bytes_received.get(round_num, 0)
-                                          + sum(content_bytes(m) for m in raw))
-        replies = [_parse_reply(m) for m in raw]
+                                          + sum(_safe_bytes(m) for m in raw))
+        replies = [parse_reply(m) for m in raw]
         replies = [r for r in replies if r.node_id in contents]
         got = {r.node_id for r in replies}
         if len(got) < len(nodes):
@@ -183,6 +244,10 @@ class RoundDriver:
         content = RecordDict({Key.ARRAYS: state_to_record(state),
                               Key.CONFIG: self.instructions(round_num).to_record()})
         replies = self._send(nodes, MessageType.EVALUATE, content, round_num)
+        for r in replies:
+            problem = _eval_problem(r.metrics) if r.status == Status.OK else None
+            if problem is not None:
+                r.status, r.reason = Status.FAILED, f"{Reason.MALFORMED_REPLY}: {problem}"
         ok = [r for r in replies if r.status == Status.OK]
         for r in replies:
             if r.status != Status.OK:
@@ -251,9 +316,32 @@ class RoundDriver:
         part["sampled"].sort()
         return apply_delta(state, mean), part
 
+    # the record --------------------------------------------------------------------------
+    def write_ahead(self, part: Mapping[str, Any]) -> None:
+        """Append a secure round's participation row before its unmask (``charged``)."""
+        self.rundir.append_participation(ParticipationRow.from_json(dict(part)))
+
+    def _record(self, part: Mapping[str, Any]) -> None:
+        """The round's final participation row: it replaces the row written ahead, if any."""
+        row = ParticipationRow.from_json(dict(part))
+        if row.charged:
+            self.rundir.replace_last_participation(row)
+        else:
+            self.rundir.append_participation(row)
+
+    def attempt(self, round_num: int, *, resumed: bool) -> int:
+        """The secure-aggregation attempt of ``round_num``: 0, or for a resumed re-run one
+        more than any attempt recorded for it (rows written ahead survive the resume)."""
+        tried = [p.attempt or 0 for p in self.rundir.read_participation()
+                 if p.round == round_num]
+        if tried:
+            return max(tried) + 1
+        return 1 if resumed else 0
+
     # the run -----------------------------------------------------------------------------
     def run(self, state: dict[str, np.ndarray], *, start_round: int) -> dict[str, np.ndarray]:
         cfg = self.cfg
+        resumed_at = start_round if start_round > 0 else -1
         check_state(state, self.shapes, what="starting adapter")
         if start_round == 0:
             start_round = 1
@@ -277,7 +365,9 @@ class RoundDriver:
                 break
             if self.secure is not None:
                 self.discover_names(nodes, rnd)
-                new_state, part = self.secure.round(rnd, state, nodes, self.instructions(rnd))
+                attempt = self.attempt(rnd, resumed=rnd == resumed_at)
+                new_state, part = self.secure.round(rnd, state, nodes, self.instructions(rnd),
+                                                    attempt=attempt)
                 if part.get("site_level_dp", {}).get("budget_exhausted"):
                     # nothing was trained or released; further rounds would only be refused
                     self.rundir.append_participation(ParticipationRow.from_json(part))
@@ -291,10 +381,10 @@ class RoundDriver:
                 logger.warning("round %d: no update released; global adapter unchanged", rnd)
             else:
                 state = new_state
+            self._record(part)  # before the checkpoint: a crash after it keeps the record
             self.rundir.save_round(rnd, state, self.lora_cfg)
             ev = self.evaluate(rnd, state)
             elapsed = time.perf_counter() - t0
-            self.rundir.append_participation(ParticipationRow.from_json(part))
             self.rundir.append_metrics(MetricsRow.from_json({
                 "round": rnd, **ev, "round_time_s": elapsed,
                 "contributed": part["contributed"], "released": part["released"],

@@ -11,12 +11,22 @@ in Flower's ``SecAggPlusWorkflow``:
    adapter, the round's instructions, the codec parameters and the shares routed to the
    site; the site trains (DP at the site first), encodes its delta (clip, weight, stochastic
    rounding mod 2^k) and returns it masked.
-4. :meth:`~SecureAggregator.unmask_stage` (``query.secagg_unmask``): survivors / dropped
-   lists; sites return the shares needed.
+4. :meth:`~SecureAggregator.consistency_check_stage` (``query.secagg_consistency``): the
+   set of sites whose masked inputs the server holds; every contributor signs that exact set
+   (Bonawitz et al. 2017, ConsistencyCheck) and no site reveals anything without enough
+   signatures over the set it signed.
+5. :meth:`~SecureAggregator.charge_stage`: the round's participation and accounting record
+   (its site-level DP charge included) is written, atomically, before any share is asked for:
+   from here on the aggregate may be unmasked, so it is charged whatever happens next.
+6. :meth:`~SecureAggregator.unmask_stage` (``query.secagg_unmask``): the signed set and the
+   lists it implies; sites return the shares needed.
 
 Then :meth:`~SecureAggregator.release_stage`: the server only ever holds masked vectors and
 their sum; it decodes the sum of the contributors, divides by their total weight and
 applies it (or, with site-level DP, releases the accounted unweighted mean).
+
+A malformed reply (a wrong type, a bad metric, a payload nested too deep or too large) drops
+that site from the round with a named reason (``server.rounds.parse_reply``); never the run.
 """
 
 from __future__ import annotations
@@ -74,6 +84,7 @@ class _Round:
     cohort: list[int]
     manifest: Manifest
     part: dict[str, Any]
+    attempt: int = 0
     plan: DDGParams | None = None
     server: ServerSession | None = None
     weights: dict[int, float] = field(default_factory=dict)
@@ -87,7 +98,7 @@ class _Round:
 
 
 class SecureAggregator:
-    """Runs the four stages for one round; the driver supplies messaging and names."""
+    """Runs the stages of one round; the driver supplies messaging, names and the record."""
 
     def __init__(self, driver: Any, *, enrolment: Mapping[str, bytes], clip: float,
                  max_weight: float, site_level_dp: Any = None) -> None:
@@ -99,14 +110,20 @@ class SecureAggregator:
         self.scale = codec_scale(clip, max_weight)
 
     def round(self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int],
-              instructions: RoundInstructions) -> Outcome:
+              instructions: RoundInstructions, *, attempt: int = 0) -> Outcome:
         """One secure round over ``nodes``: the new global state (None: unchanged) and the
-        round's participation record."""
+        round's participation record (``part["charged"]``: already written ahead).
+
+        ``attempt`` is 0 for a round's first run; a resumed re-run passes a new one.
+        """
         rnd = self._new_round(round_num, state, nodes)
+        rnd.attempt = rnd.part["attempt"] = attempt
         try:
             self.setup_stage(rnd)
             self.share_keys_stage(rnd)
             self.collect_masked_vectors_stage(rnd, instructions)
+            self.consistency_check_stage(rnd)
+            self.charge_stage(rnd)
             result = self.unmask_stage(rnd)
         except _Aborted as exc:
             return self._abort(rnd.part, exc.reason)
@@ -135,7 +152,7 @@ class SecureAggregator:
                 run_id=int(self.driver.run_id, 16), round=rnd.num, cohort=rnd.cohort,
                 modulus_bits=bits,
                 vector_length=rnd.plan.padded if rnd.plan is not None else rnd.manifest.dim,
-                graph_seed=os.urandom(32))
+                graph_seed=os.urandom(32), attempt=rnd.attempt)
             rnd.server = ServerSession(config=config, registry={
                 n: self.enrolment[rnd.names[n]] for n in rnd.cohort})
         except (ValueError, SecAggAbort) as exc:
@@ -190,8 +207,32 @@ class SecureAggregator:
         if rnd.session.receive_masked_input(n, r.payload):
             rnd.weights[n] = float(w)
 
+    def consistency_check_stage(self, rnd: _Round) -> None:
+        """Announce the contributor set; collect each contributor's signature over it."""
+        replies = self._send_stage(Stage.CONSISTENCY_CHECK, rnd.session.consistency_requests(),
+                                   rnd)
+        self._accept(replies, rnd.session.receive_consistency)
+
+    def charge_stage(self, rnd: _Round) -> None:
+        """Write the round's record ahead of the unmask: from here it is charged.
+
+        The contributors are the set every signer signed (exactly the inputs any unmask of
+        this attempt can hold); with site-level DP the admitted round joins the run's history
+        here, so a crash, a wrap or any failure after the unmask never leaves it uncharged.
+        """
+        part, names = rnd.part, rnd.names
+        self._note_rejections(rnd, rnd.session.rejections)
+        part["contributed"] = sorted(names[c] for c in rnd.weights)
+        part["dropped"] = sorted(names[c] for c in rnd.cohort if c not in rnd.weights
+                                 and names[c] not in part["declined"])
+        if rnd.plan is not None and rnd.admission is not None:
+            part["site_level_dp"] = self.site_level_dp.release(rnd.admission)
+        part["released"] = True  # may be released from here on; amended if it is not
+        part["charged"] = True
+        self.driver.write_ahead(part)
+
     def unmask_stage(self, rnd: _Round) -> SecAggResult:
-        """Send the survivor / dropped lists; collect the shares; unmask the sum."""
+        """Send the signed set and the lists it implies; collect the shares; unmask."""
         replies = self._send_stage(Stage.UNMASK, rnd.session.unmask_requests(), rnd)
         self._accept(replies, rnd.session.receive_unmask)
         return rnd.session.finish()
@@ -246,14 +287,19 @@ class SecureAggregator:
                     {str(n): s for n, s in names.items()})})
             contents[node] = put_payload(content, payload)
         kind = STAGE_MESSAGE_TYPE[stage]
-        return {r.node_id: r for r in self.driver.send_each(contents, kind, rnd.num)}
+        replies = {r.node_id: r for r in self.driver.send_each(contents, kind, rnd.num)}
+        for r in replies.values():  # a site that failed here is out of the round, and why
+            if r.status not in (Status.OK, Status.DECLINED):
+                rnd.part["failed"].setdefault(r.site, f"{stage}: {r.reason or r.status}")
+        return replies
 
     @staticmethod
     def _accept(replies: Mapping[int, Any], receive: Callable[[int, Any], Any]) -> None:
-        """Hand each well-formed reply's payload to the session (it checks the content)."""
+        """Hand each OK reply's payload to the session (it checks the content; a reply it
+        rejects, or an OK reply without a payload, leaves the site out of the round)."""
         for n, r in replies.items():
-            if r.status == Status.OK and r.payload is not None:
-                receive(n, r.payload)
+            if r.status == Status.OK:
+                receive(n, r.payload if r.payload is not None else {})
 
     @staticmethod
     def _note_rejections(rnd: _Round, rejections: Any) -> None:
@@ -271,7 +317,7 @@ class SecureAggregator:
     def _release_site_level_dp(self, rnd: _Round, result: SecAggResult, plan: DDGParams,
                          admission: Admission) -> Outcome:
         """Site-level DP: the unweighted mean of the (noised) sum, accounted."""
-        part = rnd.part
+        part = rnd.part  # part["site_level_dp"]: charged at the write-ahead, whatever happens here
         n = len(result.contributors)
         if n != admission.record["contributors"]:  # never release a sum other than admitted
             return self._abort(part, f"site-level DP: {n} contributors in the sum, "
@@ -279,9 +325,7 @@ class SecureAggregator:
         try:
             mean = self.site_level_dp.decode_mean(result.vector, rnd.manifest, plan, n)
         except WrapError as exc:
-            part["site_level_dp"] = {**admission.record, "refused": str(exc)}
             return self._abort(part, str(exc))
-        part["site_level_dp"] = self.site_level_dp.release(admission)
         self._note_outcome(rnd, result)
         logger.info("round %d: site-level DP aggregate of %d sites, %d dropped; site eps %.4f",
                     part["round"], n, len(part["dropped"]), part["site_level_dp"]["epsilon_after"])

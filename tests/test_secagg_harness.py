@@ -5,7 +5,8 @@ Dropout points, by stage name:
 - ``advertise-keys``: the site never replies to the advertise request;
 - ``share-keys``: it advertised, then vanished before sending its shares;
 - ``masked-input``: it shared keys, then vanished before sending its masked input;
-- ``unmask``: it sent its masked input, then vanished before revealing shares.
+- ``consistency-check``: it sent its masked input, then vanished before signing;
+- ``unmask``: it signed the contributor set, then vanished before revealing shares.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def make_config(
     degree: int | None = None,
     threshold: int | None = None,
     graph_seed: bytes = bytes(range(32)),
+    attempt: int = 0,
 ) -> SecAggConfig:
     return SecAggConfig.create(
         run_id=run_id,
@@ -72,6 +74,7 @@ def make_config(
         degree=degree,
         threshold=threshold,
         graph_seed=graph_seed,
+        attempt=attempt,
     )
 
 
@@ -118,8 +121,10 @@ def run_round(
     server: ServerSession | None = None,
     tamper: Callable[[str, int, dict[str, Any]], dict[str, Any]] | None = None,
     stop_after: str | None = None,
+    site_kwargs: Callable[[int], dict[str, Any]] | None = None,
 ) -> RoundRun:
-    """Drive one round; ``tamper(stage, node, request)`` may rewrite requests to sites.
+    """Drive one round; ``tamper(stage, node, request)`` may rewrite requests to sites;
+    ``site_kwargs(node)`` adds keyword arguments (a guard, limits) to each SiteSession.
 
     Raises whatever the server or a site raises (e.g. SecAggAbort).
     """
@@ -145,7 +150,11 @@ def run_round(
     requests = server.advertise_requests()
     for node, request in requests.items():
         run.sites[node] = SiteSession.from_request(
-            request, node_id=node, identity_key=cohort.identities[node], registry=cohort.registry
+            request,
+            node_id=node,
+            identity_key=cohort.identities[node],
+            registry=cohort.registry,
+            **(site_kwargs(node) if site_kwargs is not None else {}),
         )
     for node, reply in deliver(Stage.ADVERTISE_KEYS, requests).items():
         assert server.receive_advertisement(node, reply)
@@ -159,6 +168,10 @@ def run_round(
         run.uploads[node] = reply["masked-vector"]
         assert server.receive_masked_input(node, reply)
     if stop_after == Stage.MASKED_INPUT:
+        return run
+    for node, reply in deliver(Stage.CONSISTENCY_CHECK, server.consistency_requests()).items():
+        assert server.receive_consistency(node, reply)
+    if stop_after == Stage.CONSISTENCY_CHECK:
         return run
     for node, reply in deliver(Stage.UNMASK, server.unmask_requests()).items():
         assert server.receive_unmask(node, reply)
@@ -194,7 +207,20 @@ def expected_outcome(
     u3 = u2 - set(drop.get(Stage.MASKED_INPUT, ()))
     if len(u3) < t:
         return False, frozenset()
-    responders = u3 - set(drop.get(Stage.UNMASK, ()))
+    for v in u3:  # every secret to reconstruct needs t live holders (checked before signing)
+        if sum(u in u3 for u in graph.holders(v)) < t:
+            return False, frozenset()
+    for d in u2 - u3:
+        live = [u for u in graph.neighbours(d) if u in u3]
+        if live and len(live) < t:
+            return False, frozenset()
+    need = config.signature_threshold  # a strict majority of the cohort must sign U3
+    if len(u3) < need:
+        return False, frozenset()
+    signers = u3 - set(drop.get(Stage.CONSISTENCY_CHECK, ()))
+    if len(signers) < need:
+        return False, frozenset()
+    responders = signers - set(drop.get(Stage.UNMASK, ()))
     for v in u3:
         holders = graph.holders(v)
         if sum(u in u3 for u in holders) < t or sum(u in responders for u in holders) < t:
@@ -204,3 +230,13 @@ def expected_outcome(
         if live and (len(live) < t or sum(u in responders for u in live) < t):
             return False, frozenset()
     return True, frozenset(u3)
+
+
+def signed_unmask_requests(run: RoundRun, *, skip: Sequence[int] = ()) -> dict[int, dict[str, Any]]:
+    """After the masked inputs: run the consistency check (sites in ``skip`` never sign),
+    then return the server's unmask requests."""
+    server = run.server
+    for node, request in server.consistency_requests().items():
+        if node not in skip:
+            assert server.receive_consistency(node, run.sites[node].consistency_check(request))
+    return server.unmask_requests()

@@ -11,7 +11,13 @@ import pytest
 from privacy.secagg import SecAggAbort, ServerSession
 from privacy.secagg.keys import generate_identity_key, identity_public_bytes
 from protocol.wire import Stage
-from tests.test_secagg_harness import cohort_of, make_config, ring_sum, run_round
+from tests.test_secagg_harness import (
+    cohort_of,
+    make_config,
+    ring_sum,
+    run_round,
+    signed_unmask_requests,
+)
 
 NODES = [1, 2, 3, 4, 5]
 
@@ -167,7 +173,7 @@ def test_malformed_masked_vectors_are_rejected(vector: Any, reason: str) -> None
     assert reason in run.server.rejections[-1][2]
     for v in NODES:
         assert run.server.receive_masked_input(v, honest[v])
-    for v, req in run.server.unmask_requests().items():
+    for v, req in signed_unmask_requests(run).items():
         assert run.server.receive_unmask(v, run.sites[v].unmask(req))
     np.testing.assert_array_equal(
         run.server.finish().vector, ring_sum(list(run.inputs.values()), 20, 16)
@@ -177,7 +183,7 @@ def test_malformed_masked_vectors_are_rejected(vector: Any, reason: str) -> None
 def test_late_masked_input_is_rejected_and_its_seed_never_requested() -> None:
     config = make_config(NODES)
     run = run_round(config, drop={Stage.MASKED_INPUT: [5]}, stop_after=Stage.MASKED_INPUT)
-    requests = run.server.unmask_requests()
+    requests = signed_unmask_requests(run)
     assert not run.server.receive_masked_input(5, run.replies[Stage.MASKED_INPUT][5])
     assert "stage 'unmask'" in run.server.rejections[-1][2]
     assert all(5 not in r["alive"] and 5 in r["dropped"] for r in requests.values())
@@ -186,7 +192,7 @@ def test_late_masked_input_is_rejected_and_its_seed_never_requested() -> None:
 def test_unmask_reply_with_other_ids_or_someone_elses_shares_is_rejected() -> None:
     config = make_config(NODES)
     run = run_round(config, stop_after=Stage.MASKED_INPUT)
-    requests = run.server.unmask_requests()
+    requests = signed_unmask_requests(run)
     replies = {v: run.sites[v].unmask(r) for v, r in requests.items()}
     assert not run.server.receive_unmask(1, {**replies[1], "seed-share-ids": [2, 1, 3, 4, 5]})
     assert "differ" in run.server.rejections[-1][2]
@@ -196,16 +202,31 @@ def test_unmask_reply_with_other_ids_or_someone_elses_shares_is_rejected() -> No
     assert "not the sender's own" in run.server.rejections[-1][2]
 
 
-def test_corrupted_shares_abort_instead_of_unmasking_wrongly() -> None:
-    """A site sending a wrong share makes reconstruction fail the commitment check."""
-    config = make_config(NODES, threshold=5)
+def test_a_wrong_share_is_rejected_by_its_commitment_and_the_round_still_unmasks() -> None:
+    """A site sending a wrong share is caught by the commitment its owner sent at share time:
+    its reply is rejected with a named reason, and any t valid shares finish the round."""
+    config = make_config(NODES, threshold=4)
     run = run_round(config, stop_after=Stage.MASKED_INPUT)
-    for v, req in run.server.unmask_requests().items():
+    for v, req in signed_unmask_requests(run).items():
         reply = run.sites[v].unmask(req)
         if v == 2:
             shares = bytearray(reply["seed-shares"])
             shares[-1] ^= 1  # last byte of the last seed share
             reply = {**reply, "seed-shares": bytes(shares)}
-        assert run.server.receive_unmask(v, reply)
-    with pytest.raises(SecAggAbort, match="commitment|reconstruct"):
+        assert run.server.receive_unmask(v, reply) == (v != 2)
+    assert "does not match the commitment" in run.server.rejections[-1][2]
+    result = run.server.finish()
+    np.testing.assert_array_equal(result.vector, ring_sum(list(run.inputs.values()), 32, 16))
+
+
+def test_a_wrong_share_when_every_share_is_needed_aborts_instead_of_unmasking_wrongly() -> None:
+    config = make_config(NODES, threshold=5)
+    run = run_round(config, stop_after=Stage.MASKED_INPUT)
+    for v, req in signed_unmask_requests(run).items():
+        reply = run.sites[v].unmask(req)
+        if v == 2:
+            reply = {**reply, "key-shares": reply["key-shares"], "seed-shares": bytes(
+                b ^ (i == 100) for i, b in enumerate(reply["seed-shares"]))}
+        run.server.receive_unmask(v, reply)
+    with pytest.raises(SecAggAbort, match="seed shares"):
         run.server.finish()

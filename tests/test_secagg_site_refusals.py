@@ -11,7 +11,7 @@ from privacy.secagg import SecAggError, SiteSession, Stage, StageError
 from privacy.secagg.payloads import CIPHERTEXT_LEN
 from privacy.secagg.shamir import SHARE_LEN, combine_shares
 from protocol import wire
-from tests.test_secagg_harness import cohort_of, make_config, run_round
+from tests.test_secagg_harness import cohort_of, make_config, run_round, signed_unmask_requests
 
 SPARSE = list(range(10, 22))  # 12 sites, 4-regular graph, threshold 3
 
@@ -19,7 +19,7 @@ SPARSE = list(range(10, 22))  # 12 sites, 4-regular graph, threshold 3
 def _sparse_until_masked() -> Any:
     config = make_config(SPARSE, degree=4, threshold=3)
     run = run_round(config, stop_after=wire.Stage.MASKED_INPUT)
-    return run, run.server.unmask_requests()
+    return run, signed_unmask_requests(run)
 
 
 def _expect_abort(site: SiteSession, request: dict[str, Any], match: str) -> None:
@@ -81,6 +81,7 @@ def test_contradictory_unmask_lists_never_yield_both_secrets_of_a_site() -> None
     for size in range(len(others) + 1):
         for told_dropped in itertools.combinations(others, size):
             run = run_round(config, stop_after=wire.Stage.MASKED_INPUT)
+            genuine = signed_unmask_requests(run)
             seed_shares, key_shares = [], []
             for node in nodes:
                 alive = [v for v in nodes if v == node or v == d or v not in told_dropped]
@@ -94,6 +95,7 @@ def test_contradictory_unmask_lists_never_yield_both_secrets_of_a_site() -> None
                     "config-digest": config.digest(),
                     "alive": sorted(alive),
                     "dropped": dropped,
+                    **{k: genuine[node][k] for k in ("contributors", "signers", "signatures")},
                 }
                 try:
                     reply = run.sites[node].unmask(request)
@@ -117,7 +119,9 @@ def test_contradictory_unmask_lists_never_yield_both_secrets_of_a_site() -> None
 
 
 def _other_stage(stage: str) -> str:
-    return wire.Stage.SHARE_KEYS if stage == wire.Stage.UNMASK else wire.Stage.UNMASK
+    if stage in (wire.Stage.UNMASK, wire.Stage.CONSISTENCY_CHECK):
+        return wire.Stage.SHARE_KEYS
+    return wire.Stage.UNMASK
 
 
 REPLAYS = [
@@ -139,12 +143,14 @@ def test_requests_for_another_run_round_stage_or_config_are_refused(
     previous = {
         wire.Stage.SHARE_KEYS: wire.Stage.ADVERTISE_KEYS,
         wire.Stage.MASKED_INPUT: wire.Stage.SHARE_KEYS,
-        wire.Stage.UNMASK: wire.Stage.MASKED_INPUT,
+        wire.Stage.CONSISTENCY_CHECK: wire.Stage.MASKED_INPUT,
+        wire.Stage.UNMASK: wire.Stage.CONSISTENCY_CHECK,
     }
     run = run_round(config, stop_after=previous[stage])
     nxt = {
         wire.Stage.SHARE_KEYS: run.server.share_keys_requests,
         wire.Stage.MASKED_INPUT: run.server.masked_input_requests,
+        wire.Stage.CONSISTENCY_CHECK: run.server.consistency_requests,
         wire.Stage.UNMASK: run.server.unmask_requests,
     }[stage]()
     site = run.sites[1]
@@ -205,11 +211,10 @@ def test_share_keys_naming_a_non_neighbour_or_unregistered_node_is_refused() -> 
     cohort = cohort_of(config.cohort)
     registry = {k: v for k, v in cohort.registry.items() if k != 2}
     run = run_round(config, stop_after=wire.Stage.ADVERTISE_KEYS)
-    site = SiteSession.from_state(
-        run.sites[1].to_state(), identity_key=cohort.identities[1], registry=registry
-    )
-    with pytest.raises(SecAggError, match="node 2 has no identity key"):
-        site.share_keys(run.server.share_keys_requests()[1])
+    with pytest.raises(SecAggError, match="node 2 has no identity key"):  # refused on restore
+        SiteSession.from_state(
+            run.sites[1].to_state(), identity_key=cohort.identities[1], registry=registry
+        )
 
 
 def _masked_input_requests(config: Any) -> tuple[Any, dict[int, dict[str, Any]]]:

@@ -15,7 +15,8 @@ VALID = {
     (Stage.SETUP, Stage.ADVERTISE_KEYS),
     (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS),
     (Stage.SHARE_KEYS, Stage.MASKED_INPUT),
-    (Stage.MASKED_INPUT, Stage.UNMASK),
+    (Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK),
+    (Stage.CONSISTENCY_CHECK, Stage.UNMASK),
     (Stage.UNMASK, Stage.DONE),
     *((s, Stage.ABORTED) for s in Stage if s not in (Stage.DONE, Stage.ABORTED)),
 }
@@ -47,7 +48,8 @@ SITE_METHODS = wire.SECAGG_STAGES
 _NEXT = {
     wire.Stage.ADVERTISE_KEYS: "share_keys_requests",
     wire.Stage.SHARE_KEYS: "masked_input_requests",
-    wire.Stage.MASKED_INPUT: "unmask_requests",
+    wire.Stage.MASKED_INPUT: "consistency_requests",
+    wire.Stage.CONSISTENCY_CHECK: "unmask_requests",
 }
 
 

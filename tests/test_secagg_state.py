@@ -55,6 +55,7 @@ def test_round_completes_when_sites_are_restored_from_state_before_every_message
         [
             (server.share_keys_requests, server.receive_shares),
             (server.masked_input_requests, server.receive_masked_input),
+            (server.consistency_requests, server.receive_consistency),
             (server.unmask_requests, server.receive_unmask),
         ],
         strict=True,

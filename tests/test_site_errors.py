@@ -39,8 +39,8 @@ def test_training_error_under_secure_aggregation_is_reported_as_a_training_failu
 
     # assert: gamma failed training (said so, without its data); the others were aggregated
     (part,) = RunDir(cfg.out_dir).read_participation()
-    reason = part["failed"]["gamma"]
+    reason = part.failed["gamma"]
     assert reason.startswith(Reason.TRAINING_FAILED), reason
     assert Reason.SECAGG_REFUSED not in reason and "not json" not in reason
-    assert part["released"] is True
-    assert part["contributed"] == ["alpha", "beta"]
+    assert part.released is True
+    assert part.contributed == ("alpha", "beta")

@@ -56,7 +56,7 @@ def test_fault_points_keep_the_short_names_users_write() -> None:
     assert fault_point("share") == Stage.SHARE_KEYS
     assert all(fault_point(s) == s for s in SECAGG_STAGES)
     assert fault_point(MessageType.TRAIN) == MessageType.TRAIN
-    assert fault_point("evaluate") is None and len(FAULT_POINTS) == 7
+    assert fault_point("evaluate") is None and len(FAULT_POINTS) == 8
 
 
 def test_instructions_are_byte_compatible_with_the_legacy_record() -> None:

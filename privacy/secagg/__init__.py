@@ -1,8 +1,10 @@
 """Secure aggregation of encoded adapter deltas: Shamir, keys, masks, graphs, site and server."""
 
+from privacy.secagg.cohort import SiteLimits, cohort_registry
 from privacy.secagg.config import SecAggConfig, default_degree, default_threshold
 from privacy.secagg.errors import SecAggAbort, SecAggError, StageError
 from privacy.secagg.graph import NeighbourGraph, validate_threshold
+from privacy.secagg.guard import RoundGuard
 from privacy.secagg.keys import (
     generate_identity_key,
     identity_private_bytes,
@@ -15,15 +17,18 @@ from privacy.secagg.stages import Stage, check_transition, is_valid_transition
 
 __all__ = [
     "NeighbourGraph",
+    "RoundGuard",
     "SecAggAbort",
     "SecAggConfig",
     "SecAggError",
     "SecAggResult",
     "ServerSession",
+    "SiteLimits",
     "SiteSession",
     "Stage",
     "StageError",
     "check_transition",
+    "cohort_registry",
     "default_degree",
     "default_threshold",
     "generate_identity_key",

@@ -26,6 +26,7 @@ _MAX_VECTOR = 1 << 40
 
 #: Payload keys of :meth:`SecAggConfig.to_payload`, kebab-case as on Flower's wire.
 CONFIG_KEYS = (
+    "attempt",
     "cohort",
     "degree",
     "graph-seed",
@@ -65,6 +66,11 @@ class SecAggConfig:
         k: vectors live in Z/2^k (see :func:`protocol.codec.choose_modulus_bits`).
     vector_length : int
         Number of elements of every encoded vector.
+    attempt : int
+        Which attempt of ``(run_id, round)`` this is (0 for the first; a resumed or
+        retried round gets a new one). Bound into the digest and into every consistency
+        signature; a site contributes to at most one attempt of a round
+        (:class:`~privacy.secagg.guard.RoundGuard`).
     """
 
     run_id: int
@@ -75,10 +81,12 @@ class SecAggConfig:
     graph_seed: bytes
     modulus_bits: int
     vector_length: int
+    attempt: int = 0
 
     def __post_init__(self) -> None:
         _u64("run_id", self.run_id)
         _u64("round", self.round)
+        _u64("attempt", self.attempt)
         if not isinstance(self.cohort, tuple):
             raise ValueError(f"`cohort` must be a tuple of node ids, got {self.cohort!r}")
         for node in self.cohort:
@@ -109,6 +117,7 @@ class SecAggConfig:
         degree: int | None = None,
         threshold: int | None = None,
         graph_seed: bytes | None = None,
+        attempt: int = 0,
     ) -> SecAggConfig:
         """Build a config, filling in defaults for what is not given.
 
@@ -126,6 +135,7 @@ class SecAggConfig:
             graph_seed=os.urandom(_SEED_LEN) if graph_seed is None else graph_seed,
             modulus_bits=modulus_bits,
             vector_length=vector_length,
+            attempt=attempt,
         )
 
     def to_payload(self) -> dict[str, Any]:
@@ -139,6 +149,7 @@ class SecAggConfig:
             "graph-seed": self.graph_seed,
             "modulus-bits": self.modulus_bits,
             "vector-length": self.vector_length,
+            "attempt": self.attempt,
         }
 
     @classmethod
@@ -170,6 +181,7 @@ class SecAggConfig:
             graph_seed=payload["graph-seed"],
             modulus_bits=payload["modulus-bits"],
             vector_length=payload["vector-length"],
+            attempt=payload["attempt"],
         )
 
     def to_json(self) -> bytes:
@@ -197,7 +209,7 @@ class SecAggConfig:
         """SHA-256 of the canonical binary encoding of every field."""
         parts = [
             b"confide/secagg/v1/config",
-            struct.pack(">QQ", self.run_id, self.round),
+            struct.pack(">QQQ", self.run_id, self.round, self.attempt),
             struct.pack(">I", len(self.cohort)),
             *(struct.pack(">Q", v) for v in self.cohort),
             struct.pack(
@@ -206,6 +218,18 @@ class SecAggConfig:
             self.graph_seed,
         ]
         return hashlib.sha256(b"".join(parts)).digest()
+
+    @property
+    def signature_threshold(self) -> int:
+        """Consistency signatures a site needs before it reveals anything.
+
+        ``max(t, floor(n / 2) + 1)`` for a cohort of n: a strict majority of the cohort, so
+        that two different contributor sets can never both be signed by enough sites (an
+        honest site signs one set per attempt). In the complete graph with the default
+        threshold this is t itself; in a sparse graph t alone would let the coordinator
+        show disjoint groups of t sites different sets.
+        """
+        return max(self.threshold, len(self.cohort) // 2 + 1)
 
     @property
     def binding(self) -> RoundBinding:
@@ -220,7 +244,9 @@ class SecAggConfig:
         """One-screen description of the round's secure-aggregation settings (no secrets)."""
         kind = "complete" if self.degree == len(self.cohort) - 1 else f"{self.degree}-regular"
         return (
-            f"SecAgg run {self.run_id} round {self.round}: {len(self.cohort)} sites, "
-            f"{kind} graph, threshold {self.threshold}, ring Z/2^{self.modulus_bits}, "
+            f"SecAgg run {self.run_id} round {self.round} attempt {self.attempt}: "
+            f"{len(self.cohort)} sites, "
+            f"{kind} graph, threshold {self.threshold}, "
+            f"{self.signature_threshold} consistency signatures, ring Z/2^{self.modulus_bits}, "
             f"{self.vector_length} elements"
         )

@@ -100,7 +100,9 @@ class NeighbourGraph:
     nodes: tuple[int, ...]
     degree: int
     seed: bytes
-    _adj: dict[int, tuple[int, ...]] = field(init=False, repr=False, compare=False)
+    _pos: dict[int, int] = field(init=False, repr=False, compare=False)
+    _order: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _cache: dict[int, tuple[int, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.nodes, tuple) or any(type(v) is not int for v in self.nodes):
@@ -116,23 +118,30 @@ class NeighbourGraph:
             raise ValueError(f"`degree` must be even or {n - 1}, got {self.degree}")
         if not isinstance(self.seed, bytes) or len(self.seed) != _SEED_LEN:
             raise ValueError(f"`seed` must be {_SEED_LEN} bytes")
-        object.__setattr__(self, "_adj", self._build())
-
-    def _build(self) -> dict[int, tuple[int, ...]]:
+        # O(n log n) time and O(n) memory: neighbourhoods are computed on demand (O(degree)
+        # each, O(n) in the complete graph) and cached, never all n^2 of them up front
         if self.is_complete:
-            every = tuple(sorted(self.nodes))
-            return {v: tuple(u for u in every if u != v) for v in every}
-        order = sorted(
-            self.nodes,
-            key=lambda v: hashlib.sha256(self.seed + struct.pack(">Q", v)).digest(),
-        )
-        n, half = len(order), self.degree // 2
-        adj: dict[int, tuple[int, ...]] = {}
-        for i, v in enumerate(order):
-            near = {order[(i + d) % n] for d in range(1, half + 1)}
-            near |= {order[(i - d) % n] for d in range(1, half + 1)}
-            adj[v] = tuple(sorted(near))
-        return adj
+            order = tuple(sorted(self.nodes))
+        else:
+            order = tuple(
+                sorted(
+                    self.nodes,
+                    key=lambda v: hashlib.sha256(self.seed + struct.pack(">Q", v)).digest(),
+                )
+            )
+        object.__setattr__(self, "_order", order)
+        object.__setattr__(self, "_pos", {v: i for i, v in enumerate(order)})
+        object.__setattr__(self, "_cache", {})
+
+    def _near(self, node_id: int) -> tuple[int, ...]:
+        i = self._pos[node_id]
+        if self.is_complete:
+            return self._order[:i] + self._order[i + 1 :]
+        order, half = self._order, self.degree // 2
+        n = len(order)
+        near = {order[(i + d) % n] for d in range(1, half + 1)}
+        near |= {order[(i - d) % n] for d in range(1, half + 1)}
+        return tuple(sorted(near))
 
     @property
     def is_complete(self) -> bool:
@@ -141,10 +150,12 @@ class NeighbourGraph:
 
     def neighbours(self, node_id: int) -> tuple[int, ...]:
         """Sorted neighbours of ``node_id`` (excluding itself)."""
-        try:
-            return self._adj[node_id]
-        except KeyError:
-            raise ValueError(f"node {node_id} is not in the cohort") from None
+        if type(node_id) is not int or node_id not in self._pos:
+            raise ValueError(f"node {node_id!r} is not in the cohort")
+        found = self._cache.get(node_id)
+        if found is None:
+            found = self._cache[node_id] = self._near(node_id)
+        return found
 
     def holders(self, node_id: int) -> tuple[int, ...]:
         """Sorted holders of ``node_id``'s shares: its neighbours and itself."""
@@ -152,7 +163,15 @@ class NeighbourGraph:
 
     def are_neighbours(self, a: int, b: int) -> bool:
         """Whether ``a`` and ``b`` are adjacent."""
-        return b in self._adj.get(a, ())
+        if type(a) is not int or type(b) is not int or a == b:
+            return False
+        if a not in self._pos or b not in self._pos:
+            return False
+        if self.is_complete:
+            return True
+        n = len(self._order)
+        gap = (self._pos[a] - self._pos[b]) % n
+        return min(gap, n - gap) <= self.degree // 2
 
     @classmethod
     def for_cohort(cls, nodes: Sequence[int], *, degree: int, seed: bytes) -> NeighbourGraph:

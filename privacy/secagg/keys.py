@@ -46,13 +46,17 @@ __all__ = [
     "pair_mask_key",
     "seed_commitment",
     "self_mask_key",
+    "share_commitment",
     "share_enc_key",
     "sign_advertisement",
+    "sign_contributors",
     "verify_advertisement",
+    "verify_contributors",
     "x25519_keypair",
     "x25519_private_bytes",
     "x25519_private_from_bytes",
     "x25519_public_from_private",
+    "x25519_public_problem",
 ]
 
 KEY_LEN = 32
@@ -205,6 +209,58 @@ def verify_advertisement(
         public.verify(signature, _advert_message(binding, node_id, enc_pk, mask_pk, seed_commit))
     except InvalidSignature:
         raise SecAggError(f"advertisement of node {node_id} has an invalid signature") from None
+    for name, value in (("enc", enc_pk), ("mask", mask_pk)):
+        problem = x25519_public_problem(value)
+        if problem is not None:
+            raise SecAggError(f"advertisement of node {node_id}: {name} key {problem}")
+
+
+def _contributors_message(
+    binding: RoundBinding, attempt: int, contributors: tuple[int, ...]
+) -> bytes:
+    return _frame(
+        _DOMAIN + b"consistency",
+        binding.encode(),
+        _u64(attempt),
+        struct.pack(">I", len(contributors)),
+        b"".join(_u64(v) for v in contributors),
+    )
+
+
+def sign_contributors(
+    identity_key: Ed25519PrivateKey,
+    binding: RoundBinding,
+    *,
+    attempt: int,
+    contributors: tuple[int, ...],
+) -> bytes:
+    """Sign the exact contributor set of one (run, round, attempt) (ConsistencyCheck)."""
+    return identity_key.sign(_contributors_message(binding, attempt, contributors))
+
+
+def verify_contributors(
+    identity_public: bytes,
+    signature: object,
+    binding: RoundBinding,
+    *,
+    signer: int,
+    attempt: int,
+    contributors: tuple[int, ...],
+) -> None:
+    """Verify a consistency signature.
+
+    Raises
+    ------
+    SecAggError
+        If the signature is malformed or does not verify.
+    """
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_LEN:
+        raise SecAggError(f"consistency signature of node {signer} is malformed")
+    public = load_identity_public_key(identity_public)
+    try:
+        public.verify(signature, _contributors_message(binding, attempt, contributors))
+    except InvalidSignature:
+        raise SecAggError(f"consistency signature of node {signer} is invalid") from None
 
 
 # ----------------------------------------------------------------------------- X25519
@@ -237,6 +293,26 @@ def x25519_private_from_bytes(raw: bytes) -> X25519PrivateKey:
     if not isinstance(raw, (bytes, bytearray)) or len(raw) != KEY_LEN:
         raise SecAggError("X25519 private key must be 32 bytes")
     return X25519PrivateKey.from_private_bytes(bytes(raw))
+
+
+#: A fixed clamped scalar: its product with a point of order dividing 8 (the all-zero key,
+#: the other low-order points and their non-canonical encodings) is the neutral element.
+_PROBE = X25519PrivateKey.from_private_bytes(hashlib.sha256(_DOMAIN + b"low-order-probe").digest())
+
+
+def x25519_public_problem(public: object) -> str | None:
+    """Say what is wrong with a raw X25519 public key (length, low order), or None.
+
+    Every clamped X25519 scalar is a multiple of 8, so a key of low order gives the
+    all-zero shared secret with any private key; the probe exchange finds exactly those.
+    """
+    if not isinstance(public, bytes) or len(public) != KEY_LEN:
+        return "must be 32 bytes"
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return "is of low order (all-zero shared secret)"
+    return None
 
 
 def agree(private: X25519PrivateKey, peer_public: bytes) -> bytes:
@@ -289,6 +365,19 @@ def seed_commitment(seed: bytes | bytearray, binding: RoundBinding, *, node_id: 
     if len(seed) != KEY_LEN:
         raise SecAggError("self-mask seed must be 32 bytes")
     message = _frame(_DOMAIN + b"seed-commit", binding.encode(), _u64(node_id), bytes(seed))
+    return hashlib.sha256(message).digest()
+
+
+def share_commitment(
+    share: bytes, binding: RoundBinding, *, owner: int, holder: int, kind: bytes
+) -> bytes:
+    """Commitment to one Shamir share (``kind`` b"seed" or b"key") that ``owner`` dealt to
+    ``holder``; the owner sends it to the server at share time, so that the server can
+    drop a holder that reveals a wrong share and combine any t valid ones. A share is a
+    uniform field element given fewer than t others, so the hash reveals nothing."""
+    message = _frame(
+        _DOMAIN + b"share-commit", binding.encode(), _u64(owner), _u64(holder), kind, share
+    )
     return hashlib.sha256(message).digest()
 
 

@@ -54,14 +54,16 @@ _HEADER_REPLY = ("node-id", "round", "run-id", "stage")
 REQUEST_KEYS: dict[Stage, tuple[str, ...]] = {
     Stage.SHARE_KEYS: ("enc-pks", "mask-pks", "node-ids", "seed-commits", "signatures"),
     Stage.MASKED_INPUT: ("ciphertexts", "senders"),
-    Stage.UNMASK: ("alive", "dropped"),
+    Stage.CONSISTENCY_CHECK: ("contributors",),
+    Stage.UNMASK: ("alive", "contributors", "dropped", "signatures", "signers"),
 }
 
 #: Stage-specific keys of each reply.
 REPLY_KEYS: dict[Stage, tuple[str, ...]] = {
     Stage.ADVERTISE_KEYS: ("enc-pk", "mask-pk", "seed-commit", "signature"),
-    Stage.SHARE_KEYS: ("ciphertexts", "recipients"),
+    Stage.SHARE_KEYS: ("ciphertexts", "recipients", "share-commits"),
     Stage.MASKED_INPUT: ("masked-vector",),
+    Stage.CONSISTENCY_CHECK: ("signature",),
     Stage.UNMASK: ("key-share-ids", "key-shares", "seed-share-ids", "seed-shares"),
 }
 
@@ -74,6 +76,7 @@ WIDTHS = {
     "ciphertexts": CIPHERTEXT_LEN,
     "seed-shares": shamir.SHARE_LEN,
     "key-shares": shamir.SHARE_LEN,
+    "share-commits": 2 * KEY_LEN,  # per holder: seed-share then key-share commitment
 }
 
 
@@ -146,10 +149,17 @@ def check_reply(
         raise SecAggError(f"reply claims node {claimed!r}, sent by node {node_id}")
 
 
-def get_ids(payload: Mapping[str, Any], key: str) -> list[int]:
-    """Return ``payload[key]`` as a list of distinct ints, or raise :class:`SecAggError`."""
+def get_ids(payload: Mapping[str, Any], key: str, *, max_len: int | None = None) -> list[int]:
+    """Return ``payload[key]`` as a list of distinct ints, or raise :class:`SecAggError`.
+
+    ``max_len`` (the cohort size, where known) is checked before the list is read.
+    """
     value = payload[key]
-    if not isinstance(value, (list, tuple)) or any(type(v) is not int for v in value):
+    if not isinstance(value, (list, tuple)):
+        raise SecAggError(f"`{key}` must be a list of node ids")
+    if max_len is not None and len(value) > max_len:
+        raise SecAggError(f"`{key}` names {len(value)} nodes, more than the cohort's {max_len}")
+    if any(type(v) is not int for v in value):
         raise SecAggError(f"`{key}` must be a list of node ids")
     if len(set(value)) != len(value):
         raise SecAggError(f"`{key}` repeats a node id")
@@ -168,6 +178,8 @@ def split_fixed(payload: Mapping[str, Any], key: str, count: int) -> list[bytes]
     """Split the concatenated field ``key`` into ``count`` entries of its fixed width."""
     data = get_bytes(payload, key)
     width = WIDTHS[key]
+    if type(count) is not int or count < 0:
+        raise SecAggError(f"`{key}`: bad entry count")
     if len(data) != count * width:
         raise SecAggError(f"`{key}` must hold {count} entries of {width} bytes")
     return [data[i * width : (i + 1) * width] for i in range(count)]

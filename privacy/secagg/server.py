@@ -7,33 +7,36 @@ the sum untouched; the site then counts as dropped). :meth:`ServerSession.finish
 reconstructs the secrets it needs and returns the aggregate vector mod 2^k.
 
 Sets, in the notation of Bonawitz et al. (2017): U1 advertised keys, U2 shared keys, U3
-sent a masked input. The server keeps only the running sum of masked inputs, never an
-individual one. When fewer than ``threshold`` sites (or shares) remain, it raises
+sent a masked input, U4 signed U3 at the consistency check. The server keeps only the
+running sum of masked inputs, never an individual one. When fewer than ``threshold`` sites
+(or shares, or ``signature_threshold`` signatures) remain, it raises
 :class:`~privacy.secagg.errors.SecAggAbort` and forgets the sum.
+
+Malicious sites: no reply, however malformed (wrong types, wrong lengths, bad signatures,
+low-order keys, wrong shares), raises out of a ``receive_*`` method; it is rejected with a
+named reason and that site leaves the round. Every revealed share is checked against the
+commitment its owner sent at share time, so a lying holder is dropped and any t valid
+shares reconstruct the secret.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from privacy.secagg import keys, shamir
-from privacy.secagg.config import SecAggConfig
-from privacy.secagg.errors import SecAggAbort, SecAggError
-from privacy.secagg.graph import prune_to_threshold
+from privacy.secagg.errors import SecAggError
 from privacy.secagg.masks import apply_masks
 from privacy.secagg.payloads import (
-    REPLY_KEYS,
-    check_reply,
     get_ids,
     ring_vector_problem,
     split_fixed,
 )
 from privacy.secagg.recovery import recover_mask_keys, unrecoverable
+from privacy.secagg.server_base import SecAggResult, ServerBase, _never_raises
 from privacy.secagg.stages import Stage, check_transition
 from protocol.codec import ring_dtype
 
@@ -42,147 +45,8 @@ __all__ = ["SecAggResult", "ServerSession"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SecAggResult:
-    """Outcome of a completed round.
-
-    Attributes
-    ----------
-    vector : numpy.ndarray
-        Sum mod 2^k of the encoded inputs of ``contributors``; decode it with
-        :func:`protocol.codec.decode`.
-    contributors : tuple of int
-        Sites whose input is in the sum.
-    dropped : tuple of int
-        Sampled sites whose input is not in the sum.
-    threshold : int
-        The round's threshold t.
-    rejections : tuple of (int, str, str)
-        ``(node id, stage, reason)`` of every rejected reply.
-    """
-
-    vector: np.ndarray
-    contributors: tuple[int, ...]
-    dropped: tuple[int, ...]
-    threshold: int
-    rejections: tuple[tuple[int, str, str], ...]
-
-
-class ServerSession:
-    """The server's state machine for one round.
-
-    Parameters
-    ----------
-    config : SecAggConfig
-        The round's configuration; ``config.cohort`` is the set of sampled sites.
-    registry : mapping of int to bytes
-        Raw Ed25519 identity public keys of (at least) every sampled site.
-    """
-
-    def __init__(self, *, config: SecAggConfig, registry: Mapping[int, bytes]) -> None:
-        if not isinstance(config, SecAggConfig):
-            raise ValueError(f"`config` must be a SecAggConfig, got {type(config).__name__}")
-        missing = [n for n in config.cohort if n not in registry]
-        if missing:
-            raise ValueError(f"`registry` has no identity key for sampled node {missing[0]}")
-        self._config = config
-        self._binding = config.binding
-        self._graph = config.graph()
-        self._registry = {n: registry[n] for n in config.cohort}
-        self._stage = Stage.SETUP
-        self._adverts: dict[int, tuple[bytes, bytes, bytes, bytes]] = {}
-        self._u1: frozenset[int] = frozenset()
-        self._expected_recipients: dict[int, list[int]] = {}
-        self._inbox: dict[int, dict[int, bytes]] = {}
-        self._shared: set[int] = set()
-        self._u2: frozenset[int] = frozenset()
-        self._acc: np.ndarray | None = None
-        self._u3: set[int] = set()
-        self._unmask_lists: dict[int, tuple[list[int], list[int]]] = {}
-        self._unmask_done: set[int] = set()
-        self._seed_shares: dict[int, list[bytes]] = {}
-        self._key_shares: dict[int, list[bytes]] = {}
-        self._rejections: list[tuple[int, str, str]] = []
-
-    @property
-    def stage(self) -> Stage:
-        """The stage whose replies are being collected."""
-        return self._stage
-
-    @property
-    def config(self) -> SecAggConfig:
-        """The round's configuration."""
-        return self._config
-
-    @property
-    def rejections(self) -> tuple[tuple[int, str, str], ...]:
-        """``(node id, stage, reason)`` of every rejected reply so far."""
-        return tuple(self._rejections)
-
-    # ------------------------------------------------------------------ helpers
-
-    def _advance(self, stage: Stage) -> None:
-        check_transition(self._stage, stage)
-        self._stage = stage
-
-    def _abort(self, reason: str) -> SecAggAbort:
-        stage = self._stage.value
-        logger.warning(
-            "secure aggregation round %d aborted at %s: %s", self._config.round, stage, reason
-        )
-        self._stage = Stage.ABORTED
-        self._acc = None
-        self._seed_shares.clear()
-        self._key_shares.clear()
-        self._inbox.clear()
-        return SecAggAbort(stage, reason)
-
-    def _reject(self, node_id: object, stage: Stage, reason: str) -> bool:
-        logger.warning("rejected %s reply from node %s: %s", stage.value, node_id, reason)
-        self._rejections.append((node_id if type(node_id) is int else -1, stage.value, reason))
-        return False
-
-    def _accept(
-        self, node_id: int, reply: Mapping[str, Any], stage: Stage, allowed: frozenset[int]
-    ) -> str | None:
-        """Reason to reject a reply before reading its body, or None."""
-        if type(node_id) is not int or node_id not in self._config.cohort:
-            return "node was not sampled"
-        if self._stage != stage:
-            return f"the server is at stage {self._stage.value!r}"
-        if node_id not in allowed:
-            return "node is no longer in the round"
-        try:
-            check_reply(
-                reply, stage=stage, binding=self._binding, node_id=node_id, extra=REPLY_KEYS[stage]
-            )
-        except SecAggError as exc:
-            return str(exc)
-        return None
-
-    def _header(self, stage: Stage) -> dict[str, Any]:
-        return {
-            "run-id": self._config.run_id,
-            "round": self._config.round,
-            "stage": stage.value,
-            "config-digest": self._binding.config_digest,
-        }
-
-    def _prune(self, alive: set[int], stage: Stage) -> frozenset[int]:
-        """Keep the sites that still have t - 1 live neighbours; abort if fewer than t."""
-        t = self._config.threshold
-        kept, removed = prune_to_threshold(self._graph, alive, threshold=t)
-        for node in removed:
-            logger.warning(
-                "node %d leaves round %d at %s: too few live neighbours for threshold %d",
-                node,
-                self._config.round,
-                stage.value,
-                t,
-            )
-        if len(kept) < t:
-            raise self._abort(f"{len(kept)} sites remain, threshold is {t}")
-        return kept
+class ServerSession(ServerBase):
+    """The server's state machine for one round (parameters: see :class:`ServerBase`)."""
 
     # ------------------------------------------------------------------ stage 1
 
@@ -193,6 +57,7 @@ class ServerSession:
         payload = {**self._config.to_payload(), "stage": Stage.ADVERTISE_KEYS.value}
         return {node: dict(payload) for node in self._config.cohort}
 
+    @_never_raises(Stage.ADVERTISE_KEYS)
     def receive_advertisement(self, node_id: int, reply: Mapping[str, Any]) -> bool:
         """Accept a site's signed public keys (bad signature, duplicate, unsampled: rejected)."""
         stage = Stage.ADVERTISE_KEYS
@@ -244,6 +109,7 @@ class ServerSession:
             }
         return requests
 
+    @_never_raises(Stage.SHARE_KEYS)
     def receive_shares(self, node_id: int, reply: Mapping[str, Any]) -> bool:
         """Accept a site's encrypted shares, one ciphertext per neighbour, for routing."""
         stage = Stage.SHARE_KEYS
@@ -256,10 +122,15 @@ class ServerSession:
                 if recipients != self._expected_recipients[node_id]:
                     raise SecAggError("`recipients` differ from the neighbours it was sent")
                 ciphertexts = split_fixed(reply, "ciphertexts", len(recipients))
+                holders = sorted([*recipients, node_id])
+                commits = split_fixed(reply, "share-commits", len(holders))
             except SecAggError as exc:
                 reason = str(exc)
         if reason is not None:
             return self._reject(node_id, stage, reason)
+        self._commits[node_id] = {
+            h: (c[: keys.KEY_LEN], c[keys.KEY_LEN :]) for h, c in zip(holders, commits, strict=True)
+        }
         for recipient, ciphertext in zip(recipients, ciphertexts, strict=True):
             self._inbox.setdefault(recipient, {})[node_id] = ciphertext
         self._shared.add(node_id)
@@ -292,6 +163,7 @@ class ServerSession:
         )
         return requests
 
+    @_never_raises(Stage.MASKED_INPUT)
     def receive_masked_input(self, node_id: int, reply: Mapping[str, Any]) -> bool:
         """Add a site's masked vector to the running sum (wrong length/dtype: rejected)."""
         stage = Stage.MASKED_INPUT
@@ -314,34 +186,92 @@ class ServerSession:
 
     # ------------------------------------------------------------------ stage 4
 
-    def unmask_requests(self) -> dict[int, dict[str, Any]]:
-        """Close stage 3 and open stage 4: ask each contributor for the shares to unmask.
-
-        A contributor is asked for the self-mask-seed shares of every live holder it holds
-        shares of (itself included) and for the mask-key shares of its neighbours that
-        shared keys but sent no masked input.
+    def consistency_requests(self) -> dict[int, dict[str, Any]]:
+        """Close stage 3 and open stage 4: announce the contributor set U3 to each member.
 
         Raises
         ------
         SecAggAbort
-            If fewer than ``threshold`` sites sent a masked input, or a secret that must be
-            reconstructed has fewer than ``threshold`` live holders.
+            If fewer than ``signature_threshold`` sites sent a masked input, or a secret that
+            must be reconstructed has fewer than ``threshold`` live holders.
         """
-        self._advance(Stage.UNMASK)
+        self._advance(Stage.CONSISTENCY_CHECK)
         u3 = frozenset(self._u3)
         reason = unrecoverable(
             self._graph, threshold=self._config.threshold, shared=self._u2, contributors=u3
         )
+        need = self._config.signature_threshold
+        if reason is None and len(u3) < need:
+            reason = f"{len(u3)} sites sent a masked input, {need} consistency signatures needed"
         if reason is not None:
             raise self._abort(reason)
+        announced = sorted(u3)
+        return {
+            node: {**self._header(Stage.CONSISTENCY_CHECK), "contributors": list(announced)}
+            for node in announced
+        }
+
+    @_never_raises(Stage.CONSISTENCY_CHECK)
+    def receive_consistency(self, node_id: int, reply: Mapping[str, Any]) -> bool:
+        """Accept a contributor's signature over the announced set (invalid: rejected)."""
+        stage = Stage.CONSISTENCY_CHECK
+        reason = self._accept(node_id, reply, stage, frozenset(self._u3))
+        if reason is None and node_id in self._signatures:
+            reason = "duplicate consistency signature"
+        if reason is None:
+            try:
+                keys.verify_contributors(
+                    self._registry[node_id],
+                    reply["signature"],
+                    self._binding,
+                    signer=node_id,
+                    attempt=self._config.attempt,
+                    contributors=tuple(sorted(self._u3)),
+                )
+            except SecAggError as exc:
+                reason = str(exc)
+        if reason is not None:
+            return self._reject(node_id, stage, reason)
+        self._signatures[node_id] = reply["signature"]
+        return True
+
+    def unmask_requests(self) -> dict[int, dict[str, Any]]:
+        """Close stage 4 and open stage 5: ask each signer for the shares to unmask.
+
+        A signer is sent the set, every valid signature, and the lists the set implies:
+        the self-mask-seed shares of every contributor it holds shares of (itself
+        included) and the mask-key shares of its neighbours that shared keys but sent no
+        masked input.
+
+        Raises
+        ------
+        SecAggAbort
+            If fewer than ``signature_threshold`` contributors signed the set.
+        """
+        self._advance(Stage.UNMASK)
+        u3, need = frozenset(self._u3), self._config.signature_threshold
+        signers = sorted(self._signatures)
+        if len(signers) < need:
+            raise self._abort(f"{len(signers)} consistency signatures, need {need}")
+        proof = {
+            "contributors": sorted(u3),
+            "signers": signers,
+            "signatures": b"".join(self._signatures[v] for v in signers),
+        }
         requests = {}
-        for node in sorted(u3):
+        for node in signers:
             alive = [v for v in self._graph.holders(node) if v in u3]
             dropped = [v for v in self._graph.neighbours(node) if v in self._u2 and v not in u3]
             self._unmask_lists[node] = (alive, dropped)
-            requests[node] = {**self._header(Stage.UNMASK), "alive": alive, "dropped": dropped}
+            requests[node] = {
+                **self._header(Stage.UNMASK),
+                "alive": alive,
+                "dropped": dropped,
+                **proof,
+            }
         return requests
 
+    @_never_raises(Stage.UNMASK)
     def receive_unmask(self, node_id: int, reply: Mapping[str, Any]) -> bool:
         """Collect a site's shares (ids must match what it was asked; x must be its own)."""
         stage = Stage.UNMASK
@@ -360,6 +290,20 @@ class ServerSession:
                 own_x = self._config.cohort.index(node_id) + 1
                 if any(shamir.share_x(s) != own_x for s in (*seed_shares, *key_shares)):
                     raise SecAggError("a share is not the sender's own")
+                for kind, index, owners, shares in (
+                    (b"seed", 0, alive, seed_shares),
+                    (b"key", 1, dropped, key_shares),
+                ):
+                    for owner, share in zip(owners, shares, strict=True):
+                        commit = self._commits.get(owner, {}).get(node_id)
+                        made = keys.share_commitment(
+                            share, self._binding, owner=owner, holder=node_id, kind=kind
+                        )
+                        if commit is None or not keys.ct_equal(made, commit[index]):
+                            raise SecAggError(
+                                f"{kind.decode()} share of node {owner} does not match "
+                                "the commitment its owner sent"
+                            )
             except SecAggError as exc:
                 reason = str(exc)
         if reason is not None:

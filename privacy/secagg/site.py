@@ -5,11 +5,37 @@ Each method takes the server's request payload for one stage and returns the rep
 or stage are refused before anything is used; a failure inside a stage (bad signature, bad
 ciphertext, an unsafe unmask request) aborts the session and wipes its secrets.
 
+Stages: advertise-keys, share-keys, masked-input, consistency-check, unmask.
+
 Per-round secrets: two X25519 key pairs (``enc`` for share encryption, ``mask`` for
 pairwise masks) and a 32-byte self-mask seed. They are dropped as soon as the masked
 input is sent; what remains until the unmask stage are the shares held for neighbours.
 :meth:`SiteSession.to_state` / :meth:`SiteSession.from_state` carry the session across
 Flower messages (in ``context.state``); :meth:`SiteSession.wipe` ends it.
+
+Threat model. The coordinator may be malicious: it may send any message to any site, route
+shares as it likes, claim any contributor set to anyone, replay or re-run a round, choose
+every parameter, and collude with c enrolled sites. Against it an honest site's input is
+revealed only inside a sum of at least t inputs of one round (at least t - c honest ones),
+provided c < 2 * signature_threshold - n (the consistency check's majority; with the
+defaults, c = 0 or 1) and c < t; a site raises its own floor with
+:class:`~privacy.secagg.cohort.SiteLimits`. What stops each attack:
+
+- split views at unmask: the consistency check (:mod:`privacy.secagg.consistency`);
+- Sybil identities: one key per node (:func:`~privacy.secagg.cohort.cohort_registry`);
+- replays, re-runs, shrunk cohorts: one masked input per (run, round) and unmask help for
+  that attempt only, recorded on disk (:class:`~privacy.secagg.guard.RoundGuard`); a
+  second attempt of a round the site already contributed to is refused (training the
+  same round twice with the same randomness is issue 14's, at the training layer);
+- site-level DP under-noising: ``unmask(..., min_contributors=...)`` checks the
+  calibration cohort against the signed set;
+- resource exhaustion: caps from :class:`SiteLimits` before any work that grows with n;
+  low-order X25519 keys refused.
+
+Not covered: a site may poison the sum with an out-of-range input (masking hides inputs,
+it does not bound them; that needs input proofs such as ACORN or RoFL), and a malicious
+site that deals inconsistent shares of its own secrets can make the round abort (never
+unmask wrongly: every reconstructed secret is checked against its owner's commitment).
 """
 
 from __future__ import annotations
@@ -22,18 +48,18 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from privacy.secagg import keys, shamir
+from privacy.secagg import keys
+from privacy.secagg.cohort import SiteLimits, check_distinct_identities
 from privacy.secagg.config import SecAggConfig
+from privacy.secagg.consistency import check_announced_set
 from privacy.secagg.errors import SecAggError
-from privacy.secagg.masks import apply_masks
+from privacy.secagg.guard import RoundGuard
 from privacy.secagg.payloads import (
     REQUEST_KEYS,
     check_request,
-    get_ids,
     ring_vector_problem,
-    split_fixed,
 )
-from privacy.secagg.sharebox import open_shares, seal_shares
+from privacy.secagg.site_stages import SiteStages
 from privacy.secagg.site_state import SiteSecrets, dump_state, load_state
 from privacy.secagg.stages import Stage, check_transition
 
@@ -42,7 +68,7 @@ __all__ = ["SiteSession"]
 logger = logging.getLogger(__name__)
 
 
-class SiteSession:
+class SiteSession(SiteStages):
     """One site's state machine for one round.
 
     Parameters
@@ -55,8 +81,16 @@ class SiteSession:
     identity_key : Ed25519PrivateKey
         This site's long-term identity key; signs the advertised keys.
     registry : mapping of int to bytes
-        Raw Ed25519 identity public keys of the other sites, by node id; a neighbour's
-        advertisement is used only after its signature verifies against this registry.
+        Raw Ed25519 identity public keys of every site of the cohort, by node id (build it
+        with :func:`~privacy.secagg.cohort.cohort_registry`); a neighbour's advertisement
+        and a consistency signature count only after they verify against it. Two nodes
+        with one key are refused.
+    limits : SiteLimits, optional
+        This site's own caps on cohort size, degree and threshold.
+    guard : RoundGuard, optional
+        The site's persistent round record: at most one masked input per (run, round) and
+        unmask help for that attempt only. Deployment must pass one (per-message work runs
+        in a fresh process); without it, replays across sessions are not stopped.
     """
 
     def __init__(
@@ -66,18 +100,28 @@ class SiteSession:
         node_id: int,
         identity_key: Ed25519PrivateKey,
         registry: Mapping[int, bytes],
+        limits: SiteLimits | None = None,
+        guard: RoundGuard | None = None,
     ) -> None:
         if not isinstance(config, SecAggConfig):
             raise ValueError(f"`config` must be a SecAggConfig, got {type(config).__name__}")
+        self._limits = limits or SiteLimits()
+        problem = self._limits.request_problem(config.to_payload())
+        if problem is not None:
+            raise SecAggError(f"refused: {problem}")
         if type(node_id) is not int or node_id not in config.cohort:
             raise ValueError(f"`node_id` {node_id!r} is not in the round's cohort")
         if not isinstance(identity_key, Ed25519PrivateKey):
             raise ValueError("`identity_key` must be an Ed25519PrivateKey")
+        self._registry = dict(registry)
+        check_distinct_identities(self._registry, config.cohort)
+        if not keys.ct_equal(self._registry[node_id], keys.identity_public_bytes(identity_key)):
+            raise SecAggError("the registry gives this site another identity key")
         self._config = config
         self._binding = config.binding
         self._node_id = node_id
         self._identity_key = identity_key
-        self._registry = dict(registry)
+        self._guard = guard
         self._neighbours = frozenset(config.graph().neighbours(node_id))
         self._x = {v: i + 1 for i, v in enumerate(config.cohort)}  # Shamir evaluation points
         self._stage = Stage.SETUP
@@ -93,19 +137,36 @@ class SiteSession:
         node_id: int,
         identity_key: Ed25519PrivateKey,
         registry: Mapping[int, bytes],
+        limits: SiteLimits | None = None,
+        guard: RoundGuard | None = None,
     ) -> SiteSession:
         """Create the session from the server's advertise-keys request.
+
+        The cohort size, degree and threshold are checked against ``limits`` before the
+        config is parsed, in time and memory independent of the cohort's size.
 
         Raises
         ------
         SecAggError
-            If the request's config is malformed.
+            If the request's config is malformed or exceeds this site's limits.
         """
+        if not isinstance(request, Mapping):
+            raise SecAggError("advertise-keys request must be a mapping")
+        problem = (limits or SiteLimits()).request_problem(request)
+        if problem is not None:
+            raise SecAggError(f"refused: {problem}")
         try:
             config = SecAggConfig.from_payload(request, allow_extra=("stage",))
         except (ValueError, TypeError) as exc:
             raise SecAggError(f"invalid secure-aggregation config: {exc}") from None
-        return cls(config=config, node_id=node_id, identity_key=identity_key, registry=registry)
+        return cls(
+            config=config,
+            node_id=node_id,
+            identity_key=identity_key,
+            registry=registry,
+            limits=limits,
+            guard=guard,
+        )
 
     @property
     def stage(self) -> Stage:
@@ -121,6 +182,16 @@ class SiteSession:
     def node_id(self) -> int:
         """Node id of this site."""
         return self._node_id
+
+    @property
+    def signed_contributors(self) -> tuple[int, ...] | None:
+        """The contributor set this site signed at the consistency check (None before).
+
+        Its length is the exact number of inputs in any sum this site helps unmask: a site
+        checks a calibration cohort (site-level DP) against it, not against the
+        coordinator's word.
+        """
+        return self._secrets.contributors
 
     # ------------------------------------------------------------------ helpers
 
@@ -143,14 +214,6 @@ class SiteSession:
                 raise SecAggError("advertise-keys request is for another config")
         else:
             check_request(request, stage=stage, binding=self._binding, extra=REQUEST_KEYS[stage])
-
-    def _header(self, stage: Stage) -> dict[str, Any]:
-        return {
-            "run-id": self._config.run_id,
-            "round": self._config.round,
-            "stage": stage.value,
-            "node-id": self._node_id,
-        }
 
     def _fail(self, exc: Exception) -> SecAggError:
         logger.warning(
@@ -198,66 +261,11 @@ class SiteSession:
         except (SecAggError, ValueError) as exc:
             raise self._fail(exc) from None
 
-    def _share_keys(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        sec = self._secrets
-        assert sec.enc_sk is not None and sec.mask_sk is not None and sec.seed is not None
-        ids = get_ids(request, "node-ids")
-        count = len(ids)
-        fields = {
-            k: split_fixed(request, k, count)
-            for k in ("enc-pks", "mask-pks", "seed-commits", "signatures")
-        }
-        for node in ids:
-            if node not in self._neighbours:
-                raise SecAggError(f"share-keys request names node {node}, not a neighbour")
-        if count + 1 < self._config.threshold:
-            raise SecAggError(
-                f"only {count} neighbours advertised keys; threshold is {self._config.threshold}"
-            )
-        for i, node in enumerate(ids):  # signatures are checked before anything is used
-            if node not in self._registry:
-                raise SecAggError(f"node {node} has no identity key in the registry")
-            keys.verify_advertisement(
-                self._registry[node],
-                fields["signatures"][i],
-                self._binding,
-                node_id=node,
-                enc_pk=fields["enc-pks"][i],
-                mask_pk=fields["mask-pks"][i],
-                seed_commit=fields["seed-commits"][i],
-            )
-        sec.peers = {n: (fields["enc-pks"][i], fields["mask-pks"][i]) for i, n in enumerate(ids)}
-        holders = sorted([*ids, self._node_id])
-        xs = [self._x[h] for h in holders]
-        t = self._config.threshold
-        seed_shares = shamir.split_secret(bytes(sec.seed), threshold=t, xs=xs)
-        key_shares = shamir.split_secret(keys.x25519_private_bytes(sec.mask_sk), threshold=t, xs=xs)
-        recipients, ciphertexts = [], []
-        for holder, seed_share, key_share in zip(holders, seed_shares, key_shares, strict=True):
-            if holder == self._node_id:
-                sec.own_seed_share = seed_share  # own key share is never kept nor revealed
-                continue
-            recipients.append(holder)
-            ciphertexts.append(
-                seal_shares(
-                    sec.enc_sk,
-                    sec.peers[holder][0],
-                    self._binding,
-                    sender=self._node_id,
-                    recipient=holder,
-                    seed_share=seed_share,
-                    key_share=key_share,
-                )
-            )
-        self._stage = Stage.SHARE_KEYS
-        return {
-            **self._header(Stage.SHARE_KEYS),
-            "recipients": recipients,
-            "ciphertexts": b"".join(ciphertexts),
-        }
-
     def masked_input(self, request: Mapping[str, Any], *, vector: np.ndarray) -> dict[str, Any]:
         """Stage 3: store neighbours' shares, return ``vector`` + pairwise masks + self mask.
+
+        With a :class:`RoundGuard`, the masked input of this (run, round) is claimed on disk
+        first; a second one, for any attempt, is refused.
 
         Parameters
         ----------
@@ -278,91 +286,52 @@ class SiteSession:
         except (SecAggError, ValueError) as exc:
             raise self._fail(exc) from None
 
-    def _masked_input(self, request: Mapping[str, Any], vector: np.ndarray) -> dict[str, Any]:
-        sec = self._secrets
-        assert sec.enc_sk is not None and sec.mask_sk is not None and sec.seed is not None
-        senders = get_ids(request, "senders")
-        ciphertexts = split_fixed(request, "ciphertexts", len(senders))
-        for node in senders:
-            if node not in sec.peers:
-                raise SecAggError(f"masked-input request names node {node}, not a neighbour")
-        if len(senders) + 1 < self._config.threshold:
-            raise SecAggError(
-                f"only {len(senders)} neighbours shared keys; threshold is {self._config.threshold}"
-            )
-        held = {
-            node: open_shares(
-                sec.enc_sk,
-                sec.peers[node][0],
-                self._binding,
-                ciphertext,
-                sender=node,
-                recipient=self._node_id,
-                own_x=self._x[self._node_id],
-            )
-            for node, ciphertext in zip(senders, ciphertexts, strict=True)
-        }
-        plus = [keys.self_mask_key(sec.seed, self._binding, node_id=self._node_id)]
-        minus: list[bytes] = []
-        for node in senders:
-            shared = keys.agree(sec.mask_sk, sec.peers[node][1])
-            key = keys.pair_mask_key(shared, self._binding, a=self._node_id, b=node)
-            (plus if self._node_id < node else minus).append(key)
-        masked = apply_masks(
-            vector,
-            add=plus,
-            subtract=minus,
-            modulus_bits=self._config.modulus_bits,
-            out=np.empty_like(vector),
-        )
-        sec.held = held
-        sec.drop_key_material()
-        self._stage = Stage.MASKED_INPUT
-        logger.debug("node %d: masked input with %d neighbours", self._node_id, len(senders))
-        return {**self._header(Stage.MASKED_INPUT), "masked-vector": masked}
+    def consistency_check(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Stage 4: sign the announced contributor set, if it agrees with what this site saw.
 
-    def unmask(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """Stage 4: reveal seed shares of live holders and key shares of dropped ones.
+        See :mod:`privacy.secagg.consistency` for the checks. A site signs one set per
+        session and reveals nothing here.
+        """
+        self._enter(request, Stage.CONSISTENCY_CHECK)
+        try:
+            signed = check_announced_set(
+                request,
+                config=self._config,
+                node_id=self._node_id,
+                masked_with=sorted(self._secrets.held),
+            )
+        except (SecAggError, ValueError) as exc:
+            raise self._fail(exc) from None
+        signature = keys.sign_contributors(
+            self._identity_key, self._binding, attempt=self._config.attempt, contributors=signed
+        )
+        self._secrets.contributors = signed
+        self._stage = Stage.CONSISTENCY_CHECK
+        return {**self._header(Stage.CONSISTENCY_CHECK), "signature": signature}
+
+    def unmask(self, request: Mapping[str, Any], *, min_contributors: int = 0) -> dict[str, Any]:
+        """Stage 5: reveal seed shares of live holders and key shares of dropped ones.
 
         Refuses (and aborts) a request that names a node whose shares this site does not
-        hold, names a node both alive and dropped, lists this site as dropped, or names
-        fewer than ``threshold`` live holders of this site's shares.
+        hold, names a node both alive and dropped, lists this site as dropped, names
+        fewer than ``threshold`` live holders of this site's shares, is for another set
+        than this site signed, carries fewer than ``signature_threshold`` valid signatures
+        over it, or lists alive / dropped nodes other than that set implies.
+
+        Parameters
+        ----------
+        min_contributors : int, optional
+            Refuse unless the signed set holds at least this many sites (a site-level DP
+            calibration cohort, checked against the signed count).
         """
         self._enter(request, Stage.UNMASK)
         try:
-            reply = self._unmask(request)
+            reply = self._unmask(request, min_contributors)
         except (SecAggError, ValueError) as exc:
             raise self._fail(exc) from None
         self._stage = Stage.UNMASK
         self.wipe()
         return reply
-
-    def _unmask(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        alive, dropped = get_ids(request, "alive"), get_ids(request, "dropped")
-        both = set(alive) & set(dropped)
-        if both:
-            raise SecAggError(f"unmask request names node {min(both)} both alive and dropped")
-        if self._node_id not in alive:
-            raise SecAggError("unmask request does not list this site as alive")
-        for node in (*alive, *dropped):
-            if node != self._node_id and node not in self._secrets.held:
-                raise SecAggError(f"unmask request names node {node}, whose shares are not held")
-        if len(alive) < self._config.threshold:
-            raise SecAggError(
-                f"unmask request names {len(alive)} live holders; threshold is "
-                f"{self._config.threshold}"
-            )
-        own, held = self._secrets.own_seed_share, self._secrets.held
-        assert own is not None
-        seed_shares = [own if n == self._node_id else held[n][0] for n in alive]
-        key_shares = [held[n][1] for n in dropped]
-        return {
-            **self._header(Stage.UNMASK),
-            "seed-share-ids": alive,
-            "seed-shares": b"".join(seed_shares),
-            "key-share-ids": dropped,
-            "key-shares": b"".join(key_shares),
-        }
 
     # ------------------------------------------------------------------ secrets
 
@@ -395,6 +364,8 @@ class SiteSession:
         *,
         identity_key: Ed25519PrivateKey,
         registry: Mapping[int, bytes],
+        limits: SiteLimits | None = None,
+        guard: RoundGuard | None = None,
     ) -> SiteSession:
         """Rebuild a session from :meth:`to_state` output.
 
@@ -406,7 +377,12 @@ class SiteSession:
         config, node_id, stage, secrets = load_state(state)
         try:
             session = cls(
-                config=config, node_id=node_id, identity_key=identity_key, registry=registry
+                config=config,
+                node_id=node_id,
+                identity_key=identity_key,
+                registry=registry,
+                limits=limits,
+                guard=guard,
             )
         except ValueError as exc:
             raise SecAggError(f"malformed secure-aggregation state: {exc}") from None

@@ -39,6 +39,8 @@ class SiteSecrets:
         ``(seed share, key share)`` received from each neighbour.
     own_seed_share : bytes or None
         This site's share of its own seed (its own key share is never kept).
+    contributors : tuple of int or None
+        The contributor set this site signed at the consistency check (not secret).
     """
 
     enc_sk: X25519PrivateKey | None = None
@@ -47,6 +49,7 @@ class SiteSecrets:
     peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     held: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     own_seed_share: bytes | None = None
+    contributors: tuple[int, ...] | None = None
 
     def drop_key_material(self) -> None:
         """Forget the key pairs and the seed (zeroing the seed buffer)."""
@@ -62,6 +65,7 @@ class SiteSecrets:
         self.peers = {}
         self.held = {}
         self.own_seed_share = None
+        self.contributors = None
 
 
 def dump_state(
@@ -86,6 +90,8 @@ def dump_state(
         state["seed"] = bytes(secrets.seed)
     if secrets.own_seed_share is not None:
         state["own-seed-share"] = secrets.own_seed_share
+    if secrets.contributors is not None:
+        state["contributors"] = json.dumps(list(secrets.contributors)).encode()
     return state
 
 
@@ -117,6 +123,11 @@ def load_state(state: Mapping[str, bytes]) -> tuple[SecAggConfig, int, Stage, Si
             if len(state["seed"]) != keys.KEY_LEN:
                 raise SecAggError("secure-aggregation state has a malformed seed")
             secrets.seed = bytearray(state["seed"])
+        if "contributors" in state:
+            signed = json.loads(state["contributors"])
+            if not isinstance(signed, list) or any(type(v) is not int for v in signed):
+                raise SecAggError("secure-aggregation state has a malformed contributor set")
+            secrets.contributors = tuple(signed)
         return (
             SecAggConfig.from_json(state["config"]),
             int(state["node-id"].decode()),

@@ -15,13 +15,16 @@ class Stage(str, Enum):
 
     ``SETUP`` is the state of a freshly created session; ``DONE`` and ``ABORTED`` are
     terminal. The values are :class:`protocol.wire.Stage`'s: the kebab-case name that
-    travels in the ``"stage"`` payload key.
+    travels in the ``"stage"`` payload key. ``CONSISTENCY_CHECK`` (Bonawitz et al. 2017) sits
+    between the masked input and the unmask: every contributor signs the contributor set
+    before anyone reveals a share.
     """
 
     SETUP = wire.Stage.SETUP
     ADVERTISE_KEYS = wire.Stage.ADVERTISE_KEYS
     SHARE_KEYS = wire.Stage.SHARE_KEYS
     MASKED_INPUT = wire.Stage.MASKED_INPUT
+    CONSISTENCY_CHECK = wire.Stage.CONSISTENCY_CHECK
     UNMASK = wire.Stage.UNMASK
     DONE = wire.Stage.DONE
     ABORTED = wire.Stage.ABORTED
@@ -32,6 +35,7 @@ _ORDER = (
     Stage.ADVERTISE_KEYS,
     Stage.SHARE_KEYS,
     Stage.MASKED_INPUT,
+    Stage.CONSISTENCY_CHECK,
     Stage.UNMASK,
     Stage.DONE,
 )

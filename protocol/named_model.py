@@ -207,7 +207,11 @@ def _build(spec: NamedModel, source: Path, source_sha: str, target: Path) -> Non
     try:
         logger.info("converting %s from %s into %s (once per machine)", spec.name, source,
                     target)
-        _convert(spec, source, tmp)
+        try:
+            _convert(spec, source, tmp)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise NamedModelError(f"model {spec.name!r}: converting {source} failed: {exc}"
+                                  ) from exc
         files = {}
         for path in sorted(p for p in tmp.iterdir() if p.is_file()):
             path.chmod(0o644)  # a read-only cache other users of the machine may share

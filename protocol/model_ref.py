@@ -1,4 +1,4 @@
-"""Resolve the ``model`` and ``data-dir`` settings: the embedded default, a path or a hub id.
+"""Resolve ``model`` and ``data-dir``: the embedded default, a named model, a path or a hub id.
 
 Part of the contract between the coordinator and the sites: the run config names one base
 model, the coordinator builds the adapter manifest from it (:mod:`server.app`) and every
@@ -17,8 +17,11 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote
 
+from protocol.named_model import NAMED_MODELS, NamedModelError, named_model_dir
+
 __all__ = [
     "EMBEDDED",
+    "NAMED_MODELS",
     "ModelError",
     "bundled_sites_dir",
     "embedded_model_dir",
@@ -76,12 +79,20 @@ def embedded_model_dir() -> Path:
 def resolve_model(spec: str) -> str:
     """Turn ``--model`` into a local directory or a hub id; refuse a missing path.
 
-    ``embedded`` is the bundled checkpoint. An existing directory must hold ``config.json``.
+    ``embedded`` is the bundled checkpoint; a name in :data:`NAMED_MODELS` (``smollm2-135m``)
+    is its converted, hash-checked checkpoint in the cache, built on first use (write
+    ``./smollm2-135m`` for a local directory of that name). An existing directory must hold
+    ``config.json``.
     Anything that looks like a filesystem path but does not exist is an error; ``name`` or
     ``org/name`` that is not a local directory is taken as a hub id.
     """
     if spec == EMBEDDED:
         return str(embedded_model_dir())
+    if spec in NAMED_MODELS:
+        try:
+            return str(named_model_dir(spec))
+        except NamedModelError as exc:
+            raise ModelError(str(exc)) from None
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

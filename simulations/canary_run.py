@@ -70,7 +70,7 @@ def score_planted(run_dir: Path, cfg: Any) -> dict[str, Any]:
     from privacy.audit.canary import audit_scores, membership_scores
     from privacy.audit.sites import POLICY_FILENAME
     from privacy.ledger import PrivacyLedger
-    from protocol.adapter import load_adapter_dir
+    from protocol.adapter import load_adapter_dir, resolve_target_modules
     from protocol.run_folder import RunFolder
     from simulations.audit_canaries import _losses
 
@@ -109,7 +109,8 @@ def score_planted(run_dir: Path, cfg: Any) -> dict[str, Any]:
         "training": {"planted_in": "federated run", "rounds": cfg.num_server_rounds,
                      "local_steps": cfg.local_steps, "batch_size": cfg.batch_size,
                      "learning_rate": cfg.learning_rate, "lora_r": cfg.lora_r,
-                     "target_modules": cfg.target_modules, "canary_length": cfg.canary_length,
+                     "target_modules": resolve_target_modules(cfg.target_modules, cfg.model),
+                     "canary_length": cfg.canary_length,
                      "seed": cfg.canary_seed, "dp": cfg.dp, "secagg": cfg.secagg,
                      "model": cfg.model},
         "mean_score_in": sum(inc) / max(1, len(inc)),

@@ -144,7 +144,7 @@ class SiteLevelDP:
         return site_level_epsilon(self.history, delta=self.delta)
 
     def noise_multiplier(self, cohort: int, max_contributors: int, dim: int) -> float:
-        """z for this run: the configured one, or calibrated once per (t, n, d)."""
+        """Z for this run: the configured one, or calibrated once per (t, n, d)."""
         if self.requested_z >= 0:
             return self.requested_z
         key = (cohort, max_contributors, dim)

@@ -145,7 +145,8 @@ class Coordinator:
         self, plans: Mapping[int, Plan], sets: Mapping[int, Sequence[int]] | None = None
     ) -> None:
         """Send each site its own alive / dropped lists (and its set with every signature
-        the coordinator gathered on it); keep every share revealed."""
+        the coordinator gathered on it); keep every share revealed.
+        """
         for node, (alive, dropped) in plans.items():
             if node not in self.sites:
                 continue

@@ -234,7 +234,8 @@ def expected_outcome(
 
 def signed_unmask_requests(run: RoundRun, *, skip: Sequence[int] = ()) -> dict[int, dict[str, Any]]:
     """After the masked inputs: run the consistency check (sites in ``skip`` never sign),
-    then return the server's unmask requests."""
+    then return the server's unmask requests.
+    """
     server = run.server
     for node, request in server.consistency_requests().items():
         if node not in skip:

@@ -1,5 +1,6 @@
 """A malicious coordinator driving the unmodified site code learns no input, nor any sum of
-fewer than t inputs: split views at unmask, Sybil names, replayed rounds, shrunk cohorts."""
+fewer than t inputs: split views at unmask, Sybil names, replayed rounds, shrunk cohorts.
+"""
 
 from __future__ import annotations
 
@@ -175,7 +176,8 @@ def _run_kwargs(tmp: Path) -> dict[str, Any]:
 
 def test_replaying_a_round_without_one_site_recovers_nothing(tmp_path: Path) -> None:
     """Two attempts of one (run, round): {A, B, X} and {A, B}; training is deterministic, so
-    the inputs are the same; subtracting the sums would give X's input."""
+    the inputs are the same; subtracting the sums would give X's input.
+    """
     nodes = [1, 2, 3]
     first = make_config(nodes, graph_seed=bytes(32))
     inputs = random_inputs(first, seed=3)
@@ -190,7 +192,8 @@ def test_replaying_a_round_without_one_site_recovers_nothing(tmp_path: Path) -> 
 
 def test_shrinking_the_cohort_of_a_rerun_recovers_nothing(tmp_path: Path) -> None:
     """A re-run of the round over the cohort minus X: sum over {A, B, C, X} minus sum over
-    {A, B, C} would give X's input."""
+    {A, B, C} would give X's input.
+    """
     first = make_config([1, 2, 3, 4])
     inputs = random_inputs(first, seed=4)
     sum_1 = _attempt(first, inputs, tmp_path)

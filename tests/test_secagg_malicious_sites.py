@@ -1,5 +1,6 @@
 """A malicious site cannot take the round down: every malformed reply is rejected for that
-site with a named reason, and the round releases the exact sum of the honest sites."""
+site with a named reason, and the round releases the exact sum of the honest sites.
+"""
 
 from __future__ import annotations
 

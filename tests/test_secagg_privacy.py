@@ -138,7 +138,8 @@ def test_server_never_holds_an_individual_unmasked_vector(drop: dict[str, list[i
 
 def test_dropped_sites_upload_stays_masked_even_with_every_share_the_server_got() -> None:
     """A site declared dropped after sending its masked input (a late arrival): the server
-    learns its mask key and strips its pairwise masks, but never its self-mask seed."""
+    learns its mask key and strips its pairwise masks, but never its self-mask seed.
+    """
     deltas = _deltas()
     inputs = _inputs(deltas)
     config = make_config(NODES, modulus_bits=BITS, vector_length=DIM)

@@ -114,7 +114,8 @@ def test_decoded_aggregate_equals_plaintext_weighted_sum_within_bound(
 ) -> None:
     """Over vectors, cohort sizes, moduli, graphs and dropouts at every stage: the round
     completes exactly when the protocol's rules allow, and then decodes to the plaintext
-    weighted sum of the contributors' clipped deltas within the stated bound."""
+    weighted sum of the contributors' clipped deltas within the stated bound.
+    """
     nodes = sorted(data.draw(st.sets(st.integers(0, 2**64 - 1), min_size=n, max_size=n)))
     complete = n <= 4 or data.draw(st.booleans())
     degree = n - 1 if complete else data.draw(st.sampled_from(range(2, n - 1, 2)))

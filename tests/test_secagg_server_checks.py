@@ -204,7 +204,8 @@ def test_unmask_reply_with_other_ids_or_someone_elses_shares_is_rejected() -> No
 
 def test_a_wrong_share_is_rejected_by_its_commitment_and_the_round_still_unmasks() -> None:
     """A site sending a wrong share is caught by the commitment its owner sent at share time:
-    its reply is rejected with a named reason, and any t valid shares finish the round."""
+    its reply is rejected with a named reason, and any t valid shares finish the round.
+    """
     config = make_config(NODES, threshold=4)
     run = run_round(config, stop_after=Stage.MASKED_INPUT)
     for v, req in signed_unmask_requests(run).items():

@@ -73,7 +73,8 @@ def test_one_share_kind_per_neighbour_and_unmask_only_once() -> None:
 
 def test_contradictory_unmask_lists_never_yield_both_secrets_of_a_site() -> None:
     """A server telling some holders 'd is alive' and others 'd dropped' gets fewer than t
-    shares of d's self-mask seed or of its mask key, for every split of d's neighbours."""
+    shares of d's self-mask seed or of its mask key, for every split of d's neighbours.
+    """
     nodes = [1, 2, 3, 4, 5, 6, 7]  # complete graph: 7 holders per site, threshold 4
     config = make_config(nodes)
     d = 4

@@ -1,5 +1,6 @@
 """Site sessions survive between Flower messages as dicts of bytes; wipe() forgets secrets;
-round configs are validated, canonical and refuse unknown keys."""
+round configs are validated, canonical and refuse unknown keys.
+"""
 
 from __future__ import annotations
 

@@ -374,7 +374,8 @@ def share_commitment(
     """Commitment to one Shamir share (``kind`` b"seed" or b"key") that ``owner`` dealt to
     ``holder``; the owner sends it to the server at share time, so that the server can
     drop a holder that reveals a wrong share and combine any t valid ones. A share is a
-    uniform field element given fewer than t others, so the hash reveals nothing."""
+    uniform field element given fewer than t others, so the hash reveals nothing.
+    """
     message = _frame(
         _DOMAIN + b"share-commit", binding.encode(), _u64(owner), _u64(holder), kind, share
     )

@@ -23,6 +23,11 @@ table, the key and the value. Relative paths are taken relative to the file's di
 
     [privacy]                # the site's own DP policy (privacy.policy.SitePrivacyPolicy keys)
     budget-epsilon = 8.0
+
+    [secagg]                 # the site's own caps on secure-aggregation rounds (optional)
+    max-cohort = 10000       # most sites a round may sample
+    max-degree = 64          # most masking neighbours (a complete graph: cohort - 1)
+    min-threshold = 2        # fewest contributors a round's threshold may ask for
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from privacy.policy import PolicyError, SitePrivacyPolicy
+from privacy.secagg import SiteLimits
 from protocol.deploy_config import DeployConfigError, Table, no_other_tables, read_toml
 from protocol.enrolment import SITE_NAME
 from protocol.model_ref import ModelError, resolve_model
@@ -61,6 +67,8 @@ class SiteDeployConfig:
     connect_timeout: float
     activation_grace: float = 30.0
     privacy: Mapping[str, Any] = field(default_factory=dict)
+    #: the ``[secagg]`` caps as node-config keys (``secagg-max-cohort`` ...), when set
+    secagg_limits: Mapping[str, int] = field(default_factory=dict)
 
     def node_config(self) -> dict[str, Any]:
         """Build the SuperNode's node config (the ClientApp's ``context.node_config``)."""
@@ -73,6 +81,7 @@ class SiteDeployConfig:
         if self.model:
             out["model"] = self.model
         out.update({f"dp-{k}": v for k, v in self.privacy.items()})
+        out.update(self.secagg_limits)
         return out
 
 
@@ -80,7 +89,7 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
     """Read and validate ``site.toml``."""
     p = Path(path).expanduser().resolve()
     doc = read_toml(p)
-    no_other_tables(p, doc, ("site", "privacy"))
+    no_other_tables(p, doc, ("site", "privacy", "secagg"))
     s = Table(p, "site", doc)
     name = s.text("name")
     if not SITE_NAME.match(name):
@@ -129,4 +138,23 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
         except ModelError as exc:
             raise DeployConfigError(f"{s.where('model')}: {exc}") from None
     return SiteDeployConfig(p, name, superlink, ca, auth, data, state, enrolment, model, cache,
-                            device, runtime_port, timeout, grace, dict(pr.data))
+                            device, runtime_port, timeout, grace, dict(pr.data),
+                            _secagg_limits(p, doc))
+
+
+def _secagg_limits(p: Path, doc: Mapping[str, Any]) -> dict[str, int]:
+    """The ``[secagg]`` table's caps, checked as :class:`SiteLimits` checks them."""
+    t = Table(p, "secagg", doc, required=False)
+    if not t.data:
+        return {}
+    default = SiteLimits()
+    present = set(t.data)
+    values = {key: t.integer(key, getattr(default, key.replace("-", "_")), lo=lo, hi=10**6)
+              for key, lo in (("max-cohort", 3), ("max-degree", 2), ("min-threshold", 2))}
+    t.finish()
+    given = {k: v for k, v in values.items() if k in present}
+    try:
+        SiteLimits(**{k.replace("-", "_"): v for k, v in given.items()})
+    except ValueError as exc:
+        raise DeployConfigError(f"{p}: [secagg] {exc}") from None
+    return {f"secagg-{k}": v for k, v in given.items()}

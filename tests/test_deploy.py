@@ -95,6 +95,8 @@ def test_server_config_errors_name_the_file_the_key_and_the_value(tmp_path, edit
     (("[privacy]", "[privacy]\nnoise = 1.0"), r"\[privacy\].*noise"),
     (("superlink = ", "superlink = \"nohost\" #"), r"`superlink` must be HOST:PORT, got 'nohost'"),
     (("state-dir = \"./state\"", "state-dir = \"./elsewhere\""), r"`state-dir`: no identity.key"),
+    (("[privacy]", "[secagg]\nmax-cohort = 1\n[privacy]"), r"\[secagg\].*`max-cohort`.*got 1"),
+    (("[privacy]", "[secagg]\nmax-cohrt = 5\n[privacy]"), r"unknown key `max-cohrt` in \[secagg\]"),
 ])
 def test_site_config_errors_name_the_file_the_key_and_the_value(tmp_path, edit, message):
     dep = make_deployment(tmp_path)
@@ -277,3 +279,14 @@ def test_resume_needs_an_unfinished_run_and_a_new_run_needs_an_empty_out_dir(tmp
                                 status=RUN_COMPLETED))
     with pytest.raises(DeployConfigError, match="already completed 2 rounds"):
         _check_out_dir(dataclasses.replace(cfg), resume=True)
+
+
+def test_site_toml_secagg_caps_reach_the_node_config_and_only_when_set(tmp_path):
+    dep = make_deployment(tmp_path)
+    path = dep.site_cfgs["bank"]
+    assert not any(k.startswith("secagg-max") for k in load_site_config(path).node_config())
+    path.write_text(path.read_text().replace("[privacy]", "[secagg]\nmax-cohort = 50\n"
+                                             "min-threshold = 3\n[privacy]", 1))
+    node = load_site_config(path).node_config()
+    assert node["secagg-max-cohort"] == 50 and node["secagg-min-threshold"] == 3
+    assert "secagg-max-degree" not in node

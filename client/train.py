@@ -37,6 +37,7 @@ class EvalResult:
 
     @property
     def perplexity(self) -> float:
+        """Held-out perplexity, ``exp(loss)`` with the loss capped at 50 nats."""
         return math.exp(min(self.loss, 50.0))
 
 

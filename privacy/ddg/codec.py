@@ -54,7 +54,7 @@ def _conditional_round(y: np.ndarray, bound: float, rng: np.random.Generator) ->
 
 def encode_ddg(delta: Mapping[str, np.ndarray], manifest: Manifest, params: DDGParams,
                rng: np.random.Generator, *, noise: bool = True) -> np.ndarray:
-    """A site's noised encoding mod 2^k, of length ``params.padded``.
+    """Return a site's noised encoding mod 2^k, of length ``params.padded``.
 
     Parameters
     ----------
@@ -86,7 +86,7 @@ def _centred(vec: np.ndarray, bits: int) -> np.ndarray:
 
 def decode_ddg(sum_vec: np.ndarray, manifest: Manifest, params: DDGParams, *,
                contributors: int) -> dict[str, np.ndarray]:
-    """The float64 sum of the contributors' (noised) clipped deltas, in manifest order.
+    """Return the float64 sum of the contributors' (noised) clipped deltas, in manifest order.
 
     Raises
     ------

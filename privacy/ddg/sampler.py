@@ -43,7 +43,7 @@ MAX_SIGMA = float(2**50)
 
 
 def secure_rng() -> np.random.Generator:
-    """A PCG64 generator keyed with 256 bits from the OS CSPRNG (fresh on every call)."""
+    """Return a PCG64 generator keyed with 256 bits from the OS CSPRNG (fresh on every call)."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(secrets.randbits(256))))
 
 

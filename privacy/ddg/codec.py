@@ -46,7 +46,7 @@ def _conditional_round(y: np.ndarray, bound: float, rng: np.random.Generator) ->
     base = floor.astype(np.int64)
     bound_sq = bound * bound
     for _ in range(MAX_ROUNDING_TRIES):
-        q = base + (rng.random(y.shape[0]) < frac)
+        q: np.ndarray = base + (rng.random(y.shape[0]) < frac)
         if float(np.dot(q.astype(np.float64), q.astype(np.float64))) <= bound_sq:
             return q
     raise ValueError(f"conditional rounding failed {MAX_ROUNDING_TRIES} times (bound {bound:.4g})")

@@ -115,8 +115,8 @@ def site_level_budget(cfg: RunConfig,
     """``(ε, δ)`` of the site-level budget a site holds a run to.
 
     The site's own ``site-level-epsilon`` / ``site-level-delta`` (its node config) when it
-    sets them; otherwise the run's ``site-level-dp-epsilon`` / ``site-level-dp-delta``, which the site
-    agreed to by taking part in the run. Either budget is per run.
+    sets them; otherwise the run's ``site-level-dp-epsilon`` / ``site-level-dp-delta``, which
+    the site agreed to by taking part in the run. Either budget is per run.
     """
     node = node_config or {}
     eps, delta = _number(node.get("site-level-epsilon")), _number(node.get("site-level-delta"))

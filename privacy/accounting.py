@@ -174,7 +174,7 @@ def calibrate_noise_multiplier(
     accountant: str = "rdp",
     rtol: float = 1e-3,
 ) -> float:
-    """The smallest σ (to ``rtol``) such that prior history + ``steps`` fits ``target_epsilon``.
+    """Return the least σ (to ``rtol``) such that prior history + ``steps`` fits ``target_epsilon``.
 
     A bisection over σ that always returns the *noisier* end of its bracket, an end whose
     ε was computed and found ``<= target_epsilon``: the result never overshoots.

@@ -140,7 +140,7 @@ class PoissonSampler:
 
 def _noise_generator(generator: torch.Generator | None,
                      device: torch.device) -> torch.Generator | None:
-    """A noise generator on the parameters' device, seeded from ``generator``."""
+    """Return a noise generator on the parameters' device, seeded from ``generator``."""
     if generator is None or generator.device.type == device.type:
         return generator
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
@@ -216,7 +216,7 @@ class PrivateTraining:
         return list(self.optimizer.params)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> Any:
-        """The per-sequence-private loss to call ``.backward()`` on.
+        """Return the per-sequence-private loss to call ``.backward()`` on.
 
         ``hooks``: mean over the batch of :func:`sequence_losses`. ``ghost``: Opacus'
         ``DPTensorFastGradientClipping`` over the same per-sequence losses (its

@@ -78,7 +78,7 @@ class LedgerError(ValueError):
 
 
 def canonical_json(obj: Any) -> bytes:
-    """The bytes hashed for an entry: sorted keys, no whitespace, ASCII, no NaN."""
+    """Return the bytes hashed for an entry: sorted keys, no whitespace, ASCII, no NaN."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                       allow_nan=False).encode("ascii")
 
@@ -105,7 +105,7 @@ class LedgerEntry:
     noise_source: str | None = None
 
     def to_record(self) -> dict[str, Any]:
-        """The entry as its ledger line holds it: an unset optional field is left out."""
+        """Return the entry as its ledger line holds it: an unset optional field is left out."""
         out = asdict(self)
         for name in OPTIONAL_FIELDS:
             if out[name] is None:
@@ -113,7 +113,7 @@ class LedgerEntry:
         return out
 
     def body(self) -> dict[str, Any]:
-        """The fields covered by ``hash`` (all but ``hash``)."""
+        """Return the fields covered by ``hash`` (all but ``hash``)."""
         out = self.to_record()
         del out["hash"]
         return out
@@ -145,7 +145,7 @@ def _is_num(x: Any) -> bool:
 
 
 def _entry_problem(d: dict[str, Any]) -> str | None:
-    """What is wrong with a parsed entry's field types / ranges (None when fine)."""
+    """Return what is wrong with a parsed entry's field types / ranges (None when fine)."""
     keys = set(d)
     if not set(_FIELDS) <= keys <= set(_FIELDS) | set(OPTIONAL_FIELDS):
         missing = sorted(set(_FIELDS) - keys)
@@ -179,7 +179,7 @@ def _entry_problem(d: dict[str, Any]) -> str | None:
 
 
 def link_problems(entry: LedgerEntry, index: int, prev_hash: str) -> list[str]:
-    """What breaks the chain at ``entry``, the ``index``-th (from 0) after ``prev_hash``.
+    """Return what breaks the chain at ``entry``, the ``index``-th (from 0) after ``prev_hash``.
 
     The one chain rule every reader applies: the site's ledger, the audit's salvaging reader
     and the signed summaries.
@@ -262,7 +262,7 @@ class PrivacyLedger:
         return self._entries[-1].hash if self._entries else GENESIS_HASH
 
     def history(self, *, exclude_run: str | None = None) -> list[Mechanism]:
-        """The accountant history: ``(q, σ, steps)`` of every trained entry.
+        """Return the accountant history: ``(q, σ, steps)`` of every trained entry.
 
         Parameters
         ----------

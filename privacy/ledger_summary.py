@@ -59,7 +59,7 @@ class SummaryError(ValueError):
 
 def make_summary(entries: Sequence[LedgerEntry], *, site: str, run_id: str, round_num: int,
                  policy: Mapping[str, Any]) -> dict[str, Any]:
-    """The summary of a ledger's ``entries`` after ``round_num`` of ``run_id``."""
+    """Return the summary of a ledger's ``entries`` after ``round_num`` of ``run_id``."""
     return {
         "format": SUMMARY_FORMAT, "site": str(site), "run_id": str(run_id),
         "round": int(round_num), "count": len(entries),
@@ -89,7 +89,7 @@ def verify_summary_signature(summary: Mapping[str, Any], signature_hex: str,
 
 
 def summary_entries(summary: Mapping[str, Any]) -> list[LedgerEntry]:
-    """The summary's ledger entries (raises :class:`SummaryError` naming the bad field)."""
+    """Return the summary's ledger entries (raises :class:`SummaryError` naming the bad field)."""
     if not isinstance(summary, Mapping):
         raise SummaryError(f"a ledger summary must be a JSON object, got {type(summary).__name__}")
     if set(summary) != set(_KEYS):

@@ -44,7 +44,7 @@ _SEED_BYTES = 32
 
 
 def site_secret_seed(state_dir: str | os.PathLike[str]) -> bytes:
-    """The site's 32-byte secret noise seed, created with ``os.urandom`` on first use.
+    """Return the site's 32-byte secret noise seed, created with ``os.urandom`` on first use.
 
     Created exclusively (``O_EXCL``) with mode 0600, so two processes of one site agree on
     it and no other user can read it. A file of the wrong length is refused, not replaced:
@@ -76,7 +76,7 @@ def site_secret_seed(state_dir: str | os.PathLike[str]) -> bytes:
 
 
 def round_seed(secret: bytes, *, run_id: str, round_num: int) -> int:
-    """A 63-bit generator seed for one run and round: HMAC-SHA256 keyed by the site secret."""
+    """Return a 63-bit generator seed for a run and round: HMAC-SHA256 keyed by the site secret."""
     if len(secret) != _SEED_BYTES:
         raise ValueError(f"the secret seed must be {_SEED_BYTES} bytes, got {len(secret)}")
     if type(round_num) is not int or round_num < 0:

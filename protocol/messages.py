@@ -27,7 +27,7 @@ __all__ = [
 
 def status_record(site: str, status: str, reason: str = "",
                   ledger_summary: tuple[str, str] | None = None) -> ConfigRecord:
-    """A reply's status record (``Key.CONFIG``), with the signed ledger summary if any."""
+    """Build a reply's status record (``Key.CONFIG``), with the signed ledger summary if any."""
     rec: dict[str, Any] = {Field.STATUS: status, Field.SITE: site, Field.REASON: reason}
     if ledger_summary is not None:
         rec[Field.LEDGER_SUMMARY], rec[Field.LEDGER_SIGNATURE] = ledger_summary
@@ -38,7 +38,7 @@ def reply_content(*, site: str, status: str, reason: str = "",
                   metrics: Mapping[str, Any] | None = None, arrays: ArrayRecord | None = None,
                   payload: Mapping[str, Any] | None = None,
                   ledger_summary: tuple[str, str] | None = None) -> RecordDict:
-    """The content of a site's reply: status, and metrics / arrays / payload when given."""
+    """Build the content of a site's reply: status, and metrics / arrays / payload when given."""
     content = RecordDict({Key.CONFIG: status_record(site, status, reason, ledger_summary)})
     if metrics:
         content[Key.METRICS] = MetricRecord(dict(metrics))

@@ -132,7 +132,8 @@ class SiteLevelDP:
     @classmethod
     def from_config(cls, cfg: Any, history: list[SiteLevelDPRound] | None = None) -> SiteLevelDP:
         """From a :class:`protocol.config.RunConfig` with ``site_level_dp`` on."""
-        return cls(mode=cfg.site_level_dp_mode, epsilon=cfg.site_level_dp_epsilon, delta=cfg.site_level_dp_delta,
+        return cls(mode=cfg.site_level_dp_mode, epsilon=cfg.site_level_dp_epsilon,
+                   delta=cfg.site_level_dp_delta,
                    clip=cfg.site_level_dp_clip, noise_multiplier=cfg.site_level_dp_noise_multiplier,
                    cohort=cfg.site_level_dp_cohort, modulus_bits=cfg.site_level_dp_bits,
                    underflow=cfg.site_level_dp_underflow, planned_rounds=cfg.num_server_rounds,
@@ -159,7 +160,7 @@ class SiteLevelDP:
         return self._z[key]
 
     def plan(self, *, cohort_size: int, dim: int) -> DDGParams | PlanRefusal:
-        """The round's parameters, or why the round must not run."""
+        """Return the round's parameters, or why the round must not run."""
         if cohort_size < 1:
             return PlanRefusal("site-level DP: no site to aggregate")
         t = self.cohort_setting or cohort_size
@@ -235,7 +236,7 @@ class SiteLevelDP:
 
     def decode_mean(self, sum_vec: np.ndarray, manifest: Manifest, params: DDGParams,
                     contributors: int) -> dict[str, np.ndarray]:
-        """The unweighted mean of the contributors' (noised) clipped deltas, float32."""
+        """Return the unweighted mean of the contributors' (noised) clipped deltas, float32."""
         summed = decode_ddg(sum_vec, manifest, params, contributors=contributors)
         if self.mode == "central":
             z = self.noise_multiplier(params.cohort, params.max_contributors, params.dim)

@@ -1,10 +1,11 @@
 """Benchmark: cost of DP-SGD (Opacus ``hooks`` / ``ghost``) over a non-private LoRA step.
 
 For each model (the embedded checkpoint, and a larger Llama config: hidden 512, 4 layers)
-and each mode (``none``, ``hooks``, ``ghost``, ``csprng``) it runs LoRA r=8 on ``q_proj, v_proj`` with a
-batch of 16 sequences of 128 tokens and reports steps/s and peak memory, then a table with
-ratios against ``none``. Every (model, mode) runs in a fresh Python process, started by this
-one, so one mode's memory (and the allocator's cache) cannot leak into the next.
+and each mode (``none``, ``hooks``, ``ghost``, ``csprng``) it runs LoRA r=8 on
+``q_proj, v_proj`` with a batch of 16 sequences of 128 tokens and reports steps/s and peak
+memory, then a table with ratios against ``none``. Every (model, mode) runs in a fresh Python
+process, started by this one, so one mode's memory (and the allocator's cache) cannot leak
+into the next.
 
 Peak memory (``peak_mem_mb``) is the *working* memory of training, above the loaded model:
 
@@ -18,7 +19,8 @@ the same work); σ = 1, C = 1. ``hooks`` and ``ghost`` draw their noise from a s
 generator; ``csprng`` is ``hooks`` with the noise and the Poisson coins from the OS CSPRNG
 (``os.urandom``, the default at every deployed site): it also draws a step's coins (and
 discards them, so the batch stays the same), and its ratio to ``hooks`` ("x hooks") is the
-CSPRNG's cost per step. ``--modes`` picks a subset. steps/s is 1 / the median step time (after warm-up steps).
+CSPRNG's cost per step. ``--modes`` picks a subset. steps/s is 1 / the median step time
+(after warm-up steps).
 On CPU the table also shows the median process CPU time per step (all threads): on a shared
 machine it is much less disturbed by other load than wall time, so its ratio ("cpu x") is
 the steadier estimate of DP's cost.

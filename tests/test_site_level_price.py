@@ -21,8 +21,9 @@ DIM, CLIP, COHORT = 3000, 0.05, 10
 
 
 def _cfg(**kw: object) -> RunConfig:
-    return RunConfig.from_mapping({"secagg": True, "secagg-enrolment": "e.json", "site-level-dp": True,
-                                   "site-level-dp-clip": CLIP, "num-server-rounds": 3, **kw})
+    return RunConfig.from_mapping({"secagg": True, "secagg-enrolment": "e.json",
+                                   "site-level-dp": True, "site-level-dp-clip": CLIP,
+                                   "num-server-rounds": 3, **kw})
 
 
 def _honest() -> DDGParams:

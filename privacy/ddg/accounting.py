@@ -140,7 +140,7 @@ class SiteLevelDPRound:
             raise ValueError(f"`dim` must be an int >= 1, got {self.dim!r}")
 
     def to_mapping(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict."""
+        """Return the fields as a JSON-ready dict."""
         return asdict(self)
 
     @classmethod

@@ -46,7 +46,7 @@ def _conditional_round(y: np.ndarray, bound: float, rng: np.random.Generator) ->
     base = floor.astype(np.int64)
     bound_sq = bound * bound
     for _ in range(MAX_ROUNDING_TRIES):
-        q = base + (rng.random(y.shape[0]) < frac)
+        q: np.ndarray = base + (rng.random(y.shape[0]) < frac)
         if float(np.dot(q.astype(np.float64), q.astype(np.float64))) <= bound_sq:
             return q
     raise ValueError(f"conditional rounding failed {MAX_ROUNDING_TRIES} times (bound {bound:.4g})")
@@ -54,7 +54,7 @@ def _conditional_round(y: np.ndarray, bound: float, rng: np.random.Generator) ->
 
 def encode_ddg(delta: Mapping[str, np.ndarray], manifest: Manifest, params: DDGParams,
                rng: np.random.Generator, *, noise: bool = True) -> np.ndarray:
-    """A site's noised encoding mod 2^k, of length ``params.padded``.
+    """Return a site's noised encoding mod 2^k, of length ``params.padded``.
 
     Parameters
     ----------
@@ -86,7 +86,7 @@ def _centred(vec: np.ndarray, bits: int) -> np.ndarray:
 
 def decode_ddg(sum_vec: np.ndarray, manifest: Manifest, params: DDGParams, *,
                contributors: int) -> dict[str, np.ndarray]:
-    """The float64 sum of the contributors' (noised) clipped deltas, in manifest order.
+    """Return the float64 sum of the contributors' (noised) clipped deltas, in manifest order.
 
     Raises
     ------

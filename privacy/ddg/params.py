@@ -158,7 +158,7 @@ class DDGParams:
         return contributors * (self.local_sigma * self.gamma) ** 2
 
     def round_record(self, contributors: int) -> SiteLevelDPRound:
-        """The accountant's view of a round in which ``contributors`` sites are summed."""
+        """Return the accountant's view of a round in which ``contributors`` sites are summed."""
         return SiteLevelDPRound(mode="distributed", contributors=contributors,
                            sigma=self.local_sigma, l2_sensitivity=self.l2_sensitivity,
                            l1_sensitivity=self.l1_sensitivity, dim=self.padded)
@@ -190,7 +190,7 @@ class DDGParams:
 def plan_site_level_round(*, clip: float, dim: int, modulus_bits: int,
                           noise_multiplier: float, cohort: int, max_contributors: int,
                           rotation_seed: str, beta: float = DEFAULT_BETA) -> DDGParams:
-    """The finest grid for which ``max_contributors`` sites cannot wrap mod 2^k.
+    """Return the finest grid for which ``max_contributors`` sites cannot wrap mod 2^k.
 
     ``noise_multiplier`` z: the sum of ``cohort`` sites' noise has standard deviation
     ``z * clip`` per coordinate (real units); each site adds ``(z clip / γ)² / cohort``.
@@ -220,7 +220,7 @@ def calibrate_site_noise(*, target_epsilon: float, delta: float, rounds: int, mo
                          clip: float = 1.0, dim: int = 1, modulus_bits: int = 32,
                          cohort: int = 1, max_contributors: int | None = None,
                          prior: list[SiteLevelDPRound] | None = None, rtol: float = 1e-3) -> float:
-    """The smallest noise multiplier z (to ``rtol``) whose ``rounds`` rounds fit the budget.
+    """Return the smallest noise multiplier z (to ``rtol``) whose ``rounds`` rounds fit the budget.
 
     Each planned round is assumed to sum exactly ``cohort`` sites (fewer survivors are
     accounted when they happen). Bisection returning the noisier end: the result never

@@ -24,7 +24,7 @@ _DOMAIN = b"confide/site-dp/rotation/v1"  # fixed label: changing it changes eve
 
 
 def padded_dim(dim: int) -> int:
-    """The smallest power of two >= ``dim``."""
+    """Return the smallest power of two >= ``dim``."""
     if type(dim) is not int or dim < 1:
         raise ValueError(f"`dim` must be an int >= 1, got {dim!r}")
     return 1 << (dim - 1).bit_length()

@@ -43,7 +43,7 @@ MAX_SIGMA = float(2**50)
 
 
 def secure_rng() -> np.random.Generator:
-    """A PCG64 generator keyed with 256 bits from the OS CSPRNG (fresh on every call)."""
+    """Return a PCG64 generator keyed with 256 bits from the OS CSPRNG (fresh on every call)."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(secrets.randbits(256))))
 
 
@@ -157,12 +157,14 @@ def discrete_gaussian_pmf(sigma: float, support: np.ndarray) -> np.ndarray:
     """P(X = x) of N_Z(0, sigma^2) at the integers ``support`` (normaliser summed to 1e-300)."""
     s = _check_sigma(sigma)
     if s == 0.0:
-        return (np.asarray(support) == 0).astype(np.float64)
+        at_zero: np.ndarray = np.asarray(support) == 0
+        return at_zero.astype(np.float64)
     half = int(math.ceil(40.0 * s)) + 1
     xs = np.arange(-half, half + 1, dtype=np.float64)
     norm = float(np.sum(np.exp(-(xs**2) / (2.0 * s * s))))
     x = np.asarray(support, dtype=np.float64)
-    return np.exp(-(x**2) / (2.0 * s * s)) / norm  # type: ignore[no-any-return]
+    pmf: np.ndarray = np.exp(-(x**2) / (2.0 * s * s)) / norm
+    return pmf
 
 
 def discrete_gaussian_variance(sigma: float) -> float:

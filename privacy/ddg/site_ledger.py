@@ -55,7 +55,7 @@ class SiteLevelLedger:
                 raise ValueError(f"site-level ledger {self.path}: {exc}") from None
 
     def history(self, run_id: str) -> list[SiteLevelDPRound]:
-        """The charged rounds of ``run_id``, oldest first."""
+        """Return the charged rounds of ``run_id``, oldest first."""
         return [SiteLevelDPRound.from_mapping(r["record"]) for r in self._rounds
                 if r["run_id"] == run_id]
 

@@ -118,7 +118,7 @@ def check_signed_set(
 def expected_lists(
     signed: tuple[int, ...], *, node_id: int, held: Sequence[int]
 ) -> tuple[list[int], list[int]]:
-    """The alive and dropped lists the signed set implies for this site."""
+    """Return the alive and dropped lists the signed set implies for this site."""
     members = set(signed)
     alive = sorted({node_id, *(v for v in held if v in members)})
     return alive, sorted(v for v in held if v not in members)

@@ -88,7 +88,7 @@ class RoundGuard:
         return f"{_check('run_id', run_id)}/{_check('round', round)}"
 
     def record(self, run_id: int, round: int) -> dict[str, int]:
-        """What this site did in ``(run_id, round)``: ``{"masked-input": attempt, ...}``."""
+        """Return what this site did in ``(run_id, round)``: ``{"masked-input": attempt, ...}``."""
         entry = self._load()["rounds"].get(self._key(run_id, round), {})
         return dict(entry) if isinstance(entry, dict) else {}
 

@@ -371,10 +371,11 @@ def seed_commitment(seed: bytes | bytearray, binding: RoundBinding, *, node_id: 
 def share_commitment(
     share: bytes, binding: RoundBinding, *, owner: int, holder: int, kind: bytes
 ) -> bytes:
-    """Commitment to one Shamir share (``kind`` b"seed" or b"key") that ``owner`` dealt to
-    ``holder``; the owner sends it to the server at share time, so that the server can
-    drop a holder that reveals a wrong share and combine any t valid ones. A share is a
-    uniform field element given fewer than t others, so the hash reveals nothing.
+    """Return the commitment to one Shamir share that ``owner`` dealt to ``holder``.
+
+    ``kind`` is b"seed" or b"key". The owner sends it to the server at share time, so that
+    the server can drop a holder that reveals a wrong share and combine any t valid ones. A
+    share is a uniform field element given fewer than t others, so the hash reveals nothing.
     """
     message = _frame(
         _DOMAIN + b"share-commit", binding.encode(), _u64(owner), _u64(holder), kind, share

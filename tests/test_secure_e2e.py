@@ -1,9 +1,12 @@
-"""DP + secure aggregation end to end through Flower, with sites dropping mid-round.
+"""Secure aggregation end to end through Flower, with sites dropping mid-round.
 
 Run A: secure aggregation on; one site crashes after sending its masked input (before
 unmask), another before sending it. Run B: the same seeds, in the clear, with only the
-second site missing. Training and DP noise are seeded per site and round, so B's adapter is
-the plaintext aggregate of A's contributors: A must equal it within the decoding bound.
+second site missing. Without DP, local training is seeded by public (seed, round, site), so
+B's adapter is the plaintext aggregate of A's contributors: A must equal it within the
+decoding bound. (With DP each site's noise comes from its own secret, never shared between
+two runs, so the comparison is made without it; tests/test_dp_e2e.py covers DP with secure
+aggregation.)
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from privacy.ledger import LEDGER_FILENAME
 from protocol.adapter import load_adapter_dir
 from protocol.run_folder import RunFolder
 from protocol.wire import MessageType, Stage
@@ -22,7 +24,7 @@ from tests.test_simulation import _simulate
 def _run(out: Path, tiny_model: Path, tiny_sites: Path, *extra: str) -> None:
     proc = _simulate("--sites", "5", "--rounds", "1", "--out", str(out), "--model",
                      str(tiny_model), "--data", str(tiny_sites), "--local-steps", "2",
-                     "--epsilon", "8", "--quiet", *extra)
+                     "--dp", "off", "--quiet", *extra)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -53,8 +55,3 @@ def test_dropouts_at_two_stages_still_release_the_exact_survivor_aggregate(
     assert moved > 100 * bound  # the round really changed the adapter
     for k in plain:
         np.testing.assert_allclose(secure[k], plain[k], rtol=0, atol=bound + 1e-6)
-    # the ledger entries of every contributor were written; epsilon is reported per site
-    assert part_a.epsilon is not None
-    for site in part_a.contributed:
-        assert (RunFolder(a).site_dir(site) / LEDGER_FILENAME).is_file()
-        assert part_a.epsilon[site] <= 8.0

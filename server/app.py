@@ -17,6 +17,7 @@ from protocol.config import RunConfig
 from protocol.console import log_events
 from protocol.model_ref import resolve_model
 from protocol.run_rows import RUN_COMPLETED, RUN_FAILED
+from server.privacy_gate import refuse_without_privacy
 from server.progress_events import ProgressGrid
 from server.rounds import RoundDriver
 from server.rundir import ResumeError, RunDir, RunState
@@ -118,4 +119,5 @@ def main(grid: Grid, context: Context) -> None:
     """Flower entry point: configuration comes from ``context.run_config``."""
     _configure_logging()
     cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
+    refuse_without_privacy(cfg)
     run_server(grid, cfg)

@@ -172,7 +172,11 @@ def _pump(stream: TextIO, lines: queue.Queue[str | None]) -> None:
 def run_coordinator(cfg: ServerDeployConfig, *, resume: bool = False,
                     out: TextIO = sys.stdout) -> int:
     """Run (or resume) the federated run described by ``cfg``; 0 when it completed."""
+    # the operator's server.toml states DP and secure aggregation on or off explicitly (the
+    # start-up line below repeats it); the ServerApp's refusal is for Flower's `flwr run .`
     rc = cfg.run_config(resume=resume)
+    if not rc.allow_no_privacy:
+        rc = rc.replace(allow_no_privacy=True)
     _check_out_dir(cfg, resume)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     logger.info("coordinator: %d enrolled sites (%s), %d rounds, min %d sites per round, DP %s, "

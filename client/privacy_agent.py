@@ -38,7 +38,9 @@ def policy_from_config(node_config: Mapping[str, Any], simulated: str) -> SitePr
     node_keys = {k[len("dp-"):]: v for k, v in node_config.items() if str(k).startswith("dp-")}
     if node_keys:
         return SitePrivacyPolicy.from_mapping(node_keys)
-    if not simulated:
+    if not simulated or "data-path" in node_config:
+        # a deployed site (its own data-path) never takes a policy from the run config: the
+        # coordinator chooses that, and could hand every site without [privacy] a weak one
         return None
     try:
         doc = json.loads(simulated)

@@ -69,6 +69,8 @@ class RunConfig:
     sites_state_dir: str = ""
     secagg: bool = False
     secagg_enrolment: str = ""
+    #: run with DP or secure aggregation off (the ServerApp refuses such a run without it)
+    allow_no_privacy: bool = False
     secagg_clip: float = 10.0
     secagg_max_weight: float = 100000.0
     faults: str = ""

@@ -17,6 +17,8 @@ from protocol.config import RunConfig
 from protocol.console import log_events
 from protocol.model_ref import resolve_model
 from protocol.run_rows import RUN_COMPLETED, RUN_FAILED
+from server.privacy_gate import refuse_without_privacy
+from server.progress_events import ProgressGrid
 from server.rounds import RoundDriver
 from server.rundir import ResumeError, RunDir, RunState
 from server.secure import SecureAggregator, load_enrolment
@@ -84,7 +86,9 @@ def run_server(grid: Grid, cfg: RunConfig) -> Path:
                 rundir.root)
     if cfg.secagg_enrolment:
         rundir.keep_enrolment(cfg.secagg_enrolment)
-    driver = RoundDriver(grid, cfg, rundir, run_id=run_id, lora_cfg=lcfg, shapes=shapes)
+    # the grid logs one progress event per exchange (read by confide simulate / server)
+    driver = RoundDriver(ProgressGrid(grid), cfg, rundir, run_id=run_id, lora_cfg=lcfg,
+                         shapes=shapes)
     if cfg.secagg:
         driver.secure = SecureAggregator(driver, enrolment=load_enrolment(cfg.secagg_enrolment),
                                          clip=cfg.secagg_clip, max_weight=cfg.secagg_max_weight,
@@ -115,4 +119,5 @@ def main(grid: Grid, context: Context) -> None:
     """Flower entry point: configuration comes from ``context.run_config``."""
     _configure_logging()
     cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
+    refuse_without_privacy(cfg)
     run_server(grid, cfg)

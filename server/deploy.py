@@ -33,6 +33,7 @@ from protocol.run_rows import RUN_COMPLETED, MetricsRow, ParticipationRow, RunSt
 from server.deploy_config import ServerDeployConfig
 from server.fab import stage_app
 from server.metrics import RunMetrics, dropped_sites, serve_metrics
+from server.progress import RunProgress, quiet_env
 
 __all__ = ["DeployError", "run_coordinator"]
 
@@ -49,6 +50,7 @@ class DeployError(RuntimeError):
 def _env(home: Path, token: str) -> dict[str, str]:
     env = flower_env(token)
     env.update({"FLWR_HOME": str(home), "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1")})
+    quiet_env(env)
     return env
 
 
@@ -170,7 +172,11 @@ def _pump(stream: TextIO, lines: queue.Queue[str | None]) -> None:
 def run_coordinator(cfg: ServerDeployConfig, *, resume: bool = False,
                     out: TextIO = sys.stdout) -> int:
     """Run (or resume) the federated run described by ``cfg``; 0 when it completed."""
+    # the operator's server.toml states DP and secure aggregation on or off explicitly (the
+    # start-up line below repeats it); the ServerApp's refusal is for Flower's `flwr run .`
     rc = cfg.run_config(resume=resume)
+    if not rc.allow_no_privacy:
+        rc = rc.replace(allow_no_privacy=True)
     _check_out_dir(cfg, resume)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     logger.info("coordinator: %d enrolled sites (%s), %d rounds, min %d sites per round, DP %s, "
@@ -235,7 +241,9 @@ def _follow(cfg: ServerDeployConfig, rc: Any, app_dir: Path, env: dict[str, str]
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
     start = time.monotonic()
     last_refresh = 0.0
+    display = RunProgress(total_rounds=rc.num_server_rounds, stream=out)
     try:
+        display.__enter__()
         while True:
             try:
                 line = lines.get(timeout=1.0)
@@ -244,8 +252,7 @@ def _follow(cfg: ServerDeployConfig, rc: Any, app_dir: Path, env: dict[str, str]
             if line is None:
                 break
             if line:
-                out.write(line)
-                out.flush()
+                display.feed(line)
                 m = _ROUND.search(line)
                 if m:
                     metrics.set_round(int(m.group(1)))
@@ -263,6 +270,7 @@ def _follow(cfg: ServerDeployConfig, rc: Any, app_dir: Path, env: dict[str, str]
             raise DeployError("waited 30 s for `flwr run` to exit after its log stream "
                               "ended") from None
     finally:
+        display.close()
         kill_tree(proc, token, timeout=5)
     for rec, part in metrics.refresh():
         _log_round(rec, part)

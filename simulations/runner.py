@@ -23,6 +23,7 @@ from pathlib import Path
 from protocol.config import RunConfig
 from protocol.procs import RUN_TOKEN_ENV, ProcessError, find_bin, flower_env, free_port, kill_tree
 from server.fab import stage_app
+from server.progress import RunProgress, quiet_env
 
 __all__ = ["SimulationError", "run_simulation"]
 
@@ -64,12 +65,15 @@ def _superlink(workdir: Path, env: dict[str, str], token: str) -> Iterator[int]:
 
 def run_simulation(
     cfg: RunConfig, *, num_sites: int, cpus_per_site: int = 1, quiet: bool = False,
-    timeout: float | None = None,
+    timeout: float | None = None, progress: bool | None = None,
 ) -> int:
     """Run ``cfg`` with ``num_sites`` virtual sites; return ``flwr run``'s exit code.
 
-    Streams the ServerApp's log lines to stdout unless ``quiet``.
+    Streams the ServerApp's log lines to stdout unless ``quiet``, with the run's progress
+    (:class:`server.progress.RunProgress`: live on a terminal, plain lines else) unless
+    ``progress`` is false (default: shown unless ``quiet``).
     """
+    show = (not quiet) if progress is None else progress
     with tempfile.TemporaryDirectory(prefix="confide-sim-") as tmp:
         work = Path(tmp)
         app_dir = stage_app(work / "app", cfg.to_mapping())
@@ -88,6 +92,7 @@ def run_simulation(
         })
         if not env["CONFIDE_EMBEDDED_MODEL"]:
             env.pop("CONFIDE_EMBEDDED_MODEL")
+        quiet_env(env)
         with _superlink(work, env, token) as port:
             (home / "config.toml").write_text(
                 '[superlink]\ndefault = "confide"\n\n[superlink.confide]\n'
@@ -100,14 +105,22 @@ def run_simulation(
                                     stderr=subprocess.STDOUT, text=True, bufsize=1,
                                     start_new_session=True)
             start = time.monotonic()
+            display = RunProgress(total_rounds=cfg.num_server_rounds, stream=sys.stdout,
+                                  echo=not quiet)
             try:
                 assert proc.stdout is not None
-                for line in proc.stdout:
-                    if not quiet:
-                        sys.stdout.write(line)
-                        sys.stdout.flush()
-                    if timeout is not None and time.monotonic() - start > timeout:
-                        raise SimulationError(f"simulation did not finish within {timeout:.0f} s")
+                with contextlib.ExitStack() as stack:
+                    if show:
+                        stack.enter_context(display)
+                    for line in proc.stdout:
+                        if show:
+                            display.feed(line)
+                        elif not quiet:
+                            sys.stdout.write(line)
+                            sys.stdout.flush()
+                        if timeout is not None and time.monotonic() - start > timeout:
+                            raise SimulationError(
+                                f"simulation did not finish within {timeout:.0f} s")
                 return proc.wait()
             finally:
                 kill_tree(proc, token, timeout=5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -125,6 +126,8 @@ def run_config(args: argparse.Namespace) -> Any:
         "secagg": args.secagg == "on",
         "secagg-enrolment": str(RunFolder(out).enrolment_path) if args.secagg == "on" else "",
         "min-sites": min(args.sites, args.min_sites or min(args.sites, 2)),
+        # the user turned a part of the privacy stack off with a flag: an explicit choice
+        "allow-no-privacy": args.dp == "off" or args.secagg == "off",
     }
     if args.secagg_clip is not None:
         overrides["secagg-clip"] = args.secagg_clip
@@ -215,6 +218,9 @@ def dp_summary(cfg: Any, num_sites: int) -> str:
         return "differential privacy: off (sites train without DP; no epsilon is claimed)"
     from transformers import AutoTokenizer
 
+    # its note that a site text is longer than the model's window says nothing here: examples
+    # are cut to max-seq-len when they are tokenised for training
+    logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
     tok = AutoTokenizer.from_pretrained(cfg.model)
     lines = [f"differential privacy (site policies): {policy.summary()}",
              f"{'site':<14}{'n':>6}{'budget':>8}{'delta':>10}{'sigma':>8}{'q':>9}{'C':>6}"

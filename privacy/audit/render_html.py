@@ -1,6 +1,8 @@
 """The audit report as one self-contained HTML file: inline CSS and SVG, no external assets.
 
-It reads in a browser and prints (A4, colours kept for the red flags). The ε plot is an
+It reads in a browser and prints (A4, colours kept for the red flags). Beside the ε plot,
+:mod:`privacy.audit.loss_plot` draws the held-out loss per round (and the site-level ε when
+site-level DP is on). The ε plot is an
 inline ``<svg id="epsilon-plot">``: one ``<polyline class="eps-line" data-site=...>`` per
 site over rounds 0..R, and a dashed ``<line class="budget-line">`` per distinct budget.
 """
@@ -20,6 +22,7 @@ from privacy.audit._format import (
     google_cell,
     recomputation_cells,
 )
+from privacy.audit.loss_plot import loss_plot_svg, loss_points, site_level_epsilon_plot_svg
 from privacy.audit.model import AuditReport
 from privacy.audit.site_level import site_level_html
 from privacy.audit.sites import SiteReport
@@ -53,7 +56,9 @@ tr.earlier td { color: var(--muted); }
           display: inline-block; }
 tr.altered td { background: #fde7ea; }
 ul.flags li.red { color: var(--red); } ul.flags li.warning { color: #8a5a00; }
-figure { margin: 0; } figcaption { color: var(--muted); font-size: .9em; }
+figure { margin: 0; } .plots { display: flex; flex-wrap: wrap; gap: 12px 24px; }
+.plots figure { flex: 1 1 420px; max-width: 540px; }
+figcaption { color: var(--muted); font-size: .9em; }
 svg text { font: 11px system-ui, sans-serif; fill: #222; }
 pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: .85em; }
 .signoff td { height: 2.2em; }
@@ -281,6 +286,22 @@ def _empirical(report: AuditReport) -> str:
               "little.</p>")
 
 
+def _learning_section(report: AuditReport) -> str:
+    """Held-out loss / perplexity per round, and the site-level ε when site-level DP is on."""
+    figures = [
+        "<figure>" + loss_plot_svg(loss_points(report), report.num_rounds)
+        + "<figcaption>Held-out loss after each round (round 0: the starting adapter), "
+          "example-weighted over the sites that evaluated; right axis: perplexity.</figcaption>"
+          "</figure>"]
+    site_eps = site_level_epsilon_plot_svg(report)
+    if site_eps:
+        figures.append("<figure>" + site_eps + "<figcaption>Site-level ε(δ) of the run after "
+                       "each released aggregate; dashed red: the run's site-level budget."
+                       "</figcaption></figure>")
+    return ('<section id="learning"><h2>What the run learned</h2><div class="plots">'
+            + "".join(figures) + "</div></section>")
+
+
 def render_html(report: AuditReport) -> str:
     """The whole report as one self-contained HTML document."""
     red = report.red_flags
@@ -307,6 +328,7 @@ def render_html(report: AuditReport) -> str:
         epsilon_plot_svg(report.sites, report.num_rounds),
         ("<figcaption>ε(δ) the site ledgers state after each round (dotted: unverified "
          "ledger); dashed red: budget.</figcaption></figure></section>"),
+        _learning_section(report),
         '<section id="sites"><h2>Sites and independent recomputation</h2>',
         _sites_table(report),
         ('<p class="meta">Recomputed from the parameters each ledger records: same accountant '

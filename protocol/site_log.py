@@ -15,9 +15,15 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["SITE_LOG", "TRAIN", "EVALUATE", "append_site_row", "read_site_rows"]
+from protocol.run_rows import SiteEval
+
+if TYPE_CHECKING:
+    from protocol.run_folder import RunFolder
+
+__all__ = ["EVALUATE", "SITE_LOG", "TRAIN", "append_site_row", "read_site_rows",
+           "site_evaluations"]
 
 SITE_LOG = "site-metrics.jsonl"
 TRAIN = "train"
@@ -71,3 +77,28 @@ def read_site_rows(state_dir: str | os.PathLike[str], *, run_id: str | None = No
             continue
         rows.append(row)
     return rows
+
+
+def site_evaluations(folder: RunFolder) -> dict[str, dict[int, SiteEval]]:
+    """Each site's own held-out figures per round of the folder's run, read from the site
+    state directories ``RUN_DIR/sites/<site>/`` (simulation); a bad row is skipped."""
+    try:
+        run_id: str | None = folder.read_run_info().run_id
+    except (OSError, ValueError):
+        run_id = None
+    out: dict[str, dict[int, SiteEval]] = {}
+    if not folder.sites_dir.is_dir():
+        return out
+    for site_dir in sorted(p for p in folder.sites_dir.iterdir() if p.is_dir()):
+        evs: dict[int, SiteEval] = {}
+        for row in read_site_rows(site_dir, run_id=run_id, kind=EVALUATE):
+            try:
+                loss = float(row["eval-loss"])
+                evs[row["round"]] = SiteEval.from_json({
+                    "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
+                    "num_examples": row["num-examples"], "num_tokens": row["num-tokens"]})
+            except (KeyError, TypeError, ValueError):
+                continue
+        if evs:
+            out[site_dir.name] = evs
+    return out

@@ -38,6 +38,7 @@ def build_app() -> ClientApp:
     client_app.query(Action.SECAGG_ADVERTISE)(secure_handlers.advertise)
     client_app.query(Action.SECAGG_SHARE)(secure_handlers.share)
     client_app.train(Action.SECAGG_MASKED)(secure_handlers.masked_train)
+    client_app.evaluate(Action.SECAGG_MASKED)(secure_handlers.masked_evaluate)
     client_app.query(Action.SECAGG_CONSISTENCY)(secure_handlers.consistency)
     client_app.query(Action.SECAGG_UNMASK)(secure_handlers.unmask)
     return client_app

@@ -17,9 +17,10 @@ from client.site import site_spec
 from protocol.config import RunConfig
 from protocol.instructions import RoundInstructions
 from protocol.messages import record_to_state, reply_content, state_to_record
+from protocol.site_log import EVALUATE, append_site_row
 from protocol.wire import Field, Key, MessageType, Metric, Status
 
-__all__ = ["evaluate", "hello", "train"]
+__all__ = ["evaluate", "held_out", "hello", "train"]
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -35,8 +36,9 @@ def train(msg: Message, context: Context) -> Message:
                                  ledger_summary=upd.ledger_summary), reply_to=msg)
 
 
-def evaluate(msg: Message, context: Context) -> Message:
-    """Held-out loss of the global adapter on this site's held-out split."""
+def held_out(msg: Message, context: Context) -> tuple[str, dict[str, Any]]:
+    """The site's name and the held-out figures of the message's adapter, also appended to
+    the site's own log (:mod:`protocol.site_log`)."""
     from client.model import set_adapter_state
     from client.train import evaluate as held_out_loss
 
@@ -53,7 +55,17 @@ def evaluate(msg: Message, context: Context) -> Message:
         Metric.EVAL_LOSS: res.loss,
         Metric.TIME_EVAL: time.perf_counter() - t0,
     }
-    status = ConfigRecord({Field.STATUS: Status.OK, Field.SITE: data.spec.name})
+    if data.spec.state_dir is not None:
+        append_site_row(data.spec.state_dir, kind=EVALUATE, run_id=instr.run_id,
+                        round_num=instr.round_num, figures=metrics)
+    return data.spec.name, metrics
+
+
+def evaluate(msg: Message, context: Context) -> Message:
+    """Held-out loss of the global adapter on this site's held-out split (plain path: the
+    coordinator sees each site's figures, as it sees each site's update)."""
+    name, metrics = held_out(msg, context)
+    status = ConfigRecord({Field.STATUS: Status.OK, Field.SITE: name})
     return Message(RecordDict({Key.METRICS: MetricRecord(metrics), Key.CONFIG: status}),
                    reply_to=msg)
 

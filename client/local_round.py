@@ -27,12 +27,13 @@ from protocol.config import RunConfig
 from protocol.instructions import RoundInstructions
 from protocol.messages import record_to_state
 from protocol.model_ref import resolve_model
+from protocol.site_log import TRAIN, append_site_row
 from protocol.wire import Metric, Reason, Status
 
 if TYPE_CHECKING:
     from client.model import SiteModel
 
-__all__ = ["LocalUpdate", "load_site", "local_update"]
+__all__ = ["LocalUpdate", "clear_metrics", "load_site", "local_update", "releases_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,28 @@ def _noise_seed(context: Context, privacy: SitePrivacy, data: SiteData, *, run_i
         "the OS CSPRNG (the site's policy turned secure mode off)", data.spec.name, round_num)
     secret = site_secret_seed(data.spec.state_dir)
     return SEEDED, round_seed(secret, run_id=run_id, round_num=round_num)
+
+
+def releases_metrics(context: Context, cfg: RunConfig) -> bool:
+    """Whether this site's own policy lets it release its per-site figures in the clear.
+
+    Off by default. At a deployed site (``data-path`` in the node config) only the node
+    config can turn it on (``dp-release-metrics = true``); a policy that came from the run
+    config (the coordinator) never does. In simulation the simulated policy's
+    ``release-metrics`` counts.
+    """
+    if "data-path" in context.node_config:
+        return context.node_config.get("dp-release-metrics") is True
+    policy = policy_from_config(context.node_config, cfg.dp_policy)
+    return policy is not None and policy.release_metrics
+
+
+def clear_metrics(metrics: dict[str, Any], *, release: bool) -> dict[str, Any]:
+    """What of ``metrics`` a secure-aggregation reply carries in the clear: by default only
+    the privacy parameters its signed ledger summary reveals anyway (:data:`Metric.LEDGER`)."""
+    if release:
+        return dict(metrics)
+    return {k: v for k, v in metrics.items() if k in Metric.LEDGER}
 
 
 def _site_privacy(context: Context, cfg: RunConfig, data: SiteData) -> SitePrivacy | None:
@@ -177,5 +200,8 @@ def local_update(instr: RoundInstructions, arrays: Any, context: Context) -> Loc
                         Metric.SAMPLE_RATE: plan.sample_rate,
                         Metric.MAX_GRAD_NORM: plan.max_grad_norm})
     logger.info("site %s round %d: %d steps, train loss %.4f", site, round_num, steps, mean_loss)
+    if data.spec.state_dir is not None:  # the site's own record; nothing here is sent
+        append_site_row(data.spec.state_dir, kind=TRAIN, run_id=run_id, round_num=round_num,
+                        figures=metrics)
     return LocalUpdate(site, Status.OK, metrics=metrics, delta=delta,
                        ledger_summary=_summary(privacy, data, run_id, round_num))

@@ -32,6 +32,7 @@ from protocol.config import RunConfig
 from protocol.enrolment import load_enrolment
 from protocol.instructions import RoundInstructions
 from protocol.messages import get_payload
+from protocol.secure_stats import append_weight
 from protocol.wire import Field, Key, Metric
 
 __all__ = ["SecureSite", "site_limits"]
@@ -129,7 +130,11 @@ class SecureSite:
 
     def encode(self, upd: LocalUpdate, instr: RoundInstructions, session: SiteSession,
                context: Context) -> np.ndarray:
-        """The trained delta as the round's ring vector (clipped, weighted or noised)."""
+        """The trained delta as the round's ring vector (clipped, weighted or noised).
+
+        Without site-level DP the weight (number of examples) follows as one more ring
+        coordinate, an exact integer: it travels inside the masked sum, never in the clear.
+        """
         if instr.codec is None or upd.delta is None:
             raise SecAggError("a masked input needs the round's codec and a trained delta")
         delta = {k: upd.delta[k] for k in sorted(upd.delta)}
@@ -139,6 +144,8 @@ class SecureSite:
             return encode_site_level_dp(delta, manifest, instr.site_level_dp, self.cfg, session.config,
                                   context)
         weight = int(upd.metrics[Metric.NUM_EXAMPLES])
-        return encode(delta, manifest, clip_norm=instr.codec.clip, weight=float(weight),
-                      scale=instr.codec.scale, modulus_bits=session.config.modulus_bits,
-                      rng=np.random.default_rng(), max_weight=instr.codec.max_weight)
+        bits = session.config.modulus_bits
+        vec = encode(delta, manifest, clip_norm=instr.codec.clip, weight=float(weight),
+                     scale=instr.codec.scale, modulus_bits=bits,
+                     rng=np.random.default_rng(), max_weight=instr.codec.max_weight)
+        return append_weight(vec, weight, modulus_bits=bits, max_weight=instr.codec.max_weight)

@@ -7,6 +7,12 @@ answered as a training failure — never as a refusal, and never with the error'
 may quote the site's records. A reply sent after the site trained and wrote its ledger, a
 refusal included, carries the site's signed ledger summary, so the audit never shows less than
 the site spent.
+
+Nothing per-site travels in the clear: the weight is a coordinate of the masked input, the
+evaluation is a secure sum of its own (:func:`masked_evaluate`, :mod:`protocol.secure_stats`),
+and a reply's metrics hold only the privacy parameters its signed ledger summary reveals
+anyway, unless the site's own policy sets ``release-metrics``. The figures themselves stay in
+the site's own log (:mod:`protocol.site_log`).
 """
 
 from __future__ import annotations
@@ -17,15 +23,16 @@ from typing import Any
 from flwr.app import Context, Message
 
 from client.faults import inject_fault
-from client.local_round import local_update
+from client.local_round import clear_metrics, local_update, releases_metrics
 from client.secure import SecureSite
 from client.site_level_dp import check_unmask
 from privacy.secagg import SecAggError, SiteSession
 from protocol.instructions import RoundInstructions
 from protocol.messages import get_payload, reply_content
-from protocol.wire import Key, Reason, Stage, Status
+from protocol.secure_stats import encode_eval_stats, eval_round, is_eval_round
+from protocol.wire import Key, Metric, Reason, Stage, Status
 
-__all__ = ["advertise", "consistency", "masked_train", "share", "unmask"]
+__all__ = ["advertise", "consistency", "masked_evaluate", "masked_train", "share", "unmask"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +112,8 @@ def masked_train(msg: Message, context: Context) -> Message:
         session = site.restore(context)
         instr = RoundInstructions.from_record(msg.content[Key.CONFIG])
         cfg = session.config
+        if is_eval_round(cfg.round):
+            raise SecAggError("a training input asked for in an evaluation's session")
         done = Stage.MASKED_INPUT in site.guard.record(cfg.run_id, cfg.round)
     except _REFUSALS as exc:
         return _refuse(msg, context, site.name, exc, session)
@@ -118,10 +127,12 @@ def masked_train(msg: Message, context: Context) -> Message:
         upd = local_update(instr, msg.content[Key.ARRAYS], context)
     except Exception as exc:  # noqa: BLE001 - whatever it is, the local round failed
         return _training_failed(msg, context, site.name, exc, session)
+    release = releases_metrics(context, site.cfg)
     if upd.status != Status.OK or upd.delta is None:
         site.wipe(context, session)
         return _answer(msg, site.name, None, status=upd.status, reason=upd.reason,
-                       metrics=upd.metrics, ledger_summary=upd.ledger_summary)
+                       metrics=clear_metrics(upd.metrics, release=release),
+                       ledger_summary=upd.ledger_summary)
     try:
         vector = site.encode(upd, instr, session, context)
         reply = session.masked_input(get_payload(msg.content), vector=vector)
@@ -129,8 +140,49 @@ def masked_train(msg: Message, context: Context) -> Message:
     except _REFUSALS as exc:  # trained and charged: the refusal carries the ledger summary
         return _refuse(msg, context, site.name, exc, session, upd.ledger_summary)
     site.save(context, session)
-    return _answer(msg, site.name, reply, metrics=upd.metrics,
+    return _answer(msg, site.name, reply, metrics=clear_metrics(upd.metrics, release=release),
                    ledger_summary=upd.ledger_summary)
+
+
+def masked_evaluate(msg: Message, context: Context) -> Message:
+    """Stage 3 of a secure evaluation: the held-out figures of the global adapter, masked.
+
+    The session must be this round's evaluation (its secure-aggregation round carries
+    :data:`~protocol.secure_stats.EVAL_ROUND_BIT`), and the site sends one evaluation per
+    (run, round): a re-run could otherwise difference this site's figures out of two sums.
+    """
+    from client.handlers import held_out
+
+    site = SecureSite.of(context)
+    session = None
+    try:
+        session = site.restore(context)
+        instr = RoundInstructions.from_record(msg.content[Key.CONFIG])
+        cfg = session.config
+        if cfg.round != eval_round(instr.round_num):
+            raise SecAggError("an evaluation asked for outside its round's evaluation session")
+        done = Stage.MASKED_INPUT in site.guard.record(cfg.run_id, cfg.round)
+    except _REFUSALS as exc:
+        return _refuse(msg, context, site.name, exc, session)
+    if done:
+        site.wipe(context, session)
+        return _answer(msg, site.name, None, status=Status.DECLINED,
+                       reason=Reason.ROUND_ALREADY_CONTRIBUTED)
+    try:
+        _, figures = held_out(msg, context)
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the evaluation failed
+        return _training_failed(msg, context, site.name, exc, session)
+    try:
+        vector = encode_eval_stats(loss=float(figures[Metric.EVAL_LOSS]),
+                                   num_examples=int(figures[Metric.NUM_EXAMPLES]),
+                                   num_tokens=int(figures[Metric.NUM_TOKENS]))
+        reply = session.masked_input(get_payload(msg.content), vector=vector)
+        del vector
+    except _REFUSALS as exc:
+        return _refuse(msg, context, site.name, exc, session)
+    site.save(context, session)
+    release = releases_metrics(context, site.cfg)
+    return _answer(msg, site.name, reply, metrics=figures if release else None)
 
 
 def consistency(msg: Message, context: Context) -> Message:

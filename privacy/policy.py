@@ -132,6 +132,13 @@ class SitePrivacyPolicy:
         for simulations), and every such round is flagged by the audit. At a deployed
         site only the site's node config (``dp-secure-mode = false``) can turn it off;
         nothing the coordinator sends does.
+    release_metrics : bool
+        Let this site release its per-site figures (train loss, example count, held-out
+        loss and token count, timings) in the clear under secure aggregation. Off by
+        default: the coordinator then learns them only as sums inside the secure sum, and
+        what the site releases in the clear is its signed ledger summary alone (ε, δ, q, σ,
+        steps). At a deployed site only its node config (``dp-release-metrics = true``) can
+        turn it on. The audit lists, per site, what it released.
     """
 
     budget_epsilon: float
@@ -142,6 +149,7 @@ class SitePrivacyPolicy:
     min_noise_multiplier: float = 0.0
     grad_sample_mode: str = "hooks"
     secure_mode: bool = True
+    release_metrics: bool = False
 
     def __post_init__(self) -> None:
         check_epsilon(self.budget_epsilon, "budget_epsilon")
@@ -177,6 +185,10 @@ class SitePrivacyPolicy:
         if type(self.secure_mode) is not bool:
             raise PolicyError(f"`secure_mode` must be true or false, got {self.secure_mode!r}",
                               field="secure_mode", value=self.secure_mode)
+        if type(self.release_metrics) is not bool:
+            raise PolicyError("`release_metrics` must be true or false, got "
+                              f"{self.release_metrics!r}", field="release_metrics",
+                              value=self.release_metrics)
 
     @property
     def calibrates(self) -> bool:

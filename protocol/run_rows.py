@@ -196,6 +196,12 @@ class MetricsRow(_Row):
     """One line of ``metrics.jsonl``: the evaluation after a round (round 0: before training).
 
     ``contributed`` ... ``declined`` are written for rounds >= 1 only.
+
+    With secure aggregation the coordinator knows sums only: ``sites`` is empty and
+    ``train_loss`` absent; ``eval_loss`` comes from the secure evaluation's totals
+    (``eval_num_examples``, ``eval_num_tokens``, summed over ``eval_contributed``) and is
+    within ``eval_decoding_error_bound`` of the plaintext figure of the same sites. Each
+    site's own figures stay in its state directory (:mod:`protocol.site_log`).
     """
 
     _WHAT = "metrics row"
@@ -211,6 +217,11 @@ class MetricsRow(_Row):
     train_loss: Mapping[str, float] | None = None
     epsilon: Mapping[str, float] | None = None
     declined: Mapping[str, str] | None = None
+    secure_evaluation: bool | None = None
+    eval_num_examples: int | None = None
+    eval_num_tokens: int | None = None
+    eval_contributed: tuple[str, ...] | None = None
+    eval_decoding_error_bound: float | None = None
 
 
 MetricsRow._CHECKS = {
@@ -218,6 +229,8 @@ MetricsRow._CHECKS = {
     "sites": _map_of(_SITE_EVAL, "site evaluations"), "round_time_s": _num,
     "bytes_received": _int, "contributed": _names, "released": _bool, "dropped": _names,
     "train_loss": _num_map, "epsilon": _num_map, "declined": _str_map,
+    "secure_evaluation": _bool, "eval_num_examples": _int, "eval_num_tokens": _int,
+    "eval_contributed": _names, "eval_decoding_error_bound": _num,
 }
 SiteEval._CHECKS = {"eval_loss": _num, "eval_perplexity": _num, "num_examples": _int,
                     "num_tokens": _int}
@@ -257,6 +270,8 @@ class ParticipationRow(_Row):
     site_level_dp: Mapping[str, Any] | None = None
     attempt: int | None = None
     charged: bool | None = None
+    #: secure aggregation: the contributors' total weight, decoded from the masked sum
+    total_weight: int | None = None
 
 
 ParticipationRow._CHECKS = {
@@ -264,7 +279,7 @@ ParticipationRow._CHECKS = {
     "failed": _str_map, "epsilon": _num_map, "released": _bool, "train_loss": _num_map,
     "dropped": _names, "secure_aggregation": _bool, "threshold": _int, "degree": _int,
     "modulus_bits": _int, "decoding_error_bound": _num_map, "abort_reason": _str,
-    "site_level_dp": _obj, "attempt": _int, "charged": _bool,
+    "site_level_dp": _obj, "attempt": _int, "charged": _bool, "total_weight": _int,
 }
 
 

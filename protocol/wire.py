@@ -59,6 +59,8 @@ class MessageType(_Names):
     SECAGG_ADVERTISE = f"{QUERY}.{Action.SECAGG_ADVERTISE}"
     SECAGG_SHARE = f"{QUERY}.{Action.SECAGG_SHARE}"
     SECAGG_MASKED = f"{TRAIN}.{Action.SECAGG_MASKED}"
+    #: the masked-input stage of a secure evaluation (``protocol.secure_stats``)
+    SECAGG_EVALUATE = f"{EVALUATE}.{Action.SECAGG_MASKED}"
     SECAGG_CONSISTENCY = f"{QUERY}.{Action.SECAGG_CONSISTENCY}"
     SECAGG_UNMASK = f"{QUERY}.{Action.SECAGG_UNMASK}"
 
@@ -185,6 +187,10 @@ class Metric(_Names):
     TIME_SETUP = "time-setup"
     TIME_TRAIN = "time-train"
     TIME_EVAL = "time-eval"
+    #: what a secure-aggregation reply may carry in the clear by default: the privacy
+    #: parameters the site's signed ledger summary reveals anyway (never a loss, a count or
+    #: a timing; those travel inside the masked sum or stay at the site)
+    LEDGER: tuple[str, ...] = (EPSILON, DELTA, NOISE_MULTIPLIER, SAMPLE_RATE, MAX_GRAD_NORM)
 
 
 class Status(_Names):

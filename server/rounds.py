@@ -4,7 +4,11 @@ Every reply is parsed by :func:`parse_reply`, which never raises: a malformed on
 in its records, a metric of the wrong type, a payload nested too deep or too large) becomes
 a failed reply with a reason naming what was wrong, so one site can drop out of a round but
 never fail the run. A secure round's participation row is written ahead of its unmask
-(:meth:`RoundDriver.write_ahead`) and amended once the round's outcome is known.
+(:meth:`RoundDriver.write_ahead`) and amended once the round's outcome is known. Under
+secure aggregation the evaluation is a secure sum too (``SecureAggregator.evaluate``): the
+metrics row holds the round's totals, no site's figures. Messages go out and come back
+through :func:`exchange`, which polls every ``POLL_S`` (Flower's ``send_and_receive`` sleeps
+3 s between pulls), so the stages of a secure round cost little waiting.
 """
 
 from __future__ import annotations
@@ -30,9 +34,30 @@ from protocol.wire import Field, Key, MessageType, Metric, Reason, Status
 from server.aggregate import apply_delta, weighted_mean
 from server.rundir import RunDir, RunState
 
-__all__ = ["RoundDriver", "SiteReply", "parse_reply", "wait_for_nodes"]
+__all__ = ["POLL_S", "RoundDriver", "SiteReply", "exchange", "parse_reply", "wait_for_nodes"]
 
 logger = logging.getLogger(__name__)
+
+#: seconds between two pulls of the replies not yet received
+POLL_S = 0.1
+
+
+def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float,
+             poll: float = POLL_S) -> list[Message]:
+    """Push ``messages``, then pull their replies every ``poll`` s until all have come or
+    ``timeout`` s have passed (the semantics of ``Grid.send_and_receive``, polled faster)."""
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        left = deadline - time.monotonic()
+        if not pending or left <= 0:
+            break
+        time.sleep(min(poll, left))
+    return replies
 
 
 class NoSitesError(RuntimeError):
@@ -200,7 +225,7 @@ class RoundDriver:
         nodes = sorted(contents)
         messages = [Message(contents[n], dst_node_id=n, message_type=kind,
                             group_id=str(round_num)) for n in nodes]
-        raw = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+        raw = exchange(self.grid, messages, timeout=self.cfg.round_timeout)
         self.bytes_received[round_num] = (self.bytes_received.get(round_num, 0)
                                           + sum(_safe_bytes(m) for m in raw))
         replies = [parse_reply(m) for m in raw]
@@ -241,6 +266,8 @@ class RoundDriver:
 
     def evaluate(self, round_num: int, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
         nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites, timeout=self.cfg.round_timeout)
+        if self.secure is not None:
+            return self._secure_evaluate(round_num, state, nodes)
         content = RecordDict({Key.ARRAYS: state_to_record(state),
                               Key.CONFIG: self.instructions(round_num).to_record()})
         replies = self._send(nodes, MessageType.EVALUATE, content, round_num)
@@ -267,6 +294,24 @@ class RoundDriver:
         total = sum(s["num_examples"] for s in sites.values())
         loss = sum(s["eval_loss"] * s["num_examples"] for s in sites.values()) / total
         return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "sites": sites}
+
+    def _secure_evaluate(self, round_num: int, state: Mapping[str, np.ndarray],
+                         nodes: list[int]) -> dict[str, Any]:
+        """The round's evaluation as a secure sum: totals only, no site's figure."""
+        self.discover_names(nodes, round_num)
+        totals, part = self.secure.evaluate(round_num, state, nodes,
+                                            self.instructions(round_num))
+        for site, why in {**part["declined"], **part["failed"]}.items():
+            logger.warning("round %d: secure evaluation without %s: %s", round_num, site, why)
+        if totals is None:
+            raise RuntimeError(f"round {round_num}: the secure evaluation was aborted: "
+                               f"{part.get('abort_reason', '')}")
+        loss = totals.eval_loss
+        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "sites": {},
+                "secure_evaluation": True, "eval_num_examples": totals.num_examples,
+                "eval_num_tokens": totals.num_tokens, "eval_contributed": part["contributed"],
+                "eval_decoding_error_bound":
+                    part["decoding_error_bound"] / totals.num_examples}
 
     def train_and_aggregate(
         self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int]

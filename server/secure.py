@@ -22,8 +22,14 @@ in Flower's ``SecAggPlusWorkflow``:
    lists it implies; sites return the shares needed.
 
 Then :meth:`~SecureAggregator.release_stage`: the server only ever holds masked vectors and
-their sum; it decodes the sum of the contributors, divides by their total weight and
+their sum; it decodes the sum of the contributors, divides by their total weight (the sum's
+last coordinate: each site's weight travels inside its masked input, never in the clear) and
 applies it (or, with site-level DP, releases the accounted unweighted mean).
+
+:meth:`~SecureAggregator.evaluate` runs the same stages for a round's federated evaluation
+(``kind`` evaluate: ``evaluate.secagg`` at stage 3, no charge): each site masks a short stats
+vector (:mod:`protocol.secure_stats`) and the coordinator learns the round's total held-out
+loss and example and token counts, never a site's.
 
 A malformed reply (a wrong type, a bad metric, a payload nested too deep or too large) drops
 that site from the round with a named reason (``server.rounds.parse_reply``); never the run.
@@ -47,7 +53,24 @@ from protocol.codec import Manifest, choose_modulus_bits, decode, decoding_error
 from protocol.enrolment import load_enrolment
 from protocol.instructions import RoundInstructions, SecAggCodec, SiteLevelDPPlan
 from protocol.messages import put_payload, state_to_record
-from protocol.wire import STAGE_MESSAGE_TYPE, Field, Key, Metric, Reason, Stage, Status
+from protocol.secure_stats import (
+    EVAL_MODULUS_BITS,
+    EVAL_STATS_LEN,
+    EvalTotals,
+    decode_eval_stats,
+    eval_round,
+    split_weight,
+)
+from protocol.wire import (
+    STAGE_MESSAGE_TYPE,
+    Field,
+    Key,
+    MessageType,
+    Metric,
+    Reason,
+    Stage,
+    Status,
+)
 from server.aggregate import apply_delta
 from server.site_level_dp import Admission, PlanRefusal
 
@@ -59,6 +82,9 @@ logger = logging.getLogger(__name__)
 SCALE_BITS = 40
 
 Outcome = tuple[dict[str, np.ndarray] | None, dict[str, Any]]
+
+#: what a secure round sums: a training input (delta + weight) or an evaluation's stats
+TRAIN, EVALUATE = "train", "evaluate"
 
 
 def codec_scale(clip: float, max_weight: float) -> float:
@@ -85,9 +111,11 @@ class _Round:
     manifest: Manifest
     part: dict[str, Any]
     attempt: int = 0
+    kind: str = TRAIN
     plan: DDGParams | None = None
     server: ServerSession | None = None
-    weights: dict[int, float] = field(default_factory=dict)
+    #: nodes whose masked input the server holds (their weights are inside the sum)
+    inputs: set[int] = field(default_factory=set)
     admission: Admission | None = None
 
     @property
@@ -133,10 +161,31 @@ class SecureAggregator:
         self._note_rejections(rnd, result.rejections)
         return self.release_stage(rnd, result)
 
+    def evaluate(self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int],
+                 instructions: RoundInstructions) -> tuple[EvalTotals | None, dict[str, Any]]:
+        """A secure evaluation of ``state`` over ``nodes``: the decoded totals (None: the
+        round aborted) and its record (contributors, failures, the decoding bound)."""
+        rnd = self._new_round(round_num, state, nodes)
+        rnd.kind = EVALUATE
+        try:
+            self.setup_stage(rnd)
+            self.share_keys_stage(rnd)
+            self.collect_masked_vectors_stage(rnd, instructions)
+            self.consistency_check_stage(rnd)
+            result = self.unmask_stage(rnd)
+            totals = decode_eval_stats(result.vector, n_sites=len(result.contributors))
+        except _Aborted as exc:
+            return None, self._abort(rnd.part, exc.reason, what="secure evaluation")[1]
+        except (SecAggAbort, ValueError) as exc:
+            return None, self._abort(rnd.part, str(exc), what="secure evaluation")[1]
+        self._note_outcome(rnd, result)
+        rnd.part["decoding_error_bound"] = EvalTotals.error_bound(len(result.contributors))
+        return totals, rnd.part
+
     # stages ------------------------------------------------------------------------------
     def setup_stage(self, rnd: _Round) -> None:
         """Plan the round (ring, site-level DP), open the server session, collect adverts."""
-        if self.site_level_dp is not None:
+        if self.site_level_dp is not None and rnd.kind == TRAIN:
             plan = self.site_level_dp.plan(cohort_size=len(rnd.cohort), dim=rnd.manifest.dim)
             if isinstance(plan, PlanRefusal):
                 rnd.part["site_level_dp"] = {"mode": self.site_level_dp.mode, "released": False,
@@ -145,13 +194,19 @@ class SecureAggregator:
                 raise _Aborted(plan.reason)
             rnd.plan = plan
         try:
-            bits = rnd.plan.modulus_bits if rnd.plan is not None else choose_modulus_bits(
-                n_sites=max(len(rnd.cohort), 1), clip_norm=self.clip,
-                max_weight=self.max_weight, scale=self.scale, dim=rnd.manifest.dim)
+            if rnd.kind == EVALUATE:
+                bits, length, secagg_round = EVAL_MODULUS_BITS, EVAL_STATS_LEN, eval_round(
+                    rnd.num)
+            elif rnd.plan is not None:
+                bits, length, secagg_round = rnd.plan.modulus_bits, rnd.plan.padded, rnd.num
+            else:  # the delta, then the weight (n * max_weight fits far below 2^(k-1))
+                bits = choose_modulus_bits(
+                    n_sites=max(len(rnd.cohort), 1), clip_norm=self.clip,
+                    max_weight=self.max_weight, scale=self.scale, dim=rnd.manifest.dim)
+                length, secagg_round = rnd.manifest.dim + 1, rnd.num
             config = SecAggConfig.create(
-                run_id=int(self.driver.run_id, 16), round=rnd.num, cohort=rnd.cohort,
-                modulus_bits=bits,
-                vector_length=rnd.plan.padded if rnd.plan is not None else rnd.manifest.dim,
+                run_id=int(self.driver.run_id, 16), round=secagg_round, cohort=rnd.cohort,
+                modulus_bits=bits, vector_length=length,
                 graph_seed=os.urandom(32), attempt=rnd.attempt)
             rnd.server = ServerSession(config=config, registry={
                 n: self.enrolment[rnd.names[n]] for n in rnd.cohort})
@@ -173,23 +228,28 @@ class SecureAggregator:
         With site-level DP the sum of the inputs received is admitted (or the round aborted)
         here, before anything is unmasked.
         """
-        codec = SecAggCodec(clip=self.clip, scale=self.scale, max_weight=self.max_weight,
-                            manifest=rnd.manifest.digest())
-        plan = None if rnd.plan is None else SiteLevelDPPlan(self.site_level_dp.mode, rnd.plan.to_config())
-        extra = RecordDict({Key.ARRAYS: state_to_record(rnd.state),
-                            Key.CONFIG: instructions.with_secagg(codec, plan).to_record()})
+        if rnd.kind == EVALUATE:
+            extra = RecordDict({Key.ARRAYS: state_to_record(rnd.state),
+                                Key.CONFIG: instructions.to_record()})
+        else:
+            codec = SecAggCodec(clip=self.clip, scale=self.scale, max_weight=self.max_weight,
+                                manifest=rnd.manifest.digest())
+            plan = None if rnd.plan is None else SiteLevelDPPlan(self.site_level_dp.mode,
+                                                                 rnd.plan.to_config())
+            extra = RecordDict({Key.ARRAYS: state_to_record(rnd.state),
+                                Key.CONFIG: instructions.with_secagg(codec, plan).to_record()})
         replies = self._send_stage(Stage.MASKED_INPUT, rnd.session.masked_input_requests(), rnd,
                                    extra)
         for n, r in replies.items():
             self._take_masked_input(rnd, n, r)
         if rnd.plan is not None:  # decide before anything is unmasked
-            rnd.admission = self.site_level_dp.admit(rnd.plan, len(rnd.weights))
+            rnd.admission = self.site_level_dp.admit(rnd.plan, len(rnd.inputs))
             if not rnd.admission.ok:
                 rnd.part["site_level_dp"] = {**rnd.admission.record, "refused": rnd.admission.reason}
                 raise _Aborted(rnd.admission.reason)
 
     def _take_masked_input(self, rnd: _Round, n: int, r: Any) -> None:
-        """Record a decline or failure; keep a masked input whose weight is in range."""
+        """Record a decline or failure; keep a masked input (its weight is inside it)."""
         if Metric.EPSILON in r.metrics:
             rnd.part["epsilon"][r.site] = float(r.metrics[Metric.EPSILON])
         if r.status == Status.DECLINED:
@@ -200,12 +260,8 @@ class SecureAggregator:
         if r.status != Status.OK or r.payload is None:
             rnd.part["failed"][r.site] = r.reason or r.status
             return
-        w = r.metrics.get(Metric.NUM_EXAMPLES)
-        if type(w) is not int or not 0 < w <= self.max_weight:
-            rnd.part["failed"][r.site] = f"rejected: weight {w!r} outside (0, {self.max_weight:g}]"
-            return
         if rnd.session.receive_masked_input(n, r.payload):
-            rnd.weights[n] = float(w)
+            rnd.inputs.add(n)
 
     def consistency_check_stage(self, rnd: _Round) -> None:
         """Announce the contributor set; collect each contributor's signature over it."""
@@ -222,8 +278,8 @@ class SecureAggregator:
         """
         part, names = rnd.part, rnd.names
         self._note_rejections(rnd, rnd.session.rejections)
-        part["contributed"] = sorted(names[c] for c in rnd.weights)
-        part["dropped"] = sorted(names[c] for c in rnd.cohort if c not in rnd.weights
+        part["contributed"] = sorted(names[c] for c in rnd.inputs)
+        part["dropped"] = sorted(names[c] for c in rnd.cohort if c not in rnd.inputs
                                  and names[c] not in part["declined"])
         if rnd.plan is not None and rnd.admission is not None:
             part["site_level_dp"] = self.site_level_dp.release(rnd.admission)
@@ -243,8 +299,14 @@ class SecureAggregator:
             return self._release_site_level_dp(rnd, result, rnd.plan, rnd.admission)
         part = rnd.part
         bits = part["modulus_bits"]
-        total = sum(rnd.weights[n] for n in result.contributors)
-        summed = decode(result.vector, rnd.manifest, scale=self.scale, modulus_bits=bits)
+        vector, total_weight = split_weight(result.vector, modulus_bits=bits)
+        n = len(result.contributors)
+        if not 0 < total_weight <= n * self.max_weight:  # an out-of-range weight, or a wrap
+            return self._abort(part, f"decoded total weight {total_weight} outside (0, "
+                                     f"{n} x {self.max_weight:g}]")
+        total = float(total_weight)
+        part["total_weight"] = total_weight
+        summed = decode(vector, rnd.manifest, scale=self.scale, modulus_bits=bits)
         mean = {k: (v / total).astype(np.float32) for k, v in summed.items()}
         bound = decoding_error_bound(n_sites=len(result.contributors), clip_norm=self.clip,
                                      max_weight=self.max_weight, scale=self.scale,
@@ -286,7 +348,8 @@ class SecureAggregator:
                 content[Key.COHORT_NAMES] = ConfigRecord({Field.NAMES: json.dumps(
                     {str(n): s for n, s in names.items()})})
             contents[node] = put_payload(content, payload)
-        kind = STAGE_MESSAGE_TYPE[stage]
+        kind = (MessageType.SECAGG_EVALUATE if rnd.kind == EVALUATE and stage == Stage.MASKED_INPUT
+                else STAGE_MESSAGE_TYPE[stage])
         replies = {r.node_id: r for r in self.driver.send_each(contents, kind, rnd.num)}
         for r in replies.values():  # a site that failed here is out of the round, and why
             if r.status not in (Status.OK, Status.DECLINED):
@@ -331,9 +394,10 @@ class SecureAggregator:
                     part["round"], n, len(part["dropped"]), part["site_level_dp"]["epsilon_after"])
         return apply_delta(rnd.state, mean), part
 
-    def _abort(self, part: dict[str, Any], reason: str) -> tuple[None, dict[str, Any]]:
+    def _abort(self, part: dict[str, Any], reason: str,
+               what: str = "secure aggregation") -> tuple[None, dict[str, Any]]:
         part["released"] = False
         part["abort_reason"] = reason
-        logger.warning("round %d: secure aggregation aborted: %s; global adapter unchanged",
-                       part["round"], reason)
+        logger.warning("round %d: %s aborted: %s; nothing released", part["round"], what,
+                       reason)
         return None, part

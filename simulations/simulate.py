@@ -262,6 +262,7 @@ def _check_data(root: Path, n_sites: int) -> None:
 
 def _summary(out: Path) -> str:
     from protocol.run_folder import RunFolder
+    from protocol.site_log import site_evaluations
 
     folder = RunFolder(out)
     rows = folder.read_metrics()
@@ -294,13 +295,27 @@ def _summary(out: Path) -> str:
             declined[site] = declined.get(site, 0) + 1
     lines.append(f"{'site':<16}  {'loss r0':>8}  {'loss final':>10}  {'ppl r0':>8}  "
                  f"{'ppl final':>9}  {'examples':>8}  {'epsilon':>8}  {'declined':>8}")
-    for site in sorted(last.sites):
-        a, b = first.sites.get(site), last.sites[site]
+    own = None if last.sites else site_evaluations(folder)  # secure: the sites' own logs
+    per_site = last.sites if own is None else {
+        site: {"first": evs.get(first.round), "last": evs.get(last.round)}
+        for site, evs in own.items()}
+    for site in sorted(per_site):
+        if own is None:
+            a, b = first.sites.get(site), last.sites[site]
+            fig = [(a.eval_loss, a.eval_perplexity) if a else None,
+                   (b.eval_loss, b.eval_perplexity), b.num_examples]
+        else:
+            ends = per_site[site]
+            fig = [None if ends[k] is None else (ends[k].eval_loss, ends[k].eval_perplexity)
+                   for k in ("first", "last")]
+            fig.append(ends["last"].num_examples if ends["last"] else 0)
+        (l0, p0), (l1, p1) = (f or (float("nan"), float("nan")) for f in fig[:2])
         e = f"{eps[site]:.3f}" if site in eps else "-"
-        lines.append(f"{site:<16}  {a.eval_loss if a else float('nan'):>8.4f}  "
-                     f"{b.eval_loss:>10.4f}  {a.eval_perplexity if a else float('nan'):>8.2f}  "
-                     f"{b.eval_perplexity:>9.2f}  {b.num_examples:>8}  {e:>8}  "
-                     f"{declined.get(site, 0):>8}")
+        lines.append(f"{site:<16}  {l0:>8.4f}  {l1:>10.4f}  {p0:>8.2f}  {p1:>9.2f}  "
+                     f"{fig[2]:>8}  {e:>8}  {declined.get(site, 0):>8}")
+    if own is not None:
+        lines.append("(per-site figures: each site's own log in RUN_DIR/sites/<site>/; the "
+                     "coordinator learned only their sums)")
     return "\n".join(lines)
 
 

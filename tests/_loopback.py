@@ -1,7 +1,8 @@
 """In-process transport for tests: the ServerApp's messages go straight to the ClientApp.
 
-:class:`LoopbackGrid` stands in for Flower's ``Grid`` (the two methods the round driver
-uses): each message is handed to the real ClientApp with the destination node's own
+:class:`LoopbackGrid` stands in for Flower's ``Grid`` (the methods the round driver uses:
+``get_node_ids``, ``push_messages`` / ``pull_messages``, and ``send_and_receive``, which the
+push goes through so that a test grid can tamper with one exchange there): each message is handed to the real ClientApp with the destination node's own
 :class:`Context`, which persists across messages as Flower's does. An exception in a handler
 becomes an error reply, as the SuperNode would send. No model or protocol code is replaced.
 """
@@ -34,9 +35,29 @@ class LoopbackGrid:
                                     state=RecordDict(), run_config=dict(run_config))
                          for n, nc in node_configs.items()}
         self.sent: list[str] = []  # message types, in order
+        self._pushed = 0
+        self._replies: dict[str, Message] = {}  # message id -> its reply, not yet pulled
 
     def get_node_ids(self) -> list[int]:
         return sorted(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Deliver the messages now; their replies wait to be pulled by message id."""
+        messages = list(messages)
+        ids: dict[int, str] = {}
+        for m in messages:
+            self._pushed += 1
+            m.metadata.__dict__["_message_id"] = ids[m.metadata.dst_node_id] = \
+                f"loopback-{self._pushed}"
+        for r in self.send_and_receive(messages):
+            mid = ids.get(r.metadata.src_node_id)
+            if mid is not None:  # a test grid may have rebuilt the message it sent
+                r.metadata.__dict__["_reply_to_message_id"] = mid
+                self._replies[mid] = r
+        return list(ids.values())
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> list[Message]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from protocol.run_folder import RunFolder
+from protocol.site_log import site_evaluations
 from protocol.run_rows import RUN_COMPLETED, MetricsRow
 from tests.conftest import EMBEDDED, has_embedded
 
@@ -69,8 +70,11 @@ def test_tiny_run_writes_every_artifact_and_leaves_no_process(
     folder = RunFolder(out)
     rows = _metrics(out)
     assert [r.round for r in rows] == [0, 1, 2]
-    for r in rows:
-        assert sorted(r.sites) == ["alpha", "beta", "gamma"]
+    for r in rows:  # secure aggregation (the default): the coordinator holds totals only
+        assert r.sites == {} and r.eval_contributed == ("alpha", "beta", "gamma")
+    own = site_evaluations(folder)  # each site's own figures, in its state directory
+    assert {s: sorted(e) for s, e in own.items()} == {s: [0, 1, 2]
+                                                       for s in ("alpha", "beta", "gamma")}
     assert rows[1].contributed == ("alpha", "beta", "gamma")
     for n in (0, 1, 2):
         assert (folder.round_adapter(n) / "adapter_model.safetensors").is_file()
@@ -95,7 +99,7 @@ def test_three_sites_two_rounds_on_embedded_model_lower_held_out_loss(tmp_path: 
     rows = _metrics(out)
     assert [r.round for r in rows] == [0, 1, 2]
     assert rows[2].eval_loss < rows[1].eval_loss < rows[0].eval_loss
-    for site, m in rows[2].sites.items():
-        assert m.eval_loss < rows[0].sites[site].eval_loss, site
+    for site, evs in site_evaluations(RunFolder(out)).items():
+        assert evs[2].eval_loss < evs[0].eval_loss, site
     base = AutoModelForCausalLM.from_pretrained(str(EMBEDDED))
     PeftModel.from_pretrained(base, str(RunFolder(out).final_adapter))

@@ -200,10 +200,12 @@ def _sites_table(report: AuditReport) -> str:
             + _td(s.noise_source or "-", "" if s.noise_source in (None, "csprng") else "red")
             + _td(same, "red" if bad_same else "")
             + _td(second) + _td(tight, "red" if below else "")
-            + _td(google_cell(rc), "red" if below_pld else "") + "</tr>")
+            + _td(google_cell(rc), "red" if below_pld else "")
+            + _td("; ".join(s.released_in_clear) or "nothing") + "</tr>")
     return _table(["site", "ledger", "ε", "δ", "accountant", "budget", "left", "trained",
                    "declined", "dropped", "noise source", "recomputed (same accountant)",
-                   "second accountant", "tight lower bound", "dp-accounting RDP / PLD"], rows)
+                   "second accountant", "tight lower bound", "dp-accounting RDP / PLD",
+                   "released in the clear"], rows)
 
 
 def _site_section(s: SiteReport, run_id: str | None) -> str:

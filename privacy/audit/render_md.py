@@ -82,10 +82,11 @@ def render_md(report: AuditReport) -> str:
                      fmt_eps(s.epsilon), fmt_num(s.delta, ".3g"), s.accountant or "-",
                      fmt_eps(s.budget_epsilon), fmt_eps(s.budget_left), str(s.rounds_trained),
                      str(s.rounds_declined), str(s.rounds_dropped), s.noise_source or "-",
-                     same, second, tight, google_cell(s.recomputation)])
+                     same, second, tight, google_cell(s.recomputation),
+                     "; ".join(s.released_in_clear) or "nothing"])
     lines += _table(["site", "verified", "ε", "δ", "accountant", "budget", "left", "trained",
                      "declined", "dropped", "noise", "same accountant", "second accountant",
-                     "tight lower", "dp-accounting RDP / PLD"], rows)
+                     "tight lower", "dp-accounting RDP / PLD", "released in the clear"], rows)
     lines += ["", "ε after each round:", ""]
     rounds = list(range(report.num_rounds + 1))
     lines += _table(["site"] + [str(r) for r in rounds],

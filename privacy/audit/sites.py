@@ -107,6 +107,30 @@ class SiteReport:
     #: Noise of the run's trained rounds: ``csprng``, ``seeded``, ``unrecorded``, ``mixed``
     #: (None: no trained round in this run)
     noise_source: str | None = None
+    #: What the site released to the coordinator in the clear in this run (by default under
+    #: secure aggregation: its signed ledger summary only; every other figure was a sum)
+    released_in_clear: tuple[str, ...] = ()
+
+
+#: what :func:`released_in_clear` lists
+RELEASED_LEDGER = "signed ledger summary (epsilon, delta, q, sigma, steps)"
+RELEASED_PLAIN = "per-site update, train and evaluation metrics (secure aggregation off)"
+RELEASED_BY_POLICY = "per-site train and evaluation metrics (its policy's release-metrics)"
+
+
+def released_in_clear(name: str, policy: Mapping[str, Any],
+                      metrics: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """What one site sent the coordinator in the clear, from its policy and the metrics rows
+    (a row with ``secure_evaluation``: the round ran under secure aggregation)."""
+    out = [RELEASED_LEDGER] if policy else []
+    secure = any(m.get("secure_evaluation") is True for m in metrics)
+    plain = any(name in (m.get("sites") or {}) and m.get("secure_evaluation") is not True
+                for m in metrics)
+    if plain or (not secure and metrics):
+        out.append(RELEASED_PLAIN)
+    if secure and policy.get("release-metrics", policy.get("release_metrics")) is True:
+        out.append(RELEASED_BY_POLICY)
+    return tuple(out)
 
 
 def _noise_summary(mine: Sequence[SiteRound]) -> tuple[str | None, list[tuple[str, str]]]:
@@ -382,5 +406,6 @@ def build_site(
         failed=tuple(RoundNote(r, failed[r]) for r in sorted(failed)),
         rounds=tuple(site_rounds), epsilon_series=tuple(series),
         recomputation=recomp, verification=verification, noise_source=noise_source,
+        released_in_clear=released_in_clear(name, policy, metrics),
     )
     return report, notes

@@ -1,0 +1,135 @@
+"""What a site's statistics look like inside a secure sum: its weight, its evaluation.
+
+Under secure aggregation no per-site figure travels in the clear; the coordinator learns sums.
+
+* **Weight.** A training input is the encoded, weighted delta followed by one more ring
+  coordinate: the site's weight (its number of examples) as an exact integer. The unmasked
+  sum's last coordinate is the contributors' total weight, by which the server divides the
+  decoded sum (:func:`append_weight`, :func:`split_weight`). Site-level DP releases the
+  unweighted mean and sends no weight.
+* **Evaluation.** A secure evaluation round sums a short stats vector per site
+  (:func:`encode_eval_stats`): ``[loss x examples, loss x tokens]`` in fixed point with
+  ``EVAL_FRACTION_BITS`` fractional bits (nearest rounding), then ``examples`` and ``tokens``
+  exactly, in the ring Z/2^64. The coordinator decodes the totals (:func:`decode_eval_stats`).
+  Its secure-aggregation round number is the train round's with :data:`EVAL_ROUND_BIT` set,
+  so a site's record of what it sent (``RoundGuard``) keeps the two apart and a site never
+  sends two evaluations for one round either.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "EVAL_FRACTION_BITS",
+    "EVAL_MODULUS_BITS",
+    "EVAL_ROUND_BIT",
+    "EVAL_STATS_LEN",
+    "MAX_EVAL_COUNT",
+    "MAX_EVAL_LOSS",
+    "EvalTotals",
+    "append_weight",
+    "decode_eval_stats",
+    "encode_eval_stats",
+    "eval_round",
+    "is_eval_round",
+    "split_weight",
+]
+
+#: set in the secure-aggregation round number of a round's evaluation
+EVAL_ROUND_BIT = 1 << 62
+EVAL_STATS_LEN = 4
+EVAL_MODULUS_BITS = 64
+EVAL_FRACTION_BITS = 16
+#: a site's mean held-out loss is clamped to [0, MAX_EVAL_LOSS] nats before encoding
+MAX_EVAL_LOSS = 256.0
+#: most examples or tokens one site may report in one evaluation
+MAX_EVAL_COUNT = 1 << 30
+#: sites one evaluation sum can hold without wrapping: 2^64 / (MAX_LOSS * MAX_COUNT * 2^F)
+MAX_EVAL_SITES = 1 << (EVAL_MODULUS_BITS - 8 - 30 - EVAL_FRACTION_BITS)
+
+
+def eval_round(round_num: int) -> int:
+    """The secure-aggregation round number of ``round_num``'s evaluation."""
+    if type(round_num) is not int or not 0 <= round_num < EVAL_ROUND_BIT:
+        raise ValueError(f"`round_num` must be an int in [0, 2^62), got {round_num!r}")
+    return round_num | EVAL_ROUND_BIT
+
+
+def is_eval_round(secagg_round: int) -> bool:
+    """Whether a secure-aggregation round number is an evaluation's."""
+    return bool(secagg_round & EVAL_ROUND_BIT)
+
+
+def _weight(weight: object, max_weight: float) -> int:
+    if type(weight) is not int or not 0 < weight <= max_weight:
+        raise ValueError(f"`weight` must be an int in (0, {max_weight:g}], got {weight!r}")
+    return weight
+
+
+def append_weight(vec: np.ndarray, weight: int, *, modulus_bits: int,
+                  max_weight: float) -> np.ndarray:
+    """``vec`` with the site's integer weight appended as one more ring coordinate."""
+    w = _weight(weight, max_weight)
+    if w >= 1 << (modulus_bits - 1):
+        raise ValueError(f"`weight` {w} does not fit a 2^{modulus_bits} ring")
+    return np.concatenate([vec, np.array([w], dtype=vec.dtype)])
+
+
+def split_weight(sum_vec: np.ndarray, *, modulus_bits: int) -> tuple[np.ndarray, int]:
+    """The summed vector without its weight coordinate, and the total weight (exact)."""
+    if sum_vec.ndim != 1 or sum_vec.shape[0] < 1:
+        raise ValueError(f"a weighted sum needs a weight coordinate, got shape {sum_vec.shape}")
+    total = int(sum_vec[-1]) % (1 << modulus_bits)
+    return sum_vec[:-1], total
+
+
+@dataclass(frozen=True)
+class EvalTotals:
+    """The decoded totals of one secure evaluation."""
+
+    loss_x_examples: float
+    loss_x_tokens: float
+    num_examples: int
+    num_tokens: int
+
+    @property
+    def eval_loss(self) -> float:
+        """The example-weighted mean of the sites' held-out losses (as the plain path)."""
+        return self.loss_x_examples / self.num_examples
+
+    @staticmethod
+    def error_bound(n_sites: int) -> float:
+        """Largest |decoded - exact| of ``loss_x_examples`` (or ``loss_x_tokens``): each site
+        rounds its fixed-point product to the nearest grid step."""
+        return n_sites * 0.5 / float(1 << EVAL_FRACTION_BITS)
+
+
+def encode_eval_stats(*, loss: float, num_examples: int, num_tokens: int) -> np.ndarray:
+    """One site's evaluation as a ring vector of length :data:`EVAL_STATS_LEN` (uint64)."""
+    for name, n in (("num_examples", num_examples), ("num_tokens", num_tokens)):
+        if type(n) is not int or not 0 <= n <= MAX_EVAL_COUNT:
+            raise ValueError(f"`{name}` must be an int in [0, 2^30], got {n!r}")
+    if not isinstance(loss, (int, float)) or isinstance(loss, bool) or math.isnan(loss):
+        raise ValueError(f"`loss` must be a number, got {loss!r}")
+    loss = min(max(float(loss), 0.0), MAX_EVAL_LOSS)
+    step = float(1 << EVAL_FRACTION_BITS)
+    return np.array([round(loss * num_examples * step), round(loss * num_tokens * step),
+                     num_examples, num_tokens], dtype=np.uint64)
+
+
+def decode_eval_stats(sum_vec: np.ndarray, *, n_sites: int) -> EvalTotals:
+    """Totals from the unmasked sum of ``n_sites`` stats vectors."""
+    if sum_vec.shape != (EVAL_STATS_LEN,):
+        raise ValueError(f"an evaluation sum has shape ({EVAL_STATS_LEN},), got {sum_vec.shape}")
+    if not 0 < n_sites <= MAX_EVAL_SITES:
+        raise ValueError(f"an evaluation sum holds 1 to {MAX_EVAL_SITES} sites, got {n_sites}")
+    step = float(1 << EVAL_FRACTION_BITS)
+    a, b, n, t = (int(x) for x in sum_vec)
+    if n <= 0 or n > n_sites * MAX_EVAL_COUNT or t > n_sites * MAX_EVAL_COUNT:
+        raise ValueError(f"decoded evaluation totals out of range ({n} examples, {t} tokens "
+                         f"from {n_sites} sites)")
+    return EvalTotals(a / step, b / step, n, t)

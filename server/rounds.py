@@ -13,6 +13,7 @@ through :func:`exchange`, which polls every ``POLL_S`` (Flower's ``send_and_rece
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -157,6 +158,15 @@ def parse_reply(msg: Message) -> SiteReply:
                                 f"{str(exc)[:200]})")
 
 
+def _state_digest(state: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over an adapter's tensors in name order (to tell an unchanged adapter)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(state[name]).tobytes())
+    return h.hexdigest()
+
+
 def content_bytes(msg: Message) -> int:
     """Payload bytes a reply carries: tensor data plus string / bytes config values."""
     if msg.has_error():
@@ -211,6 +221,9 @@ class RoundDriver:
         self.bytes_received: dict[int, int] = {}  # round -> payload bytes of the sites' replies
 
     # messaging ---------------------------------------------------------------------------
+        #: (digest, evaluation) of the last adapter evaluated under secure aggregation
+        self._last_eval: tuple[str, dict[str, Any]] | None = None
+
     def instructions(self, round_num: int) -> RoundInstructions:
         """What every site is asked to do in ``round_num`` (train and evaluate)."""
         return RoundInstructions.for_round(self.cfg, round_num=round_num, run_id=self.run_id)
@@ -303,15 +316,24 @@ class RoundDriver:
                                             self.instructions(round_num))
         for site, why in {**part["declined"], **part["failed"]}.items():
             logger.warning("round %d: secure evaluation without %s: %s", round_num, site, why)
+        digest = _state_digest(state)
         if totals is None:
+            if self._last_eval is not None and self._last_eval[0] == digest:
+                # the adapter did not change (e.g. every site declined a re-run): its secure
+                # evaluation stands, and sites rightly refuse a second sum over it
+                logger.warning("round %d: secure evaluation aborted (%s); the adapter is "
+                               "unchanged, its last evaluation stands", round_num,
+                               part.get("abort_reason", ""))
+                return dict(self._last_eval[1])
             raise RuntimeError(f"round {round_num}: the secure evaluation was aborted: "
                                f"{part.get('abort_reason', '')}")
         loss = totals.eval_loss
-        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "sites": {},
-                "secure_evaluation": True, "eval_num_examples": totals.num_examples,
-                "eval_num_tokens": totals.num_tokens, "eval_contributed": part["contributed"],
-                "eval_decoding_error_bound":
-                    part["decoding_error_bound"] / totals.num_examples}
+        ev = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "sites": {},
+              "secure_evaluation": True, "eval_num_examples": totals.num_examples,
+              "eval_num_tokens": totals.num_tokens, "eval_contributed": part["contributed"],
+              "eval_decoding_error_bound": part["decoding_error_bound"] / totals.num_examples}
+        self._last_eval = (digest, ev)
+        return ev
 
     def train_and_aggregate(
         self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int]
@@ -384,10 +406,22 @@ class RoundDriver:
         return 1 if resumed else 0
 
     # the run -----------------------------------------------------------------------------
+    def _resume_evaluation(self, state: Mapping[str, np.ndarray], last_round: int) -> None:
+        """Take the recorded secure evaluation of the checkpointed adapter (resume)."""
+        rows = [r for r in self.rundir.read_metrics() if r.round == last_round]
+        if rows and rows[-1].secure_evaluation:
+            doc = rows[-1].to_json()
+            keep = ("eval_loss", "eval_perplexity", "sites", "secure_evaluation",
+                    "eval_num_examples", "eval_num_tokens", "eval_contributed",
+                    "eval_decoding_error_bound")
+            self._last_eval = (_state_digest(state), {k: doc[k] for k in keep if k in doc})
+
     def run(self, state: dict[str, np.ndarray], *, start_round: int) -> dict[str, np.ndarray]:
         cfg = self.cfg
         resumed_at = start_round if start_round > 0 else -1
         check_state(state, self.shapes, what="starting adapter")
+        if start_round > 0 and self.secure is not None:
+            self._resume_evaluation(state, start_round - 1)
         if start_round == 0:
             start_round = 1
             t0 = time.perf_counter()

@@ -43,7 +43,11 @@ from protocol.deploy_config import DeployConfigError, Table, no_other_tables, re
 from protocol.enrolment import SITE_NAME
 from protocol.model_ref import ModelError, resolve_model
 
-__all__ = ["SiteDeployConfig", "load_site_config"]
+__all__ = ["NODE_ENROLMENT", "SiteDeployConfig", "load_site_config"]
+
+#: node-config key of the site's own copy of the enrolment list; a site that has one answers
+#: only under secure aggregation (client.handlers.requires_secure_aggregation)
+NODE_ENROLMENT = "secagg-enrolment"
 
 _DEVICES = ("auto", "cpu", "cuda")
 
@@ -77,7 +81,7 @@ class SiteDeployConfig:
             "state-dir": str(self.state_dir), "device": self.device,
         }
         if self.enrolment is not None:
-            out["secagg-enrolment"] = str(self.enrolment)
+            out[NODE_ENROLMENT] = str(self.enrolment)
         if self.model:
             out["model"] = self.model
         out.update({f"dp-{k}": v for k, v in self.privacy.items()})

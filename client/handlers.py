@@ -6,11 +6,13 @@ reply; :mod:`client.app` registers them on the ClientApp.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client.deploy_config import NODE_ENROLMENT
 from client.faults import inject_fault
 from client.local_round import load_site, local_update
 from client.site import site_spec
@@ -18,13 +20,36 @@ from protocol.config import RunConfig
 from protocol.instructions import RoundInstructions
 from protocol.messages import record_to_state, reply_content, state_to_record
 from protocol.site_log import EVALUATE, append_site_row
-from protocol.wire import Field, Key, MessageType, Metric, Status
+from protocol.wire import Field, Key, MessageType, Metric, Reason, Status
 
-__all__ = ["evaluate", "held_out", "hello", "train"]
+__all__ = ["evaluate", "held_out", "hello", "requires_secure_aggregation", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+def requires_secure_aggregation(context: Context) -> bool:
+    """Whether this site answers only masked requests: it holds its own enrolment list.
+
+    A deployed site configured for secure aggregation (``enrolment`` in its ``site.toml``,
+    node config ``secagg-enrolment``) never sends an update or per-site figures in the
+    clear, whatever the coordinator's run config says; the coordinator cannot turn that off.
+    """
+    return bool(context.node_config.get(NODE_ENROLMENT))
+
+
+def _decline_plain(msg: Message, context: Context) -> Message:
+    cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
+    name = site_spec(context.node_config, cfg).name
+    logger.warning("site %s declines a plain %s request: it answers only under secure "
+                   "aggregation", name, msg.metadata.message_type)
+    return Message(reply_content(site=name, status=Status.DECLINED,
+                                 reason=Reason.SECAGG_REQUIRED), reply_to=msg)
 
 
 def train(msg: Message, context: Context) -> Message:
     """Plain (unmasked) round: return the adapter delta of the trained tensors."""
+    if requires_secure_aggregation(context):
+        return _decline_plain(msg, context)
     instr = RoundInstructions.from_record(msg.content[Key.CONFIG])
     cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
     inject_fault(cfg, site_spec(context.node_config, cfg).name, MessageType.TRAIN,
@@ -64,6 +89,8 @@ def held_out(msg: Message, context: Context) -> tuple[str, dict[str, Any]]:
 def evaluate(msg: Message, context: Context) -> Message:
     """Held-out loss of the global adapter on this site's held-out split (plain path: the
     coordinator sees each site's figures, as it sees each site's update)."""
+    if requires_secure_aggregation(context):
+        return _decline_plain(msg, context)
     name, metrics = held_out(msg, context)
     status = ConfigRecord({Field.STATUS: Status.OK, Field.SITE: name})
     return Message(RecordDict({Key.METRICS: MetricRecord(metrics), Key.CONFIG: status}),

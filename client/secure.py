@@ -26,6 +26,7 @@ from client.identity import load_site_identity
 from client.local_round import LocalUpdate
 from client.site import site_spec
 from client.site_level_dp import encode_site_level_dp
+from client.deploy_config import NODE_ENROLMENT
 from privacy.secagg import RoundGuard, SecAggError, SiteLimits, SiteSession, cohort_registry
 from protocol.codec import Manifest, encode
 from protocol.config import RunConfig
@@ -74,7 +75,7 @@ class SecureSite:
     def of(cls, context: Context) -> SecureSite:
         """From the node's context; a site without a state directory has no identity key."""
         cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
-        own_list = context.node_config.get("secagg-enrolment")
+        own_list = context.node_config.get(NODE_ENROLMENT)
         if own_list:  # deployment: the site's own copy of the enrolment list, not the server's
             cfg = cfg.replace(secagg_enrolment=str(own_list))
         spec = site_spec(context.node_config, cfg)

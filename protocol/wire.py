@@ -219,5 +219,8 @@ class Reason(_Names):
     MALFORMED_REPLY = "malformed reply"
     #: the site refused a secure-aggregation request (bad signature, lists, parameters, ...)
     SECAGG_REFUSED = "secure aggregation refused"
+    #: a site enrolled for secure aggregation was asked for a plain (unmasked) train or
+    #: evaluate reply; it never sends its update or its figures in the clear
+    SECAGG_REQUIRED = "secure-aggregation-required"
     #: the site's local round raised (data, policy, model); followed by the error's type
     TRAINING_FAILED = "training failed"

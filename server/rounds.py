@@ -45,8 +45,11 @@ POLL_S = 0.1
 
 def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float,
              poll: float = POLL_S) -> list[Message]:
-    """Push ``messages``, then pull their replies every ``poll`` s until all have come or
-    ``timeout`` s have passed (the semantics of ``Grid.send_and_receive``, polled faster)."""
+    """Push ``messages``, then pull their replies until all have come or ``timeout`` s pass.
+
+    Replies are pulled every ``poll`` s (the semantics of ``Grid.send_and_receive``, polled
+    faster).
+    """
     pending = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
@@ -101,7 +104,7 @@ _MAX_REASON = 600
 
 
 def _metrics_problem(metrics: Mapping[str, Any]) -> str | None:
-    """What is wrong with a reply's metrics, or None."""
+    """Say what is wrong with a reply's metrics, or return None."""
     for key, value in metrics.items():
         if key in _COUNTS:
             if type(value) is not int or value < 0:
@@ -144,8 +147,11 @@ def _parse(msg: Message) -> SiteReply:
 
 
 def parse_reply(msg: Message) -> SiteReply:
-    """A site's reply as a :class:`SiteReply`; a malformed reply is a failed one, never an
-    exception (the reason names the error's type and message)."""
+    """Parse a site's reply as a :class:`SiteReply`.
+
+    A malformed reply is a failed one, never an exception (the reason names the error's type
+    and message).
+    """
     try:
         return _parse(msg)
     except Exception as exc:  # noqa: BLE001 - whatever a site sent, the run goes on
@@ -225,7 +231,7 @@ class RoundDriver:
         self._last_eval: tuple[str, dict[str, Any]] | None = None
 
     def instructions(self, round_num: int) -> RoundInstructions:
-        """What every site is asked to do in ``round_num`` (train and evaluate)."""
+        """Return what every site is asked to do in ``round_num`` (train and evaluate)."""
         return RoundInstructions.for_round(self.cfg, round_num=round_num, run_id=self.run_id)
 
     def _send(self, nodes: Iterable[int], kind: str, content: RecordDict,
@@ -271,14 +277,17 @@ class RoundDriver:
     # phases ------------------------------------------------------------------------------
     def sample(self, round_num: int) -> list[int]:
         """Sites for this round, among those whose budget is not known to be exhausted."""
-        nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites, timeout=self.cfg.round_timeout)
+        nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites,
+                               timeout=self.cfg.round_timeout)
         able = [n for n in nodes if n not in self.exhausted]
         k = max(self.cfg.min_sites, math.ceil(self.cfg.fraction_train * len(able)))
         rng = random.Random(f"{self.cfg.seed}|{round_num}")
         return sorted(rng.sample(able, min(k, len(able))))
 
     def evaluate(self, round_num: int, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites, timeout=self.cfg.round_timeout)
+        """Evaluate ``state`` at the connected sites: the round's metrics row fields."""
+        nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites,
+                               timeout=self.cfg.round_timeout)
         if self.secure is not None:
             return self._secure_evaluate(round_num, state, nodes)
         content = RecordDict({Key.ARRAYS: state_to_record(state),
@@ -310,7 +319,7 @@ class RoundDriver:
 
     def _secure_evaluate(self, round_num: int, state: Mapping[str, np.ndarray],
                          nodes: list[int]) -> dict[str, Any]:
-        """The round's evaluation as a secure sum: totals only, no site's figure."""
+        """Evaluate the round as a secure sum: totals only, no site's figure."""
         self.discover_names(nodes, round_num)
         totals, part = self.secure.evaluate(round_num, state, nodes,
                                             self.instructions(round_num))
@@ -389,7 +398,7 @@ class RoundDriver:
         self.rundir.append_participation(ParticipationRow.from_json(dict(part)))
 
     def _record(self, part: Mapping[str, Any]) -> None:
-        """The round's final participation row: it replaces the row written ahead, if any."""
+        """Record the round's final participation row, replacing the row written ahead, if any."""
         row = ParticipationRow.from_json(dict(part))
         if row.charged:
             self.rundir.replace_last_participation(row)
@@ -397,8 +406,11 @@ class RoundDriver:
             self.rundir.append_participation(row)
 
     def attempt(self, round_num: int, *, resumed: bool) -> int:
-        """The secure-aggregation attempt of ``round_num``: 0, or for a resumed re-run one
-        more than any attempt recorded for it (rows written ahead survive the resume)."""
+        """Return the secure-aggregation attempt number of ``round_num``.
+
+        0, or for a resumed re-run one more than any attempt recorded for it (rows written
+        ahead survive the resume).
+        """
         tried = [p.attempt or 0 for p in self.rundir.read_participation()
                  if p.round == round_num]
         if tried:
@@ -417,6 +429,7 @@ class RoundDriver:
             self._last_eval = (_state_digest(state), {k: doc[k] for k in keep if k in doc})
 
     def run(self, state: dict[str, np.ndarray], *, start_round: int) -> dict[str, np.ndarray]:
+        """Run rounds ``start_round``.. to the end and return the final global adapter."""
         cfg = self.cfg
         resumed_at = start_round if start_round > 0 else -1
         check_state(state, self.shapes, what="starting adapter")

@@ -131,7 +131,8 @@ class SecureAggregator:
     def __init__(self, driver: Any, *, enrolment: Mapping[str, bytes], clip: float,
                  max_weight: float, site_level_dp: Any = None) -> None:
         self.driver = driver
-        self.site_level_dp = site_level_dp  # a server.site_level_dp.SiteLevelDP when site-level DP is on
+        # a server.site_level_dp.SiteLevelDP when site-level DP is on
+        self.site_level_dp = site_level_dp
         self.enrolment = dict(enrolment)
         self.clip = clip
         self.max_weight = max_weight
@@ -139,8 +140,10 @@ class SecureAggregator:
 
     def round(self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int],
               instructions: RoundInstructions, *, attempt: int = 0) -> Outcome:
-        """One secure round over ``nodes``: the new global state (None: unchanged) and the
-        round's participation record (``part["charged"]``: already written ahead).
+        """Run one secure round over ``nodes``.
+
+        Return the new global state (None: unchanged) and the round's participation record
+        (``part["charged"]``: already written ahead).
 
         ``attempt`` is 0 for a round's first run; a resumed re-run passes a new one.
         """
@@ -163,8 +166,11 @@ class SecureAggregator:
 
     def evaluate(self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int],
                  instructions: RoundInstructions) -> tuple[EvalTotals | None, dict[str, Any]]:
-        """A secure evaluation of ``state`` over ``nodes``: the decoded totals (None: the
-        round aborted) and its record (contributors, failures, the decoding bound)."""
+        """Evaluate ``state`` over ``nodes`` as a secure sum.
+
+        Return the decoded totals (None: the round aborted) and its record (contributors,
+        failures, the decoding bound).
+        """
         rnd = self._new_round(round_num, state, nodes)
         rnd.kind = EVALUATE
         try:
@@ -245,7 +251,8 @@ class SecureAggregator:
         if rnd.plan is not None:  # decide before anything is unmasked
             rnd.admission = self.site_level_dp.admit(rnd.plan, len(rnd.inputs))
             if not rnd.admission.ok:
-                rnd.part["site_level_dp"] = {**rnd.admission.record, "refused": rnd.admission.reason}
+                rnd.part["site_level_dp"] = {**rnd.admission.record,
+                                             "refused": rnd.admission.reason}
                 raise _Aborted(rnd.admission.reason)
 
     def _take_masked_input(self, rnd: _Round, n: int, r: Any) -> None:
@@ -358,8 +365,10 @@ class SecureAggregator:
 
     @staticmethod
     def _accept(replies: Mapping[int, Any], receive: Callable[[int, Any], Any]) -> None:
-        """Hand each OK reply's payload to the session (it checks the content; a reply it
-        rejects, or an OK reply without a payload, leaves the site out of the round)."""
+        """Hand each OK reply's payload to the session, which checks the content.
+
+        A reply it rejects, or an OK reply without a payload, leaves the site out of the round.
+        """
         for n, r in replies.items():
             if r.status == Status.OK:
                 receive(n, r.payload if r.payload is not None else {})

@@ -147,7 +147,7 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
 
 
 def _secagg_limits(p: Path, doc: Mapping[str, Any]) -> dict[str, int]:
-    """The ``[secagg]`` table's caps, checked as :class:`SiteLimits` checks them."""
+    """Read the ``[secagg]`` table's caps, checked as :class:`SiteLimits` checks them."""
     t = Table(p, "secagg", doc, required=False)
     if not t.data:
         return {}

@@ -62,8 +62,10 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def held_out(msg: Message, context: Context) -> tuple[str, dict[str, Any]]:
-    """The site's name and the held-out figures of the message's adapter, also appended to
-    the site's own log (:mod:`protocol.site_log`)."""
+    """Return the site's name and the held-out figures of the message's adapter.
+
+    The figures are also appended to the site's own log (:mod:`protocol.site_log`).
+    """
     from client.model import set_adapter_state
     from client.train import evaluate as held_out_loss
 
@@ -87,8 +89,11 @@ def held_out(msg: Message, context: Context) -> tuple[str, dict[str, Any]]:
 
 
 def evaluate(msg: Message, context: Context) -> Message:
-    """Held-out loss of the global adapter on this site's held-out split (plain path: the
-    coordinator sees each site's figures, as it sees each site's update)."""
+    """Reply with the global adapter's loss on this site's held-out split.
+
+    Plain path: the coordinator sees each site's figures, as it sees each site's update; a
+    site enrolled for secure aggregation declines it.
+    """
     if requires_secure_aggregation(context):
         return _decline_plain(msg, context)
     name, metrics = held_out(msg, context)

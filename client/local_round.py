@@ -52,7 +52,7 @@ class LocalUpdate:
 
 
 def load_site(context: Context) -> tuple[RunConfig, SiteModel, SiteData]:
-    """The run config, the (cached) base model with its LoRA adapter, and the site's data."""
+    """Load the run config, the (cached) base model with its LoRA adapter, and the site's data."""
     from client.model import load_site_model, resolve_device
 
     cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
@@ -76,7 +76,7 @@ def _round_seed(cfg_seed: int, round_num: int, site: str) -> int:
 
 def _noise_seed(context: Context, privacy: SitePrivacy, data: SiteData, *, run_id: str,
                 round_num: int) -> tuple[str, int | None]:
-    """The round's DP noise source and seed: ``("csprng", None)`` or ``("seeded", seed)``.
+    """Choose the round's DP noise source and seed: ``("csprng", None)`` or ``("seeded", seed)``.
 
     CSPRNG unless the site's policy turns secure mode off. At a deployed site (``data-path``
     in the node config) only the node config itself can: a policy that came from the run
@@ -110,8 +110,11 @@ def releases_metrics(context: Context, cfg: RunConfig) -> bool:
 
 
 def clear_metrics(metrics: dict[str, Any], *, release: bool) -> dict[str, Any]:
-    """What of ``metrics`` a secure-aggregation reply carries in the clear: by default only
-    the privacy parameters its signed ledger summary reveals anyway (:data:`Metric.LEDGER`)."""
+    """Select what of ``metrics`` a secure-aggregation reply carries in the clear.
+
+    By default only the privacy parameters its signed ledger summary reveals anyway
+    (:data:`Metric.LEDGER`).
+    """
     if release:
         return dict(metrics)
     return {k: v for k, v in metrics.items() if k in Metric.LEDGER}

@@ -49,7 +49,7 @@ LIMIT_KEYS = {"secagg-max-cohort": "max_cohort", "secagg-max-degree": "max_degre
 
 
 def site_limits(node_config: Any) -> SiteLimits:
-    """The site's caps from its own node config (never from the coordinator)."""
+    """Read the site's caps from its own node config (never from the coordinator)."""
     given = {field: node_config[key] for key, field in LIMIT_KEYS.items() if key in node_config}
     try:
         return SiteLimits(**given)
@@ -68,7 +68,7 @@ class SecureSite:
 
     @property
     def guard(self) -> RoundGuard:
-        """This site's persistent record of its masked inputs and unmask help per round."""
+        """Open the site's persistent record of its masked inputs and unmask help per round."""
         return RoundGuard(self.state_dir)
 
     @classmethod
@@ -95,7 +95,7 @@ class SecureSite:
         return cohort_registry(names, load_enrolment(self.cfg.secagg_enrolment))
 
     def start(self, context: Context, content: RecordDict) -> tuple[SiteSession, dict[str, Any]]:
-        """A new session from the advertise request; returns it with the site's reply."""
+        """Start a new session from the advertise request; return it with the site's reply."""
         names_rec: Any = content[Key.COHORT_NAMES]
         registry = self._registry(names_rec, context.node_id)
         request = get_payload(content)
@@ -108,7 +108,7 @@ class SecureSite:
         return session, reply
 
     def restore(self, context: Context) -> SiteSession:
-        """The session in progress, or :class:`SecAggError` if there is none."""
+        """Restore the session in progress; raise :class:`SecAggError` if there is none."""
         if _STATE_KEY not in context.state or _NAMES_KEY not in context.state:
             raise SecAggError("no secure-aggregation session in progress at this site")
         rec: Any = context.state[_STATE_KEY]
@@ -119,10 +119,12 @@ class SecureSite:
 
     @staticmethod
     def save(context: Context, session: SiteSession) -> None:
+        """Keep ``session``'s state in the node's context until the next stage's message."""
         context.state[_STATE_KEY] = ConfigRecord(dict(session.to_state().items()))
 
     @staticmethod
     def wipe(context: Context, session: SiteSession | None = None) -> None:
+        """Wipe ``session``'s secrets, if given, and drop the session from the context."""
         if session is not None:
             session.wipe()
         for key in (_STATE_KEY, _NAMES_KEY):
@@ -131,7 +133,7 @@ class SecureSite:
 
     def encode(self, upd: LocalUpdate, instr: RoundInstructions, session: SiteSession,
                context: Context) -> np.ndarray:
-        """The trained delta as the round's ring vector (clipped, weighted or noised).
+        """Encode the trained delta as the round's ring vector (clipped, weighted or noised).
 
         Without site-level DP the weight (number of examples) follows as one more ring
         coordinate, an exact integer: it travels inside the masked sum, never in the clear.
@@ -142,8 +144,8 @@ class SecureSite:
         manifest = Manifest.from_arrays(delta)
         manifest.check_digest(instr.codec.manifest)
         if instr.site_level_dp is not None:  # site-level DP: clip, rotate, round, add own noise
-            return encode_site_level_dp(delta, manifest, instr.site_level_dp, self.cfg, session.config,
-                                  context)
+            return encode_site_level_dp(delta, manifest, instr.site_level_dp, self.cfg,
+                                        session.config, context)
         weight = int(upd.metrics[Metric.NUM_EXAMPLES])
         bits = session.config.modulus_bits
         vec = encode(delta, manifest, clip_norm=instr.codec.clip, weight=float(weight),

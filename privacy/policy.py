@@ -234,7 +234,7 @@ class SitePrivacyPolicy:
         return cls(**kwargs)
 
     def to_mapping(self) -> dict[str, Any]:
-        """The policy as kebab-case keys (the inverse of :meth:`from_mapping`)."""
+        """Return the policy as kebab-case keys (the inverse of :meth:`from_mapping`)."""
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def summary(self, num_examples: int | None = None) -> str:

@@ -1,5 +1,7 @@
-"""Typed rows of RUN_DIR: one per line of ``metrics.jsonl`` / ``participation.jsonl``, and the
-documents ``state.json``, ``run.json`` and ``ledger-summaries/<site>.json``.
+"""Typed rows of RUN_DIR, its JSONL lines and its JSON documents.
+
+One row per line of ``metrics.jsonl`` / ``participation.jsonl``, and the documents
+``state.json``, ``run.json`` and ``ledger-summaries/<site>.json``.
 
 Each row is a frozen dataclass whose field names are its JSON keys. Construction validates
 every field and names the bad one (``metrics row: `eval_loss` must be a number, got 'x'``);
@@ -116,7 +118,7 @@ _LEGACY_PREFIX = ("site-dp-", "site-level-dp-")
 
 
 def current_key(key: str) -> str:
-    """The key's current name (old run folders still read; see :data:`LEGACY_KEYS`)."""
+    """Return the key's current name (old run folders still read; see :data:`LEGACY_KEYS`)."""
     if key in LEGACY_KEYS:
         return LEGACY_KEYS[key]
     if key == "site-dp":
@@ -160,7 +162,7 @@ class _Row:
         return cls(**doc)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object written to disk (fields left ``None`` are absent)."""
+        """Return the JSON object written to disk (fields left ``None`` are absent)."""
         return {f.name: _dump(getattr(self, f.name))
                 for f in dataclasses.fields(self)  # type: ignore[arg-type]
                 if getattr(self, f.name) is not None}

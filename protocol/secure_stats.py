@@ -53,7 +53,7 @@ MAX_EVAL_SITES = 1 << (EVAL_MODULUS_BITS - 8 - 30 - EVAL_FRACTION_BITS)
 
 
 def eval_round(round_num: int) -> int:
-    """The secure-aggregation round number of ``round_num``'s evaluation."""
+    """Return the secure-aggregation round number of ``round_num``'s evaluation."""
     if type(round_num) is not int or not 0 <= round_num < EVAL_ROUND_BIT:
         raise ValueError(f"`round_num` must be an int in [0, 2^62), got {round_num!r}")
     return round_num | EVAL_ROUND_BIT
@@ -80,7 +80,7 @@ def append_weight(vec: np.ndarray, weight: int, *, modulus_bits: int,
 
 
 def split_weight(sum_vec: np.ndarray, *, modulus_bits: int) -> tuple[np.ndarray, int]:
-    """The summed vector without its weight coordinate, and the total weight (exact)."""
+    """Split off the weight coordinate: the summed vector, and the total weight (exact)."""
     if sum_vec.ndim != 1 or sum_vec.shape[0] < 1:
         raise ValueError(f"a weighted sum needs a weight coordinate, got shape {sum_vec.shape}")
     total = int(sum_vec[-1]) % (1 << modulus_bits)
@@ -103,8 +103,10 @@ class EvalTotals:
 
     @staticmethod
     def error_bound(n_sites: int) -> float:
-        """Largest |decoded - exact| of ``loss_x_examples`` (or ``loss_x_tokens``): each site
-        rounds its fixed-point product to the nearest grid step."""
+        """Bound |decoded - exact| of ``loss_x_examples`` (or ``loss_x_tokens``).
+
+        Each site rounds its fixed-point product to the nearest grid step.
+        """
         return n_sites * 0.5 / float(1 << EVAL_FRACTION_BITS)
 
 

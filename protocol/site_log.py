@@ -56,8 +56,10 @@ def append_site_row(state_dir: str | os.PathLike[str], *, kind: str, run_id: str
 
 def read_site_rows(state_dir: str | os.PathLike[str], *, run_id: str | None = None,
                    kind: str | None = None) -> list[dict[str, Any]]:
-    """The site's rows (of ``run_id`` and ``kind`` when given), in order; a torn or
-    malformed line is skipped."""
+    """Read the site's rows (of ``run_id`` and ``kind`` when given), in order.
+
+    A torn or malformed line is skipped.
+    """
     path = Path(state_dir) / SITE_LOG
     try:
         text = path.read_text(encoding="utf-8")
@@ -80,8 +82,11 @@ def read_site_rows(state_dir: str | os.PathLike[str], *, run_id: str | None = No
 
 
 def site_evaluations(folder: RunFolder) -> dict[str, dict[int, SiteEval]]:
-    """Each site's own held-out figures per round of the folder's run, read from the site
-    state directories ``RUN_DIR/sites/<site>/`` (simulation); a bad row is skipped."""
+    """Read each site's own held-out figures per round of the folder's run.
+
+    They come from the site state directories ``RUN_DIR/sites/<site>/`` (simulation); a bad
+    row is skipped.
+    """
     try:
         run_id: str | None = folder.read_run_info().run_id
     except (OSError, ValueError):

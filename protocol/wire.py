@@ -38,8 +38,10 @@ class _Names:
 
 
 class Action(_Names):
-    """The action part of a message type, as ``ClientApp.train(action)`` / ``.query(action)``
-    register it (``"<category>.<action>"``)."""
+    """The action part of a message type (``"<category>.<action>"``).
+
+    As ``ClientApp.train(action)`` / ``.query(action)`` register it.
+    """
 
     HELLO = "hello"
     SECAGG_ADVERTISE = "secagg_advertise"
@@ -108,8 +110,10 @@ FAULT_POINTS: dict[str, str] = {
 
 
 def fault_point(name: str) -> str | None:
-    """The canonical point a fault name refers to (``"advertise"`` -> ``"advertise-keys"``),
-    or None for a name that is not a fault point."""
+    """Return the canonical point a fault name refers to, or None.
+
+    ``"advertise"`` -> ``"advertise-keys"``; None for a name that is not a fault point.
+    """
     return FAULT_POINTS.get(name)
 
 
@@ -194,8 +198,11 @@ class Metric(_Names):
 
 
 class Status(_Names):
-    """A reply's status (``Field.STATUS``); ``FAILED`` / ``TIMEOUT`` also name what the
-    coordinator records for an error reply / no reply."""
+    """A reply's status (``Field.STATUS``).
+
+    ``FAILED`` / ``TIMEOUT`` also name what the coordinator records for an error reply / no
+    reply.
+    """
 
     OK = "ok"
     DECLINED = "declined"

@@ -1,11 +1,10 @@
 """The coordinator's round loop: sample, train, aggregate, checkpoint, evaluate.
 
-Every reply is parsed by :func:`parse_reply`, which never raises: a malformed one (an error
-in its records, a metric of the wrong type, a payload nested too deep or too large) becomes
-a failed reply with a reason naming what was wrong, so one site can drop out of a round but
-never fail the run. A secure round's participation row is written ahead of its unmask
+Every reply is parsed by :func:`~server.replies.parse_reply`, which never raises: a malformed
+one becomes a failed reply with a reason naming what was wrong, so one site can drop out of a
+round but never fail the run. A secure round's participation row is written ahead of its unmask
 (:meth:`RoundDriver.write_ahead`) and amended once the round's outcome is known. Under
-secure aggregation the evaluation is a secure sum too (``SecureAggregator.evaluate``): the
+secure aggregation the evaluation (:mod:`server.evaluation`) is a secure sum too: the
 metrics row holds the round's totals, no site's figures. Messages go out and come back
 through :func:`exchange`, which polls every ``POLL_S`` (Flower's ``send_and_receive`` sleeps
 3 s between pulls), so the stages of a secure round cost little waiting.
@@ -13,13 +12,11 @@ through :func:`exchange`, which polls every ``POLL_S`` (Flower's ``send_and_rece
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,10 +26,12 @@ from flwr.serverapp import Grid
 from protocol.adapter import AdapterError, check_state, trainable_keys
 from protocol.config import RunConfig
 from protocol.instructions import RoundInstructions
-from protocol.messages import get_payload, record_to_state, state_to_record
+from protocol.messages import state_to_record
 from protocol.run_rows import RUN_RUNNING, MetricsRow, ParticipationRow
-from protocol.wire import Field, Key, MessageType, Metric, Reason, Status
+from protocol.wire import Key, MessageType, Metric, Reason, Status
 from server.aggregate import apply_delta, weighted_mean
+from server.evaluation import RoundEvaluator
+from server.replies import SiteReply, content_bytes, parse_reply
 from server.rundir import RunDir, RunState
 
 __all__ = ["POLL_S", "RoundDriver", "SiteReply", "exchange", "parse_reply", "wait_for_nodes"]
@@ -45,8 +44,11 @@ POLL_S = 0.1
 
 def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float,
              poll: float = POLL_S) -> list[Message]:
-    """Push ``messages``, then pull their replies every ``poll`` s until all have come or
-    ``timeout`` s have passed (the semantics of ``Grid.send_and_receive``, polled faster)."""
+    """Push ``messages``, then pull their replies until all have come or ``timeout`` s pass.
+
+    Replies are pulled every ``poll`` s (the semantics of ``Grid.send_and_receive``, polled
+    faster).
+    """
     pending = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
@@ -80,126 +82,11 @@ def wait_for_nodes(grid: Grid, *, minimum: int, timeout: float, poll: float = 1.
         time.sleep(poll)
 
 
-@dataclass
-class SiteReply:
-    """One site's answer to a train or evaluate message."""
-
-    node_id: int
-    site: str
-    status: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] | None = None
-    reason: str = ""
-    payload: dict[str, Any] | None = None
-    #: the site's signed ledger summary ``(JSON, hex signature)``, when it sent one
-    ledger_summary: tuple[str, str] | None = None
-
-
-#: metrics that count something: an int >= 0; every other metric is a finite number
-_COUNTS = (Metric.NUM_EXAMPLES, Metric.NUM_TOKENS, Metric.STEPS)
-_MAX_REASON = 600
-
-
-def _metrics_problem(metrics: Mapping[str, Any]) -> str | None:
-    """What is wrong with a reply's metrics, or None."""
-    for key, value in metrics.items():
-        if key in _COUNTS:
-            if type(value) is not int or value < 0:
-                return f"metric `{key}` must be an integer >= 0, got {value!r:.80}"
-        elif (not isinstance(value, (int, float)) or isinstance(value, bool)
-              or not math.isfinite(value)):
-            return f"metric `{key}` must be a finite number, got {value!r:.80}"
-    return None
-
-
-def _parse(msg: Message) -> SiteReply:
-    node = int(msg.metadata.src_node_id)
-    if msg.has_error():
-        return SiteReply(node, f"node-{node}", Status.FAILED,
-                         reason=str(msg.error.reason)[-_MAX_REASON:])
-    content = msg.content
-    status: Any = content.get(Key.CONFIG, {})
-    site = status.get(Field.SITE, f"node-{node}")
-    if not isinstance(site, str):
-        return SiteReply(node, f"node-{node}", Status.FAILED,
-                         reason=f"{Reason.MALFORMED_REPLY}: `{Field.SITE}` is not a string")
-    metrics = dict(content[Key.METRICS]) if Key.METRICS in content else {}
-    problem = _metrics_problem(metrics)
-    if problem is not None:
-        return SiteReply(node, site, Status.FAILED, reason=f"{Reason.MALFORMED_REPLY}: {problem}")
-    arrays = record_to_state(content.array_records[Key.ARRAYS]) \
-        if Key.ARRAYS in content.array_records else None
-    payload = None
-    if Key.SECAGG in content:
-        try:
-            payload = get_payload(content)
-        except ValueError as exc:
-            return SiteReply(node, site, Status.FAILED,
-                             reason=f"malformed secure-aggregation payload: {exc}")
-    summary = None
-    if Field.LEDGER_SUMMARY in status and Field.LEDGER_SIGNATURE in status:
-        summary = (str(status[Field.LEDGER_SUMMARY]), str(status[Field.LEDGER_SIGNATURE]))
-    return SiteReply(node, site, str(status.get(Field.STATUS, "")), metrics, arrays,
-                     str(status.get(Field.REASON, ""))[:_MAX_REASON], payload, summary)
-
-
-def parse_reply(msg: Message) -> SiteReply:
-    """A site's reply as a :class:`SiteReply`; a malformed reply is a failed one, never an
-    exception (the reason names the error's type and message)."""
-    try:
-        return _parse(msg)
-    except Exception as exc:  # noqa: BLE001 - whatever a site sent, the run goes on
-        try:
-            node = int(msg.metadata.src_node_id)
-        except Exception:  # noqa: BLE001
-            node = -1
-        return SiteReply(node, f"node-{node}", Status.FAILED,
-                         reason=f"{Reason.MALFORMED_REPLY} ({type(exc).__name__}: "
-                                f"{str(exc)[:200]})")
-
-
-def _state_digest(state: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 over an adapter's tensors in name order (to tell an unchanged adapter)."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(state[name]).tobytes())
-    return h.hexdigest()
-
-
-def content_bytes(msg: Message) -> int:
-    """Payload bytes a reply carries: tensor data plus string / bytes config values."""
-    if msg.has_error():
-        return 0
-    total = 0
-    for rec in msg.content.values():
-        for value in rec.values():
-            data = getattr(value, "data", None)
-            if isinstance(data, bytes):  # an Array
-                total += len(data)
-            elif isinstance(value, (bytes, str)):
-                total += len(value)
-            elif isinstance(value, list):
-                total += sum(len(v) if isinstance(v, (bytes, str)) else 8 for v in value)
-            else:
-                total += 8
-    return total
-
-
 def _safe_bytes(msg: Message) -> int:
     try:
         return content_bytes(msg)
     except Exception:  # noqa: BLE001 - a malformed reply is counted as empty
         return 0
-
-
-def _eval_problem(m: Mapping[str, Any]) -> str | None:
-    for key in (Metric.EVAL_LOSS, Metric.NUM_EXAMPLES, Metric.NUM_TOKENS):
-        if key not in m:
-            return f"metric `{key}` is missing"
-    if m[Metric.NUM_EXAMPLES] <= 0:
-        return f"metric `{Metric.NUM_EXAMPLES}` must be > 0, got {m[Metric.NUM_EXAMPLES]!r}"
-    return None
 
 
 class RoundDriver:
@@ -219,13 +106,12 @@ class RoundDriver:
         self.stopped_early = ""
         self.secure: Any = None  # a server.secure.SecureAggregator when secure aggregation is on
         self.bytes_received: dict[int, int] = {}  # round -> payload bytes of the sites' replies
+        self.evaluator = RoundEvaluator(self)
 
     # messaging ---------------------------------------------------------------------------
-        #: (digest, evaluation) of the last adapter evaluated under secure aggregation
-        self._last_eval: tuple[str, dict[str, Any]] | None = None
 
     def instructions(self, round_num: int) -> RoundInstructions:
-        """What every site is asked to do in ``round_num`` (train and evaluate)."""
+        """Return what every site is asked to do in ``round_num`` (train and evaluate)."""
         return RoundInstructions.for_round(self.cfg, round_num=round_num, run_id=self.run_id)
 
     def _send(self, nodes: Iterable[int], kind: str, content: RecordDict,
@@ -271,69 +157,18 @@ class RoundDriver:
     # phases ------------------------------------------------------------------------------
     def sample(self, round_num: int) -> list[int]:
         """Sites for this round, among those whose budget is not known to be exhausted."""
-        nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites, timeout=self.cfg.round_timeout)
+        nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites,
+                               timeout=self.cfg.round_timeout)
         able = [n for n in nodes if n not in self.exhausted]
         k = max(self.cfg.min_sites, math.ceil(self.cfg.fraction_train * len(able)))
         rng = random.Random(f"{self.cfg.seed}|{round_num}")
         return sorted(rng.sample(able, min(k, len(able))))
 
     def evaluate(self, round_num: int, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites, timeout=self.cfg.round_timeout)
-        if self.secure is not None:
-            return self._secure_evaluate(round_num, state, nodes)
-        content = RecordDict({Key.ARRAYS: state_to_record(state),
-                              Key.CONFIG: self.instructions(round_num).to_record()})
-        replies = self._send(nodes, MessageType.EVALUATE, content, round_num)
-        for r in replies:
-            problem = _eval_problem(r.metrics) if r.status == Status.OK else None
-            if problem is not None:
-                r.status, r.reason = Status.FAILED, f"{Reason.MALFORMED_REPLY}: {problem}"
-        ok = [r for r in replies if r.status == Status.OK]
-        for r in replies:
-            if r.status != Status.OK:
-                logger.warning("round %d: evaluation at %s %s: %s", round_num, r.site, r.status,
-                               r.reason)
-        if not ok:
-            raise RuntimeError(f"round {round_num}: no site returned an evaluation")
-        sites = {
-            r.site: {
-                "eval_loss": float(r.metrics[Metric.EVAL_LOSS]),
-                "eval_perplexity": math.exp(min(float(r.metrics[Metric.EVAL_LOSS]), 50.0)),
-                "num_examples": int(r.metrics[Metric.NUM_EXAMPLES]),
-                "num_tokens": int(r.metrics[Metric.NUM_TOKENS]),
-            }
-            for r in ok
-        }
-        total = sum(s["num_examples"] for s in sites.values())
-        loss = sum(s["eval_loss"] * s["num_examples"] for s in sites.values()) / total
-        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "sites": sites}
-
-    def _secure_evaluate(self, round_num: int, state: Mapping[str, np.ndarray],
-                         nodes: list[int]) -> dict[str, Any]:
-        """The round's evaluation as a secure sum: totals only, no site's figure."""
-        self.discover_names(nodes, round_num)
-        totals, part = self.secure.evaluate(round_num, state, nodes,
-                                            self.instructions(round_num))
-        for site, why in {**part["declined"], **part["failed"]}.items():
-            logger.warning("round %d: secure evaluation without %s: %s", round_num, site, why)
-        digest = _state_digest(state)
-        if totals is None:
-            if self._last_eval is not None and self._last_eval[0] == digest:
-                # the adapter did not change (e.g. every site declined a re-run): its secure
-                # evaluation stands, and sites rightly refuse a second sum over it
-                logger.warning("round %d: secure evaluation aborted (%s); the adapter is "
-                               "unchanged, its last evaluation stands", round_num,
-                               part.get("abort_reason", ""))
-                return dict(self._last_eval[1])
-            raise RuntimeError(f"round {round_num}: the secure evaluation was aborted: "
-                               f"{part.get('abort_reason', '')}")
-        loss = totals.eval_loss
-        ev = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "sites": {},
-              "secure_evaluation": True, "eval_num_examples": totals.num_examples,
-              "eval_num_tokens": totals.num_tokens, "eval_contributed": part["contributed"],
-              "eval_decoding_error_bound": part["decoding_error_bound"] / totals.num_examples}
-        self._last_eval = (digest, ev)
-        return ev
+        """Evaluate ``state`` at the connected sites: the round's metrics row fields."""
+        nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites,
+                               timeout=self.cfg.round_timeout)
+        return self.evaluator.evaluate(round_num, state, nodes)
 
     def train_and_aggregate(
         self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int]
@@ -389,7 +224,7 @@ class RoundDriver:
         self.rundir.append_participation(ParticipationRow.from_json(dict(part)))
 
     def _record(self, part: Mapping[str, Any]) -> None:
-        """The round's final participation row: it replaces the row written ahead, if any."""
+        """Record the round's final participation row, replacing the row written ahead, if any."""
         row = ParticipationRow.from_json(dict(part))
         if row.charged:
             self.rundir.replace_last_participation(row)
@@ -397,8 +232,11 @@ class RoundDriver:
             self.rundir.append_participation(row)
 
     def attempt(self, round_num: int, *, resumed: bool) -> int:
-        """The secure-aggregation attempt of ``round_num``: 0, or for a resumed re-run one
-        more than any attempt recorded for it (rows written ahead survive the resume)."""
+        """Return the secure-aggregation attempt number of ``round_num``.
+
+        0, or for a resumed re-run one more than any attempt recorded for it (rows written
+        ahead survive the resume).
+        """
         tried = [p.attempt or 0 for p in self.rundir.read_participation()
                  if p.round == round_num]
         if tried:
@@ -406,22 +244,13 @@ class RoundDriver:
         return 1 if resumed else 0
 
     # the run -----------------------------------------------------------------------------
-    def _resume_evaluation(self, state: Mapping[str, np.ndarray], last_round: int) -> None:
-        """Take the recorded secure evaluation of the checkpointed adapter (resume)."""
-        rows = [r for r in self.rundir.read_metrics() if r.round == last_round]
-        if rows and rows[-1].secure_evaluation:
-            doc = rows[-1].to_json()
-            keep = ("eval_loss", "eval_perplexity", "sites", "secure_evaluation",
-                    "eval_num_examples", "eval_num_tokens", "eval_contributed",
-                    "eval_decoding_error_bound")
-            self._last_eval = (_state_digest(state), {k: doc[k] for k in keep if k in doc})
-
     def run(self, state: dict[str, np.ndarray], *, start_round: int) -> dict[str, np.ndarray]:
+        """Run rounds ``start_round``.. to the end and return the final global adapter."""
         cfg = self.cfg
         resumed_at = start_round if start_round > 0 else -1
         check_state(state, self.shapes, what="starting adapter")
         if start_round > 0 and self.secure is not None:
-            self._resume_evaluation(state, start_round - 1)
+            self.evaluator.resume(state, start_round - 1)
         if start_round == 0:
             start_round = 1
             t0 = time.perf_counter()

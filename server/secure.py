@@ -32,7 +32,7 @@ vector (:mod:`protocol.secure_stats`) and the coordinator learns the round's tot
 loss and example and token counts, never a site's.
 
 A malformed reply (a wrong type, a bad metric, a payload nested too deep or too large) drops
-that site from the round with a named reason (``server.rounds.parse_reply``); never the run.
+that site from the round with a named reason (``server.replies.parse_reply``); never the run.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -72,58 +71,20 @@ from protocol.wire import (
     Status,
 )
 from server.aggregate import apply_delta
+from server.secure_round import (
+    EVALUATE,
+    SCALE_BITS,
+    TRAIN,
+    Outcome,
+    RoundAborted,
+    SecureRound,
+    codec_scale,
+)
 from server.site_level_dp import Admission, PlanRefusal
 
 __all__ = ["SCALE_BITS", "SecureAggregator", "load_enrolment"]
 
 logger = logging.getLogger(__name__)
-
-#: One site's clipped, weighted delta spans 2^SCALE_BITS grid steps per coordinate.
-SCALE_BITS = 40
-
-Outcome = tuple[dict[str, np.ndarray] | None, dict[str, Any]]
-
-#: what a secure round sums: a training input (delta + weight) or an evaluation's stats
-TRAIN, EVALUATE = "train", "evaluate"
-
-
-def codec_scale(clip: float, max_weight: float) -> float:
-    """Grid step: a site's clipped, weighted coordinate spans 2^SCALE_BITS steps."""
-    return clip * max_weight / float(1 << SCALE_BITS)
-
-
-class _Aborted(Exception):
-    """The round stops here; nothing is released (``reason`` goes to participation)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class _Round:
-    """What one secure round has established so far, handed from stage to stage."""
-
-    num: int
-    state: Mapping[str, np.ndarray]
-    names: dict[int, str]
-    cohort: list[int]
-    manifest: Manifest
-    part: dict[str, Any]
-    attempt: int = 0
-    kind: str = TRAIN
-    plan: DDGParams | None = None
-    server: ServerSession | None = None
-    #: nodes whose masked input the server holds (their weights are inside the sum)
-    inputs: set[int] = field(default_factory=set)
-    admission: Admission | None = None
-
-    @property
-    def session(self) -> ServerSession:
-        if self.server is None:
-            raise RuntimeError("secure-aggregation stage run before setup")
-        return self.server
-
 
 class SecureAggregator:
     """Runs the stages of one round; the driver supplies messaging, names and the record."""
@@ -131,7 +92,8 @@ class SecureAggregator:
     def __init__(self, driver: Any, *, enrolment: Mapping[str, bytes], clip: float,
                  max_weight: float, site_level_dp: Any = None) -> None:
         self.driver = driver
-        self.site_level_dp = site_level_dp  # a server.site_level_dp.SiteLevelDP when site-level DP is on
+        # a server.site_level_dp.SiteLevelDP when site-level DP is on
+        self.site_level_dp = site_level_dp
         self.enrolment = dict(enrolment)
         self.clip = clip
         self.max_weight = max_weight
@@ -139,8 +101,10 @@ class SecureAggregator:
 
     def round(self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int],
               instructions: RoundInstructions, *, attempt: int = 0) -> Outcome:
-        """One secure round over ``nodes``: the new global state (None: unchanged) and the
-        round's participation record (``part["charged"]``: already written ahead).
+        """Run one secure round over ``nodes``.
+
+        Return the new global state (None: unchanged) and the round's participation record
+        (``part["charged"]``: already written ahead).
 
         ``attempt`` is 0 for a round's first run; a resumed re-run passes a new one.
         """
@@ -153,7 +117,7 @@ class SecureAggregator:
             self.consistency_check_stage(rnd)
             self.charge_stage(rnd)
             result = self.unmask_stage(rnd)
-        except _Aborted as exc:
+        except RoundAborted as exc:
             return self._abort(rnd.part, exc.reason)
         except SecAggAbort as exc:
             self._note_rejections(rnd, rnd.session.rejections)
@@ -163,8 +127,11 @@ class SecureAggregator:
 
     def evaluate(self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int],
                  instructions: RoundInstructions) -> tuple[EvalTotals | None, dict[str, Any]]:
-        """A secure evaluation of ``state`` over ``nodes``: the decoded totals (None: the
-        round aborted) and its record (contributors, failures, the decoding bound)."""
+        """Evaluate ``state`` over ``nodes`` as a secure sum.
+
+        Return the decoded totals (None: the round aborted) and its record (contributors,
+        failures, the decoding bound).
+        """
         rnd = self._new_round(round_num, state, nodes)
         rnd.kind = EVALUATE
         try:
@@ -174,7 +141,7 @@ class SecureAggregator:
             self.consistency_check_stage(rnd)
             result = self.unmask_stage(rnd)
             totals = decode_eval_stats(result.vector, n_sites=len(result.contributors))
-        except _Aborted as exc:
+        except RoundAborted as exc:
             return None, self._abort(rnd.part, exc.reason, what="secure evaluation")[1]
         except (SecAggAbort, ValueError) as exc:
             return None, self._abort(rnd.part, str(exc), what="secure evaluation")[1]
@@ -183,7 +150,7 @@ class SecureAggregator:
         return totals, rnd.part
 
     # stages ------------------------------------------------------------------------------
-    def setup_stage(self, rnd: _Round) -> None:
+    def setup_stage(self, rnd: SecureRound) -> None:
         """Plan the round (ring, site-level DP), open the server session, collect adverts."""
         if self.site_level_dp is not None and rnd.kind == TRAIN:
             plan = self.site_level_dp.plan(cohort_size=len(rnd.cohort), dim=rnd.manifest.dim)
@@ -191,7 +158,7 @@ class SecureAggregator:
                 rnd.part["site_level_dp"] = {"mode": self.site_level_dp.mode, "released": False,
                                        "refused": plan.reason,
                                        "budget_exhausted": plan.budget_exhausted}
-                raise _Aborted(plan.reason)
+                raise RoundAborted(plan.reason)
             rnd.plan = plan
         try:
             if rnd.kind == EVALUATE:
@@ -211,18 +178,19 @@ class SecureAggregator:
             rnd.server = ServerSession(config=config, registry={
                 n: self.enrolment[rnd.names[n]] for n in rnd.cohort})
         except (ValueError, SecAggAbort) as exc:
-            raise _Aborted(f"cannot set up secure aggregation: {exc}") from None
+            raise RoundAborted(f"cannot set up secure aggregation: {exc}") from None
         rnd.part.update(threshold=config.threshold, degree=config.degree, modulus_bits=bits)
         replies = self._send_stage(Stage.ADVERTISE_KEYS, rnd.session.advertise_requests(), rnd,
                                    names={n: rnd.names[n] for n in rnd.cohort})
         self._accept(replies, rnd.session.receive_advertisement)
 
-    def share_keys_stage(self, rnd: _Round) -> None:
+    def share_keys_stage(self, rnd: SecureRound) -> None:
         """Route the signed adverts; collect each site's encrypted Shamir shares."""
         replies = self._send_stage(Stage.SHARE_KEYS, rnd.session.share_keys_requests(), rnd)
         self._accept(replies, rnd.session.receive_shares)
 
-    def collect_masked_vectors_stage(self, rnd: _Round, instructions: RoundInstructions) -> None:
+    def collect_masked_vectors_stage(self, rnd: SecureRound,
+                                     instructions: RoundInstructions) -> None:
         """Send the adapter and instructions; check and keep each masked input and weight.
 
         With site-level DP the sum of the inputs received is admitted (or the round aborted)
@@ -245,10 +213,11 @@ class SecureAggregator:
         if rnd.plan is not None:  # decide before anything is unmasked
             rnd.admission = self.site_level_dp.admit(rnd.plan, len(rnd.inputs))
             if not rnd.admission.ok:
-                rnd.part["site_level_dp"] = {**rnd.admission.record, "refused": rnd.admission.reason}
-                raise _Aborted(rnd.admission.reason)
+                rnd.part["site_level_dp"] = {**rnd.admission.record,
+                                             "refused": rnd.admission.reason}
+                raise RoundAborted(rnd.admission.reason)
 
-    def _take_masked_input(self, rnd: _Round, n: int, r: Any) -> None:
+    def _take_masked_input(self, rnd: SecureRound, n: int, r: Any) -> None:
         """Record a decline or failure; keep a masked input (its weight is inside it)."""
         if Metric.EPSILON in r.metrics:
             rnd.part["epsilon"][r.site] = float(r.metrics[Metric.EPSILON])
@@ -263,13 +232,13 @@ class SecureAggregator:
         if rnd.session.receive_masked_input(n, r.payload):
             rnd.inputs.add(n)
 
-    def consistency_check_stage(self, rnd: _Round) -> None:
+    def consistency_check_stage(self, rnd: SecureRound) -> None:
         """Announce the contributor set; collect each contributor's signature over it."""
         replies = self._send_stage(Stage.CONSISTENCY_CHECK, rnd.session.consistency_requests(),
                                    rnd)
         self._accept(replies, rnd.session.receive_consistency)
 
-    def charge_stage(self, rnd: _Round) -> None:
+    def charge_stage(self, rnd: SecureRound) -> None:
         """Write the round's record ahead of the unmask: from here it is charged.
 
         The contributors are the set every signer signed (exactly the inputs any unmask of
@@ -287,13 +256,13 @@ class SecureAggregator:
         part["charged"] = True
         self.driver.write_ahead(part)
 
-    def unmask_stage(self, rnd: _Round) -> SecAggResult:
+    def unmask_stage(self, rnd: SecureRound) -> SecAggResult:
         """Send the signed set and the lists it implies; collect the shares; unmask."""
         replies = self._send_stage(Stage.UNMASK, rnd.session.unmask_requests(), rnd)
         self._accept(replies, rnd.session.receive_unmask)
         return rnd.session.finish()
 
-    def release_stage(self, rnd: _Round, result: SecAggResult) -> Outcome:
+    def release_stage(self, rnd: SecureRound, result: SecAggResult) -> Outcome:
         """Decode the unmasked sum into the contributors' weighted mean and apply it."""
         if rnd.plan is not None and rnd.admission is not None:
             return self._release_site_level_dp(rnd, result, rnd.plan, rnd.admission)
@@ -322,7 +291,7 @@ class SecureAggregator:
 
     # helpers -----------------------------------------------------------------------------
     def _new_round(self, round_num: int, state: Mapping[str, np.ndarray],
-                   nodes: list[int]) -> _Round:
+                   nodes: list[int]) -> SecureRound:
         d = self.driver
         part: dict[str, Any] = {"round": round_num, "sampled": [], "contributed": [],
                                 "dropped": [], "declined": {}, "failed": {}, "epsilon": {},
@@ -335,9 +304,9 @@ class SecureAggregator:
                 part["failed"][names[n]] = "not enrolled (no identity key in the enrolment list)"
         manifest = Manifest.from_arrays({k: np.zeros(d.shapes[k], np.float32)
                                          for k in d.upload_keys})
-        return _Round(round_num, state, names, cohort, manifest, part)
+        return SecureRound(round_num, state, names, cohort, manifest, part)
 
-    def _send_stage(self, stage: str, requests: Mapping[int, Mapping[str, Any]], rnd: _Round,
+    def _send_stage(self, stage: str, requests: Mapping[int, Mapping[str, Any]], rnd: SecureRound,
                     extra: RecordDict | None = None, names: Mapping[int, str] | None = None,
                     ) -> dict[int, Any]:
         """Send each node its stage request (over ``extra``); the replies by node id."""
@@ -358,26 +327,28 @@ class SecureAggregator:
 
     @staticmethod
     def _accept(replies: Mapping[int, Any], receive: Callable[[int, Any], Any]) -> None:
-        """Hand each OK reply's payload to the session (it checks the content; a reply it
-        rejects, or an OK reply without a payload, leaves the site out of the round)."""
+        """Hand each OK reply's payload to the session, which checks the content.
+
+        A reply it rejects, or an OK reply without a payload, leaves the site out of the round.
+        """
         for n, r in replies.items():
             if r.status == Status.OK:
                 receive(n, r.payload if r.payload is not None else {})
 
     @staticmethod
-    def _note_rejections(rnd: _Round, rejections: Any) -> None:
+    def _note_rejections(rnd: SecureRound, rejections: Any) -> None:
         for node, stage, reason in rejections:
             rnd.part["failed"].setdefault(rnd.names.get(node, str(node)), f"{stage}: {reason}")
 
     @staticmethod
-    def _note_outcome(rnd: _Round, result: SecAggResult) -> None:
+    def _note_outcome(rnd: SecureRound, result: SecAggResult) -> None:
         part, names = rnd.part, rnd.names
         part["contributed"] = sorted(names[c] for c in result.contributors)
         part["dropped"] = sorted(names[c] for c in result.dropped
                                  if names[c] not in part["declined"])
         part["released"] = True
 
-    def _release_site_level_dp(self, rnd: _Round, result: SecAggResult, plan: DDGParams,
+    def _release_site_level_dp(self, rnd: SecureRound, result: SecAggResult, plan: DDGParams,
                          admission: Admission) -> Outcome:
         """Site-level DP: the unweighted mean of the (noised) sum, accounted."""
         part = rnd.part  # part["site_level_dp"]: charged at the write-ahead, whatever happens here

@@ -2,8 +2,9 @@
 
 :class:`LoopbackGrid` stands in for Flower's ``Grid`` (the methods the round driver uses:
 ``get_node_ids``, ``push_messages`` / ``pull_messages``, and ``send_and_receive``, which the
-push goes through so that a test grid can tamper with one exchange there): each message is handed to the real ClientApp with the destination node's own
-:class:`Context`, which persists across messages as Flower's does. An exception in a handler
+push goes through so that a test grid can tamper with one exchange there): each message is
+handed to the real ClientApp with the destination node's own :class:`Context`, which persists
+across messages as Flower's does. An exception in a handler
 becomes an error reply, as the SuperNode would send. No model or protocol code is replaced.
 """
 

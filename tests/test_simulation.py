@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from protocol.run_folder import RunFolder
-from protocol.site_log import site_evaluations
 from protocol.run_rows import RUN_COMPLETED, MetricsRow
+from protocol.site_log import site_evaluations
 from tests.conftest import EMBEDDED, has_embedded
 
 FLOWER_PROCS = ("flower-superlink", "flower-supernode", "flwr-serverapp", "flwr-clientapp",

@@ -46,7 +46,7 @@ def test_message_types_are_flowers_and_every_stage_has_one() -> None:
 
 def test_the_client_app_registers_every_message_type_the_coordinator_sends() -> None:
     registered = set(build_app()._registered_funcs)
-    sent = {MessageType.HELLO, *STAGE_MESSAGE_TYPE.values()}
+    sent = {MessageType.HELLO, MessageType.SECAGG_EVALUATE, *STAGE_MESSAGE_TYPE.values()}
     assert registered == {f"{MessageType.TRAIN}.default", f"{MessageType.EVALUATE}.default",
                           *sent}
 

@@ -11,7 +11,7 @@ __all__ = ["fmt_eps", "fmt_names", "fmt_num", "google_cell", "recomputation_cell
 
 
 def fmt_num(x: float | None, spec: str = ".4g") -> str:
-    """A number, ``∞`` for infinity, ``-`` for None."""
+    """Format a number, with ``∞`` for infinity and ``-`` for None."""
     if x is None:
         return "-"
     if isinstance(x, float) and math.isinf(x):
@@ -31,7 +31,7 @@ def fmt_names(names: Iterable[str]) -> str:
 
 
 def recomputation_cells(r: Recomputation | None) -> tuple[str, str, str]:
-    """``(same accountant, second accountant, tight lower bound)`` cells of a site row."""
+    """Give the ``(same accountant, second accountant, tight lower bound)`` cells of a site row."""
     if r is None:
         return "-", "-", "-"
     if r.error:

@@ -189,7 +189,7 @@ class CanaryPlan:
         return len(self.sequences)
 
     def indices(self, *, included: bool) -> list[int]:
-        """Indices of the canaries that were (or were not) trained on."""
+        """Return the indices of the canaries that were (or were not) trained on."""
         return [i for i, c in enumerate(self.included) if c == included]
 
 
@@ -274,7 +274,7 @@ class CanaryAuditResult:
         return self.formal_epsilon is not None and self.epsilon_lower_bound > self.formal_epsilon
 
     def to_mapping(self) -> dict[str, Any]:
-        """The result as JSON-ready data (with ``exceeds_formal``)."""
+        """Return the result as JSON-ready data (with ``exceeds_formal``)."""
         return {**asdict(self), "exceeds_formal": self.exceeds_formal}
 
     @classmethod
@@ -291,7 +291,7 @@ def audit_scores(scores: Sequence[float] | np.ndarray, included: Sequence[bool],
                  formal_epsilon: float | None, site_id: str = "site",
                  accountant: str | None = None, confidence: float = 0.95,
                  k_grid: Sequence[int] | None = None) -> CanaryAuditResult:
-    """The empirical ε lower bound from membership scores, best over a fixed grid of k.
+    """Compute the empirical ε lower bound from membership scores, best over a fixed grid of k.
 
     Parameters
     ----------

@@ -34,8 +34,11 @@ PLD_DISCRETIZATION = 1e-3
 
 @contextlib.contextmanager
 def _quiet_absl() -> Iterator[None]:
-    """dp-accounting logs (via absl) each Rényi order it drops as not converging; the
-    remaining orders still give a valid bound, so the audit keeps those lines out."""
+    """Keep dp-accounting's absl log lines about dropped Rényi orders out of the audit.
+
+    dp-accounting logs (via absl) each Rényi order it drops as not converging; the remaining
+    orders still give a valid bound.
+    """
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)

@@ -326,7 +326,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def report_data(report: AuditReport, *, with_digest: bool = True) -> dict[str, Any]:
-    """The report as JSON-ready data (the object ``schema.json`` describes).
+    """Return the report as JSON-ready data (the object ``schema.json`` describes).
 
     ``sha256`` is left out when ``with_digest`` is false (that is what it is computed over).
     """

@@ -54,7 +54,7 @@ def accountant_warnings_quiet() -> Iterator[None]:
 
 
 def second_accountant(accountant: str) -> str:
-    """The other accountant: ``prv`` for ``rdp`` and vice versa."""
+    """Name the other accountant: ``prv`` for ``rdp`` and vice versa."""
     return "prv" if accountant == "rdp" else "rdp"
 
 

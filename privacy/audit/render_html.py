@@ -73,8 +73,10 @@ pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: .85em; }
 
 
 def _marker(shape: int, cx: float, cy: float, color: str, title: str) -> str:
-    """A data point: circle, square, triangle or diamond (sites whose lines coincide stay
-    distinguishable)."""
+    """Draw a data point as a circle, square, triangle or diamond.
+
+    Sites whose lines coincide stay distinguishable.
+    """
     t = f"<title>{escape(title)}</title>"
     if shape == 0:
         return f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{color}">{t}</circle>'
@@ -305,7 +307,7 @@ def _learning_section(report: AuditReport) -> str:
 
 
 def render_html(report: AuditReport) -> str:
-    """The whole report as one self-contained HTML document."""
+    """Render the whole report as one self-contained HTML document."""
     red = report.red_flags
     title = f"Privacy audit — run {report.run_id or '(unknown)'}"
     status = (f'<p class="status bad">{len(red)} red flag(s)'

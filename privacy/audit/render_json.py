@@ -18,12 +18,12 @@ SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
 
 def load_schema() -> dict[str, Any]:
-    """The report's JSON Schema (draft 2020-12)."""
+    """Load the report's JSON Schema (draft 2020-12)."""
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
 
 def render_json(report: AuditReport) -> str:
-    """The report's data (:func:`~privacy.audit.model.report_data`) as indented JSON.
+    """Render the report's data (:func:`~privacy.audit.model.report_data`) as indented JSON.
 
     Keys are sorted; infinite values are ``null``; the ``sha256`` field holds the digest of
     everything else (see :func:`~privacy.audit.model.report_sha256`).

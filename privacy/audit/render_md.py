@@ -61,7 +61,7 @@ def _site_section(site: SiteReport, run_id: str | None) -> list[str]:
 
 
 def render_md(report: AuditReport) -> str:
-    """The whole report as GitHub-flavoured Markdown."""
+    """Render the whole report as GitHub-flavoured Markdown."""
     red = report.red_flags
     lines = [f"# Privacy audit — run {report.run_id or '(unknown)'}", "",
              (f"- mode: {report.mode}; created: {report.created or '-'}; "

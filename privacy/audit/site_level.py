@@ -13,7 +13,7 @@ more than :data:`MATCH_RTOL` below its recomputation is a red flag.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +66,7 @@ def _l2_bound(c: float, d: int, beta: float) -> float:
     return math.sqrt(min(a, b))
 
 
-def _rdp_fn(rec: Mapping[str, Any]) -> Any:
+def _rdp_fn(rec: Mapping[str, Any]) -> Callable[[float], float]:
     """RDP(α) of one recorded round, from the recorded noise variance and survivors."""
     n = int(rec["contributors"])
     var = float(rec["noise_variance"])
@@ -133,7 +133,7 @@ def _num(x: Any) -> float | None:
 
 def build_site_level(participation: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
                      flags: list[tuple[str, str]]) -> SiteLevelReport | None:
-    """The section, or None when the run had no site-level DP; ``flags`` gets (severity, msg)."""
+    """Build the section, or None without site-level DP; ``flags`` gets (severity, msg)."""
     rows = [p for p in participation if isinstance(p.get("site_level_dp"), Mapping)]
     if not rows and not config.get("site-level-dp"):
         return None
@@ -232,7 +232,7 @@ def site_level_md(section: SiteLevelReport | None) -> list[str]:
 
 
 def site_level_html(section: SiteLevelReport | None) -> str:
-    """An HTML ``<section id="site-level">`` (empty string when off)."""
+    """Render an HTML ``<section id="site-level">`` (empty string when off)."""
     from html import escape
 
     if section is None:

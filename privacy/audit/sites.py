@@ -120,8 +120,11 @@ RELEASED_BY_POLICY = "per-site train and evaluation metrics (its policy's releas
 
 def released_in_clear(name: str, policy: Mapping[str, Any],
                       metrics: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
-    """What one site sent the coordinator in the clear, from its policy and the metrics rows
-    (a row with ``secure_evaluation``: the round ran under secure aggregation)."""
+    """List what one site sent the coordinator in the clear.
+
+    Taken from its policy and the metrics rows (a row with ``secure_evaluation``: the round
+    ran under secure aggregation).
+    """
     out = [RELEASED_LEDGER] if policy else []
     secure = any(m.get("secure_evaluation") is True for m in metrics)
     plain = any(name in (m.get("sites") or {}) and m.get("secure_evaluation") is not True
@@ -134,7 +137,7 @@ def released_in_clear(name: str, policy: Mapping[str, Any],
 
 
 def _noise_summary(mine: Sequence[SiteRound]) -> tuple[str | None, list[tuple[str, str]]]:
-    """The run's noise source for the site, and a flag for every round not from the CSPRNG."""
+    """Summarise the run's noise source for the site, flagging every round not from the CSPRNG."""
     trained = [r for r in mine if r.status == "trained"]
     sources = {r.noise_source or "unrecorded" for r in trained}
     notes = []
@@ -190,7 +193,7 @@ def _mechanism(line: LedgerLine) -> Mechanism | None:
 
 def _run_lines(lines: Sequence[LedgerLine], run_id: str | None,
                notes: list[tuple[str, str]]) -> list[LedgerLine]:
-    """The ledger lines of this run (by ``run_id``, with a fallback for a lone other id)."""
+    """Pick the ledger lines of this run (by ``run_id``; fallback: a lone other id)."""
     mine = [ln for ln in lines if ln.entry.run_id == run_id]
     if mine or not lines:
         return mine

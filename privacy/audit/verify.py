@@ -108,7 +108,7 @@ class LedgerCheck:
 
 
 def find_ledger(site_dir: Path) -> Path | None:
-    """The ledger file in ``site_dir`` (see :data:`LEDGER_FILENAMES`), or None."""
+    """Find the ledger file in ``site_dir`` (see :data:`LEDGER_FILENAMES`), or None."""
     for name in LEDGER_FILENAMES:
         path = site_dir / name
         if path.is_file():
@@ -121,7 +121,7 @@ def _num(x: Any) -> bool:
 
 
 def _coerce(obj: Any) -> LedgerEntry | str:
-    """A :class:`LedgerEntry` from a parsed line, or what is wrong with it."""
+    """Make a :class:`LedgerEntry` from a parsed line, or say what is wrong with it."""
     if not isinstance(obj, dict):
         return f"expected a JSON object, got {type(obj).__name__}"
     if not set(_FIELDS) <= set(obj) <= set(_FIELDS) | set(OPTIONAL_FIELDS):
@@ -275,7 +275,7 @@ def check_signed_summary(doc: Any, *, site: str, public_key: bytes | None,
 
 
 def ledger_holds_head(check: LedgerCheck, summary: SummaryCheck) -> str | None:
-    """A problem when the full ledger does not hold the signed head at its position."""
+    """Report a problem when the full ledger does not hold the signed head at its position."""
     if summary.count == 0:
         return None
     line = next((ln for ln in check.lines if ln.line == summary.count), None)

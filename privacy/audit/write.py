@@ -25,7 +25,7 @@ RENDERERS: Mapping[str, Callable[[AuditReport], str]] = {
 
 
 def render(report: AuditReport, fmt: str) -> str:
-    """The report in ``fmt`` (one of :data:`FORMATS`)."""
+    """Render the report in ``fmt`` (one of :data:`FORMATS`)."""
     if fmt not in RENDERERS:
         raise ValueError(f"`format` must be one of {', '.join(FORMATS)}, got {fmt!r}")
     return RENDERERS[fmt](report)

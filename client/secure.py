@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, RecordDict
 
+from client.deploy_config import NODE_ENROLMENT
 from client.identity import load_site_identity
 from client.local_round import LocalUpdate
 from client.site import site_spec
 from client.site_level_dp import encode_site_level_dp
-from client.deploy_config import NODE_ENROLMENT
 from privacy.secagg import RoundGuard, SecAggError, SiteLimits, SiteSession, cohort_registry
 from protocol.codec import Manifest, encode
 from protocol.config import RunConfig

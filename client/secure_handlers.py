@@ -18,6 +18,7 @@ the site's own log (:mod:`protocol.site_log`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flwr.app import Context, Message
@@ -84,18 +85,25 @@ def advertise(msg: Message, context: Context) -> Message:
     return _answer(msg, site.name, reply)
 
 
-def share(msg: Message, context: Context) -> Message:
-    """Stage 2: check neighbours' signatures, send them encrypted Shamir shares."""
+def _session_stage(msg: Message, context: Context, stage: str,
+                   step: Callable[[SiteSession, dict[str, Any]], dict[str, Any]]) -> Message:
+    """Run one stage of the restored session on the request; refuse on any failure."""
     site = SecureSite.of(context)
-    inject_fault(site.cfg, site.name, Stage.SHARE_KEYS, _round_of(msg))
+    inject_fault(site.cfg, site.name, stage, _round_of(msg))
     session = None
     try:
         session = site.restore(context)
-        reply = session.share_keys(get_payload(msg.content))
+        reply = step(session, get_payload(msg.content))
     except _REFUSALS as exc:
         return _refuse(msg, context, site.name, exc, session)
     site.save(context, session)
     return _answer(msg, site.name, reply)
+
+
+def share(msg: Message, context: Context) -> Message:
+    """Stage 2: check neighbours' signatures, send them encrypted Shamir shares."""
+    return _session_stage(msg, context, Stage.SHARE_KEYS,
+                          lambda session, request: session.share_keys(request))
 
 
 def masked_train(msg: Message, context: Context) -> Message:
@@ -187,16 +195,8 @@ def masked_evaluate(msg: Message, context: Context) -> Message:
 
 def consistency(msg: Message, context: Context) -> Message:
     """Stage 4: sign the announced contributor set, if it agrees with what this site saw."""
-    site = SecureSite.of(context)
-    inject_fault(site.cfg, site.name, Stage.CONSISTENCY_CHECK, _round_of(msg))
-    session = None
-    try:
-        session = site.restore(context)
-        reply = session.consistency_check(get_payload(msg.content))
-    except _REFUSALS as exc:
-        return _refuse(msg, context, site.name, exc, session)
-    site.save(context, session)
-    return _answer(msg, site.name, reply)
+    return _session_stage(msg, context, Stage.CONSISTENCY_CHECK,
+                          lambda session, request: session.consistency_check(request))
 
 
 def unmask(msg: Message, context: Context) -> Message:

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from protocol.io import fsync_dir
+from protocol.io import replace_dir
 
 __all__ = [
     "AUTO_TARGETS",
@@ -238,15 +238,7 @@ def save_adapter_dir(
         for f in tmp.iterdir():
             with f.open("rb") as fh:
                 os.fsync(fh.fileno())
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        fsync_dir(target.parent)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir"]
+__all__ = [
+    "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir", "replace_dir",
+]
 
 
 def fsync_dir(path: Path) -> None:
@@ -71,3 +74,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Atomically write ``obj`` as indented, key-sorted JSON."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Put the finished directory ``tmp`` at ``target`` (a sibling), replacing what is there.
+
+    ``target`` is renamed aside first and removed only once ``tmp`` took its place, so a
+    crash leaves either the old or the new directory under ``target``'s name (and at worst a
+    leftover ``.<name>.old``); the parent directory is fsynced.
+    """
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    fsync_dir(target.parent)

@@ -260,16 +260,20 @@ def _check_data(root: Path, n_sites: int) -> None:
         raise UsageError(f"--data: {exc}", field="--data", value=str(root)) from None
 
 
-def _summary(out: Path) -> str:
+def _summary(out: Path, cfg: Any) -> str:
+    """Summarise a run on one screen: rounds, what was learned, spent and seen, what next.
+
+    Per-site tables are in the audit report (``RUN_DIR/audit/``), not here.
+    """
     from protocol.run_folder import RunFolder
-    from protocol.site_log import site_evaluations
 
     folder = RunFolder(out)
     rows = folder.read_metrics()
     if not rows:
         return "(no metrics recorded)"
+    parts = folder.read_participation()
     site_eps = {p.round: float(p.site_level_dp["epsilon_after"])  # site-level eps so far
-                for p in folder.read_participation()
+                for p in parts
                 if p.site_level_dp is not None and p.site_level_dp.get("released") is True}
     head = f"{'round':>5}  {'eval loss':>9}  {'perplexity':>10}  {'sites':>5}  {'max eps':>8}  "
     lines = [head + (f"{'site eps':>8}  " if site_eps else "") + f"{'time s':>7}"]
@@ -285,38 +289,47 @@ def _summary(out: Path) -> str:
         lines.append(line + f"{r.round_time_s or 0.0:>7.1f}")
     lines.append("(max eps: the largest example-level eps of a site so far" + (
         "; site eps: site-level eps of the released aggregates so far)" if site_eps else ")"))
-    first, last = rows[0], rows[-1]
     lines.append("")
+    lines += _story(folder, rows, cfg, site_eps)
+    return "\n".join(lines)
+
+
+def _story(folder: Any, rows: Any, cfg: Any, site_eps: dict[int, float]) -> list[str]:
+    """Tell what the run shows in a few lines: learning, privacy spent, what the server saw."""
+    first, last = rows[0], rows[-1]
+    drop = 100.0 * (1.0 - last.eval_perplexity / first.eval_perplexity)
+    out = [f"learned:   held-out perplexity {first.eval_perplexity:.2f} (base) -> "
+           f"{last.eval_perplexity:.2f} after round {last.round} ({drop:.1f}% lower)"
+           if drop >= 0 else
+           f"learned:   held-out perplexity {first.eval_perplexity:.2f} (base) -> "
+           f"{last.eval_perplexity:.2f} after round {last.round} (no improvement)"]
     eps: dict[str, float] = {}
-    declined: dict[str, int] = {}
+    declined: set[str] = set()
     for r in rows:
         eps.update(r.epsilon or {})
-        for site in r.declined or {}:
-            declined[site] = declined.get(site, 0) + 1
-    lines.append(f"{'site':<16}  {'loss r0':>8}  {'loss final':>10}  {'ppl r0':>8}  "
-                 f"{'ppl final':>9}  {'examples':>8}  {'epsilon':>8}  {'declined':>8}")
-    own = None if last.sites else site_evaluations(folder)  # secure: the sites' own logs
-    per_site = last.sites if own is None else {
-        site: {"first": evs.get(first.round), "last": evs.get(last.round)}
-        for site, evs in own.items()}
-    for site in sorted(per_site):
-        if own is None:
-            a, b = first.sites.get(site), last.sites[site]
-            fig = [(a.eval_loss, a.eval_perplexity) if a else None,
-                   (b.eval_loss, b.eval_perplexity), b.num_examples]
-        else:
-            ends = per_site[site]
-            fig = [None if ends[k] is None else (ends[k].eval_loss, ends[k].eval_perplexity)
-                   for k in ("first", "last")]
-            fig.append(ends["last"].num_examples if ends["last"] else 0)
-        (l0, p0), (l1, p1) = (f or (float("nan"), float("nan")) for f in fig[:2])
-        e = f"{eps[site]:.3f}" if site in eps else "-"
-        lines.append(f"{site:<16}  {l0:>8.4f}  {l1:>10.4f}  {p0:>8.2f}  {p1:>9.2f}  "
-                     f"{fig[2]:>8}  {e:>8}  {declined.get(site, 0):>8}")
-    if own is not None:
-        lines.append("(per-site figures: each site's own log in RUN_DIR/sites/<site>/; the "
-                     "coordinator learned only their sums)")
-    return "\n".join(lines)
+        declined.update(r.declined or {})
+    if not eps:
+        out.append("privacy:   example-level DP off (no epsilon is claimed)")
+    else:
+        lo, hi = min(eps.values()), max(eps.values())
+        spread = f"{hi:.3f}" if hi - lo < 5e-4 else f"{lo:.3f} to {hi:.3f}"
+        out.append(f"privacy:   example-level eps {spread} at each of {len(eps)} sites "
+                   "(each site's own budget and ledger)"
+                   + (f"; {len(declined)} site(s) declined a round" if declined else ""))
+    if site_eps:
+        out.append(f"           site-level eps {site_eps[max(site_eps)]:.3f} of the released "
+                   "aggregates")
+    if cfg.secagg:
+        out.append("seen:      the coordinator held only sums of the sites' masked updates and "
+                   "held-out losses\n           (secure aggregation); per-site figures: each "
+                   "site's own log (sites/<site>/) and the audit report")
+    else:
+        out.append("seen:      the coordinator saw every site's update and figures in the clear "
+                   "(--secagg off)")
+    out.append("next:      site-level DP over 30 sites: make demo-site-level\n"
+               "           a real LLM: make setup-real, then confide simulate --model "
+               "smollm2-135m (README)")
+    return out
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -371,7 +384,7 @@ def _simulate(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - the run is done; say the report failed
         audit_note = f"  audit:    FAILED to write the report: {exc}"
     print()
-    print(_summary(out))
+    print(_summary(out, cfg))
     print()
     print(f"done in {time.perf_counter() - t0:.0f} s")
     print(f"  adapter:  {folder.final_adapter}")

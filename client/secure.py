@@ -33,7 +33,8 @@ from protocol.config import RunConfig
 from protocol.enrolment import load_enrolment
 from protocol.instructions import RoundInstructions
 from protocol.messages import get_payload
-from protocol.secure_stats import append_weight
+from protocol.ring import check_ring
+from protocol.secure_stats import append_weight, weight_limbs
 from protocol.wire import Field, Key, Metric
 
 __all__ = ["SecureSite", "site_limits"]
@@ -135,8 +136,11 @@ class SecureSite:
                context: Context) -> np.ndarray:
         """Encode the trained delta as the round's ring vector (clipped, weighted or noised).
 
-        Without site-level DP the weight (number of examples) follows as one more ring
-        coordinate, an exact integer: it travels inside the masked sum, never in the clear.
+        Without site-level DP the weight (number of examples) follows as its exact integer
+        limbs (:func:`protocol.secure_stats.weight_limbs`): it travels inside the masked sum,
+        never in the clear. Before encoding, the site checks the ring and grid it is handed
+        (:func:`protocol.ring.check_ring`): it refuses a pair under which its clipped,
+        weighted input, or the cohort's sum, could wrap.
         """
         if instr.codec is None or upd.delta is None:
             raise SecAggError("a masked input needs the round's codec and a trained delta")
@@ -148,7 +152,20 @@ class SecureSite:
                                         session.config, context)
         weight = int(upd.metrics[Metric.NUM_EXAMPLES])
         bits = session.config.modulus_bits
+        n_sites = len(session.config.cohort)
+        try:
+            check_ring(n_sites=n_sites, clip_norm=instr.codec.clip,
+                       max_weight=instr.codec.max_weight, scale=instr.codec.scale,
+                       modulus_bits=bits)
+            limbs = weight_limbs(modulus_bits=bits, n_sites=n_sites,
+                                 max_weight=instr.codec.max_weight)[1]
+        except ValueError as exc:
+            raise SecAggError(f"refused the round's codec: {exc}") from None
+        if session.config.vector_length != manifest.dim + limbs:
+            raise SecAggError(f"refused the round's codec: vector length "
+                              f"{session.config.vector_length} is not {manifest.dim} + {limbs}")
         vec = encode(delta, manifest, clip_norm=instr.codec.clip, weight=float(weight),
                      scale=instr.codec.scale, modulus_bits=bits,
                      rng=np.random.default_rng(), max_weight=instr.codec.max_weight)
-        return append_weight(vec, weight, modulus_bits=bits, max_weight=instr.codec.max_weight)
+        return append_weight(vec, weight, modulus_bits=bits, max_weight=instr.codec.max_weight,
+                             n_sites=n_sites)

@@ -73,6 +73,8 @@ class RunConfig:
     allow_no_privacy: bool = False
     secagg_clip: float = 10.0
     secagg_max_weight: float = 100000.0
+    #: ring bits of a secure-aggregation round without site-level DP; 0: what it needs (<= 32)
+    secagg_bits: int = 0
     faults: str = ""
     site_level_dp: bool = False
     site_level_dp_mode: str = "distributed"
@@ -136,6 +138,8 @@ class RunConfig:
         need(self.max_eval_examples >= 0, "max-eval-examples", ">= 0")
         need(self.secagg_clip > 0, "secagg-clip", "> 0")
         need(self.secagg_max_weight >= 1, "secagg-max-weight", ">= 1")
+        need(self.secagg_bits == 0 or 16 <= self.secagg_bits <= 64, "secagg-bits",
+             "0 (automatic) or in [16, 64]")
         need(not self.secagg or bool(self.secagg_enrolment), "secagg-enrolment",
              "the path of the enrolment list when secagg is on")
         need(self.dp_noise_multiplier == -1.0 or self.dp_noise_multiplier >= 0.0,

@@ -2,11 +2,14 @@
 
 Under secure aggregation no per-site figure travels in the clear; the coordinator learns sums.
 
-* **Weight.** A training input is the encoded, weighted delta followed by one more ring
-  coordinate: the site's weight (its number of examples) as an exact integer. The unmasked
-  sum's last coordinate is the contributors' total weight, by which the server divides the
-  decoded sum (:func:`append_weight`, :func:`split_weight`). Site-level DP releases the
-  unweighted mean and sends no weight.
+* **Weight.** A training input is the encoded, weighted delta followed by the site's weight
+  (its number of examples) as an exact integer in L more ring coordinates, its limbs of b
+  bits each (:func:`weight_limbs`: b is chosen so that the cohort's sum of one limb cannot
+  wrap; L = 1 whenever the ring holds the cohort's total weight in one coordinate, else the
+  weight is split rather than the ring widened). The unmasked sum's last L coordinates give
+  the contributors' total weight exactly, by which the server divides the decoded sum
+  (:func:`append_weight`, :func:`split_weight`). Site-level DP releases the unweighted mean
+  and sends no weight.
 * **Evaluation.** A secure evaluation round sums a short stats vector per site
   (:func:`encode_eval_stats`): ``[loss x examples, loss x tokens]`` in fixed point with
   ``EVAL_FRACTION_BITS`` fractional bits (nearest rounding), then ``examples`` and ``tokens``
@@ -37,6 +40,7 @@ __all__ = [
     "eval_round",
     "is_eval_round",
     "split_weight",
+    "weight_limbs",
 ]
 
 #: set in the secure-aggregation round number of a round's evaluation
@@ -70,21 +74,50 @@ def _weight(weight: object, max_weight: float) -> int:
     return weight
 
 
-def append_weight(vec: np.ndarray, weight: int, *, modulus_bits: int,
-                  max_weight: float) -> np.ndarray:
-    """``vec`` with the site's integer weight appended as one more ring coordinate."""
+def weight_limbs(*, modulus_bits: int, n_sites: int, max_weight: float) -> tuple[int, int]:
+    """``(b, L)``: the weight travels as L limbs of b bits, ``w = sum_j limb_j 2^(b j)``.
+
+    One coordinate (``L = 1``, ``b`` = the ring's width minus a sign bit) when the ring
+    holds ``n_sites * max_weight``; otherwise ``b = k - bitlen(n)`` so that the sum of
+    ``n_sites`` limbs (each < 2^b) stays below 2^k, and as many limbs as ``max_weight``
+    needs. Either way the decoded total is exact.
+    """
+    if type(modulus_bits) is not int or not 2 <= modulus_bits <= 64:
+        raise ValueError(f"`modulus_bits` must be an int in [2, 64], got {modulus_bits!r}")
+    if type(n_sites) is not int or n_sites < 1:
+        raise ValueError(f"`n_sites` must be an int >= 1, got {n_sites!r}")
+    if not math.isfinite(max_weight) or max_weight < 1:
+        raise ValueError(f"`max_weight` must be finite and >= 1, got {max_weight!r}")
+    top = int(max_weight)
+    if n_sites * top < 1 << (modulus_bits - 1):
+        return modulus_bits - 1, 1
+    bits = modulus_bits - n_sites.bit_length()
+    if bits < 1:
+        raise ValueError(f"a 2^{modulus_bits} ring cannot sum the weights of {n_sites} sites")
+    return bits, -(-top.bit_length() // bits)
+
+
+def append_weight(vec: np.ndarray, weight: int, *, modulus_bits: int, max_weight: float,
+                  n_sites: int = 1) -> np.ndarray:
+    """``vec`` with the site's integer weight appended as its limbs (:func:`weight_limbs`)."""
     w = _weight(weight, max_weight)
-    if w >= 1 << (modulus_bits - 1):
-        raise ValueError(f"`weight` {w} does not fit a 2^{modulus_bits} ring")
-    return np.concatenate([vec, np.array([w], dtype=vec.dtype)])
+    bits, count = weight_limbs(modulus_bits=modulus_bits, n_sites=n_sites,
+                               max_weight=max_weight)
+    limbs = [(w >> (bits * j)) & ((1 << bits) - 1) for j in range(count)]
+    return np.concatenate([vec, np.array(limbs, dtype=vec.dtype)])
 
 
-def split_weight(sum_vec: np.ndarray, *, modulus_bits: int) -> tuple[np.ndarray, int]:
-    """Split off the weight coordinate: the summed vector, and the total weight (exact)."""
-    if sum_vec.ndim != 1 or sum_vec.shape[0] < 1:
-        raise ValueError(f"a weighted sum needs a weight coordinate, got shape {sum_vec.shape}")
-    total = int(sum_vec[-1]) % (1 << modulus_bits)
-    return sum_vec[:-1], total
+def split_weight(sum_vec: np.ndarray, *, modulus_bits: int, max_weight: float = 1.0,
+                 n_sites: int = 1) -> tuple[np.ndarray, int]:
+    """Split off the weight limbs: the summed vector, and the total weight (exact)."""
+    bits, count = weight_limbs(modulus_bits=modulus_bits, n_sites=n_sites,
+                               max_weight=max_weight)
+    if sum_vec.ndim != 1 or sum_vec.shape[0] < count:
+        raise ValueError(f"a weighted sum needs {count} weight coordinate(s), "
+                         f"got shape {sum_vec.shape}")
+    ring = 1 << modulus_bits
+    total = sum((int(x) % ring) << (bits * j) for j, x in enumerate(sum_vec[-count:]))
+    return sum_vec[:-count], total
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,8 @@ def run_server(grid: Grid, cfg: RunConfig) -> Path:
     if cfg.secagg:
         driver.secure = SecureAggregator(driver, enrolment=load_enrolment(cfg.secagg_enrolment),
                                          clip=cfg.secagg_clip, max_weight=cfg.secagg_max_weight,
-                                         site_level_dp=_site_level_dp(cfg, rundir))
+                                         site_level_dp=_site_level_dp(cfg, rundir),
+                                         bits=cfg.secagg_bits)
         logger.info("secure aggregation on: %d enrolled sites, delta clip %g, max weight %g",
                     len(driver.secure.enrolment), cfg.secagg_clip, cfg.secagg_max_weight)
     else:

@@ -48,7 +48,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 from privacy.ddg import DDGParams, WrapError
 from privacy.secagg import SecAggAbort, SecAggConfig, SecAggResult, ServerSession
-from protocol.codec import Manifest, choose_modulus_bits, decode, decoding_error_bound
+from protocol.codec import Manifest, decode, decoding_error_bound
 from protocol.enrolment import load_enrolment
 from protocol.instructions import RoundInstructions, SecAggCodec, SiteLevelDPPlan
 from protocol.messages import put_payload, state_to_record
@@ -59,6 +59,7 @@ from protocol.secure_stats import (
     decode_eval_stats,
     eval_round,
     split_weight,
+    weight_limbs,
 )
 from protocol.wire import (
     STAGE_MESSAGE_TYPE,
@@ -73,16 +74,15 @@ from protocol.wire import (
 from server.aggregate import apply_delta
 from server.secure_round import (
     EVALUATE,
-    SCALE_BITS,
     TRAIN,
     Outcome,
     RoundAborted,
     SecureRound,
-    codec_scale,
+    plan_ring,
 )
 from server.site_level_dp import Admission, PlanRefusal
 
-__all__ = ["SCALE_BITS", "SecureAggregator", "load_enrolment"]
+__all__ = ["SecureAggregator", "load_enrolment"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +90,15 @@ class SecureAggregator:
     """Runs the stages of one round; the driver supplies messaging, names and the record."""
 
     def __init__(self, driver: Any, *, enrolment: Mapping[str, bytes], clip: float,
-                 max_weight: float, site_level_dp: Any = None) -> None:
+                 max_weight: float, site_level_dp: Any = None, bits: int = 0) -> None:
         self.driver = driver
         # a server.site_level_dp.SiteLevelDP when site-level DP is on
         self.site_level_dp = site_level_dp
         self.enrolment = dict(enrolment)
         self.clip = clip
         self.max_weight = max_weight
-        self.scale = codec_scale(clip, max_weight)
+        #: ``secagg-bits``: the ring of every training round; 0 = what each round needs
+        self.bits = bits
 
     def round(self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int],
               instructions: RoundInstructions, *, attempt: int = 0) -> Outcome:
@@ -166,11 +167,12 @@ class SecureAggregator:
                     rnd.num)
             elif rnd.plan is not None:
                 bits, length, secagg_round = rnd.plan.modulus_bits, rnd.plan.padded, rnd.num
-            else:  # the delta, then the weight (n * max_weight fits far below 2^(k-1))
-                bits = choose_modulus_bits(
-                    n_sites=max(len(rnd.cohort), 1), clip_norm=self.clip,
-                    max_weight=self.max_weight, scale=self.scale, dim=rnd.manifest.dim)
-                length, secagg_round = rnd.manifest.dim + 1, rnd.num
+            else:  # the delta, then the weight's limbs (protocol.secure_stats.weight_limbs)
+                n = max(len(rnd.cohort), 1)
+                bits, rnd.scale = plan_ring(n_sites=n, clip=self.clip, max_weight=self.max_weight,
+                                            dim=rnd.manifest.dim, bits=self.bits)
+                limbs = weight_limbs(modulus_bits=bits, n_sites=n, max_weight=self.max_weight)[1]
+                length, secagg_round = rnd.manifest.dim + limbs, rnd.num
             config = SecAggConfig.create(
                 run_id=int(self.driver.run_id, 16), round=secagg_round, cohort=rnd.cohort,
                 modulus_bits=bits, vector_length=length,
@@ -200,7 +202,7 @@ class SecureAggregator:
             extra = RecordDict({Key.ARRAYS: state_to_record(rnd.state),
                                 Key.CONFIG: instructions.to_record()})
         else:
-            codec = SecAggCodec(clip=self.clip, scale=self.scale, max_weight=self.max_weight,
+            codec = SecAggCodec(clip=self.clip, scale=rnd.scale, max_weight=self.max_weight,
                                 manifest=rnd.manifest.digest())
             plan = None if rnd.plan is None else SiteLevelDPPlan(self.site_level_dp.mode,
                                                                  rnd.plan.to_config())
@@ -268,17 +270,19 @@ class SecureAggregator:
             return self._release_site_level_dp(rnd, result, rnd.plan, rnd.admission)
         part = rnd.part
         bits = part["modulus_bits"]
-        vector, total_weight = split_weight(result.vector, modulus_bits=bits)
+        vector, total_weight = split_weight(result.vector, modulus_bits=bits,
+                                            max_weight=self.max_weight,
+                                            n_sites=len(rnd.cohort))
         n = len(result.contributors)
         if not 0 < total_weight <= n * self.max_weight:  # an out-of-range weight, or a wrap
             return self._abort(part, f"decoded total weight {total_weight} outside (0, "
                                      f"{n} x {self.max_weight:g}]")
         total = float(total_weight)
         part["total_weight"] = total_weight
-        summed = decode(vector, rnd.manifest, scale=self.scale, modulus_bits=bits)
+        summed = decode(vector, rnd.manifest, scale=rnd.scale, modulus_bits=bits)
         mean = {k: (v / total).astype(np.float32) for k, v in summed.items()}
         bound = decoding_error_bound(n_sites=len(result.contributors), clip_norm=self.clip,
-                                     max_weight=self.max_weight, scale=self.scale,
+                                     max_weight=self.max_weight, scale=rnd.scale,
                                      dim=rnd.manifest.dim)
         self._note_outcome(rnd, result)
         part["decoding_error_bound"] = {"per_coordinate": bound.per_coordinate / total,

@@ -15,14 +15,10 @@ import numpy as np
 from privacy.ddg import DDGParams
 from privacy.secagg import ServerSession
 from protocol.codec import Manifest
+from protocol.ring import auto_modulus_bits, grid_scale
 from server.site_level_dp import Admission
 
-__all__ = ["EVALUATE", "SCALE_BITS", "TRAIN", "Outcome", "RoundAborted", "SecureRound",
-           "codec_scale"]
-
-
-#: One site's clipped, weighted delta spans 2^SCALE_BITS grid steps per coordinate.
-SCALE_BITS = 40
+__all__ = ["EVALUATE", "TRAIN", "Outcome", "RoundAborted", "SecureRound", "plan_ring"]
 
 Outcome = tuple[dict[str, np.ndarray] | None, dict[str, Any]]
 
@@ -30,9 +26,17 @@ Outcome = tuple[dict[str, np.ndarray] | None, dict[str, Any]]
 TRAIN, EVALUATE = "train", "evaluate"
 
 
-def codec_scale(clip: float, max_weight: float) -> float:
-    """Grid step: a site's clipped, weighted coordinate spans 2^SCALE_BITS steps."""
-    return clip * max_weight / float(1 << SCALE_BITS)
+def plan_ring(*, n_sites: int, clip: float, max_weight: float, dim: int,
+              bits: int = 0) -> tuple[int, float]:
+    """Return the round's ring k and grid step s (without site-level DP).
+
+    k is ``bits`` when the run asks for one (``secagg-bits``), else what the round needs
+    (:func:`protocol.ring.auto_modulus_bits`: at most 32); s is the finest grid the ring
+    holds for ``n_sites`` without a wrap (:func:`protocol.ring.grid_scale`).
+    """
+    k = bits or auto_modulus_bits(n_sites=n_sites, max_weight=max_weight, dim=dim)
+    return k, grid_scale(n_sites=n_sites, clip_norm=clip, max_weight=max_weight,
+                         modulus_bits=k)
 
 
 class RoundAborted(Exception):
@@ -56,6 +60,8 @@ class SecureRound:
     attempt: int = 0
     kind: str = TRAIN
     plan: DDGParams | None = None
+    #: grid step of the round's codec (set by setup; 0 until then)
+    scale: float = 0.0
     server: ServerSession | None = None
     #: nodes whose masked input the server holds (their weights are inside the sum)
     inputs: set[int] = field(default_factory=set)

@@ -55,6 +55,9 @@ def add_simulate_parser(sub: Any) -> None:
                    help="secure aggregation of the masked updates (default on)")
     p.add_argument("--secagg-clip", type=_positive_float("--secagg-clip"), default=None,
                    help="L2 bound on each site's delta before encoding (default 10)")
+    p.add_argument("--secagg-bits", type=int, default=None,
+                   help="ring bits per parameter without site-level DP: 16 to 64; default 0, "
+                        "what the round needs (at most 32)")
     dp = p.add_argument_group("differential privacy (each virtual site's own policy)")
     dp.add_argument("--dp", choices=("on", "off"), default="on",
                     help="DP-SGD at every site (default on)")
@@ -136,7 +139,7 @@ def run_config(args: argparse.Namespace) -> Any:
     overrides.update(site_level_dp_overrides(args))
     for flag in ("faults", "local_steps", "batch_size", "learning_rate", "max_seq_len",
                  "aggregation", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-                 "fraction_train", "seed", "device", "max_eval_examples"):
+                 "fraction_train", "seed", "device", "max_eval_examples", "secagg_bits"):
         value = getattr(args, flag)
         if value is not None:
             overrides[flag.replace("_", "-")] = value

@@ -1,0 +1,131 @@
+"""Lean secure-aggregation rings: automatic k <= 32, the grid holds the cohort, exact weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol.codec import Manifest, choose_modulus_bits, decode, decoding_error_bound, encode
+from protocol.config import ConfigError, RunConfig
+from protocol.ring import (
+    AUTO_MAX_BITS,
+    MIN_SECAGG_BITS,
+    auto_modulus_bits,
+    check_ring,
+    grid_scale,
+)
+from protocol.secure_stats import append_weight, split_weight, weight_limbs
+from server.secure_round import plan_ring
+
+
+@pytest.mark.parametrize("n", [1, 3, 100, 1000])
+@pytest.mark.parametrize("max_weight", [1.0, 64.0, 100000.0])
+@pytest.mark.parametrize("dim", [10, 460_800])
+def test_automatic_ring_is_at_most_32_bits_and_holds_the_cohort(n: int, max_weight: float,
+                                                                dim: int) -> None:
+    k, scale = plan_ring(n_sites=n, clip=10.0, max_weight=max_weight, dim=dim)
+    assert MIN_SECAGG_BITS <= k <= AUTO_MAX_BITS
+    assert choose_modulus_bits(n_sites=n, clip_norm=10.0, max_weight=max_weight, scale=scale,
+                               dim=dim) <= k
+    check_ring(n_sites=n, clip_norm=10.0, max_weight=max_weight, scale=scale, modulus_bits=k)
+
+
+def test_automatic_ring_grows_with_cohort_weight_and_dim() -> None:
+    base = auto_modulus_bits(n_sites=3, max_weight=64.0, dim=10_000)
+    assert auto_modulus_bits(n_sites=300, max_weight=64.0, dim=10_000) > base
+    assert auto_modulus_bits(n_sites=3, max_weight=6400.0, dim=10_000) > base
+    assert auto_modulus_bits(n_sites=3, max_weight=64.0, dim=1_000_000) > base
+    assert auto_modulus_bits(n_sites=3, max_weight=100000.0, dim=460_800) == AUTO_MAX_BITS
+
+
+def test_site_refuses_a_ring_that_could_wrap_the_sum() -> None:
+    scale = grid_scale(n_sites=3, clip_norm=1.0, max_weight=100.0, modulus_bits=16)
+    check_ring(n_sites=3, clip_norm=1.0, max_weight=100.0, scale=scale, modulus_bits=16)
+    with pytest.raises(ValueError, match="cannot hold 4 inputs"):
+        check_ring(n_sites=4, clip_norm=1.0, max_weight=100.0, scale=scale, modulus_bits=16)
+    with pytest.raises(ValueError, match="a sum could wrap"):
+        check_ring(n_sites=3, clip_norm=1.0, max_weight=100.0, scale=scale / 2, modulus_bits=16)
+    with pytest.raises(ValueError, match="`modulus_bits` must be an int"):
+        check_ring(n_sites=3, clip_norm=1.0, max_weight=100.0, scale=scale, modulus_bits=65)
+
+
+def test_secagg_bits_is_validated_by_name() -> None:
+    assert RunConfig().secagg_bits == 0
+    assert RunConfig(secagg_bits=16).secagg_bits == 16
+    for bad in (8, 15, 65, -1):
+        with pytest.raises(ConfigError, match="`secagg-bits` must be 0 \\(automatic\\)"):
+            RunConfig(secagg_bits=bad)
+    with pytest.raises(ConfigError, match="`secagg-bits` must be an integer"):
+        RunConfig.from_mapping({"secagg-bits": True})
+
+
+@pytest.mark.parametrize("k", [16, 20, 32, 64])
+@pytest.mark.parametrize("n", [1, 3, 1000])
+def test_weight_limbs_sum_exactly_without_wrapping(k: int, n: int) -> None:
+    max_weight = 100000.0
+    bits, count = weight_limbs(modulus_bits=k, n_sites=n, max_weight=max_weight)
+    rng = np.random.default_rng(k * n)
+    weights = [int(w) for w in rng.integers(1, int(max_weight) + 1, size=n)]
+    weights[0] = int(max_weight)
+    dtype = np.uint32 if k <= 32 else np.uint64
+    mask = (1 << k) - 1
+    total = np.zeros(2 + count, dtype=np.uint64)
+    for w in weights:
+        vec = append_weight(np.zeros(2, dtype=dtype), w, modulus_bits=k, max_weight=max_weight,
+                            n_sites=n)
+        assert vec.shape == (2 + count,)
+        total = (total + vec.astype(np.uint64)) & np.uint64(mask)
+    _, got = split_weight(total.astype(dtype), modulus_bits=k, max_weight=max_weight, n_sites=n)
+    assert got == sum(weights)
+    if n * max_weight < 2 ** (k - 1):
+        assert count == 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 20), k=st.sampled_from([16, 20, 24, 32]),
+       dim=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_decoded_sum_is_within_the_stated_bound_on_a_lean_ring(n: int, k: int, dim: int,
+                                                              seed: int) -> None:
+    clip, max_weight = 1.0, 50.0
+    scale = grid_scale(n_sites=n, clip_norm=clip, max_weight=max_weight, modulus_bits=k)
+    rng = np.random.default_rng(seed)
+    manifest = Manifest.from_arrays({"a": np.zeros(dim, dtype=np.float32)})
+    exact = np.zeros(dim)
+    acc = np.zeros(dim, dtype=np.uint64)
+    for _ in range(n):
+        delta = {"a": rng.normal(size=dim).astype(np.float32) * 3}
+        w = float(rng.integers(1, 51))
+        v = delta["a"].astype(np.float64)
+        v = v * min(1.0, clip / float(np.linalg.norm(v))) if np.linalg.norm(v) > 0 else v
+        exact += w * v
+        q = encode(delta, manifest, clip_norm=clip, weight=w, scale=scale, modulus_bits=k,
+                   rng=rng, max_weight=max_weight)
+        acc = (acc + q.astype(np.uint64)) & np.uint64((1 << k) - 1)
+    got = decode(acc.astype(q.dtype), manifest, scale=scale, modulus_bits=k)["a"]
+    bound = decoding_error_bound(n_sites=n, clip_norm=clip, max_weight=max_weight, scale=scale,
+                                 dim=dim)
+    assert np.max(np.abs(got - exact)) <= bound.per_coordinate
+
+
+def test_stochastic_rounding_on_a_16_bit_ring_is_unbiased() -> None:
+    n, k, dim, draws = 3, 16, 8, 4000
+    clip, max_weight = 1.0, 10.0
+    scale = grid_scale(n_sites=n, clip_norm=clip, max_weight=max_weight, modulus_bits=k)
+    manifest = Manifest.from_arrays({"a": np.zeros(dim, dtype=np.float64)})
+    delta = {"a": np.linspace(-0.3, 0.3, dim)}
+    rng = np.random.default_rng(7)
+    errors = np.empty((draws, dim))
+    for i in range(draws):
+        acc = np.zeros(dim, dtype=np.uint64)
+        for _ in range(n):
+            q = encode(delta, manifest, clip_norm=clip, weight=7.0, scale=scale,
+                       modulus_bits=k, rng=rng, max_weight=max_weight)
+            acc = (acc + q.astype(np.uint64)) & np.uint64((1 << k) - 1)
+        got = decode(acc.astype(np.uint32), manifest, scale=scale, modulus_bits=k)["a"]
+        errors[i] = got - n * 7.0 * delta["a"]
+    # each draw's error is < n steps; its mean over draws is ~0 (5 standard errors)
+    assert np.max(np.abs(errors)) < n * scale
+    std_err = errors.std(axis=0) / np.sqrt(draws)
+    assert np.all(np.abs(errors.mean(axis=0)) <= 5 * std_err + 1e-12)

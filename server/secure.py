@@ -165,8 +165,9 @@ class SecureAggregator:
             if rnd.kind == EVALUATE:
                 bits, length, secagg_round = EVAL_MODULUS_BITS, EVAL_STATS_LEN, eval_round(
                     rnd.num)
-            elif rnd.plan is not None:
+            elif rnd.plan is not None:  # site-level DP: the plan's ring and grid
                 bits, length, secagg_round = rnd.plan.modulus_bits, rnd.plan.padded, rnd.num
+                rnd.scale = rnd.plan.gamma
             else:  # the delta, then the weight's limbs (protocol.secure_stats.weight_limbs)
                 n = max(len(rnd.cohort), 1)
                 bits, rnd.scale = plan_ring(n_sites=n, clip=self.clip, max_weight=self.max_weight,

@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max-eval-examples": args.max_eval_examples,
                 "model": resolve_model(args.model), "data-dir": resolve_data_dir(args.data),
                 "min-sites": args.sites, "out-dir": str(out), "dp": dp,
+                "allow-no-privacy": not dp,  # the non-private baseline, on purpose
                 "dp-policy": json.dumps(policy) if dp else "",
                 "sites-state-dir": str(RunFolder(out).sites_dir), "secagg": True,
                 "secagg-enrolment": str(RunFolder(out).enrolment_path),

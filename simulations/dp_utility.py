@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.lora_target_modules}; secure aggregation on in both runs")
     print(f"{'run':<7}{'loss r0':>9}{'final':>9}{'drop':>9}{'ppl r0':>9}{'final':>9}{'time s':>8}")
     for name, rows in results.items():
-        print(f"{name:<7}{rows[0]['eval_loss']:>9.4f}{rows[-1]['eval_loss']:>9.4f}"
-              f"{drop[name]:>9.4f}{rows[0]['eval_perplexity']:>9.2f}"
-              f"{rows[-1]['eval_perplexity']:>9.2f}{seconds[name]:>8.0f}")
+        print(f"{name:<7}{rows[0].eval_loss:>9.4f}{rows[-1].eval_loss:>9.4f}"
+              f"{drop[name]:>9.4f}{rows[0].eval_perplexity:>9.2f}"
+              f"{rows[-1].eval_perplexity:>9.2f}{seconds[name]:>8.0f}")
     print(f"DP sites (budget eps {args.epsilon:g}, from each site's privacy ledger):")
     print(f"{'site':<10}{'q':>9}{'sigma':>8}{'C':>7}{'steps':>7}{'delta':>10}{'eps':>8}")
     for site, s in sites_dp.items():
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             "no_dp_drop": drop["no-dp"], "dp_drop": drop["dp"],
             "ratio_of_loss_drops": ratio, "target_ratio": TARGET_RATIO,
             "meets_target": bool(ratio >= TARGET_RATIO),
-            "curves": {k: [r["eval_loss"] for r in v] for k, v in results.items()},
+            "curves": {k: [r.eval_loss for r in v] for k, v in results.items()},
             "seconds": seconds, "dp_sites": sites_dp,
         }, indent=2) + "\n")
     return 0

@@ -15,8 +15,8 @@ Measured with the defaults (3 sites x 3 rounds x 2 local steps, expected batch 2
 lr 0.03, C 0.01, LoRA r 8 on q_proj,v_proj, ε 8, δ 1e-5; σ 0.614, q 0.095, 6 steps per
 site): held-out loss 5.4350 -> 5.1876 without DP (drop 0.2474), -> 5.2288 with DP (drop
 0.2062); DP keeps 83.3% of the non-private reduction. Re-measured with the per-site secret
-seed and the aggregated metrics: the DP run trained 2 of its 3 rounds (5.2699, 66.7% of the
-3-round drop; README, "What DP costs", also for other settings).
+seed and the aggregated metrics: 5.2297 with DP (83.0%; one run released only 2 of its 3 DP
+rounds, 66.7%: README, "What DP costs", also for other settings).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ adds signed ledger summaries)::
                            "released" [, "dropped", "threshold" with secure aggregation]
     sites/<site>/privacy-ledger.jsonl   the site's PrivacyLedger (``ledger.jsonl`` also read)
     sites/<site>/policy.json            SitePrivacyPolicy.to_mapping() + site, num_examples, delta
+    sites/<site>/site-level-ledger.json the site's own site-level DP charges (when present)
     canary-audit.json      optional: an empirical canary audit (privacy.audit.canary)
 
 :func:`build_report` never raises on bad *content*: an unreadable, tampered or missing ledger
@@ -234,6 +235,22 @@ def _empirical(folder: RunFolder, canary_result: Path | Mapping[str, Any] | None
     return tuple(out)
 
 
+def _with_site_ledgers(section: SiteLevelReport, dirs: Mapping[str, Path],
+                       participation: Sequence[Mapping[str, Any]], run_id: str | None,
+                       flags: list[Flag]) -> SiteLevelReport:
+    """Return the site-level section with each site's own site-level ledger beside it."""
+    from privacy.audit.site_ledgers import build_site_ledgers
+
+    planned = [p for p in participation if isinstance(p.get("site_level_dp"), Mapping)]
+    participants = sorted({s for p in planned for s in _names(p.get("contributed"))})
+    released = {int(p["round"]) for p in planned if p["site_level_dp"].get("released") is True}
+    notes: list[tuple[str, str, str]] = []
+    ledgers = build_site_ledgers(dirs, participants, run_id=run_id, stated=section.epsilon,
+                                 released=released, flags=notes)
+    flags.extend(Flag(sev, site, msg) for sev, site, msg in notes)
+    return dataclasses.replace(section, site_ledgers=ledgers)
+
+
 # ---- building -------------------------------------------------------------------------
 
 
@@ -292,6 +309,8 @@ def build_report(run_dir: str | Path, *,
     site_notes: list[tuple[str, str]] = []
     site_level = build_site_level(participation, config, site_notes)
     flags.extend(Flag(sev, None, msg) for sev, msg in site_notes)
+    if site_level is not None and site_level.mode == "distributed":
+        site_level = _with_site_ledgers(site_level, dirs, participation, run_id, flags)
     round0 = next((m for m in metrics if m["round"] == 0), {})
     report = AuditReport(
         schema_version=SCHEMA_VERSION,

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from privacy.audit.site_ledgers import SITE_LEDGER_HEAD, SiteOwnLedger, site_ledger_rows
+
 __all__ = ["MATCH_RTOL", "SiteLevelReport", "SiteLevelRound", "build_site_level",
            "independent_site_epsilon", "site_level_html", "site_level_md"]
 
@@ -53,6 +55,8 @@ class SiteLevelReport:
     matches: bool
     rounds: tuple[SiteLevelRound, ...]
     note: str
+    #: per site: its own site-level ledger (``site-level-ledger.json`` in its state directory)
+    site_ledgers: tuple[SiteOwnLedger, ...] = ()
 
 
 # ---- independent recomputation ---------------------------------------------------------
@@ -213,6 +217,12 @@ _HEAD = ["round", "released", "contributors", "cohort", "noise variance in the s
          "noise std of the mean", "eps of round", "eps after", "recomputed", "refused"]
 
 
+_LEDGERS_NOTE = ("Each site's own site-level ledger: the rounds it priced with its own "
+                 "accountant and charged before its noised vector left, and the site-level "
+                 "eps after its last charge, beside the eps the report states. More in the "
+                 "site's ledger than in the report is a red flag.")
+
+
 def _summary(s: SiteLevelReport) -> str:
     verdict = "matches" if s.matches else "DOES NOT MATCH"
     return (f"Site-level DP ({s.mode}): eps = {_f(s.epsilon)} at delta = {_f(s.delta, '.3g')}, "
@@ -228,6 +238,11 @@ def site_level_md(section: SiteLevelReport | None) -> list[str]:
              "| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
               for row in _rows(section)]
+    if section.site_ledgers:
+        lines += ["", _LEDGERS_NOTE, "", "| " + " | ".join(SITE_LEDGER_HEAD) + " |",
+                  "|" + "---|" * len(SITE_LEDGER_HEAD)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
+                  for row in site_ledger_rows(section.site_ledgers)]
     return lines + [""]
 
 
@@ -241,7 +256,19 @@ def site_level_html(section: SiteLevelReport | None) -> str:
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
                    for row in _rows(section))
     cls = "ok" if section.matches else "red"
+    ledgers = ""
+    if section.site_ledgers:
+        lhead = "".join(f"<th>{escape(h)}</th>" for h in SITE_LEDGER_HEAD)
+        lbody = "".join(
+            f'<tr class="{"red" if s.exceeds_report else ""}">'
+            + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
+            for s, row in zip(section.site_ledgers, site_ledger_rows(section.site_ledgers),
+                              strict=True))
+        ledgers = (f'<h3>Each site\'s own site-level ledger</h3><p class="meta">'
+                   f'{escape(_LEDGERS_NOTE)}</p><table id="site-ledgers"><thead><tr>{lhead}'
+                   f"</tr></thead><tbody>{lbody}</tbody></table>")
     return (f'<section id="site-level"><h2>Site-level DP of the aggregate</h2>'
             f'<p class="{cls}">{escape(_summary(section))}</p>'
             f'<p class="meta">{escape(section.note)}</p>'
-            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></section>")
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f"{ledgers}</section>")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from protocol.codec import choose_modulus_bits
+from protocol.codec import _positive, choose_modulus_bits
 
 __all__ = [
     "AUTO_MAX_BITS",
@@ -41,14 +41,6 @@ def _count(name: str, value: object) -> int:
     if type(value) is not int or value < 1:
         raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
     return value
-
-
-def _positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"`{name}` must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be finite and > 0, got {value!r}")
-    return float(value)
 
 
 def _ring_bits(modulus_bits: object) -> int:

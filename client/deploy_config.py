@@ -17,6 +17,9 @@ table, the key and the value. Relative paths are taken relative to the file's di
     model = ""                     # base model here (path or hub id; "": the coordinator's)
     hf-cache = ""                  # Hugging Face cache directory ("": default)
     device = "auto"                # auto | cpu | cuda
+    precision = "auto"             # auto (bf16 autocast on a CUDA GPU with bf16) | fp32 | bf16
+    gradient-checkpointing = false # recompute activations in backward (larger models)
+    base-quantization = "none"     # none | 4bit (bitsandbytes NF4 base weights, CUDA only)
     runtime-port = 0               # local port of the SuperNode runtime API (0: any free)
     connect-timeout = 600.0        # give up after this long without the coordinator (0: never)
     activation-grace = 30.0        # retry a refused key this long (not registered yet?)
@@ -39,17 +42,20 @@ from typing import Any
 
 from privacy.policy import PolicyError, SitePrivacyPolicy
 from privacy.secagg import SiteLimits
+from protocol.config import BASE_QUANTIZATIONS, DEVICES, PRECISIONS
 from protocol.deploy_config import DeployConfigError, Table, no_other_tables, read_toml
 from protocol.enrolment import SITE_NAME
 from protocol.model_ref import ModelError, resolve_model
 
-__all__ = ["NODE_ENROLMENT", "SiteDeployConfig", "load_site_config"]
+__all__ = ["COMPUTE_KEYS", "NODE_ENROLMENT", "SiteDeployConfig", "load_site_config"]
 
 #: node-config key of the site's own copy of the enrolment list; a site that has one answers
 #: only under secure aggregation (client.handlers.requires_secure_aggregation)
 NODE_ENROLMENT = "secagg-enrolment"
 
-_DEVICES = ("auto", "cpu", "cuda")
+#: ``[site]`` keys of the site's own compute settings, passed on as node-config keys of the
+#: same name (client.compute.site_compute reads them over the run config's)
+COMPUTE_KEYS = ("precision", "gradient-checkpointing", "base-quantization")
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,8 @@ class SiteDeployConfig:
     privacy: Mapping[str, Any] = field(default_factory=dict)
     #: the ``[secagg]`` caps as node-config keys (``secagg-max-cohort`` ...), when set
     secagg_limits: Mapping[str, int] = field(default_factory=dict)
+    #: the site's compute settings (:data:`COMPUTE_KEYS`); the device is :attr:`device`
+    compute: Mapping[str, Any] = field(default_factory=dict)
 
     def node_config(self) -> dict[str, Any]:
         """Build the SuperNode's node config (the ClientApp's ``context.node_config``)."""
@@ -84,6 +92,7 @@ class SiteDeployConfig:
             out[NODE_ENROLMENT] = str(self.enrolment)
         if self.model:
             out["model"] = self.model
+        out.update(self.compute)
         out.update({f"dp-{k}": v for k, v in self.privacy.items()})
         out.update(self.secagg_limits)
         return out
@@ -124,8 +133,9 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
     s.used.discard("hf-cache")
     cache = s.file("hf-cache", exists=False) if cache_text else None
     device = s.text("device", "auto")
-    if device not in _DEVICES:
-        raise s.error("device", f"must be one of {_DEVICES}")
+    if device not in DEVICES:
+        raise s.error("device", f"must be one of {DEVICES}")
+    compute = _compute(s, device, check_machine=check_files)
     runtime_port = s.integer("runtime-port", 0, lo=0, hi=65535)
     timeout = s.number("connect-timeout", 600.0)
     grace = s.number("activation-grace", 30.0)
@@ -143,7 +153,38 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
             raise DeployConfigError(f"{s.where('model')}: {exc}") from None
     return SiteDeployConfig(p, name, superlink, ca, auth, data, state, enrolment, model, cache,
                             device, runtime_port, timeout, grace, dict(pr.data),
-                            _secagg_limits(p, doc))
+                            _secagg_limits(p, doc), compute)
+
+
+def _compute(s: Table, device: str, *, check_machine: bool) -> dict[str, Any]:
+    """Read the ``[site]`` compute keys; with ``check_machine``, check them against this one.
+
+    The machine check (CUDA present, bfloat16, bitsandbytes) imports torch, so it runs only
+    for the settings that need it (``precision = "bf16"``, 4-bit weights).
+    """
+    precision = s.text("precision", "auto")
+    if precision not in PRECISIONS:
+        raise s.error("precision", f"must be one of {PRECISIONS}")
+    s.used.add("gradient-checkpointing")
+    checkpointing = s.data.get("gradient-checkpointing", False)
+    if type(checkpointing) is not bool:
+        raise s.error("gradient-checkpointing", "must be true or false")
+    quantization = s.text("base-quantization", "none")
+    if quantization not in BASE_QUANTIZATIONS:
+        raise s.error("base-quantization", f"must be one of {BASE_QUANTIZATIONS}")
+    if quantization == "4bit" and device == "cpu":
+        raise s.error("base-quantization", "must be 'none' when `device` is 'cpu' (4-bit "
+                      "base weights need CUDA)")
+    if check_machine and (precision == "bf16" or quantization == "4bit"):
+        from client.compute import resolve_compute
+
+        try:
+            resolve_compute(device=device, precision=precision,
+                            gradient_checkpointing=checkpointing,
+                            base_quantization=quantization)
+        except ModelError as exc:
+            raise DeployConfigError(f"{s.path}: [site] {exc}") from None
+    return dict(zip(COMPUTE_KEYS, (precision, checkpointing, quantization), strict=True))
 
 
 def _secagg_limits(p: Path, doc: Mapping[str, Any]) -> dict[str, int]:

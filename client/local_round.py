@@ -53,15 +53,16 @@ class LocalUpdate:
 
 def load_site(context: Context) -> tuple[RunConfig, SiteModel, SiteData]:
     """Load the run config, the (cached) base model with its LoRA adapter, and the site's data."""
-    from client.model import load_site_model, resolve_device
+    from client.compute import site_compute
+    from client.model import load_site_model
 
     cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
     spec = site_spec(context.node_config, cfg)
-    device = resolve_device(spec.device)
+    compute = site_compute(cfg, context.node_config)  # device, precision: the site's own
     # deployment: a site may hold the base model at its own path (node config `model`)
     model_ref = str(context.node_config.get("model") or cfg.model)
     site_model = load_site_model(
-        resolve_model(model_ref), device=device, r=cfg.lora_r, alpha=cfg.lora_alpha,
+        resolve_model(model_ref), compute=compute, r=cfg.lora_r, alpha=cfg.lora_alpha,
         dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
     )
     data = load_site_data(spec, cfg, site_model.tokenizer)

@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from client.compute import Compute, autocast_forward, lora_in_fp32, resolve_device
 from protocol.adapter import AdapterError, check_state, is_lora_a, lora_config
 from protocol.model_ref import EMBEDDED, ModelError, embedded_model_dir, resolve_model
 
 __all__ = [
     "EMBEDDED",
+    "Compute",
     "ModelError",
     "SiteModel",
     "embedded_model_dir",
@@ -28,16 +30,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("`device` is 'cuda' but no CUDA device is available")
-    if device not in ("cpu", "cuda"):
-        raise ModelError(f"`device` must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
-
 
 @dataclass
 class SiteModel:
@@ -48,39 +40,96 @@ class SiteModel:
     device: torch.device
     shapes: dict[str, tuple[int, ...]]
     model_ref: str
+    #: how it was loaded and runs (precision, checkpointing, quantisation)
+    compute: Compute | None = None
+
+
+def _base_model(model_ref: str, compute: Compute) -> Any:
+    """Load the base model as ``compute`` says: fp32, or 4-bit NF4 on CUDA; checkpointing."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if compute.quantization == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        bnb_config: Any = BitsAndBytesConfig  # untyped upstream
+        kwargs["quantization_config"] = bnb_config(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute.autocast or torch.float32)
+        index = compute.device.index
+        kwargs["device_map"] = {"": torch.cuda.current_device() if index is None else index}
+    base: Any = AutoModelForCausalLM.from_pretrained(model_ref, **kwargs)
+    base.config.use_cache = False
+    if compute.gradient_checkpointing and not getattr(base, "supports_gradient_checkpointing",
+                                                      False):
+        raise ModelError(f"`gradient-checkpointing` is true but {type(base).__name__} does not "
+                         "support it; set it to false")
+    # reentrant only: Opacus' per-sample hooks miscount the second forward of the
+    # non-reentrant variant (client.compute)
+    ckpt_kwargs = {"use_reentrant": True}
+    if compute.quantization == "4bit":
+        from peft import prepare_model_for_kbit_training
+
+        prepare: Any = prepare_model_for_kbit_training  # untyped upstream
+        base = prepare(
+            base, use_gradient_checkpointing=compute.gradient_checkpointing,
+            gradient_checkpointing_kwargs=ckpt_kwargs)
+    elif compute.gradient_checkpointing:
+        enable = getattr(base, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=ckpt_kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        base.enable_input_require_grads()  # reentrant checkpoints need a grad-requiring input
+    return base
 
 
 @lru_cache(maxsize=2)
 def _load_cached(
-    model_ref: str, device: str, r: int, alpha: int, dropout: float, targets: tuple[str, ...]
+    model_ref: str, compute: Compute, r: int, alpha: int, dropout: float,
+    targets: tuple[str, ...],
 ) -> SiteModel:
     from peft import get_peft_model, get_peft_model_state_dict
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_ref)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.model_max_length = 1 << 30  # sites truncate to `max-seq-len` themselves
-    base = AutoModelForCausalLM.from_pretrained(model_ref, dtype=torch.float32)
-    base.config.use_cache = False
+    base = _base_model(model_ref, compute)
     cfg = lora_config(
         r=r, alpha=alpha, dropout=dropout, target_modules=list(targets), base_model=model_ref
     )
-    model = get_peft_model(base, cfg).to(torch.device(device))
+    model = get_peft_model(base, cfg)
+    if compute.quantization == "none":  # a 4-bit model is placed by `device_map`
+        model = model.to(compute.device)
+    if compute.autocast is not None:
+        lora_in_fp32(model, device_type=compute.device.type)
+        autocast_forward(model, device_type=compute.device.type, dtype=compute.autocast)
     shapes = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
-    logger.info("loaded %s with LoRA r=%d on %s (%d adapter tensors)", model_ref, r, device,
-                len(shapes))
-    return SiteModel(model, tokenizer, torch.device(device), shapes, model_ref)
+    logger.info("loaded %s with LoRA r=%d (%d adapter tensors): %s", model_ref, r, len(shapes),
+                compute.describe())
+    return SiteModel(model, tokenizer, compute.device, shapes, model_ref, compute)
 
 
 def load_site_model(
-    model_ref: str, *, device: torch.device, r: int, alpha: int, dropout: float,
-    target_modules: list[str],
+    model_ref: str, *, device: torch.device | None = None, compute: Compute | None = None,
+    r: int, alpha: int, dropout: float, target_modules: list[str],
 ) -> SiteModel:
-    """Load (once per process) the base model with the LoRA adapter injected."""
+    """Load (once per process) the base model with the LoRA adapter injected.
+
+    Give ``device`` (fp32, no checkpointing) or a resolved ``compute``
+    (:func:`client.compute.site_compute`), not both.
+    """
+    if (device is None) == (compute is None):
+        raise TypeError("load_site_model takes exactly one of `device` and `compute`")
+    if compute is None:
+        assert device is not None
+        compute = Compute(torch.device(device))
     try:
-        return _load_cached(model_ref, str(device), r, alpha, float(dropout),
-                            tuple(target_modules))
+        return _load_cached(model_ref, compute, r, alpha, float(dropout), tuple(target_modules))
+    except ModelError:
+        raise
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {model_ref!r}: {exc}") from exc
 

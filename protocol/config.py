@@ -16,6 +16,9 @@ from typing import Any
 
 __all__ = [
     "AGGREGATION_MODES",
+    "BASE_QUANTIZATIONS",
+    "DEVICES",
+    "PRECISIONS",
     "SITE_LEVEL_DP_MODES",
     "SITE_LEVEL_DP_UNDERFLOW",
     "ConfigError",
@@ -25,7 +28,12 @@ __all__ = [
 AGGREGATION_MODES = ("fedavg", "frozen-a")
 SITE_LEVEL_DP_MODES = ("distributed", "central")
 SITE_LEVEL_DP_UNDERFLOW = ("refuse", "account")
-_DEVICES = ("auto", "cpu", "cuda")
+#: where a site computes: ``auto`` is CUDA when present (client.compute.resolve_device)
+DEVICES = ("auto", "cpu", "cuda")
+#: ``auto``: bf16 autocast on a CUDA device with bfloat16, fp32 otherwise (client.compute)
+PRECISIONS = ("auto", "fp32", "bf16")
+#: the frozen base weights: as loaded, or bitsandbytes NF4 on CUDA (QLoRA)
+BASE_QUANTIZATIONS = ("none", "4bit")
 
 
 class ConfigError(ValueError):
@@ -59,6 +67,10 @@ class RunConfig:
     split_seed: int = 0
     seed: int = 0
     device: str = "auto"
+    #: a site's node config may set these three for itself (client.compute.site_compute)
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    base_quantization: str = "none"
     out_dir: str = "runs/flwr"
     round_timeout: float = 600.0
     max_eval_examples: int = 0
@@ -133,7 +145,12 @@ class RunConfig:
              "lora-target-modules", "a comma-separated list of module names, or 'auto'")
         need(bool(self.model.strip()), "model", "a path or hub id")
         need(0.0 < self.eval_fraction < 1.0, "eval-fraction", "in (0, 1)")
-        need(self.device in _DEVICES, "device", f"one of {_DEVICES}")
+        need(self.device in DEVICES, "device", f"one of {DEVICES}")
+        need(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
+        need(self.base_quantization in BASE_QUANTIZATIONS, "base-quantization",
+             f"one of {BASE_QUANTIZATIONS}")
+        need(self.base_quantization == "none" or self.device != "cpu", "base-quantization",
+             "'none' when device is 'cpu' (4-bit base weights need CUDA)")
         need(self.round_timeout > 0, "round-timeout", "> 0")
         need(self.max_eval_examples >= 0, "max-eval-examples", ">= 0")
         need(self.secagg_clip > 0, "secagg-clip", "> 0")

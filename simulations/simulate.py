@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.console import EXIT_FAILED, UsageError
+from simulations.flags import add_compute_args, compute_overrides
 from simulations.flags import positive_float as _positive_float
 from simulations.flags import positive_int as _positive_int
 
@@ -46,7 +47,7 @@ def add_simulate_parser(sub: Any) -> None:
     p.add_argument("--fraction-train", type=float, default=None)
     p.add_argument("--min-sites", type=_positive_int("--min-sites"), default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    add_compute_args(p)  # --device, --precision, --gradient-checkpointing, ...
     p.add_argument("--cpus-per-site", type=_positive_int("--cpus-per-site"), default=1,
                    help="CPU cores Flower reserves per virtual site")
     p.add_argument("--max-eval-examples", type=int, default=None)
@@ -137,9 +138,10 @@ def run_config(args: argparse.Namespace) -> Any:
     from simulations.site_level_dp_cli import site_level_dp_overrides
 
     overrides.update(site_level_dp_overrides(args))
+    overrides.update(compute_overrides(args))
     for flag in ("faults", "local_steps", "batch_size", "learning_rate", "max_seq_len",
                  "aggregation", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-                 "fraction_train", "seed", "device", "max_eval_examples", "secagg_bits"):
+                 "fraction_train", "seed", "max_eval_examples", "secagg_bits"):
         value = getattr(args, flag)
         if value is not None:
             overrides[flag.replace("_", "-")] = value

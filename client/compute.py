@@ -34,13 +34,21 @@ from protocol.config import BASE_QUANTIZATIONS, DEVICES, PRECISIONS, RunConfig
 from protocol.model_ref import ModelError
 
 __all__ = [
+    "CHECKPOINT_KWARGS",
     "Compute",
+    "apply_precision",
     "autocast_forward",
+    "enable_checkpointing",
     "lora_in_fp32",
     "resolve_compute",
     "resolve_device",
     "site_compute",
 ]
+
+
+#: torch.utils.checkpoint arguments: reentrant only (Opacus' hooks miscount the second,
+#: grad-enabled forward of the non-reentrant variant)
+CHECKPOINT_KWARGS: Mapping[str, Any] = {"use_reentrant": True}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -169,3 +177,28 @@ def lora_in_fp32(model: torch.nn.Module, *, device_type: str) -> int:
                 layer.forward = run
                 count += 1
     return count
+
+
+def enable_checkpointing(base: Any) -> None:
+    """Turn on reentrant gradient checkpointing of a transformers model (before PEFT wraps it).
+
+    Refused with an error naming ``gradient-checkpointing`` for a model class without it.
+    """
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ModelError(f"`gradient-checkpointing` is true but {type(base).__name__} does not "
+                         "support it; set it to false")
+    kwargs = dict(CHECKPOINT_KWARGS)
+    enable = getattr(base, "activation_checkpointing_enable", None)  # the newer name
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    base.enable_input_require_grads()  # a reentrant checkpoint needs an input that needs grad
+
+
+def apply_precision(model: torch.nn.Module, compute: Compute) -> None:
+    """Put a PEFT model under ``compute``'s autocast, its LoRA layers in fp32 (no-op for fp32)."""
+    if compute.autocast is None:
+        return
+    lora_in_fp32(model, device_type=compute.device.type)
+    autocast_forward(model, device_type=compute.device.type, dtype=compute.autocast)

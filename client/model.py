@@ -11,7 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.compute import Compute, autocast_forward, lora_in_fp32, resolve_device
+from client.compute import (
+    CHECKPOINT_KWARGS,
+    Compute,
+    apply_precision,
+    enable_checkpointing,
+    resolve_device,
+)
 from protocol.adapter import AdapterError, check_state, is_lora_a, lora_config
 from protocol.model_ref import EMBEDDED, ModelError, embedded_model_dir, resolve_model
 
@@ -60,27 +66,14 @@ def _base_model(model_ref: str, compute: Compute) -> Any:
         kwargs["device_map"] = {"": torch.cuda.current_device() if index is None else index}
     base: Any = AutoModelForCausalLM.from_pretrained(model_ref, **kwargs)
     base.config.use_cache = False
-    if compute.gradient_checkpointing and not getattr(base, "supports_gradient_checkpointing",
-                                                      False):
-        raise ModelError(f"`gradient-checkpointing` is true but {type(base).__name__} does not "
-                         "support it; set it to false")
-    # reentrant only: Opacus' per-sample hooks miscount the second forward of the
-    # non-reentrant variant (client.compute)
-    ckpt_kwargs = {"use_reentrant": True}
     if compute.quantization == "4bit":
         from peft import prepare_model_for_kbit_training
 
         prepare: Any = prepare_model_for_kbit_training  # untyped upstream
-        base = prepare(
-            base, use_gradient_checkpointing=compute.gradient_checkpointing,
-            gradient_checkpointing_kwargs=ckpt_kwargs)
+        base = prepare(base, use_gradient_checkpointing=compute.gradient_checkpointing,
+                       gradient_checkpointing_kwargs=dict(CHECKPOINT_KWARGS))
     elif compute.gradient_checkpointing:
-        enable = getattr(base, "activation_checkpointing_enable", None)  # transformers >= 5.2x
-        if enable is not None:
-            enable(activation_checkpointing_kwargs=ckpt_kwargs)
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
-        base.enable_input_require_grads()  # reentrant checkpoints need a grad-requiring input
+        enable_checkpointing(base)
     return base
 
 
@@ -103,9 +96,7 @@ def _load_cached(
     model = get_peft_model(base, cfg)
     if compute.quantization == "none":  # a 4-bit model is placed by `device_map`
         model = model.to(compute.device)
-    if compute.autocast is not None:
-        lora_in_fp32(model, device_type=compute.device.type)
-        autocast_forward(model, device_type=compute.device.type, dtype=compute.autocast)
+    apply_precision(model, compute)
     shapes = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
     logger.info("loaded %s with LoRA r=%d (%d adapter tensors): %s", model_ref, r, len(shapes),
                 compute.describe())

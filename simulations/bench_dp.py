@@ -1,8 +1,10 @@
 """Benchmark: cost of DP-SGD (Opacus ``hooks`` / ``ghost``) over a non-private LoRA step.
 
-For each model (the embedded checkpoint, and a larger Llama config: hidden 512, 4 layers)
-and each mode (``none``, ``hooks``, ``ghost``, ``csprng``) it runs LoRA r=8 on
-``q_proj, v_proj`` with a batch of 16 sequences of 128 tokens and reports steps/s and peak
+For each model (the embedded checkpoint, and a larger Llama config: hidden 512, 4 layers;
+or, with ``--model NAME``, a named real model such as ``smollm2-135m`` or a local checkpoint
+directory) and each mode (``none``, ``hooks``, ``ghost``, ``csprng``) it runs LoRA r=8 on
+``q_proj, v_proj`` (a named or local model: its architecture's default targets) with a
+batch of 16 sequences of 128 tokens and reports steps/s and peak
 memory, then a table with ratios against ``none``. Every (model, mode) runs in a fresh Python
 process, started by this one, so one mode's memory (and the allocator's cache) cannot leak
 into the next.
@@ -30,7 +32,12 @@ fastest run, so a burst of other load on a shared machine does not land on one m
 Usage::
 
     python -m simulations.bench_dp [--steps N] [--repeats R] [--threads T] [--json PATH]
-                                   [--device auto|cpu|cuda] [--quick]
+                                   [--device auto|cpu|cuda] [--quick] [--model NAME]
+                                   [--precision auto|fp32|bf16] [--gradient-checkpointing]
+
+``--precision`` and ``--gradient-checkpointing`` apply a site's compute settings
+(:mod:`client.compute`: bf16 autocast with fp32 LoRA layers; reentrant checkpointing) to
+every model; ``auto`` is bf16 on a CUDA GPU with bfloat16 and fp32 elsewhere.
 
 CPU workers run with ``--threads 1`` by default: on a shared machine multi-threaded torch
 spins and waits on busy cores, which swamps the difference being measured.
@@ -89,39 +96,55 @@ class _RssPeak:
         self.peak = max(self.peak, self.rss())
 
 
-def _build(model_name: str, device: Any, vocab: int) -> Any:
+def _build(model_name: str, compute: Any, vocab: int) -> Any:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+    from client.compute import apply_precision, enable_checkpointing
+
     torch.manual_seed(0)
+    targets = ["q_proj", "v_proj"]
     if model_name == "embedded":
         from protocol.model_ref import embedded_model_dir
 
         base = AutoModelForCausalLM.from_pretrained(str(embedded_model_dir()),
                                                     dtype=torch.float32)
-    else:
+    elif model_name == LARGER:
         cfg = LlamaConfig(vocab_size=vocab, hidden_size=512, intermediate_size=1376,
                           num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8,
                           max_position_embeddings=512, bos_token_id=0, eos_token_id=0)
         base = LlamaForCausalLM(cfg)
+    else:  # a named real model or a local checkpoint directory
+        from protocol.adapter import resolve_target_modules
+        from protocol.model_ref import resolve_model
+
+        path = resolve_model(model_name)
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        targets = resolve_target_modules(["auto"], path)
     base.config.use_cache = False
-    base.to(device)  # before wrapping with PEFT (opacus#820)
+    if compute.gradient_checkpointing:
+        enable_checkpointing(base)
+    base.to(compute.device)  # before wrapping with PEFT (opacus#820)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-                                            target_modules=["q_proj", "v_proj"]))
+                                            target_modules=targets))
+    apply_precision(model, compute)
     model.train()
     return model
 
 
 def run_one(model_name: str, mode: str, *, steps: int, batch: int, seq: int, device: str,
-            warmup: int = 2) -> dict[str, Any]:
+            warmup: int = 2, precision: str = "fp32",
+            gradient_checkpointing: bool = False) -> dict[str, Any]:
     """Time ``steps`` training steps of one (model, mode) in this process."""
     import torch
 
+    from client.compute import resolve_compute
     from privacy.dp_sgd import make_private, sequence_losses
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                       else ("cpu" if device == "auto" else device))
+    compute = resolve_compute(device=device, precision=precision,
+                              gradient_checkpointing=gradient_checkpointing)
+    dev = compute.device
     vocab = 8192
     if model_name == "embedded":
         from transformers import AutoConfig
@@ -129,7 +152,7 @@ def run_one(model_name: str, mode: str, *, steps: int, batch: int, seq: int, dev
         from protocol.model_ref import embedded_model_dir
 
         vocab = AutoConfig.from_pretrained(str(embedded_model_dir())).vocab_size
-    model = _build(model_name, dev, vocab)
+    model = _build(model_name, compute, vocab)
     gen = torch.Generator().manual_seed(0)
     n = batch * 4
     ids = torch.randint(0, model.get_input_embeddings().weight.shape[0], (n, seq), generator=gen)
@@ -195,7 +218,8 @@ def run_one(model_name: str, mode: str, *, steps: int, batch: int, seq: int, dev
             "peak_mem_mb": peak / 2**20,
             "cpu_s_per_step": statistics.median(cpu_times) if cpu_times else None,
             "device": dev.type, "batch": batch, "seq": seq,
-            "steps": steps}
+            "steps": steps, "precision": "fp32" if compute.autocast is None else "bf16",
+            "gradient_checkpointing": gradient_checkpointing}
 
 
 def _embedded_available() -> bool:
@@ -236,8 +260,10 @@ def _run_worker(model: str, mode: str, args: argparse.Namespace,
     """Run one (model, mode) in a fresh interpreter; its row, or None on failure."""
     cmd = [sys.executable, "-m", "simulations.bench_dp", "--worker", model, mode,
            "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq),
-           "--device", args.device, "--threads", str(args.threads)] + (
-               ["--quick"] if args.quick else [])
+           "--device", args.device, "--threads", str(args.threads),
+           "--precision", args.precision] + (
+               ["--quick"] if args.quick else []) + (
+               ["--gradient-checkpointing"] if args.gradient_checkpointing else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
     found = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_ROW ")]
     if proc.returncode != 0 or not found:
@@ -258,7 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 steps, batch 4, seq 32")
-    parser.add_argument("--models", default=f"embedded,{LARGER}")
+    parser.add_argument("--models", default=f"embedded,{LARGER}",
+                        help=f"comma-separated: embedded, {LARGER}, a named model "
+                             "(smollm2-135m) or a checkpoint directory")
+    parser.add_argument("--model", default=None,
+                        help="one model only (same names as --models), e.g. smollm2-135m")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="auto: bf16 autocast on a CUDA GPU with bfloat16, else fp32")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="reentrant gradient checkpointing (client.compute)")
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"comma-separated subset of {', '.join(MODES)}")
     parser.add_argument("--threads", type=int, default=1,
@@ -281,17 +315,25 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         row = run_one(args.worker[0], args.worker[1], steps=args.steps, batch=args.batch,
-                      seq=args.seq, device=args.device, warmup=1 if args.quick else 2)
+                      seq=args.seq, device=args.device, warmup=1 if args.quick else 2,
+                      precision=args.precision,
+                      gradient_checkpointing=args.gradient_checkpointing)
         print("BENCH_ROW " + json.dumps(row), flush=True)
         return 0
 
     modes = [m for m in args.modes.split(",") if m]
     if not modes or any(m not in MODES for m in modes):
         parser.error(f"--modes must name some of {', '.join(MODES)}, got {args.modes!r}")
-    models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in models if m not in ("embedded", LARGER)]
-    if unknown:
-        parser.error(f"unknown model(s) {unknown}; choose from embedded, {LARGER}")
+    models = [args.model] if args.model else [m for m in args.models.split(",") if m]
+    for m in models:
+        if m in ("embedded", LARGER):
+            continue
+        from protocol.model_ref import ModelError, resolve_model
+
+        try:
+            resolve_model(m)
+        except ModelError as exc:
+            parser.error(f"model {m!r}: {exc} (or choose embedded, {LARGER})")
     if "embedded" in models and not _embedded_available():
         print("embedded model (client/embedded) is not installed: skipped", file=sys.stderr)
         models.remove("embedded")
@@ -323,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_dp: nothing to run", file=sys.stderr)
         return 1
     dev = rows[0]["device"]
-    print(f"\nDP-SGD cost on {dev}: LoRA r=8 q_proj,v_proj, batch {args.batch}, seq {args.seq},"
+    print(f"\nDP-SGD cost on {dev} ({rows[0].get('precision', 'fp32')}"
+          f"{', gradient checkpointing' if args.gradient_checkpointing else ''}): "
+          f"LoRA r=8, batch {args.batch}, seq {args.seq},"
           f" median of {args.steps} steps (best of {args.repeats}), "
           f"{args.threads or 'default'} CPU thread(s); peak MB = working memory "
           f"above the loaded model "

@@ -9,6 +9,11 @@ every site's own held-out split. The reported loss is the example-weighted mean 
 of the held-out loss in nats per token, as in ``metrics.jsonl``.
 
     python -m simulations.compare_central [--rounds 3] [--local-steps 10] [--json PATH]
+        [--model smollm2-135m] [--batch-size B] [--max-seq-len L] [--learning-rate LR]
+        [--max-eval-examples N]
+
+``--model`` takes what ``confide simulate --model`` takes (``embedded``, a named model such
+as ``smollm2-135m``, a checkpoint directory); the other flags default to the run config's.
 """
 
 from __future__ import annotations
@@ -58,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--data", default="embedded")
     ap.add_argument("--aggregation", default="frozen-a", choices=("frozen-a", "fedavg"))
+    defaults = RunConfig()
+    ap.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    ap.add_argument("--max-seq-len", type=int, default=defaults.max_seq_len)
+    ap.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    ap.add_argument("--max-eval-examples", type=int, default=defaults.max_eval_examples,
+                    help="held-out examples per site (0: all)")
     ap.add_argument("--json", dest="json_path", default=None, help="write figures as JSON")
     ap.add_argument("--out", default=None, help="keep the federated RUN_DIR here")
     args = ap.parse_args(argv)
@@ -66,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         "num-server-rounds": args.rounds, "local-steps": args.local_steps,
         "model": resolve_model(args.model), "data-dir": resolve_data_dir(args.data),
         "aggregation": args.aggregation, "min-sites": args.sites,
+        "batch-size": args.batch_size, "max-seq-len": args.max_seq_len,
+        "learning-rate": args.learning_rate, "max-eval-examples": args.max_eval_examples,
+        "allow-no-privacy": True,  # a utility comparison without DP or masking, on purpose
     })
     tmp = tempfile.TemporaryDirectory(prefix="confide-compare-")
     out = Path(args.out) if args.out else Path(tmp.name) / "run"

@@ -10,6 +10,7 @@ parameters as its privacy ledger recorded them (q, σ, C, steps, δ, ε spent).
 
     python -m simulations.dp_utility [--epsilon 8] [--rounds 3] [--local-steps N]
         [--batch-size B] [--learning-rate LR] [--max-grad-norm C] [--json PATH]
+        [--model smollm2-135m] [--max-seq-len L] [--max-eval-examples N]
 
 Measured with the defaults (3 sites x 3 rounds x 2 local steps, expected batch 256, AdamW
 lr 0.03, C 0.01, LoRA r 8 on q_proj,v_proj, ε 8, δ 1e-5; σ 0.614, q 0.095, 6 steps per
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-grad-norm", type=float, default=DEFAULT_MAX_GRAD_NORM)
     ap.add_argument("--seed", type=int, default=defaults.seed)
     ap.add_argument("--max-eval-examples", type=int, default=defaults.max_eval_examples)
+    ap.add_argument("--max-seq-len", type=int, default=defaults.max_seq_len)
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--data", default="embedded")
     ap.add_argument("--json", dest="json_path", default=None, help="write the figures as JSON")
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch-size": args.batch_size, "learning-rate": args.learning_rate,
                 "lora-r": args.lora_r, "lora-alpha": args.lora_alpha,
                 "lora-target-modules": args.lora_target_modules, "seed": args.seed,
-                "max-eval-examples": args.max_eval_examples,
+                "max-eval-examples": args.max_eval_examples, "max-seq-len": args.max_seq_len,
                 "model": resolve_model(args.model), "data-dir": resolve_data_dir(args.data),
                 "min-sites": args.sites, "out-dir": str(out), "dp": dp,
                 "allow-no-privacy": not dp,  # the non-private baseline, on purpose
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                        "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
                        "lora_target_modules": args.lora_target_modules,
                        "max_grad_norm": args.max_grad_norm, "seed": args.seed,
-                       "max_eval_examples": args.max_eval_examples, "secagg": True},
+                       "max_eval_examples": args.max_eval_examples,
+                       "max_seq_len": args.max_seq_len, "model": args.model, "secagg": True},
             "epsilon_budget": args.epsilon, "epsilon_spent": eps, "base_loss": base,
             "no_dp_loss": results["no-dp"][-1].eval_loss,
             "dp_loss": results["dp"][-1].eval_loss,

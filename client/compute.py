@@ -81,7 +81,7 @@ class Compute:
                 f"{'4-bit NF4' if self.quantization == '4bit' else 'fp32'}")
 
 
-def _bf16_on_cuda(device: torch.device) -> bool:
+def _bf16_on_cuda() -> bool:
     return bool(torch.cuda.is_bf16_supported())
 
 
@@ -100,9 +100,9 @@ def resolve_compute(*, device: str = "auto", precision: str = "auto",
                          f"{base_quantization!r}")
     autocast: torch.dtype | None = None
     if precision == "auto":
-        autocast = torch.bfloat16 if dev.type == "cuda" and _bf16_on_cuda(dev) else None
+        autocast = torch.bfloat16 if dev.type == "cuda" and _bf16_on_cuda() else None
     elif precision == "bf16":
-        if dev.type == "cuda" and not _bf16_on_cuda(dev):
+        if dev.type == "cuda" and not _bf16_on_cuda():
             raise ModelError(f"`precision` is 'bf16' but the CUDA device "
                              f"{torch.cuda.get_device_name(dev)!r} does not support bfloat16; "
                              "use 'fp32' or 'auto'")

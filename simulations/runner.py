@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,6 +65,23 @@ def _superlink(workdir: Path, env: dict[str, str], token: str) -> Iterator[int]:
         log.close()
 
 
+def _gpus_per_site(cfg: RunConfig, num_sites: int) -> float:
+    """Each virtual site's share of this machine's GPUs (``client-resources-num-gpus``).
+
+    Ray hides every GPU from an actor that asks for none (it sets ``CUDA_VISIBLE_DEVICES``
+    to ""), so without a share ``device = auto`` would put every virtual site of a GPU
+    machine on its CPU. The sites share the GPUs evenly (at most one each); torch is
+    imported only where an NVIDIA driver is present.
+    """
+    if cfg.device == "cpu" or not (Path("/proc/driver/nvidia").exists()
+                                   or shutil.which("nvidia-smi")):
+        return 0.0
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return 0.0 if count == 0 else math.floor(min(1.0, count / num_sites) * 1e4) / 1e4
+
+
 def run_simulation(
     cfg: RunConfig, *, num_sites: int, cpus_per_site: int = 1, quiet: bool = False,
     timeout: float | None = None, progress: bool | None = None,
@@ -97,9 +116,12 @@ def run_simulation(
             (home / "config.toml").write_text(
                 '[superlink]\ndefault = "confide"\n\n[superlink.confide]\n'
                 f'address = "127.0.0.1:{port}"\ninsecure = true\n', encoding="utf-8")
+            resources = f"num-supernodes={num_sites} client-resources-num-cpus={cpus_per_site}"
+            gpus = _gpus_per_site(cfg, num_sites)
+            if gpus > 0:
+                resources += f" client-resources-num-gpus={gpus}"
             args = [find_bin("flwr"), "run", str(app_dir), "confide", "--stream",
-                    "--federation-config",
-                    f"num-supernodes={num_sites} client-resources-num-cpus={cpus_per_site}"]
+                    "--federation-config", resources]
             # the whole configuration travels as the staged app's [tool.flwr.app.config]
             proc = subprocess.Popen(args, env=env, cwd=str(work), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, bufsize=1,

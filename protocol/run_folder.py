@@ -236,6 +236,48 @@ class RunFolder:
         """Every row of ``participation.jsonl`` (none when it does not exist yet)."""
         return self._typed(self.participation_path, ParticipationRow, on_bad_line)
 
+    def unreleased_rounds(self) -> list[str]:
+        """One line per planned round that released no aggregate, with the recorded reason.
+
+        A round counts as released when any of its participation rows (any attempt) says so.
+        For each other round: every attempt's ``abort_reason`` (or that none was recorded) and
+        the sites that declined or failed; planned rounds the run never reached (from
+        ``run.json``'s ``num-server-rounds``) say where the run stopped and why
+        (``state.json``'s ``stopped_early``). Empty when every planned round was released.
+        Never raises on a damaged folder: lines that do not parse are skipped.
+        """
+        rows = self.read_participation(on_bad_line=lambda _msg: None)
+        by_round: dict[int, list[ParticipationRow]] = {}
+        for row in rows:
+            by_round.setdefault(row.round, []).append(row)
+        out = []
+        for rnd in sorted(by_round):
+            attempts = by_round[rnd]
+            if any(r.released is True for r in attempts):
+                continue
+            for r in attempts:
+                tried = "" if len(attempts) == 1 else f" (attempt {r.attempt or 0})"
+                why = r.abort_reason or "no abort reason recorded"
+                sites = "; ".join(f"{what} {', '.join(f'{k} ({v})' for k, v in sorted(m.items()))}"
+                                  for what, m in (("declined:", r.declined),
+                                                  ("failed:", r.failed)) if m)
+                out.append(f"round {rnd}{tried}: NOT RELEASED: {why}"
+                           + (f"; {sites}" if sites else ""))
+        planned = 0
+        try:
+            planned = int(self.read_run_info().config.get("num-server-rounds", 0))
+        except (RunFolderError, TypeError, ValueError):
+            pass
+        last = max(by_round, default=0)
+        if planned > last:
+            try:
+                stopped = self.read_state().stopped_early
+            except RunFolderError:
+                stopped = ""
+            out.append(f"rounds {last + 1}..{planned} of {planned}: NOT RUN: "
+                       + (stopped or f"the run ended after round {last}"))
+        return out
+
     def read_json_object(self, path: Path) -> dict[str, Any]:
         """Read a JSON document of this folder, unvalidated; :class:`RunFolderError` if unreadable.
 

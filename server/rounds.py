@@ -34,12 +34,15 @@ from server.evaluation import RoundEvaluator
 from server.replies import SiteReply, content_bytes, parse_reply
 from server.rundir import RunDir, RunState
 
-__all__ = ["POLL_S", "RoundDriver", "SiteReply", "exchange", "parse_reply", "wait_for_nodes"]
+__all__ = ["POLL_S", "SLOW_STAGE_SHARE", "RoundDriver", "SiteReply", "exchange", "parse_reply",
+           "wait_for_nodes"]
 
 logger = logging.getLogger(__name__)
 
 #: seconds between two pulls of the replies not yet received
 POLL_S = 0.1
+#: a message exchange that takes more than this share of ``round-timeout`` is logged
+SLOW_STAGE_SHARE = 0.5
 
 
 def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float,
@@ -124,7 +127,13 @@ class RoundDriver:
         nodes = sorted(contents)
         messages = [Message(contents[n], dst_node_id=n, message_type=kind,
                             group_id=str(round_num)) for n in nodes]
+        t0 = time.monotonic()
         raw = exchange(self.grid, messages, timeout=self.cfg.round_timeout)
+        waited = time.monotonic() - t0
+        if waited > SLOW_STAGE_SHARE * self.cfg.round_timeout:
+            logger.warning("round %d: %s took %.0f s of the %.0f s round-timeout: on a slower "
+                           "or busier machine sites would be dropped here (raise "
+                           "round-timeout)", round_num, kind, waited, self.cfg.round_timeout)
         self.bytes_received[round_num] = (self.bytes_received.get(round_num, 0)
                                           + sum(_safe_bytes(m) for m in raw))
         replies = [parse_reply(m) for m in raw]
@@ -135,8 +144,10 @@ class RoundDriver:
                            len(got), len(nodes), self.cfg.round_timeout)
         for n in nodes:
             if n not in got:
-                replies.append(SiteReply(n, self.site_names.get(n, f"node-{n}"), Status.TIMEOUT,
-                                         reason=f"no reply within {self.cfg.round_timeout:.0f} s"))
+                replies.append(SiteReply(
+                    n, self.site_names.get(n, f"node-{n}"), Status.TIMEOUT,
+                    reason=f"no reply to {kind} within {self.cfg.round_timeout:.0f} s "
+                           "(round-timeout)"))
         for r in replies:
             if r.status == Status.OK:
                 self.site_names[r.node_id] = r.site
@@ -207,6 +218,9 @@ class RoundDriver:
             accepted.append(r)
         if len(accepted) < 1:
             part["released"] = False
+            part["abort_reason"] = (f"no update accepted ({len(part['declined'])} declined, "
+                                    f"{len(part['failed'])} failed of {len(replies)} sampled)")
+            logger.warning("round %d: %s; nothing released", round_num, part["abort_reason"])
             part["sampled"].sort()
             return None, part
         mean = weighted_mean([r.arrays for r in accepted if r.arrays is not None],

@@ -44,7 +44,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from protocol.run_folder import RunFolder
     from simulations.cli import build_parser
-    from simulations.runner import run_simulation
+    from simulations.runner import report_unreleased, run_simulation
     from simulations.simulate import enrol_sites, run_config
 
     argv = ["simulate", "--sites", str(args.sites), "--rounds", str(args.rounds),
@@ -59,6 +59,7 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         enrol_sites(cfg, args.sites)
     t0 = time.perf_counter()
     code = run_simulation(cfg, num_sites=args.sites, quiet=True, progress=False)
+    report_unreleased(out, label=f"variant {variant}: ")
     wall = time.perf_counter() - t0
     rows = RunFolder(out).read_metrics()
     if code != 0 or not rows or rows[-1].round != args.rounds:

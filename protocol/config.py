@@ -61,6 +61,8 @@ class RunConfig:
     device: str = "auto"
     out_dir: str = "runs/flwr"
     round_timeout: float = 600.0
+    #: write RUN_DIR/received.jsonl, one line per reply received (protocol.run_folder)
+    record_received: bool = False
     max_eval_examples: int = 0
     resume: bool = False
     dp: bool = False

@@ -31,6 +31,7 @@ from protocol.run_rows import RUN_RUNNING, MetricsRow, ParticipationRow
 from protocol.wire import Key, MessageType, Metric, Reason, Status
 from server.aggregate import apply_delta, weighted_mean
 from server.evaluation import RoundEvaluator
+from server.received import describe_reply
 from server.replies import SiteReply, content_bytes, parse_reply
 from server.rundir import RunDir, RunState
 
@@ -136,6 +137,8 @@ class RoundDriver:
                            "round-timeout)", round_num, kind, waited, self.cfg.round_timeout)
         self.bytes_received[round_num] = (self.bytes_received.get(round_num, 0)
                                           + sum(_safe_bytes(m) for m in raw))
+        if self.cfg.record_received:  # what the coordinator received, as received
+            self.rundir.append_received([describe_reply(m, round_num=round_num) for m in raw])
         replies = [parse_reply(m) for m in raw]
         replies = [r for r in replies if r.node_id in contents]
         got = {r.node_id for r in replies}

@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import Manifest, choose_modulus_bits, decode, decoding_error_bound, encode
+from protocol.codec import (
+    Manifest,
+    choose_modulus_bits,
+    decode,
+    decoding_error_bound,
+    encode,
+    ring_dtype,
+)
 from protocol.config import ConfigError, RunConfig
 from protocol.ring import (
     AUTO_MAX_BITS,
@@ -69,7 +76,7 @@ def test_weight_limbs_sum_exactly_without_wrapping(k: int, n: int) -> None:
     rng = np.random.default_rng(k * n)
     weights = [int(w) for w in rng.integers(1, int(max_weight) + 1, size=n)]
     weights[0] = int(max_weight)
-    dtype = np.uint32 if k <= 32 else np.uint64
+    dtype = ring_dtype(k)
     mask = (1 << k) - 1
     total = np.zeros(2 + count, dtype=np.uint64)
     for w in weights:
@@ -123,7 +130,7 @@ def test_stochastic_rounding_on_a_16_bit_ring_is_unbiased() -> None:
             q = encode(delta, manifest, clip_norm=clip, weight=7.0, scale=scale,
                        modulus_bits=k, rng=rng, max_weight=max_weight)
             acc = (acc + q.astype(np.uint64)) & np.uint64((1 << k) - 1)
-        got = decode(acc.astype(np.uint32), manifest, scale=scale, modulus_bits=k)["a"]
+        got = decode(acc.astype(ring_dtype(k)), manifest, scale=scale, modulus_bits=k)["a"]
         errors[i] = got - n * 7.0 * delta["a"]
     # each draw's error is < n steps; its mean over draws is ~0 (5 standard errors)
     assert np.max(np.abs(errors)) < n * scale

@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         _flower_upload({k: state[k] for k in trainable_keys(list(state), cfg.aggregation)},
                        len(data.train), max_weight, args.sites, flower)
     rows.append({**_row("flower secagg+", 64, "int64", None, flower, dim),
-                 "all_replies_bytes": None})
+                 "all_replies_bytes": None, "note": "masked mod 2^32, sent as int64 .npy"})
     limbs = weight_limbs(modulus_bits=16, n_sites=args.sites, max_weight=max_weight)[1]
     print(f"{args.sites} sites x {args.rounds} rounds x {cfg.local_steps} steps of batch "
           f"{cfg.batch_size}, {dim} LoRA parameters (+{limbs} weight limb(s) in the ring "

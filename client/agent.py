@@ -5,7 +5,9 @@ SuperNode authentication (the site's ECDSA key), with the site's node config: da
 state directory (privacy ledger, identity key), privacy policy, model, device. While the
 coordinator is unreachable it retries with exponential backoff, up to ``connect-timeout``
 seconds without a connection; a certificate that does not verify or a key the coordinator
-has not enrolled ends the agent at once with an error that says so.
+has not enrolled ends the agent at once with an error that says so. Each message's ClientApp
+process runs the site's installed ClientApp, never the code of the FAB the coordinator
+submitted (:mod:`client.clientapp_process`).
 
 ``export_ledger`` verifies the hash chain of the site's privacy ledger and writes a copy, with
 a verified copy of its site-level ledger beside it.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -26,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
+from client.clientapp_process import install_shim
 from client.deploy_config import SiteDeployConfig
 from protocol.procs import find_bin, flower_env, free_port, kill_tree, toml_value
 
@@ -112,6 +116,9 @@ def _mark_online(cfg: SiteDeployConfig, tail: str) -> None:
 
 def _env(cfg: SiteDeployConfig, token: str) -> dict[str, str]:
     env = flower_env(token)
+    # each message's ClientApp process runs the site's installed code, not the FAB's
+    shim = install_shim(cfg.state_dir)
+    env["PATH"] = os.pathsep.join([str(shim.parent), env["PATH"]])
     env.update({"CONFIDE_SITE_LOG": "1", "FLWR_HOME": str(cfg.state_dir / "flwr-home")})
     if cfg.hf_cache is not None:
         env["HF_HOME"] = str(cfg.hf_cache)

@@ -6,8 +6,9 @@ round but never fail the run. A secure round's participation row is written ahea
 (:meth:`RoundDriver.write_ahead`) and amended once the round's outcome is known. Under
 secure aggregation the evaluation (:mod:`server.evaluation`) is a secure sum too: the
 metrics row holds the round's totals, no site's figures. Messages go out and come back
-through :func:`exchange`, which polls every ``POLL_S`` (Flower's ``send_and_receive`` sleeps
-3 s between pulls), so the stages of a secure round cost little waiting.
+through :func:`exchange`, which polls every ``poll-interval`` s (0.1 by default; Flower's
+``send_and_receive`` sleeps 3 s between pulls), so the stages of a secure round cost little
+waiting.
 """
 
 from __future__ import annotations
@@ -35,19 +36,17 @@ from server.received import describe_reply
 from server.replies import SiteReply, content_bytes, parse_reply
 from server.rundir import RunDir, RunState
 
-__all__ = ["POLL_S", "SLOW_STAGE_SHARE", "RoundDriver", "SiteReply", "exchange", "parse_reply",
+__all__ = ["RoundDriver", "SLOW_STAGE_SHARE", "SiteReply", "exchange", "parse_reply",
            "wait_for_nodes"]
 
 logger = logging.getLogger(__name__)
 
-#: seconds between two pulls of the replies not yet received
-POLL_S = 0.1
 #: a message exchange that takes more than this share of ``round-timeout`` is logged
 SLOW_STAGE_SHARE = 0.5
 
 
 def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float,
-             poll: float = POLL_S) -> list[Message]:
+             poll: float) -> list[Message]:
     """Push ``messages``, then pull their replies until all have come or ``timeout`` s pass.
 
     Replies are pulled every ``poll`` s (the semantics of ``Grid.send_and_receive``, polled
@@ -129,7 +128,8 @@ class RoundDriver:
         messages = [Message(contents[n], dst_node_id=n, message_type=kind,
                             group_id=str(round_num)) for n in nodes]
         t0 = time.monotonic()
-        raw = exchange(self.grid, messages, timeout=self.cfg.round_timeout)
+        raw = exchange(self.grid, messages, timeout=self.cfg.round_timeout,
+                       poll=self.cfg.poll_interval)
         waited = time.monotonic() - t0
         if waited > SLOW_STAGE_SHARE * self.cfg.round_timeout:
             logger.warning("round %d: %s took %.0f s of the %.0f s round-timeout: on a slower "

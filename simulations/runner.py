@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import TextIO
 
 from protocol.config import RunConfig
-from protocol.procs import RUN_TOKEN_ENV, ProcessError, find_bin, flower_env, free_port, kill_tree
+from protocol.procs import (
+    RUN_TOKEN_ENV,
+    ProcessError,
+    find_bin,
+    flower_env,
+    free_port,
+    interrupt_on_terminate,
+    kill_tree,
+)
 from server.fab import stage_app
 from server.progress import RunProgress, quiet_env
 
@@ -75,7 +83,8 @@ def run_simulation(
     ``progress`` is false (default: shown unless ``quiet``).
     """
     show = (not quiet) if progress is None else progress
-    with tempfile.TemporaryDirectory(prefix="confide-sim-") as tmp:
+    # stopped by SIGTERM (kill, a CI timeout), the run still stops all it started
+    with interrupt_on_terminate(), tempfile.TemporaryDirectory(prefix="confide-sim-") as tmp:
         work = Path(tmp)
         app_dir = stage_app(work / "app", cfg.to_mapping())
         home = work / "flwr-home"

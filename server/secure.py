@@ -37,10 +37,12 @@ that site from the round with a named reason (``server.replies.parse_reply``); n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -111,20 +113,28 @@ class SecureAggregator:
         """
         rnd = self._new_round(round_num, state, nodes)
         rnd.attempt = rnd.part["attempt"] = attempt
+        timed = self._timer(rnd)
         try:
-            self.setup_stage(rnd)
-            self.share_keys_stage(rnd)
-            self.collect_masked_vectors_stage(rnd, instructions)
-            self.consistency_check_stage(rnd)
-            self.charge_stage(rnd)
-            result = self.unmask_stage(rnd)
+            with timed("secagg: keys"):
+                self.setup_stage(rnd)
+            with timed("secagg: shares"):
+                self.share_keys_stage(rnd)
+            with timed("train (masked)"):
+                self.collect_masked_vectors_stage(rnd, instructions)
+            with timed("secagg: consistency"):
+                self.consistency_check_stage(rnd)
+            with timed("secagg: charge"):
+                self.charge_stage(rnd)
+            with timed("secagg: unmask"):
+                result = self.unmask_stage(rnd)
         except RoundAborted as exc:
             return self._abort(rnd.part, exc.reason)
         except SecAggAbort as exc:
             self._note_rejections(rnd, rnd.session.rejections)
             return self._abort(rnd.part, str(exc))
         self._note_rejections(rnd, result.rejections)
-        return self.release_stage(rnd, result)
+        with timed("secagg: release"):
+            return self.release_stage(rnd, result)
 
     def evaluate(self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int],
                  instructions: RoundInstructions) -> tuple[EvalTotals | None, dict[str, Any]]:
@@ -135,13 +145,19 @@ class SecureAggregator:
         """
         rnd = self._new_round(round_num, state, nodes)
         rnd.kind = EVALUATE
+        timed = self._timer(rnd)
         try:
-            self.setup_stage(rnd)
-            self.share_keys_stage(rnd)
-            self.collect_masked_vectors_stage(rnd, instructions)
-            self.consistency_check_stage(rnd)
-            result = self.unmask_stage(rnd)
-            totals = decode_eval_stats(result.vector, n_sites=len(result.contributors))
+            with timed("eval: keys"):
+                self.setup_stage(rnd)
+            with timed("eval: shares"):
+                self.share_keys_stage(rnd)
+            with timed("evaluate (masked)"):
+                self.collect_masked_vectors_stage(rnd, instructions)
+            with timed("eval: consistency"):
+                self.consistency_check_stage(rnd)
+            with timed("eval: unmask"):
+                result = self.unmask_stage(rnd)
+                totals = decode_eval_stats(result.vector, n_sites=len(result.contributors))
         except RoundAborted as exc:
             return None, self._abort(rnd.part, exc.reason, what="secure evaluation")[1]
         except (SecAggAbort, ValueError) as exc:
@@ -295,6 +311,13 @@ class SecureAggregator:
         return apply_delta(rnd.state, mean), part
 
     # helpers -----------------------------------------------------------------------------
+    def _timer(self, rnd: SecureRound) -> Callable[[str], AbstractContextManager[None]]:
+        """``timed(stage)``: time a stage of ``rnd`` on the driver's clock (if it has one)."""
+        clock = getattr(self.driver, "clock", None)
+        if clock is None:
+            return lambda name: contextlib.nullcontext()
+        return lambda name: clock.stage(rnd.num, name)
+
     def _new_round(self, round_num: int, state: Mapping[str, np.ndarray],
                    nodes: list[int]) -> SecureRound:
         d = self.driver

@@ -339,11 +339,12 @@ class SecureAggregator:
                     ) -> dict[int, Any]:
         """Send each node its stage request (over ``extra``); the replies by node id."""
         contents = {}
+        # the same claim for every site: encoded once, not once per site
+        claimed = None if names is None else json.dumps({str(n): s for n, s in names.items()})
         for node, payload in requests.items():
             content = RecordDict(dict(extra.items()) if extra is not None else {})
-            if names is not None:
-                content[Key.COHORT_NAMES] = ConfigRecord({Field.NAMES: json.dumps(
-                    {str(n): s for n, s in names.items()})})
+            if claimed is not None:
+                content[Key.COHORT_NAMES] = ConfigRecord({Field.NAMES: claimed})
             contents[node] = put_payload(content, payload)
         kind = (MessageType.SECAGG_EVALUATE if rnd.kind == EVALUATE and stage == Stage.MASKED_INPUT
                 else STAGE_MESSAGE_TYPE[stage])

@@ -64,12 +64,12 @@ def _get_message_ins(now: Any) -> Any:
             raise AssertionError("`limit` must be >= 1")
         found: list[Any] = []
         with self.lock:
-            ids = _index(self).get(node_id)
-            for msg_id in list(ids or ()):
+            ids = _index(self).get(node_id, {})
+            for msg_id in list(ids):
                 self._check_stored_messages({msg_id})
                 msg = self.message_ins_store.get(msg_id)
                 if msg is None:  # delivered and answered, expired or deleted: forget it
-                    del ids[msg_id]  # type: ignore[index]
+                    del ids[msg_id]
                     continue
                 if ((run_id is None or msg.metadata.run_id == run_id)
                         and msg.metadata.delivered_at == ""):
@@ -114,6 +114,8 @@ def install() -> bool:
                                                 "_check_stored_messages")):
         return False  # pragma: no cover - not the 1.39 class
     cls.store_message_ins = _store_message_ins(cls.store_message_ins)  # type: ignore[method-assign]
-    cls.get_message_ins = _get_message_ins(mod.now)  # type: ignore[method-assign]
+    from flwr.supercore.date import now  # what the class itself stamps deliveries with
+
+    cls.get_message_ins = _get_message_ins(now)  # type: ignore[method-assign]
     setattr(cls, _PATCHED, True)
     return True

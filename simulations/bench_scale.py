@@ -47,6 +47,8 @@ class MemorySampler:
         self.peak_total = 0
         self.peak_processes = 0
         self.largest_name = ""
+        #: pid -> (process name, CPU seconds user + system) at its latest sample
+        self.cpu: dict[int, tuple[str, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-scale-memory",
                                         daemon=True)
@@ -60,6 +62,8 @@ class MemorySampler:
             with contextlib.suppress(psutil.Error):
                 proc = psutil.Process(pid)
                 rss = int(proc.memory_info().rss)
+                times = proc.cpu_times()
+                self.cpu[pid] = (proc.name(), float(times.user + times.system))
                 total += rss
                 count += 1
                 if rss > self.peak_largest:
@@ -67,6 +71,13 @@ class MemorySampler:
                     self.largest_name = proc.name()
         self.peak_total = max(self.peak_total, total)
         self.peak_processes = max(self.peak_processes, count)
+
+    def cpu_by_name(self) -> dict[str, float]:
+        """CPU seconds of the run's processes, summed by process name."""
+        out: dict[str, float] = {}
+        for name, sec in self.cpu.values():
+            out[name] = out.get(name, 0.0) + sec
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
@@ -124,7 +135,15 @@ def _run(sites: int, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         "bytes_received": row.bytes_received,
         "peak_rss_largest_bytes": mem.peak_largest, "largest_process": mem.largest_name,
         "peak_rss_total_bytes": mem.peak_total, "peak_processes": mem.peak_processes,
+        "cpu_s": sum(mem.cpu_by_name().values()), "cpu_s_by_process": mem.cpu_by_name(),
     }
+
+
+#: the stages of a round in the order they run (``server.rounds``, ``server.secure``)
+_ORDER = ("sample", "hello", "secagg: keys", "secagg: shares", "train (masked)",
+          "secagg: consistency", "secagg: charge", "secagg: unmask", "secagg: release", "train",
+          "checkpoint", "eval: hello", "eval: keys", "eval: shares", "evaluate (masked)",
+          "eval: consistency", "eval: unmask", "evaluate")
 
 
 def _gb(n: int) -> str:
@@ -132,14 +151,18 @@ def _gb(n: int) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [f"{'sites':>6}{'round s':>9}{'s/site':>8}{'wall s':>8}{'in sum':>8}"
+    lines = [f"{'sites':>6}{'round s':>9}{'s/site':>8}{'wall s':>8}{'CPU s':>8}{'in sum':>8}"
              f"{'max RSS GB':>11}{'all RSS GB':>11}{'procs':>6}"]
     for r in rows:
         lines.append(f"{r['sites']:>6}{r['round_s']:>9.1f}{r['round_s'] / r['sites']:>8.3f}"
-                     f"{r['wall_s']:>8.0f}{r['contributed']:>8}"
+                     f"{r['wall_s']:>8.0f}{r['cpu_s']:>8.0f}{r['contributed']:>8}"
                      f"{_gb(r['peak_rss_largest_bytes']):>11}{_gb(r['peak_rss_total_bytes']):>11}"
                      f"{r['peak_processes']:>6}")
-    stages: list[str] = []
+    lines += ["", "CPU s of the whole run by process: " + "; ".join(
+        f"{r['sites']} sites: " + ", ".join(f"{k} {v:.0f}" for k, v in
+                                           list(r["cpu_s_by_process"].items())[:4])
+        for r in rows)]
+    stages = [s for s in _ORDER if any(s in r["stage_time_s"] for r in rows)]
     for r in rows:
         stages += [s for s in r["stage_time_s"] if s not in stages]
     lines += ["", "round 1, coordinator per stage: wall s / of it waiting for sites / own s"]

@@ -37,12 +37,10 @@ that site from the round with a named reason (``server.replies.parse_reply``); n
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -83,6 +81,7 @@ from server.secure_round import (
     plan_ring,
 )
 from server.site_level_dp import Admission, PlanRefusal
+from server.stage_clock import stage_timer
 
 __all__ = ["SecureAggregator", "load_enrolment"]
 
@@ -113,7 +112,7 @@ class SecureAggregator:
         """
         rnd = self._new_round(round_num, state, nodes)
         rnd.attempt = rnd.part["attempt"] = attempt
-        timed = self._timer(rnd)
+        timed = stage_timer(getattr(self.driver, "clock", None), rnd.num)
         try:
             with timed("secagg: keys"):
                 self.setup_stage(rnd)
@@ -145,7 +144,7 @@ class SecureAggregator:
         """
         rnd = self._new_round(round_num, state, nodes)
         rnd.kind = EVALUATE
-        timed = self._timer(rnd)
+        timed = stage_timer(getattr(self.driver, "clock", None), rnd.num)
         try:
             with timed("eval: keys"):
                 self.setup_stage(rnd)
@@ -311,13 +310,6 @@ class SecureAggregator:
         return apply_delta(rnd.state, mean), part
 
     # helpers -----------------------------------------------------------------------------
-    def _timer(self, rnd: SecureRound) -> Callable[[str], AbstractContextManager[None]]:
-        """``timed(stage)``: time a stage of ``rnd`` on the driver's clock (if it has one)."""
-        clock = getattr(self.driver, "clock", None)
-        if clock is None:
-            return lambda name: contextlib.nullcontext()
-        return lambda name: clock.stage(rnd.num, name)
-
     def _new_round(self, round_num: int, state: Mapping[str, np.ndarray],
                    nodes: list[int]) -> SecureRound:
         d = self.driver

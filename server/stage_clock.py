@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
-__all__ = ["StageClock"]
+__all__ = ["StageClock", "stage_timer"]
 
 
 class StageClock:
@@ -52,3 +53,11 @@ class StageClock:
     def pop(self, round_num: int) -> tuple[dict[str, float], dict[str, float]]:
         """Return and forget ``(stage times, stage waits)`` of ``round_num``."""
         return self._times.pop(round_num, {}), self._waits.pop(round_num, {})
+
+
+def stage_timer(clock: StageClock | None,
+                round_num: int) -> Callable[[str], AbstractContextManager[None]]:
+    """``timed(name)``: a stage of ``round_num`` on ``clock``; a no-op without a clock."""
+    if clock is None:
+        return lambda name: contextlib.nullcontext()
+    return lambda name: clock.stage(round_num, name)

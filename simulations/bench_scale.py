@@ -2,8 +2,8 @@
 
 Runs ``confide simulate``'s machinery (the Flower simulation engine, the real ServerApp and
 ClientApp, secure aggregation and example-level DP on) for one training round at each
-``--sites`` count with small local work (1 local step of batch 8 over 32-token sequences,
-4 held-out examples per site), and reports per count:
+``--sites`` count with small local work (1 local step of batch 8 over sequences of at most
+128 tokens, at most 4 held-out examples per site), and reports per count:
 
 - the time of the training round (``round_time_s`` of round 1 in ``metrics.jsonl``) and of
   the whole run (round 0's evaluation, start-up of Flower and Ray included);
@@ -13,7 +13,12 @@ ClientApp, secure aggregation and example-level DP on) for one training round at
 - the peak resident memory (RSS, sampled every ``--sample-s`` s with psutil) of the largest
   process of the run and of all its processes together (every process that carries the
   run's token, :data:`protocol.procs.RUN_TOKEN_ENV`; shared pages count once per process,
-  so the sum is an upper bound).
+  so the sum is an upper bound), and the CPU seconds they used.
+
+With more virtual sites than data folders each site takes a disjoint shard of a folder: at
+1,000 sites over the bundled demo (3 x 3,000 examples) that is about 9 examples a site, so
+the held-out fraction is 0.2 (at 0.1, or with 32-token sequences, some shards keep no usable
+held-out or training example and those sites fail the round with a data error).
 
     python -m simulations.bench_scale [--sites 10,100,1000] [--json PATH]
 """
@@ -106,7 +111,8 @@ def _run(sites: int, out: Path, args: argparse.Namespace) -> dict[str, Any]:
             "--max-eval-examples", str(args.max_eval_examples), "--seed", str(args.seed)]
     cfg = run_config(build_parser().parse_args(argv))
     # every site in the round, and time enough for the slowest stage at this size
-    cfg = cfg.replace(min_sites=sites, round_timeout=float(args.stage_timeout))
+    cfg = cfg.replace(min_sites=sites, round_timeout=float(args.stage_timeout),
+                      eval_fraction=args.eval_fraction)
     t0 = time.perf_counter()
     enrol_sites(cfg, sites)
     enrol_s = time.perf_counter() - t0
@@ -194,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated site counts (default 10,100,1000)")
     ap.add_argument("--local-steps", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-seq-len", type=int, default=32)
+    ap.add_argument("--max-seq-len", type=int, default=128)
+    ap.add_argument("--eval-fraction", type=float, default=0.2,
+                    help="each site's held-out share (0.2: every shard of 1,000 keeps one)")
     ap.add_argument("--max-eval-examples", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="embedded")
@@ -217,12 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {n} sites: round {row['round_s']:.1f} s, wall {row['wall_s']:.0f} s, "
               f"largest process {_gb(row['peak_rss_largest_bytes'])} GB, all "
               f"{_gb(row['peak_rss_total_bytes'])} GB", flush=True)
-    settings = {k: getattr(args, k) for k in ("sites", "local_steps", "batch_size",
-                                              "max_seq_len", "max_eval_examples", "model")}
+    settings = {k: getattr(args, k) for k in ("sites", "local_steps", "batch_size", "max_seq_len",
+                                              "max_eval_examples", "eval_fraction", "model")}
     settings.update(secagg=True, dp=True, rounds=1, cpus=os.cpu_count())
     print(f"\none training round, secure aggregation and DP on, {args.local_steps} local step(s) "
-          f"of batch {args.batch_size} x {args.max_seq_len} tokens, {args.max_eval_examples} "
-          f"held-out examples per site, {os.cpu_count()} CPUs")
+          f"of batch {args.batch_size} x {args.max_seq_len} tokens, at most "
+          f"{args.max_eval_examples} held-out examples per site, {os.cpu_count()} CPUs")
     print("\n".join(_table(rows)))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"settings": settings, "rows": rows},

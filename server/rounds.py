@@ -7,7 +7,9 @@ round but never fail the run. A secure round's participation row is written ahea
 secure aggregation the evaluation (:mod:`server.evaluation`) is a secure sum too: the
 metrics row holds the round's totals, no site's figures. Messages go out and come back
 through :func:`exchange`, which polls every ``POLL_S`` (Flower's ``send_and_receive`` sleeps
-3 s between pulls), so the stages of a secure round cost little waiting.
+3 s between pulls), so the stages of a secure round cost little waiting. Each round's metrics
+row records the coordinator's wall time per stage and the part of it spent waiting for
+replies (:mod:`server.stage_clock`).
 """
 
 from __future__ import annotations

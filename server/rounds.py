@@ -8,7 +8,8 @@ secure aggregation the evaluation (:mod:`server.evaluation`) is a secure sum too
 metrics row holds the round's totals, no site's figures. Messages go out and come back
 through :func:`exchange`, which polls every ``poll-interval`` s (0.1 by default; Flower's
 ``send_and_receive`` sleeps 3 s between pulls), so the stages of a secure round cost little
-waiting.
+waiting. Each round's metrics row records the coordinator's wall time per stage and the part
+of it spent waiting for replies (:mod:`server.stage_clock`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from server.evaluation import RoundEvaluator
 from server.received import describe_reply
 from server.replies import SiteReply, content_bytes, parse_reply
 from server.rundir import RunDir, RunState
+from server.stage_clock import StageClock
 
 __all__ = ["RoundDriver", "SLOW_STAGE_SHARE", "SiteReply", "exchange", "parse_reply",
            "wait_for_nodes"]
@@ -110,6 +112,8 @@ class RoundDriver:
         self.secure: Any = None  # a server.secure.SecureAggregator when secure aggregation is on
         self.bytes_received: dict[int, int] = {}  # round -> payload bytes of the sites' replies
         self.evaluator = RoundEvaluator(self)
+        #: wall time per stage of each round, and the part spent waiting for replies
+        self.clock = StageClock()
 
     # messaging ---------------------------------------------------------------------------
 
@@ -127,10 +131,11 @@ class RoundDriver:
         nodes = sorted(contents)
         messages = [Message(contents[n], dst_node_id=n, message_type=kind,
                             group_id=str(round_num)) for n in nodes]
-        t0 = time.monotonic()
+        t0 = time.perf_counter()
         raw = exchange(self.grid, messages, timeout=self.cfg.round_timeout,
                        poll=self.cfg.poll_interval)
-        waited = time.monotonic() - t0
+        waited = time.perf_counter() - t0
+        self.clock.waited(round_num, waited)
         if waited > SLOW_STAGE_SHARE * self.cfg.round_timeout:
             logger.warning("round %d: %s took %.0f s of the %.0f s round-timeout: on a slower "
                            "or busier machine sites would be dropped here (raise "
@@ -260,6 +265,18 @@ class RoundDriver:
             return max(tried) + 1
         return 1 if resumed else 0
 
+    def _stage_fields(self, round_num: int) -> dict[str, dict[str, float]]:
+        """Return the round's stage times as metrics-row fields (and forget them)."""
+        times, waits = self.clock.pop(round_num)
+        return {"stage_time_s": times, "stage_wait_s": waits}
+
+    def _timed_evaluate(self, round_num: int, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """Evaluate; the plain path is one stage, a secure one times its own stages."""
+        if self.secure is not None:
+            return self.evaluate(round_num, state)
+        with self.clock.stage(round_num, "evaluate"):
+            return self.evaluate(round_num, state)
+
     # the run -----------------------------------------------------------------------------
     def run(self, state: dict[str, np.ndarray], *, start_round: int) -> dict[str, np.ndarray]:
         """Run rounds ``start_round``.. to the end and return the final global adapter."""
@@ -271,25 +288,28 @@ class RoundDriver:
         if start_round == 0:
             start_round = 1
             t0 = time.perf_counter()
-            ev = self.evaluate(0, state)
-            self.rundir.save_round(0, state, self.lora_cfg)
+            ev = self._timed_evaluate(0, state)
+            with self.clock.stage(0, "checkpoint"):
+                self.rundir.save_round(0, state, self.lora_cfg)
             self.rundir.append_metrics(MetricsRow.from_json({
                 "round": 0, **ev, "round_time_s": time.perf_counter() - t0,
-                "bytes_received": self.bytes_received.pop(0, 0)}))
+                "bytes_received": self.bytes_received.pop(0, 0), **self._stage_fields(0)}))
             self.rundir.write_state(RunState(self.run_id, 0, cfg.num_server_rounds,
                                              RUN_RUNNING))
             logger.info("round 0/%d: eval loss %.4f (perplexity %.2f)", cfg.num_server_rounds,
                         ev["eval_loss"], ev["eval_perplexity"])
         for rnd in range(start_round, cfg.num_server_rounds + 1):
             t0 = time.perf_counter()
-            nodes = self.sample(rnd)
+            with self.clock.stage(rnd, "sample"):
+                nodes = self.sample(rnd)
             if not nodes:
                 self.stopped_early = (f"before round {rnd}: every site has declined for "
                                       f"{Reason.BUDGET_EXHAUSTED}; no site can train")
                 logger.warning("stopping %s", self.stopped_early)
                 break
             if self.secure is not None:
-                self.discover_names(nodes, rnd)
+                with self.clock.stage(rnd, "hello"):
+                    self.discover_names(nodes, rnd)
                 attempt = self.attempt(rnd, resumed=rnd == resumed_at)
                 new_state, part = self.secure.round(rnd, state, nodes, self.instructions(rnd),
                                                     attempt=attempt)
@@ -301,14 +321,16 @@ class RoundDriver:
                     logger.warning("stopping %s", self.stopped_early)
                     break
             else:
-                new_state, part = self.train_and_aggregate(rnd, state, nodes)
+                with self.clock.stage(rnd, "train"):
+                    new_state, part = self.train_and_aggregate(rnd, state, nodes)
             if new_state is None:
                 logger.warning("round %d: no update released; global adapter unchanged", rnd)
             else:
                 state = new_state
-            self._record(part)  # before the checkpoint: a crash after it keeps the record
-            self.rundir.save_round(rnd, state, self.lora_cfg)
-            ev = self.evaluate(rnd, state)
+            with self.clock.stage(rnd, "checkpoint"):
+                self._record(part)  # before the checkpoint: a crash after it keeps the record
+                self.rundir.save_round(rnd, state, self.lora_cfg)
+            ev = self._timed_evaluate(rnd, state)
             elapsed = time.perf_counter() - t0
             self.rundir.append_metrics(MetricsRow.from_json({
                 "round": rnd, **ev, "round_time_s": elapsed,
@@ -316,6 +338,7 @@ class RoundDriver:
                 "dropped": part.get("dropped", []),
                 "train_loss": part.get("train_loss", {}), "epsilon": part["epsilon"],
                 "declined": part["declined"], "bytes_received": self.bytes_received.pop(rnd, 0),
+                **self._stage_fields(rnd),
             }))
             self.rundir.write_state(RunState(self.run_id, rnd, cfg.num_server_rounds,
                                              RUN_RUNNING))

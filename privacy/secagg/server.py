@@ -241,8 +241,10 @@ class ServerSession(ServerBase):
     def unmask_requests(self) -> dict[int, dict[str, Any]]:
         """Close stage 4 and open stage 5: ask each signer for the shares to unmask.
 
-        A signer is sent the set, every valid signature, and the lists the set implies:
-        the self-mask-seed shares of every contributor it holds shares of (itself
+        A signer is sent the set, ``signature_threshold`` valid signatures over it (what a
+        site needs, and checks, before it reveals anything: sending all of them would only
+        make every site verify up to n signatures, n^2 per round), and the lists the set
+        implies: the self-mask-seed shares of every contributor it holds shares of (itself
         included) and the mask-key shares of its neighbours that shared keys but sent no
         masked input.
 
@@ -256,10 +258,11 @@ class ServerSession(ServerBase):
         signers = sorted(self._signatures)
         if len(signers) < need:
             raise self._abort(f"{len(signers)} consistency signatures, need {need}")
+        shown = signers[:need]  # every one verified on receipt
         proof = {
             "contributors": sorted(u3),
-            "signers": signers,
-            "signatures": b"".join(self._signatures[v] for v in signers),
+            "signers": shown,
+            "signatures": b"".join(self._signatures[v] for v in shown),
         }
         requests = {}
         for node in signers:

@@ -100,18 +100,24 @@ class SiteWorker:
         return [str(i) for i in ids] if isinstance(ids, list) else []
 
     def warm(self) -> None:
-        """Import the handlers and the training stack (torch, transformers, peft, opacus)."""
-        with self._lock:
-            t0 = time.perf_counter()
-            self._client_app()
-            import opacus  # noqa: F401 - the handlers import these lazily
-            import peft  # noqa: F401
-            import transformers  # noqa: F401
+        """Import the handlers and the training stack (torch, transformers, peft, opacus).
 
-            import client.model  # noqa: F401
-            import client.train  # noqa: F401
-            logger.info("site worker: handlers and training stack imported in %.1f s",
-                        time.perf_counter() - t0)
+        Runs beside the requests (Python's import lock keeps concurrent imports whole), so a
+        query stage need not wait for torch.
+        """
+        t0 = time.perf_counter()
+        with self._lock:
+            self._client_app()
+        import opacus  # noqa: F401 - the handlers import these lazily
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+
+        import client.handlers  # noqa: F401
+        import client.model  # noqa: F401
+        import client.secure_handlers  # noqa: F401
+        import client.train  # noqa: F401
+        logger.info("site worker: handlers and training stack imported in %.1f s",
+                    time.perf_counter() - t0)
 
     def _client_app(self) -> ClientApp:
         if self._app is None:

@@ -86,8 +86,8 @@ def main(grid, context):
             if not replies or replies[0].has_error():
                 err = replies[0].error.reason if replies else Status.TIMEOUT
                 raise RuntimeError(f"{kind}: {err}")
-            content = replies[0].content
-            metrics = dict(content[Key.METRICS]) if Key.METRICS in content else {}
+            answer = replies[0].content  # (not `content`: that builds the next request)
+            metrics = dict(answer[Key.METRICS]) if Key.METRICS in answer else {}
             rows.append({"rtt": rtt, "handler": sum(float(metrics.get(k, 0.0))
                                                     for k in handler_keys),
                          **{k: float(metrics[k]) for k in handler_keys if k in metrics}})

@@ -206,3 +206,23 @@ def test_the_worker_socket_path_fits_a_unix_socket(tmp_path: Path, state_dir: st
     assert len(os.fsencode(str(sock))) <= 100 and sock.name == "worker.sock"
     if state_dir == "short":
         assert sock.parent == tmp_path / state_dir / "worker"
+
+
+def test_site_toml_worker_switch_names_the_socket_in_the_node_config_only_when_on(
+    tmp_path: Path
+) -> None:
+    from client.deploy_config import load_site_config
+    from protocol.deploy_config import DeployConfigError
+    from tests._deploy import make_deployment
+
+    path = make_deployment(tmp_path, sites=("bank",)).site_cfgs["bank"]
+    on = load_site_config(path)
+    assert on.worker and on.node_config()[NODE_WORKER_SOCKET] == str(on.worker_socket)
+    assert on.node_config()[NODE_WORKER_WAIT] == 120.0
+    text = path.read_text()
+    path.write_text(text.replace("[site]", "[site]\nworker = false", 1))
+    off = load_site_config(path)
+    assert off.worker_socket is None and NODE_WORKER_SOCKET not in off.node_config()
+    path.write_text(text.replace("[site]", "[site]\nworker = \"yes\"", 1))
+    with pytest.raises(DeployConfigError, match=r"\[site\] `worker` must be true or false"):
+        load_site_config(path)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -55,11 +56,15 @@ if TYPE_CHECKING:
     import grpc
     from flwr.clientapp import ClientApp
 
-__all__ = ["JOURNAL_FILE", "SiteWorker", "WorkerSupervisor", "main", "private_dir", "serve"]
+__all__ = ["JOURNAL_FILE", "LOCK_FILE", "SiteWorker", "WorkerSupervisor", "main", "private_dir",
+           "serve"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("client.worker")  # also when run as __main__
 
 JOURNAL_FILE = "requests.json"
+#: held (flock) by the one worker of a site: another agent on the same state directory
+#: waits for it instead of taking over the live worker's socket
+LOCK_FILE = "worker.lock"
 _JOURNAL_KEEP = 256  # request ids remembered (messages run one at a time)
 _REPLIES_KEEP = 4  # replies kept for a relay that lost one in transit
 
@@ -170,11 +175,38 @@ def _bind(server: grpc.Server, sock: Path) -> None:
     os.chmod(sock, 0o600)
 
 
+def _parent_gone(parent_pid: int | None) -> bool:
+    return parent_pid is not None and os.getppid() != parent_pid
+
+
+def _site_lock(journal_dir: Path, stop: threading.Event, parent_pid: int | None) -> int | None:
+    """Hold the site's worker lock (wait while another worker of the site runs); fd or None."""
+    fd = os.open(private_dir(journal_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if not waiting:
+                logger.warning("site worker: another worker of this site (same state "
+                               "directory) is running; waiting for it to stop")
+                waiting = True
+        if stop.wait(1.0) or _parent_gone(parent_pid):
+            os.close(fd)
+            return None
+
+
 def serve(sock: Path, journal_dir: Path, *, parent_pid: int | None = None,
           warm: bool = True) -> int:
     """Serve the site's worker on ``sock`` until SIGTERM or the parent process is gone."""
     import grpc
 
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    lock = _site_lock(journal_dir, stop, parent_pid)
+    if lock is None:
+        return 0
     worker = SiteWorker(journal_dir)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=channel_options())
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
@@ -185,22 +217,21 @@ def serve(sock: Path, journal_dir: Path, *, parent_pid: int | None = None,
                 lambda data, _ctx: str(os.getpid()).encode()),
         }),))
     _bind(server, sock)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
     logger.info("site worker %d listening on %s", os.getpid(), sock)
     if warm:
         threading.Thread(target=worker.warm, name="warm", daemon=True).start()
     try:
         while not stop.wait(1.0):
-            if parent_pid is not None and os.getppid() != parent_pid:
+            if _parent_gone(parent_pid):
                 logger.warning("site worker: its agent (pid %d) is gone; stopping", parent_pid)
                 break
     except KeyboardInterrupt:
         pass
     server.stop(grace=2.0).wait(5.0)
     with contextlib.suppress(OSError):
-        sock.unlink()
+        sock.unlink()  # this worker's own socket: it holds the site's lock
+    os.close(lock)
     return 0
 
 

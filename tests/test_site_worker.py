@@ -226,3 +226,39 @@ def test_site_toml_worker_switch_names_the_socket_in_the_node_config_only_when_o
     path.write_text(text.replace("[site]", "[site]\nworker = \"yes\"", 1))
     with pytest.raises(DeployConfigError, match=r"\[site\] `worker` must be true or false"):
         load_site_config(path)
+
+
+def test_a_second_worker_of_the_same_site_waits_and_never_takes_over_the_live_socket(
+    tmp_path: Path
+) -> None:
+    import grpc
+
+    from client.relay import PING_METHOD
+
+    sock, journal = tmp_path / "s" / "worker.sock", tmp_path / "state" / "worker"
+    args = [sys.executable, "-m", "client.worker", "--socket", str(sock), "--journal-dir",
+            str(journal), "--no-warm"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def ping() -> int:
+        with grpc.insecure_channel(f"unix:{sock}") as ch:
+            grpc.channel_ready_future(ch).result(timeout=60)
+            return int(ch.unary_unary(PING_METHOD)(b"", timeout=10))
+
+    first = subprocess.Popen(args, env=env, cwd=str(REPO))
+    second = None
+    try:
+        assert ping() == first.pid
+        inode = os.stat(sock).st_ino
+        second = subprocess.Popen(args, env=env, cwd=str(REPO))
+        time.sleep(4)
+        assert second.poll() is None and os.stat(sock).st_ino == inode
+        assert ping() == first.pid
+        first.terminate()
+        first.wait(timeout=30)
+        assert ping() == second.pid, "the waiting worker takes over once the first stops"
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)

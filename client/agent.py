@@ -7,9 +7,12 @@ with the site's node config: data path, state directory (privacy ledger, identit
 privacy policy, model, device, the worker's socket. While the coordinator is unreachable
 it retries with exponential backoff, up to ``connect-timeout`` seconds without a
 connection; a certificate that does not verify or a key the coordinator has not enrolled
-ends the agent at once with an error that says so.
+ends the agent at once with an error that says so. Each message's ClientApp process runs
+the site's installed ClientApp, never the code of the FAB the coordinator submitted
+(:mod:`client.clientapp_process`); with the worker it only relays the message to it.
 
-``export_ledger`` verifies the hash chain of the site's privacy ledger and writes a copy.
+``export_ledger`` verifies the hash chain of the site's privacy ledger and writes a copy, with
+a verified copy of its site-level ledger beside it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -27,13 +31,14 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from client.clientapp_process import install_shim
 from client.deploy_config import SiteDeployConfig
 from protocol.procs import find_bin, flower_env, free_port, kill_tree, toml_value
 
 if TYPE_CHECKING:
     from client.worker import WorkerSupervisor
 
-__all__ = ["AgentError", "export_ledger", "node_config_arg", "run_agent"]
+__all__ = ["AgentError", "export_ledger", "node_config_arg", "run_agent", "site_level_export_path"]
 
 logger = logging.getLogger("confide.client")
 
@@ -116,6 +121,9 @@ def _mark_online(cfg: SiteDeployConfig, tail: str) -> None:
 
 def _env(cfg: SiteDeployConfig, token: str) -> dict[str, str]:
     env = flower_env(token)
+    # each message's ClientApp process runs the site's installed code, not the FAB's
+    shim = install_shim(cfg.state_dir)
+    env["PATH"] = os.pathsep.join([str(shim.parent), env["PATH"]])
     env.update({"CONFIDE_SITE_LOG": "1", "FLWR_HOME": str(cfg.state_dir / "flwr-home")})
     if cfg.hf_cache is not None:
         env["HF_HOME"] = str(cfg.hf_cache)
@@ -290,8 +298,50 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
             signal.signal(signal.SIGINT, previous_int)
 
 
+def site_level_export_path(target: Path) -> Path:
+    """Where ``export_ledger`` writes the site-level ledger beside the ledger copy ``target``.
+
+    ``site-level-ledger.json`` beside a copy named ``privacy-ledger.jsonl`` (so that a copy into
+    ``RUN_DIR/sites/<site>/`` is where the audit reads it), else ``<stem>.site-level-ledger.json``.
+    """
+    from privacy.ddg.site_ledger import SITE_LEVEL_LEDGER
+    from privacy.ledger import LEDGER_FILENAME
+
+    if target.name == LEDGER_FILENAME:
+        return target.with_name(SITE_LEVEL_LEDGER)
+    return target.with_name(f"{target.stem}.{SITE_LEVEL_LEDGER}")
+
+
+def _export_site_level(cfg: SiteDeployConfig, target: Path) -> Path | None:
+    """Verify the site-level ledger (when the site has one) and copy it atomically."""
+    from privacy.ddg.site_ledger import SITE_LEVEL_LEDGER, SiteLevelLedger
+    from protocol.io import atomic_write_bytes
+
+    src = cfg.state_dir / SITE_LEVEL_LEDGER
+    if not src.is_file():
+        return None
+    raw = src.read_bytes()
+    try:
+        SiteLevelLedger(cfg.state_dir)  # validates every charge's record
+    except ValueError as exc:
+        raise AgentError(f"site {cfg.name}: the site-level ledger failed verification: {exc}",
+                         1) from None
+    if src.read_bytes() != raw:
+        raise AgentError(f"site {cfg.name}: the site-level ledger {src} changed while it was "
+                         "exported; run the export again", 1)
+    out = site_level_export_path(target)
+    atomic_write_bytes(out, raw)
+    return out
+
+
 def export_ledger(cfg: SiteDeployConfig, dest: Path) -> tuple[int, str, Path]:
-    """Verify the site's ledger chain and write a copy to ``dest``; (entries, head hash, path)."""
+    """Verify the site's ledgers and write copies to ``dest``; (entries, head hash, path).
+
+    The privacy ledger's hash chain is verified and the file copied to ``dest`` (a folder:
+    ``dest/privacy-ledger.jsonl``); the site's site-level ledger, when it has one, is verified
+    and copied beside it (:func:`site_level_export_path`). Both copies are written atomically,
+    byte for byte, so the audit can check them against what the site signed.
+    """
     from privacy.ledger import LEDGER_FILENAME, PrivacyLedger
     from protocol.io import atomic_write_bytes
 
@@ -305,5 +355,8 @@ def export_ledger(cfg: SiteDeployConfig, dest: Path) -> tuple[int, str, Path]:
     if raw != ledger._raw:
         raise AgentError(f"site {cfg.name}: the ledger {src} changed while it was exported; "
                          "run the export again", 1)
+    site_level = _export_site_level(cfg, target)
     atomic_write_bytes(target, raw)
+    if site_level is not None:
+        logger.info("site %s: site-level ledger verified; copy at %s", cfg.name, site_level)
     return len(ledger), ledger.head(), target

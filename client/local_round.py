@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,13 @@ class LocalUpdate:
     delta: dict[str, np.ndarray] | None = None
     #: ``(summary JSON, hex signature)`` of the site's ledger after this round, if signed
     ledger_summary: tuple[str, str] | None = None
+    #: signs the site's ledgers again as they stand (after a later charge, e.g. site-level DP)
+    _resign: Callable[[], tuple[str, str] | None] | None = field(default=None, repr=False)
+
+    def refresh_summary(self) -> None:
+        """Sign again, so the summary covers charges made after the local round (site-level)."""
+        if self._resign is not None:
+            self.ledger_summary = self._resign()
 
 
 def load_site(context: Context) -> tuple[RunConfig, SiteModel, SiteData]:
@@ -215,4 +223,5 @@ def local_update(instr: RoundInstructions, arrays: Any, context: Context) -> Loc
         append_site_row(data.spec.state_dir, kind=TRAIN, run_id=run_id, round_num=round_num,
                         figures={**metrics, MODEL_LOAD: t_model_load})
     return LocalUpdate(site, Status.OK, metrics=metrics, delta=delta,
-                       ledger_summary=_summary(privacy, data, run_id, round_num))
+                       ledger_summary=_summary(privacy, data, run_id, round_num),
+                       _resign=lambda: _summary(privacy, data, run_id, round_num))

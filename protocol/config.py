@@ -61,6 +61,11 @@ class RunConfig:
     device: str = "auto"
     out_dir: str = "runs/flwr"
     round_timeout: float = 600.0
+    #: seconds between two pulls of the replies not yet received (Flower's own
+    #: ``Grid.send_and_receive`` waits 3 s)
+    poll_interval: float = 0.1
+    #: write RUN_DIR/received.jsonl, one line per reply received (protocol.run_folder)
+    record_received: bool = False
     max_eval_examples: int = 0
     resume: bool = False
     dp: bool = False
@@ -135,6 +140,7 @@ class RunConfig:
         need(0.0 < self.eval_fraction < 1.0, "eval-fraction", "in (0, 1)")
         need(self.device in _DEVICES, "device", f"one of {_DEVICES}")
         need(self.round_timeout > 0, "round-timeout", "> 0")
+        need(0.01 <= self.poll_interval <= 10.0, "poll-interval", "in [0.01, 10]")
         need(self.max_eval_examples >= 0, "max-eval-examples", ">= 0")
         need(self.secagg_clip > 0, "secagg-clip", "> 0")
         need(self.secagg_max_weight >= 1, "secagg-max-weight", ">= 1")

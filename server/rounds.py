@@ -6,8 +6,9 @@ round but never fail the run. A secure round's participation row is written ahea
 (:meth:`RoundDriver.write_ahead`) and amended once the round's outcome is known. Under
 secure aggregation the evaluation (:mod:`server.evaluation`) is a secure sum too: the
 metrics row holds the round's totals, no site's figures. Messages go out and come back
-through :func:`exchange`, which polls every ``POLL_S`` (Flower's ``send_and_receive`` sleeps
-3 s between pulls), so the stages of a secure round cost little waiting.
+through :func:`exchange`, which polls every ``poll-interval`` s (0.1 by default; Flower's
+``send_and_receive`` sleeps 3 s between pulls), so the stages of a secure round cost little
+waiting.
 """
 
 from __future__ import annotations
@@ -31,19 +32,21 @@ from protocol.run_rows import RUN_RUNNING, MetricsRow, ParticipationRow
 from protocol.wire import Key, MessageType, Metric, Reason, Status
 from server.aggregate import apply_delta, weighted_mean
 from server.evaluation import RoundEvaluator
+from server.received import describe_reply
 from server.replies import SiteReply, content_bytes, parse_reply
 from server.rundir import RunDir, RunState
 
-__all__ = ["POLL_S", "RoundDriver", "SiteReply", "exchange", "parse_reply", "wait_for_nodes"]
+__all__ = ["RoundDriver", "SLOW_STAGE_SHARE", "SiteReply", "exchange", "parse_reply",
+           "wait_for_nodes"]
 
 logger = logging.getLogger(__name__)
 
-#: seconds between two pulls of the replies not yet received
-POLL_S = 0.1
+#: a message exchange that takes more than this share of ``round-timeout`` is logged
+SLOW_STAGE_SHARE = 0.5
 
 
 def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float,
-             poll: float = POLL_S) -> list[Message]:
+             poll: float) -> list[Message]:
     """Push ``messages``, then pull their replies until all have come or ``timeout`` s pass.
 
     Replies are pulled every ``poll`` s (the semantics of ``Grid.send_and_receive``, polled
@@ -124,9 +127,18 @@ class RoundDriver:
         nodes = sorted(contents)
         messages = [Message(contents[n], dst_node_id=n, message_type=kind,
                             group_id=str(round_num)) for n in nodes]
-        raw = exchange(self.grid, messages, timeout=self.cfg.round_timeout)
+        t0 = time.monotonic()
+        raw = exchange(self.grid, messages, timeout=self.cfg.round_timeout,
+                       poll=self.cfg.poll_interval)
+        waited = time.monotonic() - t0
+        if waited > SLOW_STAGE_SHARE * self.cfg.round_timeout:
+            logger.warning("round %d: %s took %.0f s of the %.0f s round-timeout: on a slower "
+                           "or busier machine sites would be dropped here (raise "
+                           "round-timeout)", round_num, kind, waited, self.cfg.round_timeout)
         self.bytes_received[round_num] = (self.bytes_received.get(round_num, 0)
                                           + sum(_safe_bytes(m) for m in raw))
+        if self.cfg.record_received:  # what the coordinator received, as received
+            self.rundir.append_received([describe_reply(m, round_num=round_num) for m in raw])
         replies = [parse_reply(m) for m in raw]
         replies = [r for r in replies if r.node_id in contents]
         got = {r.node_id for r in replies}
@@ -135,8 +147,10 @@ class RoundDriver:
                            len(got), len(nodes), self.cfg.round_timeout)
         for n in nodes:
             if n not in got:
-                replies.append(SiteReply(n, self.site_names.get(n, f"node-{n}"), Status.TIMEOUT,
-                                         reason=f"no reply within {self.cfg.round_timeout:.0f} s"))
+                replies.append(SiteReply(
+                    n, self.site_names.get(n, f"node-{n}"), Status.TIMEOUT,
+                    reason=f"no reply to {kind} within {self.cfg.round_timeout:.0f} s "
+                           "(round-timeout)"))
         for r in replies:
             if r.status == Status.OK:
                 self.site_names[r.node_id] = r.site
@@ -207,6 +221,9 @@ class RoundDriver:
             accepted.append(r)
         if len(accepted) < 1:
             part["released"] = False
+            part["abort_reason"] = (f"no update accepted ({len(part['declined'])} declined, "
+                                    f"{len(part['failed'])} failed of {len(replies)} sampled)")
+            logger.warning("round %d: %s; nothing released", round_num, part["abort_reason"])
             part["sampled"].sort()
             return None, part
         mean = weighted_mean([r.arrays for r in accepted if r.arrays is not None],

@@ -172,14 +172,17 @@ class ServerSession(ServerBase):
             reason = "duplicate masked input"
         vector = reply.get("masked-vector") if reason is None else None
         if reason is None:
-            reason = ring_vector_problem(
+            problem = ring_vector_problem(
                 vector,
                 modulus_bits=self._config.modulus_bits,
                 length=self._config.vector_length,
             )
+            reason = None if problem is None else f"`masked-vector` {problem}"
         if reason is not None:
             return self._reject(node_id, stage, reason)
         assert self._acc is not None and isinstance(vector, np.ndarray)
+        # in the ring's own dtype: the sum wraps mod 2^(8 * itemsize), which 2^k divides,
+        # so it is exact mod 2^k; finish() reduces it mod 2^k
         np.add(self._acc, vector, out=self._acc)
         self._u3.add(node_id)
         return True

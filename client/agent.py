@@ -1,13 +1,15 @@
 """``confide client``: the site agent, a supervised Flower SuperNode.
 
-Starts ``flower-supernode`` over gRPC with TLS (the site's copy of the CA certificate) and
-SuperNode authentication (the site's ECDSA key), with the site's node config: data path,
-state directory (privacy ledger, identity key), privacy policy, model, device. While the
-coordinator is unreachable it retries with exponential backoff, up to ``connect-timeout``
-seconds without a connection; a certificate that does not verify or a key the coordinator
-has not enrolled ends the agent at once with an error that says so. Each message's ClientApp
-process runs the site's installed ClientApp, never the code of the FAB the coordinator
-submitted (:mod:`client.clientapp_process`).
+Starts the site's resident worker (:mod:`client.worker`: model, data and DP stack loaded
+once per run; restarted if it dies), then ``flower-supernode`` over gRPC with TLS (the
+site's copy of the CA certificate) and SuperNode authentication (the site's ECDSA key),
+with the site's node config: data path, state directory (privacy ledger, identity key),
+privacy policy, model, device, the worker's socket. While the coordinator is unreachable
+it retries with exponential backoff, up to ``connect-timeout`` seconds without a
+connection; a certificate that does not verify or a key the coordinator has not enrolled
+ends the agent at once with an error that says so. Each message's ClientApp process runs
+the site's installed ClientApp, never the code of the FAB the coordinator submitted
+(:mod:`client.clientapp_process`); with the worker it only relays the message to it.
 
 ``export_ledger`` verifies the hash chain of the site's privacy ledger and writes a copy, with
 a verified copy of its site-level ledger beside it.
@@ -27,11 +29,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from client.clientapp_process import install_shim
 from client.deploy_config import SiteDeployConfig
 from protocol.procs import find_bin, flower_env, free_port, kill_tree, toml_value
+
+if TYPE_CHECKING:
+    from client.worker import WorkerSupervisor
 
 __all__ = ["AgentError", "export_ledger", "node_config_arg", "run_agent", "site_level_export_path"]
 
@@ -161,6 +166,27 @@ def _wait_supernode(proc: subprocess.Popen[str], gave_up: threading.Event) -> in
             return None
 
 
+def _start_worker(cfg: SiteDeployConfig, out: TextIO) -> WorkerSupervisor | None:
+    """Start the site's resident worker (``worker = true``, the default) before the SuperNode.
+
+    It has its own run token: restarting the SuperNode (``kill_tree`` of its token) leaves
+    the worker, and the model it holds, running.
+    """
+    if cfg.worker_socket is None:
+        return None
+    from client.deploy_config import worker_dir
+    from client.worker import WorkerSupervisor
+
+    worker = WorkerSupervisor(cfg.name, cfg.worker_socket, worker_dir(cfg.state_dir),
+                              env=_env(cfg, uuid.uuid4().hex), out=out, cwd=cfg.state_dir)
+    try:
+        worker.start()
+    except OSError as exc:
+        raise AgentError(f"site {cfg.name}: cannot start its worker (`worker = true` in "
+                         f"{cfg.path}): {exc}", 1) from None
+    return worker
+
+
 def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: int = 0) -> int:
     """Run the site's SuperNode until interrupted; retry while the coordinator is unreachable.
 
@@ -172,6 +198,7 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
     logger.info("site %s: coordinator %s, data %s, state %s, device %s, privacy policy: %s",
                 cfg.name, cfg.superlink, cfg.data_path, cfg.state_dir, cfg.device, policy)
     token = uuid.uuid4().hex
+    worker: WorkerSupervisor | None = None
     previous = signal.getsignal(signal.SIGTERM)
     previous_int = signal.getsignal(signal.SIGINT)
 
@@ -188,6 +215,7 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
     unreachable_since: float | None = None
     refused_since: float | None = None
     try:
+        worker = _start_worker(cfg, out)
         while True:
             if not _reachable(cfg.superlink):
                 now = time.monotonic()
@@ -263,6 +291,8 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
         logger.info("site %s: stopped", cfg.name)
         return 130
     finally:
+        if worker is not None:
+            worker.stop()
         if main:
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGINT, previous_int)

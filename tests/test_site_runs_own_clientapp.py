@@ -21,7 +21,8 @@ import pytest
 
 from client.agent import _env, node_config_arg
 from client.clientapp_process import SHIM_DIR, SHIM_NAME, install_shim, load_site_app
-from client.deploy_config import SiteDeployConfig
+from client.deploy_config import SiteDeployConfig, worker_dir
+from client.worker import WorkerSupervisor
 from protocol.procs import find_bin, free_port, kill_tree
 from protocol.wire import Field, Key, Status
 
@@ -148,6 +149,12 @@ def test_a_coordinator_fab_clientapp_never_runs_at_a_deployed_site(tmp_path: Pat
     home.mkdir()
     control, fleet, node_port = (free_port() for _ in range(3))
     procs: list[subprocess.Popen[bytes]] = []
+    # the site's resident worker, as `confide client` starts it (the site's app relays to it)
+    assert site.worker_socket is not None
+    worker = WorkerSupervisor(site.name, site.worker_socket, worker_dir(site.state_dir),
+                              env=_env(site, uuid.uuid4().hex), cwd=site.state_dir,
+                              out=(tmp_path / "worker.log").open("w"))
+    worker.start()
     try:
         link_log = tmp_path / "superlink.log"
         link_env = dict(env, FLWR_HOME=str(home))
@@ -186,6 +193,7 @@ def test_a_coordinator_fab_clientapp_never_runs_at_a_deployed_site(tmp_path: Pat
     finally:
         for p in procs:
             kill_tree(p, token, timeout=5)
+        worker.stop()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,13 +1,18 @@
 """``confide client``: the site agent, a supervised Flower SuperNode.
 
-Starts ``flower-supernode`` over gRPC with TLS (the site's copy of the CA certificate) and
-SuperNode authentication (the site's ECDSA key), with the site's node config: data path,
-state directory (privacy ledger, identity key), privacy policy, model, device. While the
-coordinator is unreachable it retries with exponential backoff, up to ``connect-timeout``
-seconds without a connection; a certificate that does not verify or a key the coordinator
-has not enrolled ends the agent at once with an error that says so.
+Starts the site's resident worker (:mod:`client.worker`: model, data and DP stack loaded
+once per run; restarted if it dies), then ``flower-supernode`` over gRPC with TLS (the
+site's copy of the CA certificate) and SuperNode authentication (the site's ECDSA key),
+with the site's node config: data path, state directory (privacy ledger, identity key),
+privacy policy, model, device, the worker's socket. While the coordinator is unreachable
+it retries with exponential backoff, up to ``connect-timeout`` seconds without a
+connection; a certificate that does not verify or a key the coordinator has not enrolled
+ends the agent at once with an error that says so. Each message's ClientApp process runs
+the site's installed ClientApp, never the code of the FAB the coordinator submitted
+(:mod:`client.clientapp_process`); with the worker it only relays the message to it.
 
-``export_ledger`` verifies the hash chain of the site's privacy ledger and writes a copy.
+``export_ledger`` verifies the hash chain of the site's privacy ledger and writes a copy, with
+a verified copy of its site-level ledger beside it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -23,12 +29,16 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from client.clientapp_process import install_shim
 from client.deploy_config import SiteDeployConfig
 from protocol.procs import find_bin, flower_env, free_port, kill_tree, toml_value
 
-__all__ = ["AgentError", "export_ledger", "node_config_arg", "run_agent"]
+if TYPE_CHECKING:
+    from client.worker import WorkerSupervisor
+
+__all__ = ["AgentError", "export_ledger", "node_config_arg", "run_agent", "site_level_export_path"]
 
 logger = logging.getLogger("confide.client")
 
@@ -111,6 +121,9 @@ def _mark_online(cfg: SiteDeployConfig, tail: str) -> None:
 
 def _env(cfg: SiteDeployConfig, token: str) -> dict[str, str]:
     env = flower_env(token)
+    # each message's ClientApp process runs the site's installed code, not the FAB's
+    shim = install_shim(cfg.state_dir)
+    env["PATH"] = os.pathsep.join([str(shim.parent), env["PATH"]])
     env.update({"CONFIDE_SITE_LOG": "1", "FLWR_HOME": str(cfg.state_dir / "flwr-home")})
     if cfg.hf_cache is not None:
         env["HF_HOME"] = str(cfg.hf_cache)
@@ -153,6 +166,27 @@ def _wait_supernode(proc: subprocess.Popen[str], gave_up: threading.Event) -> in
             return None
 
 
+def _start_worker(cfg: SiteDeployConfig, out: TextIO) -> WorkerSupervisor | None:
+    """Start the site's resident worker (``worker = true``, the default) before the SuperNode.
+
+    It has its own run token: restarting the SuperNode (``kill_tree`` of its token) leaves
+    the worker, and the model it holds, running.
+    """
+    if cfg.worker_socket is None:
+        return None
+    from client.deploy_config import worker_dir
+    from client.worker import WorkerSupervisor
+
+    worker = WorkerSupervisor(cfg.name, cfg.worker_socket, worker_dir(cfg.state_dir),
+                              env=_env(cfg, uuid.uuid4().hex), out=out, cwd=cfg.state_dir)
+    try:
+        worker.start()
+    except OSError as exc:
+        raise AgentError(f"site {cfg.name}: cannot start its worker (`worker = true` in "
+                         f"{cfg.path}): {exc}", 1) from None
+    return worker
+
+
 def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: int = 0) -> int:
     """Run the site's SuperNode until interrupted; retry while the coordinator is unreachable.
 
@@ -164,6 +198,7 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
     logger.info("site %s: coordinator %s, data %s, state %s, device %s, privacy policy: %s",
                 cfg.name, cfg.superlink, cfg.data_path, cfg.state_dir, cfg.device, policy)
     token = uuid.uuid4().hex
+    worker: WorkerSupervisor | None = None
     previous = signal.getsignal(signal.SIGTERM)
     previous_int = signal.getsignal(signal.SIGINT)
 
@@ -180,6 +215,7 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
     unreachable_since: float | None = None
     refused_since: float | None = None
     try:
+        worker = _start_worker(cfg, out)
         while True:
             if not _reachable(cfg.superlink):
                 now = time.monotonic()
@@ -255,13 +291,57 @@ def run_agent(cfg: SiteDeployConfig, *, out: TextIO = sys.stdout, max_attempts: 
         logger.info("site %s: stopped", cfg.name)
         return 130
     finally:
+        if worker is not None:
+            worker.stop()
         if main:
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGINT, previous_int)
 
 
+def site_level_export_path(target: Path) -> Path:
+    """Where ``export_ledger`` writes the site-level ledger beside the ledger copy ``target``.
+
+    ``site-level-ledger.json`` beside a copy named ``privacy-ledger.jsonl`` (so that a copy into
+    ``RUN_DIR/sites/<site>/`` is where the audit reads it), else ``<stem>.site-level-ledger.json``.
+    """
+    from privacy.ddg.site_ledger import SITE_LEVEL_LEDGER
+    from privacy.ledger import LEDGER_FILENAME
+
+    if target.name == LEDGER_FILENAME:
+        return target.with_name(SITE_LEVEL_LEDGER)
+    return target.with_name(f"{target.stem}.{SITE_LEVEL_LEDGER}")
+
+
+def _export_site_level(cfg: SiteDeployConfig, target: Path) -> Path | None:
+    """Verify the site-level ledger (when the site has one) and copy it atomically."""
+    from privacy.ddg.site_ledger import SITE_LEVEL_LEDGER, SiteLevelLedger
+    from protocol.io import atomic_write_bytes
+
+    src = cfg.state_dir / SITE_LEVEL_LEDGER
+    if not src.is_file():
+        return None
+    raw = src.read_bytes()
+    try:
+        SiteLevelLedger(cfg.state_dir)  # validates every charge's record
+    except ValueError as exc:
+        raise AgentError(f"site {cfg.name}: the site-level ledger failed verification: {exc}",
+                         1) from None
+    if src.read_bytes() != raw:
+        raise AgentError(f"site {cfg.name}: the site-level ledger {src} changed while it was "
+                         "exported; run the export again", 1)
+    out = site_level_export_path(target)
+    atomic_write_bytes(out, raw)
+    return out
+
+
 def export_ledger(cfg: SiteDeployConfig, dest: Path) -> tuple[int, str, Path]:
-    """Verify the site's ledger chain and write a copy to ``dest``; (entries, head hash, path)."""
+    """Verify the site's ledgers and write copies to ``dest``; (entries, head hash, path).
+
+    The privacy ledger's hash chain is verified and the file copied to ``dest`` (a folder:
+    ``dest/privacy-ledger.jsonl``); the site's site-level ledger, when it has one, is verified
+    and copied beside it (:func:`site_level_export_path`). Both copies are written atomically,
+    byte for byte, so the audit can check them against what the site signed.
+    """
     from privacy.ledger import LEDGER_FILENAME, PrivacyLedger
     from protocol.io import atomic_write_bytes
 
@@ -275,5 +355,8 @@ def export_ledger(cfg: SiteDeployConfig, dest: Path) -> tuple[int, str, Path]:
     if raw != ledger._raw:
         raise AgentError(f"site {cfg.name}: the ledger {src} changed while it was exported; "
                          "run the export again", 1)
+    site_level = _export_site_level(cfg, target)
     atomic_write_bytes(target, raw)
+    if site_level is not None:
+        logger.info("site %s: site-level ledger verified; copy at %s", cfg.name, site_level)
     return len(ledger), ledger.head(), target

@@ -35,6 +35,12 @@ def _client(args: argparse.Namespace) -> int:
                 return fail("client", f"the privacy ledger failed verification: {exc}",
                             EXIT_FAILED)
             print(f"site {cfg.name}: ledger verified ({n} entries, head {head}); copy at {path}")
+            from client.agent import site_level_export_path
+            from privacy.ddg.site_ledger import SITE_LEVEL_LEDGER
+
+            if (cfg.state_dir / SITE_LEVEL_LEDGER).is_file():
+                print(f"site {cfg.name}: site-level ledger verified; copy at "
+                      f"{site_level_export_path(path)}")
             return 0
         return run_agent(cfg)
     except AgentError as exc:

@@ -23,6 +23,8 @@ table, the key and the value. Relative paths are taken relative to the file's di
     runtime-port = 0               # local port of the SuperNode runtime API (0: any free)
     connect-timeout = 600.0        # give up after this long without the coordinator (0: never)
     activation-grace = 30.0        # retry a refused key this long (not registered yet?)
+    worker = true                  # keep model, data and DP stack in a resident worker
+    worker-wait = 120.0            # how long a message waits for a (re)starting worker
 
     [privacy]                # the site's own DP policy (privacy.policy.SitePrivacyPolicy keys)
     budget-epsilon = 8.0
@@ -35,6 +37,9 @@ table, the key and the value. Relative paths are taken relative to the file's di
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +52,8 @@ from protocol.deploy_config import DeployConfigError, Table, no_other_tables, re
 from protocol.enrolment import SITE_NAME
 from protocol.model_ref import ModelError, resolve_model
 
-__all__ = ["COMPUTE_KEYS", "NODE_ENROLMENT", "SiteDeployConfig", "load_site_config"]
+__all__ = ["COMPUTE_KEYS", "NODE_ENROLMENT", "NODE_WORKER_SOCKET", "NODE_WORKER_WAIT",
+           "SiteDeployConfig", "load_site_config", "worker_dir", "worker_socket_path"]
 
 #: node-config key of the site's own copy of the enrolment list; a site that has one answers
 #: only under secure aggregation (client.handlers.requires_secure_aggregation)
@@ -56,6 +62,35 @@ NODE_ENROLMENT = "secagg-enrolment"
 #: ``[site]`` keys of the site's own compute settings, passed on as node-config keys of the
 #: same name (client.compute.site_compute reads them over the run config's)
 COMPUTE_KEYS = ("precision", "gradient-checkpointing", "base-quantization")
+
+#: node-config key of the site's resident worker's Unix-domain socket: with it, the per-message
+#: ClientApp only relays each message to that worker (client.relay); without it (simulation,
+#: tests) the ClientApp runs the handlers itself
+NODE_WORKER_SOCKET = "worker-socket"
+#: node-config key: seconds a relayed message waits for a (re)starting worker
+NODE_WORKER_WAIT = "worker-wait"
+
+#: a Unix-domain socket path must fit ``sockaddr_un.sun_path`` (108 bytes on Linux)
+_MAX_SOCKET_PATH = 100
+
+
+def worker_dir(state_dir: Path) -> Path:
+    """Return the worker's own folder in the state directory (mode 0700): its journal."""
+    return state_dir / "worker"
+
+
+def worker_socket_path(state_dir: Path) -> Path:
+    """Where the site's worker listens: ``<state-dir>/worker/worker.sock``.
+
+    When that path is too long for a Unix-domain socket, a private folder of this user in
+    the temporary directory, named by a hash of the state directory, holds it instead (the
+    worker creates it with mode 0700 and refuses one it does not own).
+    """
+    sock = worker_dir(state_dir) / "worker.sock"
+    if len(os.fsencode(str(sock))) <= _MAX_SOCKET_PATH:
+        return sock
+    tag = hashlib.sha256(os.fsencode(str(state_dir.resolve()))).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"confide-{os.getuid()}-{tag}" / "worker.sock"
 
 
 @dataclass(frozen=True)
@@ -79,8 +114,16 @@ class SiteDeployConfig:
     privacy: Mapping[str, Any] = field(default_factory=dict)
     #: the ``[secagg]`` caps as node-config keys (``secagg-max-cohort`` ...), when set
     secagg_limits: Mapping[str, int] = field(default_factory=dict)
+    #: run the handlers in a resident worker (``worker``; off: one fresh process per message)
+    worker: bool = True
+    worker_wait: float = 120.0
     #: the site's compute settings (:data:`COMPUTE_KEYS`); the device is :attr:`device`
     compute: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def worker_socket(self) -> Path | None:
+        """The worker's socket, or ``None`` when the site runs without a worker."""
+        return worker_socket_path(self.state_dir) if self.worker else None
 
     def node_config(self) -> dict[str, Any]:
         """Build the SuperNode's node config (the ClientApp's ``context.node_config``)."""
@@ -93,6 +136,9 @@ class SiteDeployConfig:
         if self.model:
             out["model"] = self.model
         out.update(self.compute)
+        if self.worker_socket is not None:
+            out[NODE_WORKER_SOCKET] = str(self.worker_socket)
+            out[NODE_WORKER_WAIT] = self.worker_wait
         out.update({f"dp-{k}": v for k, v in self.privacy.items()})
         out.update(self.secagg_limits)
         return out
@@ -139,6 +185,11 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
     runtime_port = s.integer("runtime-port", 0, lo=0, hi=65535)
     timeout = s.number("connect-timeout", 600.0)
     grace = s.number("activation-grace", 30.0)
+    worker = s.data.get("worker", True)
+    s.used.add("worker")
+    if type(worker) is not bool:
+        raise s.error("worker", "must be true or false")
+    worker_wait = s.number("worker-wait", 120.0, lo=1.0)
     s.finish()
     pr = Table(p, "privacy", doc, required=False)
     if pr.data:
@@ -153,7 +204,7 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
             raise DeployConfigError(f"{s.where('model')}: {exc}") from None
     return SiteDeployConfig(p, name, superlink, ca, auth, data, state, enrolment, model, cache,
                             device, runtime_port, timeout, grace, dict(pr.data),
-                            _secagg_limits(p, doc), compute)
+                            _secagg_limits(p, doc), worker, worker_wait, compute)
 
 
 def _compute(s: Table, device: str, *, check_machine: bool) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,11 @@ from protocol.wire import Metric, Reason, Status
 if TYPE_CHECKING:
     from client.model import SiteModel
 
-__all__ = ["LocalUpdate", "clear_metrics", "load_site", "local_update", "releases_metrics"]
+__all__ = ["LocalUpdate", "MODEL_LOAD", "clear_metrics", "load_site", "local_update",
+           "releases_metrics"]
+
+#: the site log's figure of a train message: seconds spent loading the base model (0: cached)
+MODEL_LOAD = "time-model-load"
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,13 @@ class LocalUpdate:
     delta: dict[str, np.ndarray] | None = None
     #: ``(summary JSON, hex signature)`` of the site's ledger after this round, if signed
     ledger_summary: tuple[str, str] | None = None
+    #: signs the site's ledgers again as they stand (after a later charge, e.g. site-level DP)
+    _resign: Callable[[], tuple[str, str] | None] | None = field(default=None, repr=False)
+
+    def refresh_summary(self) -> None:
+        """Sign again, so the summary covers charges made after the local round (site-level)."""
+        if self._resign is not None:
+            self.ledger_summary = self._resign()
 
 
 def load_site(context: Context) -> tuple[RunConfig, SiteModel, SiteData]:
@@ -145,11 +157,15 @@ def local_update(instr: RoundInstructions, arrays: Any, context: Context) -> Loc
     With a site privacy policy the ledger entry is written before this returns, i.e. before
     anything derived from the round's training can leave the site.
     """
-    from client.model import get_adapter_state, set_adapter_state
+    from client.model import _load_cached, get_adapter_state, set_adapter_state
     from client.train import dp_train, train_steps
 
     t0 = time.perf_counter()
+    loads = _load_cached.cache_info().misses
     cfg, sm, data = load_site(context)
+    # the site's own log shows whether this message loaded the base model (a resident
+    # worker loads it once per run: 0 after the first train message)
+    t_model_load = time.perf_counter() - t0 if _load_cached.cache_info().misses > loads else 0.0
     round_num, run_id, steps = instr.round_num, instr.run_id, instr.local_steps
     site = data.spec.name
 
@@ -206,6 +222,7 @@ def local_update(instr: RoundInstructions, arrays: Any, context: Context) -> Loc
     logger.info("site %s round %d: %d steps, train loss %.4f", site, round_num, steps, mean_loss)
     if data.spec.state_dir is not None:  # the site's own record; nothing here is sent
         append_site_row(data.spec.state_dir, kind=TRAIN, run_id=run_id, round_num=round_num,
-                        figures=metrics)
+                        figures={**metrics, MODEL_LOAD: t_model_load})
     return LocalUpdate(site, Status.OK, metrics=metrics, delta=delta,
-                       ledger_summary=_summary(privacy, data, run_id, round_num))
+                       ledger_summary=_summary(privacy, data, run_id, round_num),
+                       _resign=lambda: _summary(privacy, data, run_id, round_num))

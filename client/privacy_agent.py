@@ -121,8 +121,10 @@ class SitePrivacy:
                        round_num: int) -> tuple[str, str] | None:
         """Sign the ledger as it stands: ``(summary JSON, hex signature)``; None without a key.
 
-        The signing key is the site's identity key (``identity.key`` in ``state_dir``).
+        The signing key is the site's identity key (``identity.key`` in ``state_dir``). The
+        summary covers the site-level ledger in ``state_dir`` too (this run's charges).
         """
+        from privacy.ddg.site_ledger import SiteLevelLedger
         from privacy.ledger_summary import dumps, make_summary, sign_summary
 
         if not (state_dir / IDENTITY_FILE).is_file():
@@ -133,7 +135,8 @@ class SitePrivacy:
         summary = make_summary(
             self.ledger.entries, site=self.site, run_id=run_id, round_num=round_num,
             policy={**self.policy.to_mapping(), "site": self.site,
-                    "num_examples": self.num_examples, "delta": self.delta})
+                    "num_examples": self.num_examples, "delta": self.delta},
+            site_level_charges=SiteLevelLedger(state_dir).charges())
         return dumps(summary), sign_summary(summary, key)
 
 

@@ -149,7 +149,7 @@ class SecureSite:
         manifest.check_digest(instr.codec.manifest)
         if instr.site_level_dp is not None:  # site-level DP: clip, rotate, round, add own noise
             return encode_site_level_dp(delta, manifest, instr.site_level_dp, self.cfg,
-                                        session.config, context)
+                                        session.config, context, run_id=instr.run_id)
         weight = int(upd.metrics[Metric.NUM_EXAMPLES])
         bits = session.config.modulus_bits
         n_sites = len(session.config.cohort)

@@ -146,7 +146,9 @@ def masked_train(msg: Message, context: Context) -> Message:
         reply = session.masked_input(get_payload(msg.content), vector=vector)
         del vector  # only the masked vector leaves
     except _REFUSALS as exc:  # trained and charged: the refusal carries the ledger summary
+        upd.refresh_summary()
         return _refuse(msg, context, site.name, exc, session, upd.ledger_summary)
+    upd.refresh_summary()  # now covering this round's site-level charge (made by encode)
     site.save(context, session)
     return _answer(msg, site.name, reply, metrics=clear_metrics(upd.metrics, release=release),
                    ledger_summary=upd.ledger_summary)

@@ -75,8 +75,14 @@ def check_round_params(params: DDGParams, mode: str, cfg: RunConfig, *,
 
 
 def encode_site_level_dp(delta: Mapping[str, np.ndarray], manifest: Manifest, plan: SiteLevelDPPlan,
-                   cfg: RunConfig, secagg_config: Any, context: Any = None) -> np.ndarray:
-    """Check the round's parameters and return the site's noised encoding mod 2^k."""
+                   cfg: RunConfig, secagg_config: Any, context: Any = None, *,
+                   run_id: str | None = None) -> np.ndarray:
+    """Check the round's parameters and return the site's noised encoding mod 2^k.
+
+    ``run_id`` is the run's id in the round instructions, the one the privacy ledger, its
+    signed summary and the audit key runs by; the site-level ledger is charged under it
+    (Flower's ``context.run_id`` only when none is given).
+    """
     try:
         params = DDGParams.from_config(plan.params)
     except (ValueError, TypeError) as exc:
@@ -89,7 +95,8 @@ def encode_site_level_dp(delta: Mapping[str, np.ndarray], manifest: Manifest, pl
         state_dir = _state_dir(context, cfg)
         if state_dir is not None and mode == "distributed":
             check_site_level_price(params, cfg, state_dir=state_dir,
-                                   run_id=str(context.run_id), round_num=secagg_config.round,
+                                   run_id=str(context.run_id) if run_id is None else run_id,
+                                   round_num=secagg_config.round,
                                    node_config=context.node_config)
         remember_round(context, params, mode, cfg, secagg_config.round)
     return encode_ddg(delta, manifest, params, secure_rng(), noise=(mode == "distributed"))

@@ -59,11 +59,22 @@ class ManifestError(ValueError):
 # ----------------------------------------------------------------------------- ring helpers
 
 
+#: the unsigned dtypes a ring vector travels and is summed in, narrowest first
+_RING_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32),
+                np.dtype(np.uint64))
+
+
 def ring_dtype(modulus_bits: int) -> np.dtype[Any]:
-    """Unsigned dtype holding values mod 2^k: ``uint32`` for k <= 32, else ``uint64``."""
+    """Return the narrowest unsigned dtype holding values mod 2^k: what a ring vector uses.
+
+    ``uint8`` for k <= 8, ``uint16`` for k <= 16, ``uint32`` for k <= 32, else ``uint64``
+    (little-endian, the native order of every platform Confide runs on). A sum of such
+    vectors may be taken in the same dtype: its arithmetic wraps mod 2^(8 * itemsize), which
+    2^k divides, so the result reduced mod 2^k (:func:`ring_reduce`) is exact.
+    """
     if type(modulus_bits) is not int or not 1 <= modulus_bits <= 64:
         raise ValueError(f"`modulus_bits` must be an int in [1, 64], got {modulus_bits!r}")
-    return np.dtype(np.uint32) if modulus_bits <= 32 else np.dtype(np.uint64)
+    return next(d for d in _RING_DTYPES if modulus_bits <= 8 * d.itemsize)
 
 
 def ring_reduce(vec: np.ndarray, modulus_bits: int) -> np.ndarray:

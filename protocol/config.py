@@ -73,6 +73,11 @@ class RunConfig:
     base_quantization: str = "none"
     out_dir: str = "runs/flwr"
     round_timeout: float = 600.0
+    #: seconds between two pulls of the replies not yet received (Flower's own
+    #: ``Grid.send_and_receive`` waits 3 s)
+    poll_interval: float = 0.1
+    #: write RUN_DIR/received.jsonl, one line per reply received (protocol.run_folder)
+    record_received: bool = False
     max_eval_examples: int = 0
     resume: bool = False
     dp: bool = False
@@ -152,6 +157,7 @@ class RunConfig:
         need(self.base_quantization == "none" or self.device != "cpu", "base-quantization",
              "'none' when device is 'cpu' (4-bit base weights need CUDA)")
         need(self.round_timeout > 0, "round-timeout", "> 0")
+        need(0.01 <= self.poll_interval <= 10.0, "poll-interval", "in [0.01, 10]")
         need(self.max_eval_examples >= 0, "max-eval-examples", ">= 0")
         need(self.secagg_clip > 0, "secagg-clip", "> 0")
         need(self.secagg_max_weight >= 1, "secagg-max-weight", ">= 1")

@@ -23,11 +23,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUN_TOKEN_ENV", "ProcessError", "find_bin", "flower_env", "free_port", "kill_tree",
+__all__ = ["RUN_TOKEN_ENV", "ProcessError", "find_bin", "flower_env", "free_port",
+           "interrupt_on_terminate", "kill_tree",
            "tagged_pids", "toml_value"]
 
 #: Environment variable that tags every process of one run (its value: the run's token).
@@ -139,3 +142,31 @@ def _alive(pid: int) -> bool:
             return fh.read().split(b")")[-1].split()[0] != b"Z"
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def interrupt_on_terminate() -> Iterator[None]:
+    """Within the block, SIGTERM (and SIGINT) raise :class:`KeyboardInterrupt`.
+
+    So a command stopped by ``kill``, a CI timeout or Ctrl-C unwinds through its ``finally``
+    blocks and stops the processes it started. SIGINT is set to Python's default handler
+    too: a background job of a non-interactive shell starts with SIGINT ignored, and Python
+    then never raises on it. Only the main thread can set handlers; elsewhere this does
+    nothing. The previous handlers come back at the end.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGTERM)
+    previous_int = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)

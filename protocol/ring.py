@@ -2,9 +2,10 @@
 
 Without site-level DP a site's input is its clipped, weighted delta on a grid of step s,
 mod 2^k (:func:`protocol.codec.encode`). :func:`auto_modulus_bits` picks the k a round needs
-(at most 32: uint32 on the wire), :func:`grid_scale` the finest step that k holds without a
-wrap for the cohort, and :func:`check_ring` is the site's refusal of a ring/grid pair under
-which its input, or the cohort's sum, could wrap.
+(at most 32), :func:`grid_scale` the finest step that k holds without a wrap for the cohort,
+and :func:`check_ring` is the site's refusal of a ring/grid pair under which its input, or the
+cohort's sum, could wrap. The masked vector travels in the narrowest unsigned dtype that holds
+k bits (:func:`protocol.codec.ring_dtype`): 2 bytes per parameter up to 16 bits, 4 up to 32.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ __all__ = [
 MIN_SECAGG_BITS = 16
 #: the largest ring a run may ask for (uint64)
 MAX_SECAGG_BITS = 64
-#: the largest ring :func:`auto_modulus_bits` picks: at most 32 bits (uint32) per parameter
+#: the largest ring :func:`auto_modulus_bits` picks: at most 32 bits (uint32) per parameter;
+#: a run may ask for 16 (``secagg-bits``: uint16, 2 bytes per parameter)
 AUTO_MAX_BITS = 32
 #: error target of :func:`auto_modulus_bits`, in bits below the clip's RMS coordinate
 PRECISION_BITS = 8
@@ -94,7 +96,8 @@ def auto_modulus_bits(*, n_sites: int, max_weight: float, dim: int) -> int:
     least of the signal's scale, so the same target is a still smaller fraction of the
     noise std: the rule never lets quantisation compete with the DP noise.
 
-    k is capped at :data:`AUTO_MAX_BITS` (uint32 on the wire, half the bytes of uint64):
+    k is capped at :data:`AUTO_MAX_BITS` (uint32 on the wire, half the bytes of uint64;
+    a ring of at most 16 bits travels as uint16):
     beyond it the target is not met in that worst case, and the bound the participation
     record states (computed with the real total weight) is what holds. The weight
     coordinate never widens the ring: it travels in limbs

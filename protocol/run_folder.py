@@ -12,6 +12,9 @@ Layout (names are the constants below)::
     ledger-summaries/<site>.json  LedgerSummaryRecord: a site's signed ledger summary
     sites/<site>/                 a site's own state, in a simulation (ledger, policy)
     canary-audit.json             an empirical canary audit (``{"runs": [...]}``), optional
+    received.jsonl                one line per reply the coordinator received (what records,
+                                  keys and values; arrays as dtype/shape), when the run
+                                  config sets ``record-received`` (off by default)
     audit/report.<fmt>            the privacy audit report (html, json, md)
 
 :class:`RunFolder` writes every file atomically (:mod:`protocol.io`); rows are JSON lines
@@ -43,6 +46,8 @@ __all__ = [
     "LEDGER_SUMMARIES_DIR",
     "METRICS_FILE",
     "PARTICIPATION_FILE",
+    "RECEIVED_FILE",
+    "RECORD_RECEIVED_KEY",
     "ROUNDS_DIR",
     "RUN_FILE",
     "SITES_DIR",
@@ -62,6 +67,9 @@ ENROLMENT_FILE = "enrolment.json"
 LEDGER_SUMMARIES_DIR = "ledger-summaries"
 SITES_DIR = "sites"
 CANARY_AUDIT_FILE = "canary-audit.json"
+RECEIVED_FILE = "received.jsonl"
+#: the run-config key (and ``confide server`` flag ``--record-received``) that turns it on
+RECORD_RECEIVED_KEY = "record-received"
 AUDIT_DIR = "audit"
 
 _R = TypeVar("_R", MetricsRow, ParticipationRow)
@@ -153,6 +161,11 @@ class RunFolder:
         """``audit/``: the privacy audit reports."""
         return self.root / AUDIT_DIR
 
+    @property
+    def received_path(self) -> Path:
+        """``received.jsonl``: what the coordinator received, one line per reply."""
+        return self.root / RECEIVED_FILE
+
     def audit_report(self, fmt: str) -> Path:
         """Return ``audit/report.<fmt>``, the audit report in format ``fmt``."""
         return self.audit_dir / audit_report_name(fmt)
@@ -189,6 +202,20 @@ class RunFolder:
     def write_ledger_summary(self, record: LedgerSummaryRecord) -> None:
         """Write ``record`` to ``ledger-summaries/<site>.json`` atomically."""
         atomic_write_json(self.ledger_summary_path(record.site), record.to_json())
+
+    def append_received(self, rows: list[dict[str, Any]]) -> None:
+        """Append ``rows`` to ``received.jsonl`` (appended in place: one write per exchange)."""
+        if not rows:
+            return
+        text = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in rows)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.received_path.open("a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+
+    def read_received(self) -> list[dict[str, Any]]:
+        """Every line of ``received.jsonl`` (none when the run did not record them)."""
+        return [row for _, row in self._lines(self.received_path, lambda _m: None)]
 
     @staticmethod
     def _append(path: Path, record: dict[str, Any]) -> None:
@@ -235,6 +262,48 @@ class RunFolder:
     def read_participation(self, on_bad_line: OnBadLine = None) -> list[ParticipationRow]:
         """Every row of ``participation.jsonl`` (none when it does not exist yet)."""
         return self._typed(self.participation_path, ParticipationRow, on_bad_line)
+
+    def unreleased_rounds(self) -> list[str]:
+        """One line per planned round that released no aggregate, with the recorded reason.
+
+        A round counts as released when any of its participation rows (any attempt) says so.
+        For each other round: every attempt's ``abort_reason`` (or that none was recorded) and
+        the sites that declined or failed; planned rounds the run never reached (from
+        ``run.json``'s ``num-server-rounds``) say where the run stopped and why
+        (``state.json``'s ``stopped_early``). Empty when every planned round was released.
+        Never raises on a damaged folder: lines that do not parse are skipped.
+        """
+        rows = self.read_participation(on_bad_line=lambda _msg: None)
+        by_round: dict[int, list[ParticipationRow]] = {}
+        for row in rows:
+            by_round.setdefault(row.round, []).append(row)
+        out = []
+        for rnd in sorted(by_round):
+            attempts = by_round[rnd]
+            if any(r.released is True for r in attempts):
+                continue
+            for r in attempts:
+                tried = "" if len(attempts) == 1 else f" (attempt {r.attempt or 0})"
+                why = r.abort_reason or "no abort reason recorded"
+                sites = "; ".join(f"{what} {', '.join(f'{k} ({v})' for k, v in sorted(m.items()))}"
+                                  for what, m in (("declined:", r.declined),
+                                                  ("failed:", r.failed)) if m)
+                out.append(f"round {rnd}{tried}: NOT RELEASED: {why}"
+                           + (f"; {sites}" if sites else ""))
+        planned = 0
+        try:
+            planned = int(self.read_run_info().config.get("num-server-rounds", 0))
+        except (RunFolderError, TypeError, ValueError):
+            pass
+        last = max(by_round, default=0)
+        if planned > last:
+            try:
+                stopped = self.read_state().stopped_early
+            except RunFolderError:
+                stopped = ""
+            out.append(f"rounds {last + 1}..{planned} of {planned}: NOT RUN: "
+                       + (stopped or f"the run ended after round {last}"))
+        return out
 
     def read_json_object(self, path: Path) -> dict[str, Any]:
         """Read a JSON document of this folder, unvalidated; :class:`RunFolderError` if unreadable.

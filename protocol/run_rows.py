@@ -224,6 +224,10 @@ class MetricsRow(_Row):
     eval_num_tokens: int | None = None
     eval_contributed: tuple[str, ...] | None = None
     eval_decoding_error_bound: float | None = None
+    #: the coordinator's wall seconds per stage of the round (``server.stage_clock``) and the
+    #: part of each spent waiting for the sites' replies; durations only, nothing per site
+    stage_time_s: Mapping[str, float] | None = None
+    stage_wait_s: Mapping[str, float] | None = None
 
 
 MetricsRow._CHECKS = {
@@ -233,6 +237,7 @@ MetricsRow._CHECKS = {
     "train_loss": _num_map, "epsilon": _num_map, "declined": _str_map,
     "secure_evaluation": _bool, "eval_num_examples": _int, "eval_num_tokens": _int,
     "eval_contributed": _names, "eval_decoding_error_bound": _num,
+    "stage_time_s": _num_map, "stage_wait_s": _num_map,
 }
 SiteEval._CHECKS = {"eval_loss": _num, "eval_perplexity": _num, "num_examples": _int,
                     "num_tokens": _int}

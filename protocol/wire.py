@@ -27,7 +27,7 @@ __all__ = [
     "fault_point",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: masked inputs in the ring's own width (uint16 up to 16 bits)
 
 
 class _Names:

@@ -22,6 +22,7 @@ from server.progress_events import ProgressGrid
 from server.rounds import RoundDriver
 from server.rundir import ResumeError, RunDir, RunState
 from server.secure import SecureAggregator, load_enrolment
+from server.sim_linkstate import install as install_indexed_linkstate
 
 __all__ = ["app", "run_server"]
 
@@ -119,6 +120,9 @@ def run_server(grid: Grid, cfg: RunConfig) -> Path:
 def main(grid: Grid, context: Context) -> None:
     """Flower entry point: configuration comes from ``context.run_config``."""
     _configure_logging()
+    # in simulation this process also holds Flower's in-memory link state: index its
+    # messages by node, or Flower's per-node polling costs nodes x messages every 0.1 s
+    install_indexed_linkstate()
     cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
     refuse_without_privacy(cfg)
     run_server(grid, cfg)

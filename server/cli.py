@@ -64,6 +64,11 @@ def _server(args: argparse.Namespace) -> int:
     cfg = load_server_config(args.config)
     if args.resume is not None:
         cfg = dataclasses.replace(cfg, out_dir=Path(args.resume).expanduser().resolve())
+    if args.record_received:
+        from protocol.run_folder import RECEIVED_FILE, RECORD_RECEIVED_KEY
+
+        cfg = dataclasses.replace(cfg, run={**cfg.run, RECORD_RECEIVED_KEY: True})
+        print(f"confide server: recording every reply received in RUN_DIR/{RECEIVED_FILE}")
     try:
         return run_coordinator(cfg, resume=args.resume is not None)
     except DeployError as exc:
@@ -87,4 +92,8 @@ def add_server_parsers(sub: Any) -> None:
     p.add_argument("--config", required=True, help="server.toml")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue the crashed run in RUN_DIR from its last completed round")
+    p.add_argument("--record-received", action="store_true",
+                   help="write RUN_DIR/received.jsonl: every reply the coordinator receives "
+                        "(records, keys, values; arrays as dtype and shape); off by default, "
+                        "or [run] record-received = true")
     p.set_defaults(handler=_server, log_events=True)

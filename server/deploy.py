@@ -14,7 +14,6 @@ import json
 import logging
 import queue
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from protocol.deploy_config import DeployConfigError
-from protocol.procs import find_bin, flower_env, kill_tree, toml_value
+from protocol.procs import find_bin, flower_env, interrupt_on_terminate, kill_tree, toml_value
 from protocol.run_folder import RunFolder, RunFolderError
 from protocol.run_rows import RUN_COMPLETED, MetricsRow, ParticipationRow, RunState
 from server.deploy_config import ServerDeployConfig
@@ -193,17 +192,8 @@ def run_coordinator(cfg: ServerDeployConfig, *, resume: bool = False,
                           f"cannot be used ({exc.strerror}); choose another or 0 for "
                           "none") from None
     token = uuid.uuid4().hex
-    previous = signal.getsignal(signal.SIGTERM)
-    previous_int = signal.getsignal(signal.SIGINT)
-
-    def _terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
-        # Ctrl-C stops us even when started as a background job of a non-interactive shell,
-        # which starts its children with SIGINT ignored (Python then never raises on it)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    stack = contextlib.ExitStack()
+    stack.enter_context(interrupt_on_terminate())
     try:
         with tempfile.TemporaryDirectory(prefix="confide-server-") as tmp:
             work = Path(tmp)
@@ -223,9 +213,7 @@ def run_coordinator(cfg: ServerDeployConfig, *, resume: bool = False,
                        "`confide server --config %s --resume %s`", cfg.path, cfg.out_dir)
         return 130
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, previous_int)
+        stack.close()
         if http is not None:
             http.shutdown()
             http.server_close()

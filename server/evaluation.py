@@ -24,6 +24,7 @@ from protocol.messages import state_to_record
 from protocol.wire import Key, MessageType, Metric, Reason, Status
 from server.replies import SiteReply
 from server.rundir import RunDir
+from server.stage_clock import StageClock
 
 __all__ = ["RoundEvaluator", "state_digest"]
 
@@ -39,6 +40,8 @@ class _Driver(Protocol):
     """What the evaluator needs of its round driver (:class:`server.rounds.RoundDriver`)."""
 
     rundir: RunDir
+    #: times the stages of each round (:class:`server.stage_clock.StageClock`)
+    clock: StageClock
     #: a server.secure.SecureAggregator when secure aggregation is on, else None
     secure: Any
 
@@ -119,7 +122,8 @@ class RoundEvaluator:
     def _secure_evaluate(self, round_num: int, state: Mapping[str, np.ndarray],
                          nodes: list[int]) -> dict[str, Any]:
         """Evaluate the round as a secure sum: totals only, no site's figure."""
-        self.driver.discover_names(nodes, round_num)
+        with self.driver.clock.stage(round_num, "eval: hello"):
+            self.driver.discover_names(nodes, round_num)
         totals, part = self.driver.secure.evaluate(round_num, state, nodes,
                                                    self.driver.instructions(round_num))
         for site, why in {**part["declined"], **part["failed"]}.items():

@@ -6,8 +6,10 @@ round but never fail the run. A secure round's participation row is written ahea
 (:meth:`RoundDriver.write_ahead`) and amended once the round's outcome is known. Under
 secure aggregation the evaluation (:mod:`server.evaluation`) is a secure sum too: the
 metrics row holds the round's totals, no site's figures. Messages go out and come back
-through :func:`exchange`, which polls every ``POLL_S`` (Flower's ``send_and_receive`` sleeps
-3 s between pulls), so the stages of a secure round cost little waiting.
+through :func:`exchange`, which polls every ``poll-interval`` s (0.1 by default; Flower's
+``send_and_receive`` sleeps 3 s between pulls), so the stages of a secure round cost little
+waiting. Each round's metrics row records the coordinator's wall time per stage and the part
+of it spent waiting for replies (:mod:`server.stage_clock`).
 """
 
 from __future__ import annotations
@@ -31,19 +33,22 @@ from protocol.run_rows import RUN_RUNNING, MetricsRow, ParticipationRow
 from protocol.wire import Key, MessageType, Metric, Reason, Status
 from server.aggregate import apply_delta, weighted_mean
 from server.evaluation import RoundEvaluator
+from server.received import describe_reply
 from server.replies import SiteReply, content_bytes, parse_reply
 from server.rundir import RunDir, RunState
+from server.stage_clock import StageClock
 
-__all__ = ["POLL_S", "RoundDriver", "SiteReply", "exchange", "parse_reply", "wait_for_nodes"]
+__all__ = ["RoundDriver", "SLOW_STAGE_SHARE", "SiteReply", "exchange", "parse_reply",
+           "wait_for_nodes"]
 
 logger = logging.getLogger(__name__)
 
-#: seconds between two pulls of the replies not yet received
-POLL_S = 0.1
+#: a message exchange that takes more than this share of ``round-timeout`` is logged
+SLOW_STAGE_SHARE = 0.5
 
 
 def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float,
-             poll: float = POLL_S) -> list[Message]:
+             poll: float) -> list[Message]:
     """Push ``messages``, then pull their replies until all have come or ``timeout`` s pass.
 
     Replies are pulled every ``poll`` s (the semantics of ``Grid.send_and_receive``, polled
@@ -107,6 +112,8 @@ class RoundDriver:
         self.secure: Any = None  # a server.secure.SecureAggregator when secure aggregation is on
         self.bytes_received: dict[int, int] = {}  # round -> payload bytes of the sites' replies
         self.evaluator = RoundEvaluator(self)
+        #: wall time per stage of each round, and the part spent waiting for replies
+        self.clock = StageClock()
 
     # messaging ---------------------------------------------------------------------------
 
@@ -124,9 +131,19 @@ class RoundDriver:
         nodes = sorted(contents)
         messages = [Message(contents[n], dst_node_id=n, message_type=kind,
                             group_id=str(round_num)) for n in nodes]
-        raw = exchange(self.grid, messages, timeout=self.cfg.round_timeout)
+        t0 = time.perf_counter()
+        raw = exchange(self.grid, messages, timeout=self.cfg.round_timeout,
+                       poll=self.cfg.poll_interval)
+        waited = time.perf_counter() - t0
+        self.clock.waited(round_num, waited)
+        if waited > SLOW_STAGE_SHARE * self.cfg.round_timeout:
+            logger.warning("round %d: %s took %.0f s of the %.0f s round-timeout: on a slower "
+                           "or busier machine sites would be dropped here (raise "
+                           "round-timeout)", round_num, kind, waited, self.cfg.round_timeout)
         self.bytes_received[round_num] = (self.bytes_received.get(round_num, 0)
                                           + sum(_safe_bytes(m) for m in raw))
+        if self.cfg.record_received:  # what the coordinator received, as received
+            self.rundir.append_received([describe_reply(m, round_num=round_num) for m in raw])
         replies = [parse_reply(m) for m in raw]
         replies = [r for r in replies if r.node_id in contents]
         got = {r.node_id for r in replies}
@@ -135,8 +152,10 @@ class RoundDriver:
                            len(got), len(nodes), self.cfg.round_timeout)
         for n in nodes:
             if n not in got:
-                replies.append(SiteReply(n, self.site_names.get(n, f"node-{n}"), Status.TIMEOUT,
-                                         reason=f"no reply within {self.cfg.round_timeout:.0f} s"))
+                replies.append(SiteReply(
+                    n, self.site_names.get(n, f"node-{n}"), Status.TIMEOUT,
+                    reason=f"no reply to {kind} within {self.cfg.round_timeout:.0f} s "
+                           "(round-timeout)"))
         for r in replies:
             if r.status == Status.OK:
                 self.site_names[r.node_id] = r.site
@@ -207,6 +226,9 @@ class RoundDriver:
             accepted.append(r)
         if len(accepted) < 1:
             part["released"] = False
+            part["abort_reason"] = (f"no update accepted ({len(part['declined'])} declined, "
+                                    f"{len(part['failed'])} failed of {len(replies)} sampled)")
+            logger.warning("round %d: %s; nothing released", round_num, part["abort_reason"])
             part["sampled"].sort()
             return None, part
         mean = weighted_mean([r.arrays for r in accepted if r.arrays is not None],
@@ -243,6 +265,18 @@ class RoundDriver:
             return max(tried) + 1
         return 1 if resumed else 0
 
+    def _stage_fields(self, round_num: int) -> dict[str, dict[str, float]]:
+        """Return the round's stage times as metrics-row fields (and forget them)."""
+        times, waits = self.clock.pop(round_num)
+        return {"stage_time_s": times, "stage_wait_s": waits}
+
+    def _timed_evaluate(self, round_num: int, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """Evaluate; the plain path is one stage, a secure one times its own stages."""
+        if self.secure is not None:
+            return self.evaluate(round_num, state)
+        with self.clock.stage(round_num, "evaluate"):
+            return self.evaluate(round_num, state)
+
     # the run -----------------------------------------------------------------------------
     def run(self, state: dict[str, np.ndarray], *, start_round: int) -> dict[str, np.ndarray]:
         """Run rounds ``start_round``.. to the end and return the final global adapter."""
@@ -254,25 +288,28 @@ class RoundDriver:
         if start_round == 0:
             start_round = 1
             t0 = time.perf_counter()
-            ev = self.evaluate(0, state)
-            self.rundir.save_round(0, state, self.lora_cfg)
+            ev = self._timed_evaluate(0, state)
+            with self.clock.stage(0, "checkpoint"):
+                self.rundir.save_round(0, state, self.lora_cfg)
             self.rundir.append_metrics(MetricsRow.from_json({
                 "round": 0, **ev, "round_time_s": time.perf_counter() - t0,
-                "bytes_received": self.bytes_received.pop(0, 0)}))
+                "bytes_received": self.bytes_received.pop(0, 0), **self._stage_fields(0)}))
             self.rundir.write_state(RunState(self.run_id, 0, cfg.num_server_rounds,
                                              RUN_RUNNING))
             logger.info("round 0/%d: eval loss %.4f (perplexity %.2f)", cfg.num_server_rounds,
                         ev["eval_loss"], ev["eval_perplexity"])
         for rnd in range(start_round, cfg.num_server_rounds + 1):
             t0 = time.perf_counter()
-            nodes = self.sample(rnd)
+            with self.clock.stage(rnd, "sample"):
+                nodes = self.sample(rnd)
             if not nodes:
                 self.stopped_early = (f"before round {rnd}: every site has declined for "
                                       f"{Reason.BUDGET_EXHAUSTED}; no site can train")
                 logger.warning("stopping %s", self.stopped_early)
                 break
             if self.secure is not None:
-                self.discover_names(nodes, rnd)
+                with self.clock.stage(rnd, "hello"):
+                    self.discover_names(nodes, rnd)
                 attempt = self.attempt(rnd, resumed=rnd == resumed_at)
                 new_state, part = self.secure.round(rnd, state, nodes, self.instructions(rnd),
                                                     attempt=attempt)
@@ -284,14 +321,16 @@ class RoundDriver:
                     logger.warning("stopping %s", self.stopped_early)
                     break
             else:
-                new_state, part = self.train_and_aggregate(rnd, state, nodes)
+                with self.clock.stage(rnd, "train"):
+                    new_state, part = self.train_and_aggregate(rnd, state, nodes)
             if new_state is None:
                 logger.warning("round %d: no update released; global adapter unchanged", rnd)
             else:
                 state = new_state
-            self._record(part)  # before the checkpoint: a crash after it keeps the record
-            self.rundir.save_round(rnd, state, self.lora_cfg)
-            ev = self.evaluate(rnd, state)
+            with self.clock.stage(rnd, "checkpoint"):
+                self._record(part)  # before the checkpoint: a crash after it keeps the record
+                self.rundir.save_round(rnd, state, self.lora_cfg)
+            ev = self._timed_evaluate(rnd, state)
             elapsed = time.perf_counter() - t0
             self.rundir.append_metrics(MetricsRow.from_json({
                 "round": rnd, **ev, "round_time_s": elapsed,
@@ -299,6 +338,7 @@ class RoundDriver:
                 "dropped": part.get("dropped", []),
                 "train_loss": part.get("train_loss", {}), "epsilon": part["epsilon"],
                 "declined": part["declined"], "bytes_received": self.bytes_received.pop(rnd, 0),
+                **self._stage_fields(rnd),
             }))
             self.rundir.write_state(RunState(self.run_id, rnd, cfg.num_server_rounds,
                                              RUN_RUNNING))

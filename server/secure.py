@@ -81,6 +81,7 @@ from server.secure_round import (
     plan_ring,
 )
 from server.site_level_dp import Admission, PlanRefusal
+from server.stage_clock import stage_timer
 
 __all__ = ["SecureAggregator", "load_enrolment"]
 
@@ -111,20 +112,28 @@ class SecureAggregator:
         """
         rnd = self._new_round(round_num, state, nodes)
         rnd.attempt = rnd.part["attempt"] = attempt
+        timed = stage_timer(getattr(self.driver, "clock", None), rnd.num)
         try:
-            self.setup_stage(rnd)
-            self.share_keys_stage(rnd)
-            self.collect_masked_vectors_stage(rnd, instructions)
-            self.consistency_check_stage(rnd)
-            self.charge_stage(rnd)
-            result = self.unmask_stage(rnd)
+            with timed("secagg: keys"):
+                self.setup_stage(rnd)
+            with timed("secagg: shares"):
+                self.share_keys_stage(rnd)
+            with timed("train (masked)"):
+                self.collect_masked_vectors_stage(rnd, instructions)
+            with timed("secagg: consistency"):
+                self.consistency_check_stage(rnd)
+            with timed("secagg: charge"):
+                self.charge_stage(rnd)
+            with timed("secagg: unmask"):
+                result = self.unmask_stage(rnd)
         except RoundAborted as exc:
             return self._abort(rnd.part, exc.reason)
         except SecAggAbort as exc:
             self._note_rejections(rnd, rnd.session.rejections)
             return self._abort(rnd.part, str(exc))
         self._note_rejections(rnd, result.rejections)
-        return self.release_stage(rnd, result)
+        with timed("secagg: release"):
+            return self.release_stage(rnd, result)
 
     def evaluate(self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int],
                  instructions: RoundInstructions) -> tuple[EvalTotals | None, dict[str, Any]]:
@@ -135,13 +144,19 @@ class SecureAggregator:
         """
         rnd = self._new_round(round_num, state, nodes)
         rnd.kind = EVALUATE
+        timed = stage_timer(getattr(self.driver, "clock", None), rnd.num)
         try:
-            self.setup_stage(rnd)
-            self.share_keys_stage(rnd)
-            self.collect_masked_vectors_stage(rnd, instructions)
-            self.consistency_check_stage(rnd)
-            result = self.unmask_stage(rnd)
-            totals = decode_eval_stats(result.vector, n_sites=len(result.contributors))
+            with timed("eval: keys"):
+                self.setup_stage(rnd)
+            with timed("eval: shares"):
+                self.share_keys_stage(rnd)
+            with timed("evaluate (masked)"):
+                self.collect_masked_vectors_stage(rnd, instructions)
+            with timed("eval: consistency"):
+                self.consistency_check_stage(rnd)
+            with timed("eval: unmask"):
+                result = self.unmask_stage(rnd)
+                totals = decode_eval_stats(result.vector, n_sites=len(result.contributors))
         except RoundAborted as exc:
             return None, self._abort(rnd.part, exc.reason, what="secure evaluation")[1]
         except (SecAggAbort, ValueError) as exc:
@@ -316,11 +331,12 @@ class SecureAggregator:
                     ) -> dict[int, Any]:
         """Send each node its stage request (over ``extra``); the replies by node id."""
         contents = {}
+        # the same claim for every site: encoded once, not once per site
+        claimed = None if names is None else json.dumps({str(n): s for n, s in names.items()})
         for node, payload in requests.items():
             content = RecordDict(dict(extra.items()) if extra is not None else {})
-            if names is not None:
-                content[Key.COHORT_NAMES] = ConfigRecord({Field.NAMES: json.dumps(
-                    {str(n): s for n, s in names.items()})})
+            if claimed is not None:
+                content[Key.COHORT_NAMES] = ConfigRecord({Field.NAMES: claimed})
             contents[node] = put_payload(content, payload)
         kind = (MessageType.SECAGG_EVALUATE if rnd.kind == EVALUATE and stage == Stage.MASKED_INPUT
                 else STAGE_MESSAGE_TYPE[stage])

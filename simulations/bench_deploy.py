@@ -9,6 +9,11 @@ reply) and the time spent inside the handler (the reply's own timing metrics); t
 difference is the fixed per-message overhead (process start, imports, Flower hops).
 It also reports, in this process, what importing the ClientApp costs and whether the
 non-training stages (``query.hello``, the secure-aggregation queries) pull in torch.
+
+:func:`run_worker_bench` runs it twice, with the site's resident worker off (``worker =
+false`` in its ``site.toml``: every message loads torch and the model in its fresh process)
+and on (the default: the per-message process only relays; :mod:`client.worker`), and prints
+both side by side, with the model-load time of each train message from the site's own log.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 
 from protocol.wire import MessageType, Metric
 
-__all__ = ["run_bench"]
+__all__ = ["run_bench", "run_worker_bench"]
 
 _BENCH_APP = '''
 """Bench ServerApp: time single messages of each kind to one site."""
@@ -81,8 +86,8 @@ def main(grid, context):
             if not replies or replies[0].has_error():
                 err = replies[0].error.reason if replies else Status.TIMEOUT
                 raise RuntimeError(f"{kind}: {err}")
-            content = replies[0].content
-            metrics = dict(content[Key.METRICS]) if Key.METRICS in content else {}
+            answer = replies[0].content  # (not `content`: that builds the next request)
+            metrics = dict(answer[Key.METRICS]) if Key.METRICS in answer else {}
             rows.append({"rtt": rtt, "handler": sum(float(metrics.get(k, 0.0))
                                                     for k in handler_keys),
                          **{k: float(metrics[k]) for k in handler_keys if k in metrics}})
@@ -111,11 +116,13 @@ def _import_costs() -> dict[str, Any]:
 
 
 def run_bench(*, repeats: int = 3, local_steps: int = 1, json_path: str | None = None,
-              timeout: float = 900.0) -> dict[str, Any]:
+              timeout: float = 900.0, model: str = "embedded",
+              worker: bool = True) -> dict[str, Any]:
     """Run the deployment bench; print a table and return the numbers."""
     from client.deploy_config import load_site_config
-    from protocol.model_ref import bundled_sites_dir
+    from protocol.model_ref import bundled_sites_dir, resolve_model
     from protocol.procs import find_bin, free_port, kill_tree, toml_value
+    from protocol.site_log import TRAIN, read_site_rows
     from server import deploy
     from server.deploy_config import load_server_config
     from server.deploy_samples import server_toml, site_toml
@@ -129,13 +136,18 @@ def run_bench(*, repeats: int = 3, local_steps: int = 1, json_path: str | None =
         out_json = work / "bench.json"
         run = {"num-server-rounds": 1, "min-sites": 1, "local-steps": local_steps,
                "batch-size": 8, "max-seq-len": 64, "max-eval-examples": 16, "dp": False,
-               "secagg": False, "round-timeout": 300.0}
+               "secagg": False, "round-timeout": 300.0,
+               "model": model if model == "embedded" else resolve_model(model)}
         (ks.root / "server.toml").write_text(server_toml(
             sites=["bank"], fleet_port=fleet, control_port=control, metrics_port=0,
             out_dir=str(work / "run"), run=run))
         site_text = site_toml(name="bank", data_path=str(bundled_sites_dir() / "bank"),
-                              superlink=f"127.0.0.1:{fleet}")
-        (ks.site_dirs["bank"] / "site.toml").write_text(site_text.split("\n[privacy]")[0] + "\n")
+                              superlink=f"127.0.0.1:{fleet}", extra={"worker": worker})
+        # a plain bench (no secure aggregation): without its own enrolment list the site
+        # answers plain train and evaluate messages instead of declining them
+        site_text = "\n".join(line for line in site_text.split("\n[privacy]")[0].splitlines()
+                               if not line.startswith("enrolment ="))
+        (ks.site_dirs["bank"] / "site.toml").write_text(site_text + "\n")
         cfg = load_server_config(ks.root / "server.toml")
         load_site_config(ks.site_dirs["bank"] / "site.toml")
         rc = cfg.run_config()
@@ -174,10 +186,16 @@ def run_bench(*, repeats: int = 3, local_steps: int = 1, json_path: str | None =
                                    + (work / "client.log").read_text(errors="replace")[-3000:])
         total = time.perf_counter() - t_start
         raw = json.loads(out_json.read_text())
-    report: dict[str, Any] = {"repeats": repeats, "local_steps": local_steps,
-                              "wall_s": total, "messages": {}, "imports": _import_costs()}
-    print(f"per-message cost in deployment: 1 site, TLS + SuperNode auth, embedded model, "
-          f"{repeats} messages per kind, local-steps {local_steps}")
+        from client.local_round import MODEL_LOAD
+
+        loads = [float(r.get(MODEL_LOAD, 0.0)) for r in
+                 read_site_rows(ks.site_dirs["bank"] / "state", kind=TRAIN)]
+    report: dict[str, Any] = {"repeats": repeats, "local_steps": local_steps, "model": model,
+                              "worker": worker, "wall_s": total, "messages": {},
+                              "model_load_s": loads, "imports": _import_costs()}
+    print(f"per-message cost in deployment: 1 site, TLS + SuperNode auth, model {model}, "
+          f"resident worker {'on' if worker else 'off'}, {repeats} messages per kind, "
+          f"local-steps {local_steps}")
     print(f"{'message':<14}{'round trip s':>14}{'in handler s':>14}{'fixed overhead s':>18}")
     for kind, rows in raw.items():
         rtt = statistics.median(r["rtt"] for r in rows)
@@ -196,9 +214,43 @@ def run_bench(*, repeats: int = 3, local_steps: int = 1, json_path: str | None =
     print(f"fixed overhead of one secure-aggregation round per site: 3 query stages x "
           f"{hello:.2f} s + train and evaluate overheads + 2 model loads x {setup:.2f} s "
           f"(training and evaluation compute excluded) = {per_round:.1f} s")
+    print("model load per train message (the site's log): "
+          + ", ".join(f"{x:.2f} s" for x in loads))
     for mod, info in report["imports"].items():
         print(f"import {mod}: {info['import_s']:.2f} s (torch loaded: {info['torch']}, "
               f"transformers: {info['transformers']}, peft: {info['peft']})")
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))
     return report
+
+
+def run_worker_bench(*, repeats: int = 3, local_steps: int = 1, model: str = "embedded",
+                     json_path: str | None = None, modes: tuple[bool, ...] = (False, True),
+                     ) -> dict[str, Any]:
+    """Run :func:`run_bench` with the resident worker off, then on; print both side by side."""
+    runs = {("on" if on else "off"): run_bench(repeats=repeats, local_steps=local_steps,
+                                               model=model, worker=on) for on in modes}
+    print()
+    print(f"per-message fixed overhead (round trip - time in handler), median of {repeats}, "
+          f"model {model}")
+    head = "".join(f"{'worker ' + k + ' s':>16}" for k in runs)
+    print(f"{'message':<14}{head}")
+    for kind in runs[next(iter(runs))]["messages"]:
+        cells = "".join(f"{r['messages'][kind]['overhead_median_s']:>16.2f}"
+                        for r in runs.values())
+        print(f"{kind:<14}{cells}")
+    cells = "".join(f"{r['secagg_round_fixed_overhead_s']:>16.1f}" for r in runs.values())
+    print(f"{'secagg round':<14}{cells}")
+    for k, r in runs.items():
+        print(f"worker {k}: model load per train message "
+              + ", ".join(f"{x:.2f} s" for x in r["model_load_s"]))
+    out = {"model": model, "repeats": repeats, "local_steps": local_steps,
+           "worker": {k: {"messages": {kind: {m: v for m, v in row.items() if m != "rows"}
+                                       for kind, row in r["messages"].items()},
+                          "secagg_round_fixed_overhead_s": r["secagg_round_fixed_overhead_s"],
+                          "model_load_s": r["model_load_s"], "wall_s": r["wall_s"]}
+                      for k, r in runs.items()},
+           "runs": runs}
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2))
+    return out

@@ -7,7 +7,12 @@ aggregation (check + weighted mean + apply), evaluation (held-out loss at every 
 Prints seconds and the share of the round; ``--json PATH`` writes ``{"phase": seconds}``.
 
     python -m simulations.bench_round [--sites 3] [--local-steps 10] [--json PATH]
-    python -m simulations.bench_round --deployment [--repeats 3] [--json PATH]
+    python -m simulations.bench_round --deployment [--model M] [--worker both|on|off]
+        [--repeats 3] [--json PATH]
+
+``--deployment`` measures each message's fixed overhead in a real deployment, with the
+site's resident worker off (a fresh process loads torch and the model per message) and on
+(the default of ``confide client``), and the model-load time of each train message.
 """
 
 from __future__ import annotations
@@ -62,12 +67,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure the per-message cost of a real deployment instead "
                          "(SuperLink + one site on 127.0.0.1; see simulations/bench_deploy.py)")
     ap.add_argument("--repeats", type=int, default=3, help="--deployment: messages per kind")
+    ap.add_argument("--worker", choices=("both", "on", "off"), default="both",
+                    help="--deployment: the site's resident worker off, on, or both (default)")
     args = ap.parse_args(argv)
     if args.deployment:
-        from simulations.bench_deploy import run_bench
+        from simulations.bench_deploy import run_worker_bench
 
-        run_bench(repeats=args.repeats, local_steps=min(args.local_steps, 2),
-                  json_path=args.json_path)
+        modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.worker]
+        run_worker_bench(repeats=args.repeats, local_steps=min(args.local_steps, 2),
+                         model=args.model, json_path=args.json_path, modes=modes)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -47,7 +47,7 @@ def _flags(variant: str) -> list[str]:
 def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from protocol.run_folder import RunFolder
     from simulations.cli import build_parser
-    from simulations.runner import run_simulation
+    from simulations.runner import report_unreleased, run_simulation
     from simulations.simulate import enrol_sites, run_config
 
     argv = ["simulate", "--sites", str(args.sites), "--rounds", str(args.rounds),
@@ -64,6 +64,7 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         enrol_sites(cfg, args.sites)
     t0 = time.perf_counter()
     code = run_simulation(cfg, num_sites=args.sites, quiet=True)
+    report_unreleased(out, label=f"variant {variant}: ")
     elapsed = time.perf_counter() - t0
     folder = RunFolder(out)
     rows = folder.read_metrics()

@@ -1,7 +1,7 @@
 """What each layer of the privacy stack costs per round, against a plain FedAvg round.
 
 Runs the same federation (``confide simulate`` machinery: the Flower simulation engine, the
-real ServerApp / ClientApp) five ways in one command and reports the mean time of a
+real ServerApp / ClientApp) six ways in one command and reports the mean time of a
 training round (rounds 1..R, from ``metrics.jsonl``; round 0 is the starting evaluation)
 and its ratio to the plain round:
 
@@ -10,9 +10,12 @@ and its ratio to the plain round:
 ``secagg``       secure aggregation, no DP;
 ``dp+secagg``    both (``confide simulate``'s default);
 ``dp+secagg+site-level``  both, plus site-level DP noise added by the sites inside secure
-                 aggregation (``--site-level-dp on``).
+                 aggregation (``--site-level-dp on``);
+``dp+secagg@3s-poll``  both, with the coordinator pulling replies every 3 s, as Flower's
+                 ``Grid.send_and_receive`` does (``poll-interval`` 3): the round time before
+                 the coordinator's own poll loop (0.1 s).
 
-``--repeats N`` runs the five in turn N times and keeps each one's median, which steadies
+``--repeats N`` runs the six in turn N times and keeps each one's median, which steadies
 the figures on a shared machine.
 
     python -m simulations.bench_stack [--sites 3] [--rounds 2] [--json PATH]
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["VARIANTS", "main"]
+__all__ = ["OVERRIDES", "VARIANTS", "main"]
 
 #: variant -> the ``confide simulate`` flags that make it
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -38,13 +41,16 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "secagg": ("--dp", "off"),
     "dp+secagg": (),
     "dp+secagg+site-level": ("--site-level-dp", "on"),
+    "dp+secagg@3s-poll": (),
 }
+#: variant -> RunConfig fields set on top of its flags
+OVERRIDES: dict[str, dict[str, Any]] = {"dp+secagg@3s-poll": {"poll_interval": 3.0}}
 
 
 def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from protocol.run_folder import RunFolder
     from simulations.cli import build_parser
-    from simulations.runner import run_simulation
+    from simulations.runner import report_unreleased, run_simulation
     from simulations.simulate import enrol_sites, run_config
 
     argv = ["simulate", "--sites", str(args.sites), "--rounds", str(args.rounds),
@@ -54,11 +60,12 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     if args.max_eval_examples is not None:
         argv += ["--max-eval-examples", str(args.max_eval_examples)]
     cfg = run_config(build_parser().parse_args(argv))
-    cfg = cfg.replace(min_sites=args.sites)
+    cfg = cfg.replace(min_sites=args.sites, **OVERRIDES.get(variant, {}))
     if cfg.secagg:
         enrol_sites(cfg, args.sites)
     t0 = time.perf_counter()
     code = run_simulation(cfg, num_sites=args.sites, quiet=True, progress=False)
+    report_unreleased(out, label=f"variant {variant}: ")
     wall = time.perf_counter() - t0
     rows = RunFolder(out).read_metrics()
     if code != 0 or not rows or rows[-1].round != args.rounds:
@@ -79,7 +86,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the five variants and print their per-round time ratios to the plain round."""
+    """Run the variants and print their per-round time ratios to the plain round."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sites", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)

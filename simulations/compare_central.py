@@ -37,7 +37,7 @@ from protocol.adapter import initial_adapter_state
 from protocol.config import RunConfig
 from protocol.model_ref import resolve_data_dir, resolve_model
 from protocol.run_folder import RunFolder
-from simulations.runner import run_simulation
+from simulations.runner import report_unreleased, run_simulation
 
 __all__ = ["main"]
 
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1. federated, through Flower
     t0 = time.perf_counter()
     code = run_simulation(cfg, num_sites=args.sites, quiet=True)
+    report_unreleased(out, label="federated run: ")
     rows = RunFolder(out).read_metrics()
     if code != 0 or not rows or rows[-1].round != args.rounds:
         print(f"federated run failed (exit {code}); see {out}", file=sys.stderr)

@@ -35,7 +35,7 @@ from protocol.config import RunConfig
 from protocol.model_ref import resolve_data_dir, resolve_model
 from protocol.run_folder import RunFolder
 from protocol.run_rows import MetricsRow
-from simulations.runner import run_simulation
+from simulations.runner import report_unreleased, run_simulation
 
 __all__ = ["main"]
 
@@ -50,6 +50,7 @@ def _run(cfg: RunConfig, sites: int) -> list[MetricsRow]:
 
     enrol_sites(cfg, sites)
     code = run_simulation(cfg, num_sites=sites, quiet=True)
+    report_unreleased(cfg.out_dir, label=f"{'DP' if cfg.dp else 'no-DP'} run: ")
     rows = RunFolder(cfg.out_dir).read_metrics()
     if code != 0 or not rows or rows[-1].round != cfg.num_server_rounds:
         raise SystemExit(f"run in {cfg.out_dir} failed (exit {code})")

@@ -21,13 +21,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from protocol.config import RunConfig
-from protocol.procs import RUN_TOKEN_ENV, ProcessError, find_bin, flower_env, free_port, kill_tree
+from protocol.procs import (
+    RUN_TOKEN_ENV,
+    ProcessError,
+    find_bin,
+    flower_env,
+    free_port,
+    interrupt_on_terminate,
+    kill_tree,
+)
 from server.fab import stage_app
 from server.progress import RunProgress, quiet_env
 
-__all__ = ["SimulationError", "run_simulation"]
+__all__ = ["SimulationError", "report_unreleased", "run_simulation"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +102,8 @@ def run_simulation(
     ``progress`` is false (default: shown unless ``quiet``).
     """
     show = (not quiet) if progress is None else progress
-    with tempfile.TemporaryDirectory(prefix="confide-sim-") as tmp:
+    # stopped by SIGTERM (kill, a CI timeout), the run still stops all it started
+    with interrupt_on_terminate(), tempfile.TemporaryDirectory(prefix="confide-sim-") as tmp:
         work = Path(tmp)
         app_dir = stage_app(work / "app", cfg.to_mapping())
         home = work / "flwr-home"
@@ -146,3 +156,19 @@ def run_simulation(
                 return proc.wait()
             finally:
                 kill_tree(proc, token, timeout=5)
+
+
+def report_unreleased(out_dir: str | Path, *, label: str = "",
+                      stream: TextIO | None = None) -> list[str]:
+    """Print every planned round of the run in ``out_dir`` that released no aggregate.
+
+    One line per round and attempt with its ``abort_reason`` from ``participation.jsonl``
+    (:meth:`protocol.run_folder.RunFolder.unreleased_rounds`), prefixed by ``label``; nothing
+    when every round was released. Returns the lines.
+    """
+    from protocol.run_folder import RunFolder
+
+    lines = RunFolder(out_dir).unreleased_rounds()
+    for line in lines:
+        print(f"{label}{line}", file=stream or sys.stdout, flush=True)
+    return lines

@@ -294,6 +294,7 @@ def _summary(out: Path, cfg: Any) -> str:
         lines.append(line + f"{r.round_time_s or 0.0:>7.1f}")
     lines.append("(max eps: the largest example-level eps of a site so far" + (
         "; site eps: site-level eps of the released aggregates so far)" if site_eps else ")"))
+    lines += folder.unreleased_rounds()  # never silent: each with its recorded reason
     lines.append("")
     lines += _story(folder, rows, cfg, site_eps)
     return "\n".join(lines)
@@ -338,7 +339,7 @@ def _story(folder: Any, rows: Any, cfg: Any, site_eps: dict[int, float]) -> list
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulations.runner import SimulationError, run_simulation
+    from simulations.runner import SimulationError, report_unreleased, run_simulation
 
     cfg = run_config(args)
     out = Path(cfg.out_dir)
@@ -373,6 +374,7 @@ def _simulate(args: argparse.Namespace) -> int:
     except RunFolderError:
         state = None
     if code != 0 or state is None or state.status != RUN_COMPLETED:
+        report_unreleased(out, label="confide simulate: ", stream=sys.stderr)
         print(f"confide simulate: the run did not complete (flwr exit {code}, state "
               f"{state.status if state else 'missing'}, last round "
               f"{state.completed_round if state else '-'}); "

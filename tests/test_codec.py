@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -22,6 +22,7 @@ from protocol.codec import (
     flatten,
     ring_dtype,
 )
+from protocol.ring import grid_scale
 
 
 def _delta(seed: int = 0) -> dict[str, np.ndarray]:
@@ -173,6 +174,56 @@ def test_decode_rejects_wrong_vectors() -> None:
         decode(np.zeros(m.dim + 1, np.uint32), m, scale=1.0, modulus_bits=24)
     with pytest.raises(ManifestError, match="2\\^24"):
         decode(np.full(m.dim, 2**24, np.uint32), m, scale=1.0, modulus_bits=24)
+
+
+@pytest.mark.parametrize(
+    "k,dtype",
+    [(1, np.uint8), (8, np.uint8), (9, np.uint16), (16, np.uint16), (17, np.uint32),
+     (32, np.uint32), (33, np.uint64), (64, np.uint64)],
+)
+def test_ring_dtype_is_the_narrowest_unsigned_dtype_that_holds_k_bits(k: int, dtype: type) -> None:
+    assert ring_dtype(k) == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("bad", [0, 65, True, 16.0])
+def test_ring_dtype_rejects_bad_bits_by_name(bad: object) -> None:
+    with pytest.raises(ValueError, match="`modulus_bits` must be an int in \\[1, 64\\]"):
+        ring_dtype(bad)  # type: ignore[arg-type]
+
+
+def test_a_16_bit_ring_encodes_to_uint16_and_decode_refuses_a_wider_vector() -> None:
+    delta = _delta()
+    m = Manifest.from_arrays(delta)
+    vec = encode(delta, m, clip_norm=2.0, weight=1.0, scale=2.0**-10, modulus_bits=16,
+                 rng=np.random.default_rng(0))
+    assert vec.dtype == np.uint16 and vec.nbytes == 2 * m.dim
+    decode(vec, m, scale=2.0**-10, modulus_bits=16)
+    with pytest.raises(ManifestError, match="uint16"):
+        decode(vec.astype(np.uint32), m, scale=2.0**-10, modulus_bits=16)
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.sampled_from([5, 8, 12, 16, 20]), n=st.integers(1, 40), dim=st.integers(1, 30),
+       seed=st.integers(0, 2**32 - 1))
+def test_a_sum_taken_in_the_narrow_ring_dtype_is_exact_mod_2k(k: int, n: int, dim: int,
+                                                              seed: int) -> None:
+    """The server sums uint16 (or uint8) vectors in their own dtype; the wrap is harmless."""
+    clip, weight = 1.0, 1.0
+    assume(((1 << (k - 1)) - 1) // n >= 2)  # the ring holds n sites at all
+    scale = grid_scale(n_sites=n, clip_norm=clip, max_weight=weight, modulus_bits=k)
+    rng = np.random.default_rng(seed)
+    m = Manifest.from_arrays({"w": np.zeros(dim)})
+    vecs = [encode({"w": rng.normal(size=dim)}, m, clip_norm=clip, weight=weight, scale=scale,
+                   modulus_bits=k, rng=rng) for _ in range(n)]
+    narrow = np.zeros(dim, dtype=ring_dtype(k))
+    wide = np.zeros(dim, dtype=np.uint64)
+    for v in vecs:
+        assert v.dtype == ring_dtype(k)
+        np.add(narrow, v, out=narrow)
+        wide += v.astype(np.uint64)
+    np.bitwise_and(narrow, ring_dtype(k).type((1 << k) - 1), out=narrow)
+    np.testing.assert_array_equal(narrow, (wide & np.uint64((1 << k) - 1)).astype(ring_dtype(k)))
+    decode(narrow, m, scale=scale, modulus_bits=k)
 
 
 def test_stochastic_rounding_is_unbiased() -> None:

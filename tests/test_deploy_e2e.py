@@ -3,7 +3,9 @@
 TLS and SuperNode authentication on, example-level DP and secure aggregation on. During the run an
 unenrolled site and a site without the CA are refused while the run goes on; one site is
 killed mid-round (the round completes without it, it rejoins after a restart); the server
-is killed mid-round and ``--resume`` finishes with exactly the planned rounds.
+is killed mid-round and ``--resume`` finishes with exactly the planned rounds. The coordinator
+runs with ``--record-received``: every reply it received from the SuperNodes is in
+``RUN_DIR/received.jsonl``, and none carries a per-site loss, count or timing in the clear.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import pytest
 
 from protocol.run_folder import RunFolder
 from protocol.run_rows import RUN_COMPLETED
-from protocol.wire import MessageType, Reason
+from protocol.wire import Field, Key, MessageType, Reason
 from server.devkeys import make_keys
 from tests._deploy import crash, make_deployment, start, stop_all, text, wait_for
+from tests._received import clear_per_site
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +29,8 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
     logs = tmp_path / "logs"
     logs.mkdir()
     server_log = logs / "server.log"
-    server = start(dep, ["server", "--config", str(dep.server_cfg)], server_log)
+    server = start(dep, ["server", "--config", str(dep.server_cfg), "--record-received"],
+                   server_log)
     try:
         wait_for(lambda: "enrolled site law" in text(server_log), 120, "site registration")
         clients = {name: start(dep, ["client", "--config", str(cfg)], logs / f"{name}.log")
@@ -64,7 +68,7 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
         crash(server)
         resumed_log = logs / "server-resumed.log"
         resumed = start(dep, ["server", "--config", str(dep.server_cfg), "--resume",
-                              str(dep.run_dir)], resumed_log)
+                              str(dep.run_dir), "--record-received"], resumed_log)
         assert resumed.wait(timeout=900) == 0, text(resumed_log)[-4000:]
     finally:
         stop_all(dep)
@@ -89,6 +93,19 @@ def test_three_sites_tls_auth_dp_secagg_survive_a_site_kill_and_a_server_crash(t
         assert set(rows[2].epsilon or {}) >= {"clinic", "law"}
     state = folder.read_state()
     assert state.status == RUN_COMPLETED and state.completed_round == 2
+
+    # what the coordinator received from the real SuperNodes: every stage, nothing per-site
+    received = folder.read_received()
+    kinds = {r["message_type"] for r in received}
+    assert {MessageType.SECAGG_MASKED, MessageType.SECAGG_EVALUATE} <= kinds, kinds
+    assert MessageType.TRAIN not in kinds and MessageType.EVALUATE not in kinds
+    assert {r["round"] for r in received} >= {0, 1, 2}
+    sites = {r["records"][Key.CONFIG]["values"].get(Field.SITE) for r in received
+             if Key.CONFIG in r.get("records", {})}
+    assert {"bank", "clinic", "law"} <= sites
+    leaks = [(r["round"], r["message_type"], leak) for r in received
+             for leak in clear_per_site(r)]
+    assert leaks == [], leaks
     assert "resuming run" in text(resumed_log)
     assert "refused this site's key" in text(logs / "mallory.log")
     assert "does not verify" in text(logs / "noca.log")

@@ -1,14 +1,32 @@
-"""Lean secure-aggregation rings: automatic k <= 32, the grid holds the cohort, exact weights."""
+"""Lean secure-aggregation rings: automatic k <= 32, the grid holds the cohort, exact weights,
+and a ring of k <= 16 bits on the wire as uint16 (2 bytes per parameter), end to end.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
+from flwr.app import Message, RecordDict
+from flwr.common.serde import recorddict_to_proto
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import Manifest, choose_modulus_bits, decode, decoding_error_bound, encode
+from client.app import app
+from protocol.adapter import load_adapter_dir
+from protocol.codec import (
+    Manifest,
+    choose_modulus_bits,
+    decode,
+    decoding_error_bound,
+    encode,
+    ring_dtype,
+)
 from protocol.config import ConfigError, RunConfig
+from protocol.messages import put_payload
 from protocol.ring import (
     AUTO_MAX_BITS,
     MIN_SECAGG_BITS,
@@ -16,8 +34,13 @@ from protocol.ring import (
     check_ring,
     grid_scale,
 )
+from protocol.run_folder import RunFolder
 from protocol.secure_stats import append_weight, split_weight, weight_limbs
+from protocol.wire import Key, MessageType, Stage
+from server.app import run_server
 from server.secure_round import plan_ring
+from tests._loopback import LoopbackGrid, enrol, server_identity
+from tests.test_secagg_harness import make_config, ring_sum, run_round
 
 
 @pytest.mark.parametrize("n", [1, 3, 100, 1000])
@@ -69,7 +92,7 @@ def test_weight_limbs_sum_exactly_without_wrapping(k: int, n: int) -> None:
     rng = np.random.default_rng(k * n)
     weights = [int(w) for w in rng.integers(1, int(max_weight) + 1, size=n)]
     weights[0] = int(max_weight)
-    dtype = np.uint32 if k <= 32 else np.uint64
+    dtype = ring_dtype(k)
     mask = (1 << k) - 1
     total = np.zeros(2 + count, dtype=np.uint64)
     for w in weights:
@@ -123,9 +146,115 @@ def test_stochastic_rounding_on_a_16_bit_ring_is_unbiased() -> None:
             q = encode(delta, manifest, clip_norm=clip, weight=7.0, scale=scale,
                        modulus_bits=k, rng=rng, max_weight=max_weight)
             acc = (acc + q.astype(np.uint64)) & np.uint64((1 << k) - 1)
-        got = decode(acc.astype(np.uint32), manifest, scale=scale, modulus_bits=k)["a"]
+        got = decode(acc.astype(ring_dtype(k)), manifest, scale=scale, modulus_bits=k)["a"]
         errors[i] = got - n * 7.0 * delta["a"]
     # each draw's error is < n steps; its mean over draws is ~0 (5 standard errors)
     assert np.max(np.abs(errors)) < n * scale
     std_err = errors.std(axis=0) / np.sqrt(draws)
     assert np.all(np.abs(errors.mean(axis=0)) <= 5 * std_err + 1e-12)
+
+
+# ----------------------------------------------------------------------------- on the wire
+
+#: what a serialized reply may add to its ring vector: the npy header of the array, the
+#: protobuf framing, the reply's status and the payload's header (run, round, stage, node)
+HEADER_BYTES = 1024
+
+
+def _serialized(content: RecordDict) -> int:
+    """Bytes of ``content`` as Flower puts it on the wire (its protobuf RecordDict)."""
+    return recorddict_to_proto(content).ByteSize()
+
+
+@pytest.mark.parametrize("bits,width", [(8, 1), (12, 2), (16, 2), (20, 4), (32, 4)])
+def test_a_masked_upload_costs_the_ring_dtypes_bytes_and_the_sum_is_exact_mod_2k(
+    bits: int, width: int
+) -> None:
+    # arrange: seven sites with random inputs on Z/2^k (their sum wraps the dtype many times)
+    length = 4096
+    config = make_config(list(range(1, 8)), modulus_bits=bits, vector_length=length)
+
+    # act: a full round of the protocol
+    run = run_round(config)
+
+    # assert: every masked upload, serialized as the reply carries it, is `width` bytes per
+    # value plus a small header; the released sum is the exact sum mod 2^k of the inputs
+    for node, reply in run.replies[Stage.MASKED_INPUT].items():
+        vector = reply["masked-vector"]
+        assert vector.dtype == ring_dtype(bits) and vector.dtype.itemsize == width
+        size = _serialized(put_payload(RecordDict(), reply))
+        assert width * length < size <= width * length + HEADER_BYTES, (node, size)
+    assert run.result is not None and run.result.vector.dtype == ring_dtype(bits)
+    np.testing.assert_array_equal(run.result.vector,
+                                  ring_sum(list(run.inputs.values()), bits, length))
+
+
+class _UploadRecorder(LoopbackGrid):
+    """The loopback grid, keeping each masked-input reply as Flower serializes it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.uploads: dict[int, tuple[int, str]] = {}  # node -> (bytes, dtype of the array)
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
+        kinds = {m.metadata.dst_node_id: m.metadata.message_type for m in messages}
+        replies = super().send_and_receive(messages, timeout=timeout)
+        for r in replies:
+            if kinds[r.metadata.src_node_id] == MessageType.SECAGG_MASKED and not r.has_error():
+                rec: Any = r.content[Key.SECAGG_ARRAYS]
+                self.uploads[r.metadata.src_node_id] = (_serialized(r.content),
+                                                        str(rec["masked-vector"].dtype))
+        return replies
+
+
+def _run_config(tmp_path: Path, tiny_model: Path, tiny_sites: Path, name: str,
+                **extra: Any) -> RunConfig:
+    return RunConfig.from_mapping({
+        "num-server-rounds": 1, "model": str(tiny_model), "data-dir": str(tiny_sites),
+        "out-dir": str(tmp_path / name), "sites-state-dir": str(tmp_path / f"{name}-sites"),
+        "min-sites": 3, "local-steps": 1, "batch-size": 8, "max-seq-len": 32,
+        "max-eval-examples": 4, "device": "cpu", **extra,
+    })
+
+
+def test_a_16_bit_round_uploads_2_bytes_per_parameter_and_releases_the_plaintext_mean(
+    tmp_path: Path, tiny_model: Path, tiny_sites: Path
+) -> None:
+    # arrange: three sites, secure aggregation on a 16-bit ring (max weight near the sites'
+    # real sizes, so the grid is fine enough), and the same run in the clear
+    nodes = {101 + i: {"partition-id": i, "num-partitions": 3} for i in range(3)}
+    lean = _run_config(tmp_path, tiny_model, tiny_sites, "lean", **{
+        "secagg": True, "secagg-enrolment": str(tmp_path / "enrolment.json"),
+        "secagg-bits": 16, "secagg-max-weight": 64.0, "secagg-clip": 4.0})
+    plain = _run_config(tmp_path, tiny_model, tiny_sites, "plain", **{
+        "allow-no-privacy": True})
+    enrol({s: tmp_path / "lean-sites" / s for s in ("alpha", "beta", "gamma")},
+          tmp_path / "enrolment.json")
+    grid = _UploadRecorder(app, nodes, lean.to_mapping())
+
+    # act
+    with server_identity():
+        run_server(grid, lean)  # type: ignore[arg-type]
+        run_server(LoopbackGrid(app, nodes, plain.to_mapping()), plain)  # type: ignore[arg-type]
+
+    # assert: each site's masked upload is a uint16 array, 2 bytes per parameter on the wire
+    (part,) = RunFolder(lean.out_dir).read_participation()
+    secure, _ = load_adapter_dir(RunFolder(lean.out_dir).round_adapter(1))
+    baseline, _ = load_adapter_dir(RunFolder(plain.out_dir).round_adapter(1))
+    dim = sum(int(np.prod(v.shape)) for k, v in secure.items() if "lora_B" in k)
+    assert sorted(grid.uploads) == sorted(nodes)
+    for size, dtype in grid.uploads.values():
+        assert dtype == "uint16"
+        assert size <= 2 * dim + HEADER_BYTES, (size, dim)
+    # ... the record states the ring and the decoding bound, and the released mean is the
+    # plaintext mean within it
+    assert part.released is True and part.modulus_bits == 16
+    assert part.contributed == ("alpha", "beta", "gamma")
+    assert part.decoding_error_bound is not None
+    bound = part.decoding_error_bound["per_coordinate"]
+    moved = max(float(np.abs(baseline[k]).max()) for k in baseline if "lora_B" in k)
+    assert moved > 20 * bound, (moved, bound)  # the round really changed the adapter
+    for k in baseline:
+        np.testing.assert_allclose(secure[k], baseline[k], rtol=0, atol=bound + 1e-6)

@@ -10,6 +10,7 @@ import pytest
 
 from privacy.secagg import SecAggAbort, ServerSession
 from privacy.secagg.keys import generate_identity_key, identity_public_bytes
+from protocol.codec import ring_dtype
 from protocol.wire import Stage
 from tests.test_secagg_harness import (
     cohort_of,
@@ -178,6 +179,41 @@ def test_malformed_masked_vectors_are_rejected(vector: Any, reason: str) -> None
     np.testing.assert_array_equal(
         run.server.finish().vector, ring_sum(list(run.inputs.values()), 20, 16)
     )
+
+
+@pytest.mark.parametrize(
+    "bits,vector,reason",
+    [
+        (16, np.zeros(16, np.uint32), "must be a uint16 array for the ring Z/2^16, got uint32"),
+        (16, np.zeros(16, np.uint8), "got uint8"),
+        (16, np.zeros(16, np.int16), "got int16"),
+        (16, np.zeros(16, ">u2"), "got >u2"),
+        (16, np.zeros(16, np.float16), "got float16"),
+        (16, np.zeros(15, np.uint16), "shape"),
+        (12, np.full(16, 2**12, np.uint16), "holds values >= 2^12"),
+        (8, np.zeros(16, np.uint16), "must be a uint8 array for the ring Z/2^8"),
+        (5, np.full(16, 2**5, np.uint8), "holds values >= 2^5"),
+    ],
+)
+def test_a_lean_ring_rejects_a_masked_vector_of_the_wrong_dtype_or_range(
+    bits: int, vector: np.ndarray, reason: str
+) -> None:
+    config = make_config(NODES, modulus_bits=bits)
+    run = run_round(config, stop_after=Stage.SHARE_KEYS)
+    requests = run.server.masked_input_requests()
+    honest = {v: run.sites[v].masked_input(requests[v], vector=run.inputs[v]) for v in NODES}
+    assert honest[2]["masked-vector"].dtype == ring_dtype(bits)
+    assert not run.server.receive_masked_input(2, {**honest[2], "masked-vector": vector})
+    assert run.server.rejections[-1][1] == Stage.MASKED_INPUT
+    assert run.server.rejections[-1][2].startswith("`masked-vector` ")
+    assert reason in run.server.rejections[-1][2]
+    for v in NODES:
+        assert run.server.receive_masked_input(v, honest[v])
+    for v, req in signed_unmask_requests(run).items():
+        assert run.server.receive_unmask(v, run.sites[v].unmask(req))
+    result = run.server.finish().vector
+    assert result.dtype == ring_dtype(bits)
+    np.testing.assert_array_equal(result, ring_sum(list(run.inputs.values()), bits, 16))
 
 
 def test_late_masked_input_is_rejected_and_its_seed_never_requested() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from client.app import app
 from protocol.adapter import load_adapter_dir
@@ -111,13 +111,13 @@ CASES = [
 ]
 
 
-def _config(tmp_path: Path, data: Path, model: Path, out: str) -> RunConfig:
+def _config(tmp_path: Path, data: Path, model: Path, out: str, **extra: Any) -> RunConfig:
     return RunConfig.from_mapping({
         "num-server-rounds": 1, "model": str(model), "data-dir": str(data),
         "out-dir": str(tmp_path / out), "sites-state-dir": str(tmp_path / f"{out}-sites"),
         "secagg": True, "secagg-enrolment": str(tmp_path / "enrolment.json"),
         "min-sites": 3, "local-steps": 1, "batch-size": 8, "max-seq-len": 32,
-        "max-eval-examples": 4, "device": "cpu",
+        "max-eval-examples": 4, "device": "cpu", **extra,
     })
 
 
@@ -136,9 +136,9 @@ def _run(tmp_path: Path, cfg: RunConfig, grid: LoopbackGrid) -> None:
         run_server(grid, cfg)  # type: ignore[arg-type]
 
 
-def _reference(tmp: Path, tiny_model: Path, tiny_sites: Path,
-               nodes: dict[int, Any]) -> tuple[dict[str, np.ndarray], Any]:
-    cfg = _config(tmp, _data(tmp, tiny_sites), tiny_model, "run")
+def _reference(tmp: Path, tiny_model: Path, tiny_sites: Path, nodes: dict[int, Any],
+               **extra: Any) -> tuple[dict[str, np.ndarray], Any]:
+    cfg = _config(tmp, _data(tmp, tiny_sites), tiny_model, "run", **extra)
     _run(tmp, cfg, LoopbackGrid(app, nodes, cfg.to_mapping()))
     folder = RunDir(cfg.out_dir)
     (part,) = folder.read_participation()
@@ -181,5 +181,84 @@ def test_a_malformed_reply_drops_one_site_and_the_round_releases_the_honest_mean
     bound = part.decoding_error_bound["per_coordinate"] + ref.decoding_error_bound["per_coordinate"]
     moved = max(float(np.abs(want[k]).max()) for k in want if "lora_B" in k)
     assert moved > 100 * bound  # the round really changed the adapter
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=bound + 1e-7)
+
+
+# ----------------------------------------------------------------------------- lean rings
+
+#: a lean ring: the masked vector travels as uint16 (16 bits) or uint32 (20 bits); the max
+#: weight is near the sites' real sizes so that the grid is fine enough to see the update
+LEAN = {"secagg-max-weight": 64.0, "secagg-clip": 4.0}
+
+
+def _set_vector(change: Callable[[np.ndarray], np.ndarray]) -> Callable[[RecordDict], None]:
+    def corrupt(content: RecordDict) -> None:
+        rec: Any = content[Key.SECAGG_ARRAYS]
+        vector = rec["masked-vector"].numpy()
+        content[Key.SECAGG_ARRAYS] = ArrayRecord({"masked-vector": Array(change(vector))})
+    return corrupt
+
+
+def _out_of_range(bits: int) -> Callable[[np.ndarray], np.ndarray]:
+    def change(vector: np.ndarray) -> np.ndarray:
+        out = vector.copy()
+        out[0] = 1 << bits
+        return out
+    return change
+
+
+#: (id, ring bits, corruption of gamma's masked vector, reason named): each is refused at
+#: the masked-input stage, so gamma's input is never in the sum
+RING_CASES = [
+    ("uint32-on-a-16-bit-ring", 16, _set_vector(lambda v: v.astype(np.uint32)),
+     "`masked-vector` must be a uint16 array for the ring Z/2^16, got uint32"),
+    ("signed", 16, _set_vector(lambda v: v.view(np.int16)), "got int16"),
+    ("byte-swapped", 16, _set_vector(lambda v: v.astype(">u2")), "got >u2"),
+    ("float", 16, _set_vector(lambda v: v.astype(np.float32)), "got float32"),
+    ("two-d", 16, _set_vector(lambda v: v.reshape(-1, 1)), "`masked-vector` has shape"),
+    ("one-short", 16, _set_vector(lambda v: v[:-1]), "`masked-vector` has shape"),
+    ("out-of-range", 20, _set_vector(_out_of_range(20)),
+     "`masked-vector` holds values >= 2^20"),
+]
+
+
+@pytest.fixture(scope="module")
+def honest_lean(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path,
+                tiny_sites: Path) -> tuple[dict[str, np.ndarray], Any]:
+    """The honest run without gamma on a 16-bit ring: the mean to expect."""
+    without = {n: c for n, c in NODES.items() if n != BAD}
+    return _reference(tmp_path_factory.mktemp("lean"), tiny_model, tiny_sites, without,
+                      **LEAN, **{"secagg-bits": 16})
+
+
+@pytest.mark.parametrize("case,bits,corrupt,reason", RING_CASES, ids=[c[0] for c in RING_CASES])
+def test_a_masked_vector_of_the_wrong_dtype_shape_or_range_for_the_ring_drops_that_site(
+    tmp_path: Path, tiny_model: Path, tiny_sites: Path, honest_lean: Any, case: str, bits: int,
+    corrupt: Callable[[RecordDict], None], reason: str,
+) -> None:
+    # arrange: four sites on a lean ring, gamma's masked vector corrupted on its way back
+    cfg = _config(tmp_path, _data(tmp_path, tiny_sites), tiny_model, "run", **LEAN,
+                  **{"secagg-bits": bits})
+    grid = CorruptingGrid(app, NODES, cfg.to_mapping(), node=BAD,
+                          kind=MessageType.SECAGG_MASKED, corrupt=corrupt)
+
+    # act: the run completes
+    _run(tmp_path, cfg, grid)
+
+    # assert: gamma is out at the masked input with the reason named; the round releases the
+    # honest sites' mean (within both runs' decoding bounds)
+    folder = RunDir(cfg.out_dir)
+    (part,) = folder.read_participation()
+    assert part.released is True and part.modulus_bits == bits
+    assert part.contributed == ("alpha", "beta", "delta")
+    assert set(part.failed) == {"gamma"}, part.failed
+    assert part.failed["gamma"].startswith("masked-input: ") and reason in part.failed["gamma"]
+    want, ref = honest_lean
+    got, _ = load_adapter_dir(folder.round_adapter(1))
+    assert part.decoding_error_bound is not None and ref.decoding_error_bound is not None
+    bound = part.decoding_error_bound["per_coordinate"] + ref.decoding_error_bound["per_coordinate"]
+    moved = max(float(np.abs(want[k]).max()) for k in want if "lora_B" in k)
+    assert moved > 20 * bound  # the round really changed the adapter
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=0, atol=bound + 1e-7)

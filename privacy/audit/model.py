@@ -10,6 +10,8 @@ adds signed ledger summaries)::
     sites/<site>/privacy-ledger.jsonl   the site's PrivacyLedger (``ledger.jsonl`` also read)
     sites/<site>/policy.json            SitePrivacyPolicy.to_mapping() + site, num_examples, delta
     sites/<site>/site-level-ledger.json the site's own site-level DP charges (when present)
+    ledger-summaries/<site>.json        deployment: the site's latest signed ledger summary,
+                                        covering its site-level charges too
     canary-audit.json      optional: an empirical canary audit (privacy.audit.canary)
 
 :func:`build_report` never raises on bad *content*: an unreadable, tampered or missing ledger
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from privacy.audit.aggregates import AggregateRound
+from privacy.audit.site_ledgers import SignedSiteLevel
 from privacy.audit.site_level import SiteLevelReport, build_site_level
 from privacy.audit.sites import SiteReport, build_site
 from privacy.audit.verify import SummaryCheck, check_signed_summary
@@ -235,9 +238,26 @@ def _empirical(folder: RunFolder, canary_result: Path | Mapping[str, Any] | None
     return tuple(out)
 
 
+def _signed_site_level(signed: Mapping[str, SummaryCheck]) -> dict[str, SignedSiteLevel]:
+    """Each site's site-level charges as signed in its latest summary (format 2 and later)."""
+    from privacy.audit.site_ledgers import SignedSiteLevel
+
+    out = {}
+    for site, check in signed.items():
+        part = check.site_level
+        if part is None:
+            continue
+        ok = check.signature == "valid" and not check.problems
+        charges = part.get("charges") if ok else []
+        eps = _num_or_none(part.get("epsilon")) if ok else None
+        out[site] = SignedSiteLevel(ok, check.round, tuple(charges or ()), eps)
+    return out
+
+
 def _with_site_ledgers(section: SiteLevelReport, dirs: Mapping[str, Path],
                        participation: Sequence[Mapping[str, Any]], run_id: str | None,
-                       flags: list[Flag]) -> SiteLevelReport:
+                       flags: list[Flag],
+                       signed: Mapping[str, SummaryCheck] | None = None) -> SiteLevelReport:
     """Return the site-level section with each site's own site-level ledger beside it."""
     from privacy.audit.site_ledgers import build_site_ledgers
 
@@ -246,7 +266,8 @@ def _with_site_ledgers(section: SiteLevelReport, dirs: Mapping[str, Path],
     released = {int(p["round"]) for p in planned if p["site_level_dp"].get("released") is True}
     notes: list[tuple[str, str, str]] = []
     ledgers = build_site_ledgers(dirs, participants, run_id=run_id, stated=section.epsilon,
-                                 released=released, flags=notes)
+                                 released=released, flags=notes,
+                                 signed=_signed_site_level(signed or {}))
     flags.extend(Flag(sev, site, msg) for sev, site, msg in notes)
     return dataclasses.replace(section, site_ledgers=ledgers)
 
@@ -310,7 +331,7 @@ def build_report(run_dir: str | Path, *,
     site_level = build_site_level(participation, config, site_notes)
     flags.extend(Flag(sev, None, msg) for sev, msg in site_notes)
     if site_level is not None and site_level.mode == "distributed":
-        site_level = _with_site_ledgers(site_level, dirs, participation, run_id, flags)
+        site_level = _with_site_ledgers(site_level, dirs, participation, run_id, flags, signed)
     round0 = next((m for m in metrics if m["round"] == 0), {})
     report = AuditReport(
         schema_version=SCHEMA_VERSION,

@@ -219,8 +219,10 @@ _HEAD = ["round", "released", "contributors", "cohort", "noise variance in the s
 
 _LEDGERS_NOTE = ("Each site's own site-level ledger: the rounds it priced with its own "
                  "accountant and charged before its noised vector left, and the site-level "
-                 "eps after its last charge, beside the eps the report states. More in the "
-                 "site's ledger than in the report is a red flag.")
+                 "eps after its last charge, beside the eps the report states and the eps the "
+                 "site signed in its latest ledger summary (what the coordinator received). "
+                 "More in the site's ledger than in the report, or a file that differs from "
+                 "what the site signed, is a red flag.")
 
 
 def _summary(s: SiteLevelReport) -> str:
@@ -260,7 +262,7 @@ def site_level_html(section: SiteLevelReport | None) -> str:
     if section.site_ledgers:
         lhead = "".join(f"<th>{escape(h)}</th>" for h in SITE_LEDGER_HEAD)
         lbody = "".join(
-            f'<tr class="{"red" if s.exceeds_report else ""}">'
+            f'<tr class="{"red" if s.exceeds_report or s.matches_signed is False else ""}">'
             + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
             for s, row in zip(section.site_ledgers, site_ledger_rows(section.site_ledgers),
                               strict=True))

@@ -216,6 +216,9 @@ class SummaryCheck:
         The round after which the site signed it.
     policy : mapping
         The site's policy as it signed it.
+    site_level : mapping or None
+        The summary's ``site_level`` (the site's own site-level charges of the run, their ε
+        and digest, :mod:`privacy.ledger_summary`); None in a format-1 summary without it.
     """
 
     signature: str
@@ -225,6 +228,7 @@ class SummaryCheck:
     count: int
     head: str
     policy: dict[str, Any]
+    site_level: dict[str, Any] | None = None
 
 
 def check_signed_summary(doc: Any, *, site: str, public_key: bytes | None,
@@ -267,11 +271,13 @@ def check_signed_summary(doc: Any, *, site: str, public_key: bytes | None,
     rnd = summary.get("round")
     count = summary.get("count")
     policy = summary.get("policy")
+    site_level = summary.get("site_level")
     return SummaryCheck(signature, tuple(problems), ledger,
                         rnd if type(rnd) is int else None,
                         count if type(count) is int else len(entries),
                         str(summary.get("head", GENESIS_HASH)),
-                        dict(policy) if isinstance(policy, dict) else {})
+                        dict(policy) if isinstance(policy, dict) else {},
+                        dict(site_level) if isinstance(site_level, dict) else None)
 
 
 def ledger_holds_head(check: LedgerCheck, summary: SummaryCheck) -> str | None:

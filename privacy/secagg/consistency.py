@@ -99,6 +99,7 @@ def check_signed_set(
     outside = [v for v in signers if v not in members]
     if outside:
         raise SecAggError(f"consistency signer {outside[0]} is not in the contributor set")
+    binding = config.binding  # O(cohort) to compute: once, not once per signature
     for signer, signature in zip(
         signers, split_fixed(request, "signatures", len(signers)), strict=True
     ):
@@ -108,7 +109,7 @@ def check_signed_set(
         keys.verify_contributors(
             public,
             signature,
-            config.binding,
+            binding,
             signer=signer,
             attempt=config.attempt,
             contributors=signed,

@@ -1,9 +1,12 @@
 """Mask expansion: AES-256-CTR keystreams read as integer vectors mod 2^k.
 
 A mask is the AES-256-CTR keystream under a 32-byte key (counter block starting at zero;
-every key is used for one mask only), read as little-endian ``uint32`` (k <= 32) or
-``uint64`` (k > 32) words. Arithmetic wraps modulo 2^32 or 2^64, which 2^k divides, so
-reducing with ``& (2^k - 1)`` once at the end gives the result mod 2^k.
+every key is used for one mask only), read as words of the ring's own dtype
+(:func:`~protocol.codec.ring_dtype`: ``uint8`` for k <= 8, ``uint16`` for k <= 16, ``uint32``
+for k <= 32, else ``uint64``; native byte order, little-endian on every supported platform).
+Arithmetic wraps modulo 2^8, 2^16, 2^32 or 2^64, which 2^k divides, so reducing with
+``& (2^k - 1)`` once at the end gives the result mod 2^k, and every coordinate of a mask is
+uniform on Z/2^k.
 
 :func:`apply_masks` adds and subtracts many masks into one vector chunk by chunk: the
 chunk of the accumulator stays in cache while each key's keystream is written into one

@@ -186,10 +186,16 @@ def split_fixed(payload: Mapping[str, Any], key: str, count: int) -> list[bytes]
 
 
 def ring_vector_problem(vector: object, *, modulus_bits: int, length: int) -> str | None:
-    """Say what is wrong with a vector that should be ``length`` elements of Z/2^k, or None."""
+    """Say what is wrong with a vector that should be ``length`` elements of Z/2^k, or None.
+
+    The vector must be of exactly :func:`~protocol.codec.ring_dtype` ``(k)`` (``uint16`` for
+    k <= 16, and so on; native byte order): a wider, signed, float or byte-swapped array is
+    refused, as are values >= 2^k where the dtype could hold them.
+    """
     dtype = ring_dtype(modulus_bits)
     if not isinstance(vector, np.ndarray) or vector.dtype != dtype:
-        return f"must be a {dtype} array, got {getattr(vector, 'dtype', type(vector).__name__)}"
+        got = getattr(vector, "dtype", type(vector).__name__)
+        return f"must be a {dtype} array for the ring Z/2^{modulus_bits}, got {got}"
     if vector.shape != (length,):
         return f"has shape {vector.shape}, expected ({length},)"
     if int(vector.max()) >> modulus_bits:

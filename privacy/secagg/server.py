@@ -172,14 +172,17 @@ class ServerSession(ServerBase):
             reason = "duplicate masked input"
         vector = reply.get("masked-vector") if reason is None else None
         if reason is None:
-            reason = ring_vector_problem(
+            problem = ring_vector_problem(
                 vector,
                 modulus_bits=self._config.modulus_bits,
                 length=self._config.vector_length,
             )
+            reason = None if problem is None else f"`masked-vector` {problem}"
         if reason is not None:
             return self._reject(node_id, stage, reason)
         assert self._acc is not None and isinstance(vector, np.ndarray)
+        # in the ring's own dtype: the sum wraps mod 2^(8 * itemsize), which 2^k divides,
+        # so it is exact mod 2^k; finish() reduces it mod 2^k
         np.add(self._acc, vector, out=self._acc)
         self._u3.add(node_id)
         return True
@@ -238,8 +241,10 @@ class ServerSession(ServerBase):
     def unmask_requests(self) -> dict[int, dict[str, Any]]:
         """Close stage 4 and open stage 5: ask each signer for the shares to unmask.
 
-        A signer is sent the set, every valid signature, and the lists the set implies:
-        the self-mask-seed shares of every contributor it holds shares of (itself
+        A signer is sent the set, ``signature_threshold`` valid signatures over it (what a
+        site needs, and checks, before it reveals anything: sending all of them would only
+        make every site verify up to n signatures, n^2 per round), and the lists the set
+        implies: the self-mask-seed shares of every contributor it holds shares of (itself
         included) and the mask-key shares of its neighbours that shared keys but sent no
         masked input.
 
@@ -253,10 +258,11 @@ class ServerSession(ServerBase):
         signers = sorted(self._signatures)
         if len(signers) < need:
             raise self._abort(f"{len(signers)} consistency signatures, need {need}")
+        shown = signers[:need]  # every one verified on receipt
         proof = {
             "contributors": sorted(u3),
-            "signers": signers,
-            "signatures": b"".join(self._signatures[v] for v in signers),
+            "signers": shown,
+            "signatures": b"".join(self._signatures[v] for v in shown),
         }
         requests = {}
         for node in signers:

@@ -333,8 +333,7 @@ def _story(folder: Any, rows: Any, cfg: Any, site_eps: dict[int, float]) -> list
         out.append("seen:      the coordinator saw every site's update and figures in the clear "
                    "(--secagg off)")
     out.append("next:      site-level DP over 30 sites: make demo-site-level\n"
-               "           a real LLM: make setup-real, then confide simulate --model "
-               "smollm2-135m (README)")
+               "           a real LLM (SmolLM2-135M, same privacy stack): make demo-real")
     return out
 
 

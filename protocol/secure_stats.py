@@ -39,6 +39,7 @@ __all__ = [
     "encode_eval_stats",
     "eval_round",
     "is_eval_round",
+    "round_label",
     "split_weight",
     "weight_limbs",
 ]
@@ -66,6 +67,13 @@ def eval_round(round_num: int) -> int:
 def is_eval_round(secagg_round: int) -> bool:
     """Whether a secure-aggregation round number is an evaluation's."""
     return bool(secagg_round & EVAL_ROUND_BIT)
+
+
+def round_label(secagg_round: int) -> str:
+    """Return a secure-aggregation round number as a person reads it: ``3 (evaluation)``."""
+    if is_eval_round(secagg_round):
+        return f"{secagg_round & ~EVAL_ROUND_BIT} (evaluation)"
+    return str(secagg_round)
 
 
 def _weight(weight: object, max_weight: float) -> int:

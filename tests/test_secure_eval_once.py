@@ -104,3 +104,11 @@ def test_an_invented_round_number_is_evaluated_again_which_is_the_stated_differe
     assert full.num_examples - fewer.num_examples == left_out["num-examples"]
     assert (full.loss_x_examples - fewer.loss_x_examples) / left_out["num-examples"] == \
         pytest.approx(left_out["eval-loss"], rel=1e-4)
+
+
+def test_an_evaluation_round_number_is_logged_as_its_training_round() -> None:
+    from protocol.secure_stats import eval_round, is_eval_round, round_label
+
+    assert is_eval_round(eval_round(3)) and not is_eval_round(3)
+    assert round_label(eval_round(3)) == "3 (evaluation)"
+    assert round_label(3) == "3"

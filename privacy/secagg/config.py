@@ -17,6 +17,7 @@ from privacy.secagg.graph import (
     validate_threshold,
 )
 from privacy.secagg.keys import RoundBinding
+from protocol.secure_stats import round_label
 
 __all__ = ["CONFIG_KEYS", "SecAggConfig", "default_degree", "default_threshold"]
 
@@ -244,7 +245,7 @@ class SecAggConfig:
         """One-screen description of the round's secure-aggregation settings (no secrets)."""
         kind = "complete" if self.degree == len(self.cohort) - 1 else f"{self.degree}-regular"
         return (
-            f"SecAgg run {self.run_id} round {self.round} attempt {self.attempt}: "
+            f"SecAgg run {self.run_id} round {round_label(self.round)} attempt {self.attempt}: "
             f"{len(self.cohort)} sites, "
             f"{kind} graph, threshold {self.threshold}, "
             f"{self.signature_threshold} consistency signatures, ring Z/2^{self.modulus_bits}, "

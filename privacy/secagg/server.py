@@ -39,6 +39,7 @@ from privacy.secagg.recovery import recover_mask_keys, unrecoverable
 from privacy.secagg.server_base import SecAggResult, ServerBase, _never_raises
 from privacy.secagg.stages import Stage, check_transition
 from protocol.codec import ring_dtype
+from protocol.secure_stats import round_label
 
 __all__ = ["SecAggResult", "ServerSession"]
 
@@ -353,8 +354,8 @@ class ServerSession(ServerBase):
         self._stage = Stage.DONE
         dropped = tuple(n for n in cfg.cohort if n not in u3)
         logger.info(
-            "secure aggregation round %d: %d contributors, %d dropped, threshold %d",
-            cfg.round,
+            "secure aggregation round %s: %d contributors, %d dropped, threshold %d",
+            round_label(cfg.round),
             len(u3),
             len(dropped),
             t,

@@ -16,6 +16,7 @@ from privacy.secagg.errors import SecAggAbort, SecAggError
 from privacy.secagg.graph import prune_to_threshold
 from privacy.secagg.payloads import REPLY_KEYS, check_reply
 from privacy.secagg.stages import Stage, check_transition
+from protocol.secure_stats import round_label
 
 __all__ = ["SecAggResult", "ServerBase"]
 
@@ -135,7 +136,8 @@ class ServerBase:
     def _abort(self, reason: str) -> SecAggAbort:
         stage = self._stage.value
         logger.warning(
-            "secure aggregation round %d aborted at %s: %s", self._config.round, stage, reason
+            "secure aggregation round %s aborted at %s: %s", round_label(self._config.round), stage,
+            reason
         )
         self._stage = Stage.ABORTED
         self._acc = None

@@ -16,7 +16,7 @@ from typing import Any
 from flwr.app import ConfigRecord
 
 from protocol.config import AGGREGATION_MODES, SITE_LEVEL_DP_MODES, RunConfig
-from protocol.wire import Field, SiteLevelDPKey
+from protocol.wire import PROTOCOL_VERSION, Field, SiteLevelDPKey
 
 __all__ = ["InstructionError", "RoundInstructions", "SecAggCodec", "SiteLevelDPPlan"]
 
@@ -156,9 +156,14 @@ class RoundInstructions:
     noise_multiplier: float
     codec: SecAggCodec | None = field(default=None, kw_only=True)
     site_level_dp: SiteLevelDPPlan | None = field(default=None, kw_only=True)
+    #: the wire format the coordinator speaks (:data:`protocol.wire.PROTOCOL_VERSION`)
+    protocol_version: int = field(default=PROTOCOL_VERSION, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_fields(self, _BASE)
+        _need(type(self.protocol_version) is int and self.protocol_version == PROTOCOL_VERSION,
+              Field.PROTOCOL_VERSION, f"{PROTOCOL_VERSION}, the version this site speaks",
+              self.protocol_version)
         _need(self.round_num >= 0, Field.ROUND, ">= 0", self.round_num)
         _need(self.aggregation in AGGREGATION_MODES, Field.AGGREGATION,
               f"one of {AGGREGATION_MODES}", self.aggregation)
@@ -192,6 +197,7 @@ class RoundInstructions:
     def to_config(self) -> dict[str, Scalar]:
         """Return the wire form: kebab-case keys, base fields, then codec, then site-level DP."""
         out: dict[str, Scalar] = {name: getattr(self, attr) for name, attr, _ in _BASE}
+        out[Field.PROTOCOL_VERSION] = self.protocol_version
         if self.codec is not None:
             out.update(self.codec.to_config())
         if self.site_level_dp is not None:
@@ -205,7 +211,7 @@ class RoundInstructions:
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> RoundInstructions:
         """Parse (and check) the ConfigRecord a site received; unknown keys are refused."""
-        known = {name for name, _, _ in _BASE}
+        known = {name for name, _, _ in _BASE} | {Field.PROTOCOL_VERSION}
         codec = site_level_dp = None
         if Field.MANIFEST in rec:
             codec = SecAggCodec.from_config(rec)
@@ -218,4 +224,5 @@ class RoundInstructions:
             raise InstructionError(f"unknown round-instructions key `{unknown[0]}` "
                                    f"(value {rec[unknown[0]]!r})")
         return cls(*(_take(rec, name, kind) for name, _, kind in _BASE), codec=codec,
-                   site_level_dp=site_level_dp)
+                   site_level_dp=site_level_dp,
+                   protocol_version=rec.get(Field.PROTOCOL_VERSION, PROTOCOL_VERSION))

@@ -151,6 +151,8 @@ class Field(_Names):
     PLANNED_ROUNDS = "planned-rounds"
     DP_ENABLED = "dp-enabled"
     NOISE_MULTIPLIER = "noise-multiplier"
+    #: the coordinator's PROTOCOL_VERSION; a site refuses any other (absent: not checked)
+    PROTOCOL_VERSION = "protocol-version"
     # the secure-aggregation codec (added to the instructions of train.secagg)
     SECAGG_CLIP = "secagg-clip"
     SECAGG_SCALE = "secagg-scale"

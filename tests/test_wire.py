@@ -59,12 +59,24 @@ def test_fault_points_keep_the_short_names_users_write() -> None:
     assert fault_point("evaluate") is None and len(FAULT_POINTS) == 8
 
 
+#: the same record today: the legacy fields, then the wire format's version
+WIRE = {**LEGACY, "protocol-version": 2}
+
+
 def test_instructions_are_byte_compatible_with_the_legacy_record() -> None:
     cfg = RunConfig()
     instr = RoundInstructions.for_round(cfg, round_num=3, run_id="0123abcd")
-    assert list(instr.to_config().items()) == list(LEGACY.items())
-    assert all(type(v) is type(LEGACY[k]) for k, v in instr.to_config().items())
+    assert list(instr.to_config().items()) == list(WIRE.items())
+    assert all(type(v) is type(WIRE[k]) for k, v in instr.to_config().items())
     assert RoundInstructions.from_record(instr.to_record()) == instr
+    assert RoundInstructions.from_record(LEGACY) == instr  # absent: not checked
+
+
+@pytest.mark.parametrize("version", [1, 3, "2", True])
+def test_a_site_refuses_another_protocol_version_naming_it(version: Any) -> None:
+    with pytest.raises(InstructionError, match=f"`protocol-version` must be 2, the version "
+                                               f"this site speaks, got {version!r}"):
+        RoundInstructions.from_record({**WIRE, "protocol-version": version})
 
 
 def test_secure_instructions_round_trip_with_codec_and_site_level_dp_plan() -> None:
@@ -73,7 +85,7 @@ def test_secure_instructions_round_trip_with_codec_and_site_level_dp_plan() -> N
     plan = SiteLevelDPPlan("distributed", _plan())
     instr = base.with_secagg(codec, plan)
     keys = list(instr.to_config())
-    assert keys == [*LEGACY, "secagg-clip", "secagg-scale", "secagg-max-weight", "manifest",
+    assert keys == [*WIRE, "secagg-clip", "secagg-scale", "secagg-max-weight", "manifest",
                     *SiteLevelDPKey.ALL, "site-level-dp-mode"]
     assert RoundInstructions.from_record(instr.to_record()) == instr
 

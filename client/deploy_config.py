@@ -53,7 +53,8 @@ from protocol.enrolment import SITE_NAME
 from protocol.model_ref import ModelError, resolve_model
 
 __all__ = ["COMPUTE_KEYS", "NODE_ENROLMENT", "NODE_WORKER_SOCKET", "NODE_WORKER_WAIT",
-           "SiteDeployConfig", "load_site_config", "worker_dir", "worker_socket_path"]
+           "WORKER_WAIT_S", "SiteDeployConfig", "load_site_config", "worker_dir",
+           "worker_socket_path"]
 
 #: node-config key of the site's own copy of the enrolment list; a site that has one answers
 #: only under secure aggregation (client.handlers.requires_secure_aggregation)
@@ -69,6 +70,8 @@ COMPUTE_KEYS = ("precision", "gradient-checkpointing", "base-quantization")
 NODE_WORKER_SOCKET = "worker-socket"
 #: node-config key: seconds a relayed message waits for a (re)starting worker
 NODE_WORKER_WAIT = "worker-wait"
+#: default of `worker-wait` (site.toml) and of a node config without it
+WORKER_WAIT_S = 120.0
 
 #: a Unix-domain socket path must fit ``sockaddr_un.sun_path`` (108 bytes on Linux)
 _MAX_SOCKET_PATH = 100
@@ -116,7 +119,7 @@ class SiteDeployConfig:
     secagg_limits: Mapping[str, int] = field(default_factory=dict)
     #: run the handlers in a resident worker (``worker``; off: one fresh process per message)
     worker: bool = True
-    worker_wait: float = 120.0
+    worker_wait: float = WORKER_WAIT_S
     #: the site's compute settings (:data:`COMPUTE_KEYS`); the device is :attr:`device`
     compute: Mapping[str, Any] = field(default_factory=dict)
 
@@ -189,7 +192,7 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
     s.used.add("worker")
     if type(worker) is not bool:
         raise s.error("worker", "must be true or false")
-    worker_wait = s.number("worker-wait", 120.0, lo=1.0)
+    worker_wait = s.number("worker-wait", WORKER_WAIT_S, lo=1.0)
     s.finish()
     pr = Table(p, "privacy", doc, required=False)
     if pr.data:

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context, Error, Message, RecordDict
 
-from client.deploy_config import NODE_WORKER_SOCKET, NODE_WORKER_WAIT
+from client.deploy_config import NODE_WORKER_SOCKET, NODE_WORKER_WAIT, WORKER_WAIT_S
+from protocol.config import RunConfig
 
 if TYPE_CHECKING:
     import grpc
@@ -200,9 +201,10 @@ def forward(msg: Message, context: Context) -> Message:
     import grpc
 
     sock = str(context.node_config[NODE_WORKER_SOCKET])
-    wait = float(context.node_config.get(NODE_WORKER_WAIT, 120.0))
+    wait = float(context.node_config.get(NODE_WORKER_WAIT, WORKER_WAIT_S))
     # a reply after the coordinator's round timeout is of no use; bound the wait by it
-    timeout = float(context.run_config.get("round-timeout", 600.0)) + wait
+    round_timeout = RunConfig.from_mapping(context.run_config, allow_extra=True).round_timeout
+    timeout = round_timeout + wait
     request = encode_request(uuid.uuid4().hex, msg, context)
     t0 = time.perf_counter()
     with grpc.insecure_channel(f"unix:{sock}", options=channel_options()) as channel:

@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from client.clientapp_process import install_shim
 from client.deploy_config import SiteDeployConfig
-from protocol.procs import find_bin, flower_env, free_port, kill_tree, toml_value
+from protocol.procs import flower_env, free_port, kill_tree, toml_value
 
 if TYPE_CHECKING:
     from client.worker import WorkerSupervisor
 
-__all__ = ["AgentError", "export_ledger", "node_config_arg", "run_agent", "site_level_export_path"]
+__all__ = ["AgentError", "export_ledger", "node_config_arg", "run_agent", "site_level_export_path",
+           "supernode_command"]
 
 logger = logging.getLogger("confide.client")
 
@@ -130,15 +131,29 @@ def _env(cfg: SiteDeployConfig, token: str) -> dict[str, str]:
     return env
 
 
+def supernode_command(cfg: SiteDeployConfig, flower_args: list[str]) -> list[str]:
+    """Return the site's SuperNode command: Flower's, through :mod:`client.supernode_process`.
+
+    Its sleeps are capped at the site's ``poll-interval``; with the executor on (and the
+    worker), each message's ClientApp runs in that process, not in a fresh one.
+    """
+    from client.deploy_config import worker_dir
+
+    ours = ["--poll", f"{cfg.poll_interval:g}"]
+    if cfg.executor and cfg.worker:
+        ours += ["--executor", str(worker_dir(cfg.state_dir))]
+    return [sys.executable, "-m", "client.supernode_process", *ours, "--", *flower_args]
+
+
 def _supernode_args(cfg: SiteDeployConfig, port: int, max_wait: float) -> list[str]:
-    args = [find_bin("flower-supernode"), "--grpc-rere", "--superlink", cfg.superlink,
+    args = ["--grpc-rere", "--superlink", cfg.superlink,
             "--auth-supernode-private-key", str(cfg.auth_key), "--host", "127.0.0.1",
             "--port", str(port), "--node-config", node_config_arg(cfg.node_config())]
     if cfg.ca_cert is not None:
         args += ["--root-certificates", str(cfg.ca_cert)]
     if max_wait > 0:
         args += ["--max-wait-time", f"{max_wait:g}"]
-    return args
+    return supernode_command(cfg, args)
 
 
 def _pump(stream: TextIO, out: TextIO, tail: collections.deque[str], prefix: str,

@@ -25,6 +25,8 @@ table, the key and the value. Relative paths are taken relative to the file's di
     activation-grace = 30.0        # retry a refused key this long (not registered yet?)
     worker = true                  # keep model, data and DP stack in a resident worker
     worker-wait = 120.0            # how long a message waits for a (re)starting worker
+    executor = true                # run each message's ClientApp in the SuperNode's process
+    poll-interval = 0.1            # seconds between the SuperNode's checks (Flower's own: 3)
 
     [privacy]                # the site's own DP policy (privacy.policy.SitePrivacyPolicy keys)
     budget-epsilon = 8.0
@@ -53,7 +55,7 @@ from protocol.enrolment import SITE_NAME
 from protocol.model_ref import ModelError, resolve_model
 
 __all__ = ["COMPUTE_KEYS", "NODE_ENROLMENT", "NODE_WORKER_SOCKET", "NODE_WORKER_WAIT",
-           "WORKER_WAIT_S", "SiteDeployConfig", "load_site_config", "worker_dir",
+           "POLL_INTERVAL_S", "WORKER_WAIT_S", "SiteDeployConfig", "load_site_config", "worker_dir",
            "worker_socket_path"]
 
 #: node-config key of the site's own copy of the enrolment list; a site that has one answers
@@ -72,6 +74,10 @@ NODE_WORKER_SOCKET = "worker-socket"
 NODE_WORKER_WAIT = "worker-wait"
 #: default of `worker-wait` (site.toml) and of a node config without it
 WORKER_WAIT_S = 120.0
+
+#: default of `poll-interval` (site.toml): the longest the site's SuperNode sleeps between
+#: pulls and checks (client.supernode_process); Flower 1.39's own sleeps are 3 s and 0.5 s
+POLL_INTERVAL_S = 0.1
 
 #: a Unix-domain socket path must fit ``sockaddr_un.sun_path`` (108 bytes on Linux)
 _MAX_SOCKET_PATH = 100
@@ -120,6 +126,9 @@ class SiteDeployConfig:
     #: run the handlers in a resident worker (``worker``; off: one fresh process per message)
     worker: bool = True
     worker_wait: float = WORKER_WAIT_S
+    #: run each message's ClientApp in the SuperNode's process (``executor``; needs the worker)
+    executor: bool = True
+    poll_interval: float = POLL_INTERVAL_S
     #: the site's compute settings (:data:`COMPUTE_KEYS`); the device is :attr:`device`
     compute: Mapping[str, Any] = field(default_factory=dict)
 
@@ -188,11 +197,12 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
     runtime_port = s.integer("runtime-port", 0, lo=0, hi=65535)
     timeout = s.number("connect-timeout", 600.0)
     grace = s.number("activation-grace", 30.0)
-    worker = s.data.get("worker", True)
-    s.used.add("worker")
-    if type(worker) is not bool:
-        raise s.error("worker", "must be true or false")
+    worker, executor = (_flag(s, key) for key in ("worker", "executor"))
+    if executor and not worker and "executor" in s.data:
+        raise s.error("executor", "must be false when `worker` is false (the executor relays "
+                      "each message to the site's worker)")
     worker_wait = s.number("worker-wait", WORKER_WAIT_S, lo=1.0)
+    poll = s.number("poll-interval", POLL_INTERVAL_S, lo=0.01, hi=60.0)
     s.finish()
     pr = Table(p, "privacy", doc, required=False)
     if pr.data:
@@ -207,7 +217,16 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
             raise DeployConfigError(f"{s.where('model')}: {exc}") from None
     return SiteDeployConfig(p, name, superlink, ca, auth, data, state, enrolment, model, cache,
                             device, runtime_port, timeout, grace, dict(pr.data),
-                            _secagg_limits(p, doc), worker, worker_wait, compute)
+                            _secagg_limits(p, doc), worker, worker_wait, executor and worker,
+                            poll, compute)
+
+
+def _flag(s: Table, key: str, default: bool = True) -> bool:
+    value = s.data.get(key, default)
+    s.used.add(key)
+    if type(value) is not bool:
+        raise s.error(key, "must be true or false")
+    return value
 
 
 def _compute(s: Table, device: str, *, check_machine: bool) -> dict[str, Any]:

@@ -98,13 +98,16 @@ class Table:
             raise self.error(key, f"must be in [{lo}, {hi}]")
         return value
 
-    def number(self, key: str, default: float, *, lo: float = 0.0) -> float:
-        """Read a number ``>= lo`` (an integer is taken as a float; bools refused)."""
+    def number(self, key: str, default: float, *, lo: float = 0.0,
+               hi: float = float("inf")) -> float:
+        """Read a number in ``[lo, hi]`` (an integer is taken as a float; bools refused)."""
         value = self._get(key, default)
         if type(value) not in (int, float):
             raise self.error(key, "must be a number")
         if not value >= lo:
             raise self.error(key, f"must be >= {lo:g}")
+        if not value <= hi:
+            raise self.error(key, f"must be <= {hi:g}")
         return float(value)
 
     def file(self, key: str, default: str | None = None, *, is_dir: bool = False,

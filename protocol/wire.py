@@ -27,7 +27,8 @@ __all__ = [
     "fault_point",
 ]
 
-PROTOCOL_VERSION = 2  # 2: masked inputs in the ring's own width (uint16 up to 16 bits)
+PROTOCOL_VERSION = 3  # 2: masked inputs in the ring's own width (uint16 up to 16 bits);
+#                       3: adapters as one packed buffer (protocol.messages.state_to_record)
 
 
 class _Names:

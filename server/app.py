@@ -16,6 +16,7 @@ from protocol.adapter import adapter_shapes, initial_adapter_state, lora_config
 from protocol.config import RunConfig
 from protocol.console import log_events
 from protocol.model_ref import resolve_model
+from protocol.object_pulls import quicken_object_pulls
 from protocol.run_rows import RUN_COMPLETED, RUN_FAILED
 from server.privacy_gate import refuse_without_privacy
 from server.progress_events import ProgressGrid
@@ -24,7 +25,7 @@ from server.rundir import ResumeError, RunDir, RunState
 from server.secure import SecureAggregator, load_enrolment
 from server.sim_linkstate import install as install_indexed_linkstate
 
-__all__ = ["app", "run_server"]
+__all__ = ["app", "quick_replies", "run_server"]
 
 logger = logging.getLogger("confide.server")
 
@@ -116,6 +117,20 @@ def run_server(grid: Grid, cfg: RunConfig) -> Path:
     return rundir.root
 
 
+#: the module whose ``pull_objects`` fetches the sites' replies in a deployed ServerApp
+_GRID_MODULE = "flwr.superlink.grid.http_grid"
+
+
+def quick_replies() -> None:
+    """Retry a reply's arrays not stored yet at the SuperLink sooner than after 1 s.
+
+    (:mod:`protocol.object_pulls`; Flower's own waits when this Flower is not the one checked.)
+    """
+    why = quicken_object_pulls(_GRID_MODULE)
+    if why:
+        logger.info("replies' arrays are pulled with Flower's own retry waits: %s", why)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Flower entry point: configuration comes from ``context.run_config``."""
@@ -124,5 +139,6 @@ def main(grid: Grid, context: Context) -> None:
     # messages by node, or Flower's per-node polling costs nodes x messages every 0.1 s
     install_indexed_linkstate()
     cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
+    quick_replies()
     refuse_without_privacy(cfg)
     run_server(grid, cfg)

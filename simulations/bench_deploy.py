@@ -19,18 +19,20 @@ both side by side, with the model-load time of each train message from the site'
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from protocol.wire import MessageType, Metric
+from protocol.wire import STAGE_MESSAGE_TYPE, MessageType
 
-__all__ = ["run_bench", "run_worker_bench"]
+__all__ = ["REAL_SETTINGS", "SITE_LOOPS", "messages_per_round", "run_bench", "run_worker_bench"]
 
 _BENCH_APP = '''
 """Bench ServerApp: time single messages of each kind to one site."""
@@ -44,8 +46,10 @@ from protocol.adapter import adapter_shapes, initial_adapter_state, lora_config
 from protocol.config import RunConfig
 from protocol.instructions import RoundInstructions
 from protocol.messages import state_to_record
-from protocol.wire import Key, MessageType, Metric, Status
+from protocol.wire import Field, Key, MessageType, Metric, Status
 from protocol.model_ref import resolve_model
+from server.app import quick_replies
+from server.rounds import exchange
 
 app = ServerApp()
 
@@ -54,6 +58,7 @@ app = ServerApp()
 def main(grid, context):
     cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
     repeats, out = int(cfg.extra["bench-repeats"]), str(cfg.extra["bench-out"])
+    quick_replies()  # as the coordinator's ServerApp does
     deadline = time.monotonic() + cfg.round_timeout
     while not list(grid.get_node_ids()):
         if time.monotonic() > deadline:
@@ -64,29 +69,37 @@ def main(grid, context):
     lcfg = lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                        target_modules=cfg.target_modules, base_model=ref)
     state = initial_adapter_state(adapter_shapes(ref, lcfg), seed=0)
-    instr = RoundInstructions(round_num=1, run_id="bench", aggregation=cfg.aggregation,
-                              local_steps=cfg.local_steps, batch_size=cfg.batch_size,
-                              learning_rate=cfg.learning_rate, planned_rounds=1,
-                              dp_enabled=False, noise_multiplier=-1.0)
-    plan = [(MessageType.HELLO, lambda: RecordDict({Key.CONFIG: ConfigRecord({})}), ()),
-            (MessageType.EVALUATE, lambda: RecordDict({Key.ARRAYS: state_to_record(state),
-                                                       Key.CONFIG: instr.to_record()}),
+
+    def instr(i):  # a fresh round number per message: a site trains each round once
+        return RoundInstructions(
+            round_num=i + 1, run_id="bench", aggregation=cfg.aggregation,
+            local_steps=cfg.local_steps, batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate, planned_rounds=repeats, dp_enabled=cfg.dp,
+            noise_multiplier=cfg.dp_noise_multiplier).to_record()
+
+    plan = [(MessageType.HELLO, lambda i: RecordDict({Key.CONFIG: ConfigRecord({})}), ()),
+            (MessageType.EVALUATE, lambda i: RecordDict({Key.ARRAYS: state_to_record(state),
+                                                         Key.CONFIG: instr(i)}),
              (Metric.TIME_EVAL,)),
-            (MessageType.TRAIN, lambda: RecordDict({Key.ARRAYS: state_to_record(state),
-                                                    Key.CONFIG: instr.to_record()}),
+            (MessageType.TRAIN, lambda i: RecordDict({Key.ARRAYS: state_to_record(state),
+                                                      Key.CONFIG: instr(i)}),
              (Metric.TIME_SETUP, Metric.TIME_TRAIN))]
     results = {}
     for kind, content, handler_keys in plan:
         rows = []
         for i in range(repeats):
-            msg = Message(content(), dst_node_id=node, message_type=kind, group_id=str(i))
+            msg = Message(content(i), dst_node_id=node, message_type=kind, group_id=str(i))
             t0 = time.perf_counter()
-            replies = list(grid.send_and_receive([msg], timeout=cfg.round_timeout))
+            # the coordinator's own exchange (its `poll-interval`), as in a round
+            replies = exchange(grid, [msg], timeout=cfg.round_timeout, poll=cfg.poll_interval)
             rtt = time.perf_counter() - t0
             if not replies or replies[0].has_error():
                 err = replies[0].error.reason if replies else Status.TIMEOUT
                 raise RuntimeError(f"{kind}: {err}")
             answer = replies[0].content  # (not `content`: that builds the next request)
+            status = dict(answer[Key.CONFIG]) if Key.CONFIG in answer else {}
+            if status.get(Field.STATUS) != Status.OK:
+                raise RuntimeError(f"{kind}: the site answered {status}")
             metrics = dict(answer[Key.METRICS]) if Key.METRICS in answer else {}
             rows.append({"rtt": rtt, "handler": sum(float(metrics.get(k, 0.0))
                                                     for k in handler_keys),
@@ -115,38 +128,63 @@ def _import_costs() -> dict[str, Any]:
     return out
 
 
-def run_bench(*, repeats: int = 3, local_steps: int = 1, json_path: str | None = None,
-              timeout: float = 900.0, model: str = "embedded",
-              worker: bool = True) -> dict[str, Any]:
-    """Run the deployment bench; print a table and return the numbers."""
+#: the site loops compared (``site.toml`` keys): Flower's own (a fresh ``flwr-clientapp``
+#: process per message, loading the model, and Flower's 3 s polling), the resident worker
+#: alone, and the default (worker, the site's executor and its ``poll-interval``)
+SITE_LOOPS: dict[str, dict[str, Any]] = {
+    "off": {"worker": False, "executor": False, "poll-interval": 3.0},
+    "worker": {"worker": True, "executor": False, "poll-interval": 3.0},
+    "on": {},
+}
+#: the README's real-model settings (``make demo-real``), where a round is timed
+REAL_SETTINGS: dict[str, Any] = {"local-steps": 2, "batch-size": 16, "max-seq-len": 64,
+                                 "max-eval-examples": 32, "dp": True}
+
+
+def messages_per_round() -> dict[str, int]:
+    """Messages one site handles in a secure round with secure evaluation, by kind.
+
+    Training and evaluation each run every secure-aggregation stage
+    (:data:`protocol.wire.STAGE_MESSAGE_TYPE`): one message per stage, the masked one
+    carrying the training (``train``) or the evaluation (``evaluate``); the others are
+    query stages, which cost what a ``query.hello`` costs.
+    """
+    queries = len(STAGE_MESSAGE_TYPE) - 1
+    return {MessageType.HELLO: 2 * queries, MessageType.TRAIN: 1, MessageType.EVALUATE: 1}
+
+
+def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
+              json_path: str | None = None, timeout: float = 900.0, model: str = "embedded",
+              loop: str = "on", keep: str | None = None) -> dict[str, Any]:
+    """Run the deployment bench with one site loop (:data:`SITE_LOOPS`); print, return figures."""
     from client.deploy_config import load_site_config
     from protocol.model_ref import bundled_sites_dir, resolve_model
     from protocol.procs import find_bin, free_port, kill_tree, toml_value
-    from protocol.site_log import TRAIN, read_site_rows
+    from protocol.site_log import EVALUATE, TRAIN, read_site_rows
     from server import deploy
     from server.deploy_config import load_server_config
     from server.deploy_samples import server_toml, site_toml
     from server.devkeys import make_keys
     from server.fab import stage_app
 
+    settings = dict(REAL_SETTINGS if settings is None else settings)
     with tempfile.TemporaryDirectory(prefix="confide-bench-") as tmp:
         work = Path(tmp)
         ks = make_keys(work / "keys", hosts=["127.0.0.1"], sites=["bank"])
         fleet, control = free_port(), free_port()
         out_json = work / "bench.json"
-        run = {"num-server-rounds": 1, "min-sites": 1, "local-steps": local_steps,
-               "batch-size": 8, "max-seq-len": 64, "max-eval-examples": 16, "dp": False,
-               "secagg": False, "round-timeout": 300.0,
+        run = {"num-server-rounds": 1, "min-sites": 1, **settings, "secagg": False,
+               "allow-no-privacy": True, "round-timeout": 300.0,
                "model": model if model == "embedded" else resolve_model(model)}
         (ks.root / "server.toml").write_text(server_toml(
             sites=["bank"], fleet_port=fleet, control_port=control, metrics_port=0,
             out_dir=str(work / "run"), run=run))
         site_text = site_toml(name="bank", data_path=str(bundled_sites_dir() / "bank"),
-                              superlink=f"127.0.0.1:{fleet}", extra={"worker": worker})
+                              superlink=f"127.0.0.1:{fleet}", extra=SITE_LOOPS[loop])
         # a plain bench (no secure aggregation): without its own enrolment list the site
         # answers plain train and evaluate messages instead of declining them
-        site_text = "\n".join(line for line in site_text.split("\n[privacy]")[0].splitlines()
-                               if not line.startswith("enrolment ="))
+        site_text = "\n".join(line for line in site_text.splitlines()
+                              if not line.startswith("enrolment ="))
         (ks.site_dirs["bank"] / "site.toml").write_text(site_text + "\n")
         cfg = load_server_config(ks.root / "server.toml")
         load_site_config(ks.site_dirs["bank"] / "site.toml")
@@ -185,37 +223,51 @@ def run_bench(*, repeats: int = 3, local_steps: int = 1, json_path: str | None =
                 raise RuntimeError("the bench run wrote no results:\n" + done.stdout[-3000:]
                                    + (work / "client.log").read_text(errors="replace")[-3000:])
         total = time.perf_counter() - t_start
+        if keep:  # the site's and the SuperLink's logs, the site's state, for a look after
+            shutil.copytree(work, Path(keep) / loop, dirs_exist_ok=True, symlinks=True)
         raw = json.loads(out_json.read_text())
         from client.local_round import MODEL_LOAD
 
-        loads = [float(r.get(MODEL_LOAD, 0.0)) for r in
-                 read_site_rows(ks.site_dirs["bank"] / "state", kind=TRAIN)]
-    report: dict[str, Any] = {"repeats": repeats, "local_steps": local_steps, "model": model,
-                              "worker": worker, "wall_s": total, "messages": {},
-                              "model_load_s": loads, "imports": _import_costs()}
+        state = ks.site_dirs["bank"] / "state"
+        loads = {kind: [float(r.get(MODEL_LOAD, 0.0)) for r in read_site_rows(state, kind=row)]
+                 for kind, row in ((MessageType.TRAIN, TRAIN), (MessageType.EVALUATE, EVALUATE))}
+    report: dict[str, Any] = {"repeats": repeats, "settings": settings, "model": model,
+                              "loop": loop, "site_toml": SITE_LOOPS[loop], "wall_s": total,
+                              "messages": {}, "model_load_s": loads,
+                              "imports": _import_costs()}
     print(f"per-message cost in deployment: 1 site, TLS + SuperNode auth, model {model}, "
-          f"resident worker {'on' if worker else 'off'}, {repeats} messages per kind, "
-          f"local-steps {local_steps}")
-    print(f"{'message':<14}{'round trip s':>14}{'in handler s':>14}{'fixed overhead s':>18}")
+          f"site loop {loop} {SITE_LOOPS[loop] or '(defaults)'}, {repeats} messages per "
+          f"kind, {settings}")
+    print(f"{'message':<14}{'round trip s':>14}{'computing s':>14}{'fixed overhead s':>18}")
     for kind, rows in raw.items():
+        # a model load inside a handler is fixed overhead too, not training or evaluation
+        for row, load in zip(rows, loads.get(kind, []), strict=False):
+            row["model_load"] = load
         rtt = statistics.median(r["rtt"] for r in rows)
-        handler = statistics.median(r["handler"] for r in rows)
+        handler = statistics.median(r["handler"] - r.get("model_load", 0.0) for r in rows)
+        overhead = statistics.median(r["rtt"] - r["handler"] + r.get("model_load", 0.0)
+                                     for r in rows)
         report["messages"][kind] = {"rtt_median_s": rtt, "handler_median_s": handler,
-                                    "overhead_median_s": rtt - handler, "rows": rows}
-        print(f"{kind:<14}{rtt:>14.2f}{handler:>14.2f}{rtt - handler:>18.2f}")
-    hello = report["messages"][MessageType.HELLO]["rtt_median_s"]
-    ev = report["messages"][MessageType.EVALUATE]
-    tr = report["messages"][MessageType.TRAIN]
-    setup = statistics.median(r.get(Metric.TIME_SETUP, 0.0) for r in tr["rows"])
-    # a secure-aggregation round: hello once, then advertise, share, unmask (query stages,
-    # same process cost as hello), train.secagg (train) and evaluate
-    per_round = 3 * hello + tr["overhead_median_s"] + ev["overhead_median_s"] + 2 * setup
-    report["secagg_round_fixed_overhead_s"] = per_round
-    print(f"fixed overhead of one secure-aggregation round per site: 3 query stages x "
-          f"{hello:.2f} s + train and evaluate overheads + 2 model loads x {setup:.2f} s "
-          f"(training and evaluation compute excluded) = {per_round:.1f} s")
-    print("model load per train message (the site's log): "
-          + ", ".join(f"{x:.2f} s" for x in loads))
+                                    "overhead_median_s": overhead, "rows": rows}
+        print(f"{kind:<14}{rtt:>14.2f}{handler:>14.2f}{overhead:>18.2f}")
+    # one secure round with secure evaluation, per site: every message's fixed overhead
+    # (a query stage costs what hello costs: all of it is overhead), and the handlers' time
+    counts = messages_per_round()
+    msgs = report["messages"]
+    overhead = sum(n * (msgs[k]["rtt_median_s"] if k == MessageType.HELLO
+                        else msgs[k]["overhead_median_s"]) for k, n in counts.items())
+    compute = sum(n * msgs[k]["handler_median_s"] for k, n in counts.items()
+                  if k != MessageType.HELLO)
+    share = overhead / (overhead + compute) if overhead + compute > 0 else 0.0
+    report.update(secagg_round_fixed_overhead_s=overhead, secagg_round_handler_s=compute,
+                  secagg_round_overhead_share=share, messages_per_round=counts)
+    print("one secure round with secure evaluation, per site: "
+          + " + ".join(f"{n} {k}" for k, n in counts.items())
+          + f" messages; fixed overhead {overhead:.1f} s (model loads included), training "
+          f"and evaluation {compute:.1f} s: overhead {share:.1%} of the round")
+    for kind, xs in loads.items():
+        print(f"model load per {kind} message (the site's log): "
+              + ", ".join(f"{x:.2f} s" for x in xs))
     for mod, info in report["imports"].items():
         print(f"import {mod}: {info['import_s']:.2f} s (torch loaded: {info['torch']}, "
               f"transformers: {info['transformers']}, peft: {info['peft']})")
@@ -224,32 +276,41 @@ def run_bench(*, repeats: int = 3, local_steps: int = 1, json_path: str | None =
     return report
 
 
-def run_worker_bench(*, repeats: int = 3, local_steps: int = 1, model: str = "embedded",
-                     json_path: str | None = None, modes: tuple[bool, ...] = (False, True),
+def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
+                     model: str = "embedded", json_path: str | None = None,
+                     loops: tuple[str, ...] = ("off", "on"), keep: str | None = None,
                      ) -> dict[str, Any]:
-    """Run :func:`run_bench` with the resident worker off, then on; print both side by side."""
-    runs = {("on" if on else "off"): run_bench(repeats=repeats, local_steps=local_steps,
-                                               model=model, worker=on) for on in modes}
+    """Run :func:`run_bench` for each site loop in ``loops``; print them side by side."""
+    runs = {loop: run_bench(repeats=repeats, settings=settings, model=model, loop=loop,
+                            keep=keep)
+            for loop in loops}
+    first = runs[loops[0]]
     print()
-    print(f"per-message fixed overhead (round trip - time in handler), median of {repeats}, "
-          f"model {model}")
-    head = "".join(f"{'worker ' + k + ' s':>16}" for k in runs)
-    print(f"{'message':<14}{head}")
-    for kind in runs[next(iter(runs))]["messages"]:
-        cells = "".join(f"{r['messages'][kind]['overhead_median_s']:>16.2f}"
+    print(f"per-message fixed overhead (round trip - training or evaluation time), median of "
+          f"{repeats}, "
+          f"model {model}, {first['settings']}")
+    head = "".join(f"{'loop ' + k + ' s':>14}" for k in runs)
+    print(f"{'message':<26}{head}")
+    for kind in first["messages"]:
+        cells = "".join(f"{r['messages'][kind]['overhead_median_s']:>14.2f}"
                         for r in runs.values())
-        print(f"{kind:<14}{cells}")
-    cells = "".join(f"{r['secagg_round_fixed_overhead_s']:>16.1f}" for r in runs.values())
-    print(f"{'secagg round':<14}{cells}")
+        print(f"{kind:<26}{cells}")
+    rows = (("round: fixed overhead s", "secagg_round_fixed_overhead_s", ".1f"),
+            ("round: computing s", "secagg_round_handler_s", ".1f"),
+            ("round: overhead share", "secagg_round_overhead_share", ".1%"))
+    for label, key, fmt in rows:
+        print(f"{label:<26}" + "".join(f"{format(r[key], fmt):>14}" for r in runs.values()))
     for k, r in runs.items():
-        print(f"worker {k}: model load per train message "
-              + ", ".join(f"{x:.2f} s" for x in r["model_load_s"]))
-    out = {"model": model, "repeats": repeats, "local_steps": local_steps,
-           "worker": {k: {"messages": {kind: {m: v for m, v in row.items() if m != "rows"}
-                                       for kind, row in r["messages"].items()},
-                          "secagg_round_fixed_overhead_s": r["secagg_round_fixed_overhead_s"],
-                          "model_load_s": r["model_load_s"], "wall_s": r["wall_s"]}
-                      for k, r in runs.items()},
+        print(f"loop {k}: model load per train message "
+              + ", ".join(f"{x:.2f} s" for x in r["model_load_s"][MessageType.TRAIN]))
+    keep = ("secagg_round_fixed_overhead_s", "secagg_round_handler_s",
+            "secagg_round_overhead_share", "model_load_s", "wall_s", "site_toml")
+    out = {"model": model, "repeats": repeats, "settings": first["settings"],
+           "messages_per_round": first["messages_per_round"],
+           "loops": {k: {"messages": {kind: {m: v for m, v in row.items() if m != "rows"}
+                                      for kind, row in r["messages"].items()},
+                         **{m: r[m] for m in keep}}
+                     for k, r in runs.items()},
            "runs": runs}
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2))

@@ -7,12 +7,17 @@ aggregation (check + weighted mean + apply), evaluation (held-out loss at every 
 Prints seconds and the share of the round; ``--json PATH`` writes ``{"phase": seconds}``.
 
     python -m simulations.bench_round [--sites 3] [--local-steps 10] [--json PATH]
-    python -m simulations.bench_round --deployment [--model M] [--worker both|on|off]
-        [--repeats 3] [--json PATH]
+    python -m simulations.bench_round --deployment [--model M] [--loops off,worker,on]
+        [--repeats 3] [--local-steps 2] [--batch-size 16] [--max-seq-len 64]
+        [--max-eval-examples 32] [--no-dp] [--json PATH]
 
-``--deployment`` measures each message's fixed overhead in a real deployment, with the
-site's resident worker off (a fresh process loads torch and the model per message) and on
-(the default of ``confide client``), and the model-load time of each train message.
+``--deployment`` measures each message's fixed overhead in a real deployment, for each site
+loop (``simulations.bench_deploy.SITE_LOOPS``): ``off``, Flower's own (a fresh process
+loads torch and the model per message, 3 s polling); ``worker``, the resident worker
+alone; ``on``, the default of ``confide client`` (worker, the site's executor, its
+``poll-interval``); and the model-load time of each train message. Its defaults are the
+README's real-model settings (``make demo-real``), and it prints the fixed overhead of one
+secure round with secure evaluation as a share of that round.
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     """Time the phases of one round and print each one's seconds and share; exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sites", type=int, default=3)
-    ap.add_argument("--local-steps", type=int, default=RunConfig().local_steps)
+    ap.add_argument("--local-steps", type=int, default=None,
+                    help=f"default {RunConfig().local_steps} (--deployment: 2)")
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--data", default="embedded")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
@@ -67,20 +73,37 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure the per-message cost of a real deployment instead "
                          "(SuperLink + one site on 127.0.0.1; see simulations/bench_deploy.py)")
     ap.add_argument("--repeats", type=int, default=3, help="--deployment: messages per kind")
-    ap.add_argument("--worker", choices=("both", "on", "off"), default="both",
-                    help="--deployment: the site's resident worker off, on, or both (default)")
+    ap.add_argument("--loops", default="off,on",
+                    help="--deployment: site loops to compare, comma-separated, of "
+                         "off, worker, on (default: off,on)")
+    ap.add_argument("--batch-size", type=int, default=None, help="--deployment (default 16)")
+    ap.add_argument("--max-seq-len", type=int, default=None, help="--deployment (default 64)")
+    ap.add_argument("--max-eval-examples", type=int, default=None,
+                    help="--deployment (default 32)")
+    ap.add_argument("--no-dp", action="store_true", help="--deployment: train without DP")
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="--deployment: copy each run's folder (logs, site state) to DIR/LOOP")
     args = ap.parse_args(argv)
     if args.deployment:
-        from simulations.bench_deploy import run_worker_bench
+        from simulations.bench_deploy import REAL_SETTINGS, SITE_LOOPS, run_worker_bench
 
-        modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.worker]
-        run_worker_bench(repeats=args.repeats, local_steps=min(args.local_steps, 2),
-                         model=args.model, json_path=args.json_path, modes=modes)
+        loops = tuple(x.strip() for x in args.loops.split(",") if x.strip())
+        bad = [x for x in loops if x not in SITE_LOOPS]
+        if bad or not loops:
+            ap.error(f"--loops must name some of {', '.join(SITE_LOOPS)}, got {args.loops!r}")
+        given = {"local-steps": args.local_steps, "batch-size": args.batch_size,
+                 "max-seq-len": args.max_seq_len, "max-eval-examples": args.max_eval_examples}
+        settings = {**REAL_SETTINGS, **{k: v for k, v in given.items() if v is not None}}
+        if args.no_dp:
+            settings["dp"] = False
+        run_worker_bench(repeats=args.repeats, settings=settings, model=args.model,
+                         json_path=args.json_path, loops=loops, keep=args.keep)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = RunConfig.from_mapping({"local-steps": args.local_steps,
+    steps = RunConfig().local_steps if args.local_steps is None else args.local_steps
+    cfg = RunConfig.from_mapping({"local-steps": steps,
                                   "model": resolve_model(args.model),
                                   "data-dir": resolve_data_dir(args.data)})
     phases: dict[str, float] = {}

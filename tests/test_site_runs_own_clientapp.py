@@ -10,21 +10,20 @@ never write the marker.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import textwrap
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from client.agent import _env, node_config_arg
+from client.agent import _env, node_config_arg, supernode_command
 from client.clientapp_process import SHIM_DIR, SHIM_NAME, install_shim, load_site_app
 from client.deploy_config import SiteDeployConfig, worker_dir
 from client.worker import WorkerSupervisor
-from protocol.procs import find_bin, free_port, kill_tree
+from protocol.procs import free_port, kill_tree
 from protocol.wire import Field, Key, Status
+from tests._local_flower import HELLO_SERVER, app_dir, flwr_run, start_superlink
 
 _EVIL_CLIENT = '''
 from pathlib import Path
@@ -41,84 +40,19 @@ def hello(msg, context):
     return Message(RecordDict({"config": ConfigRecord({"status": "pwned"})}), reply_to=msg)
 '''
 
-_EVIL_SERVER = '''
-import json
-import time
-
-from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.serverapp import ServerApp
-
-app = ServerApp()
-
-
-@app.main()
-def main(grid, context):
-    deadline = time.time() + 120
-    nodes = []
-    while not nodes and time.time() < deadline:
-        nodes = sorted(grid.get_node_ids())
-        time.sleep(0.2)
-    msgs = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n,
-                    message_type="query.hello") for n in nodes]
-    out = []
-    for r in grid.send_and_receive(msgs, timeout=120):
-        if r.has_error():
-            out.append({"error": r.error.reason})
-        else:
-            out.append({k: dict(v) for k, v in r.content.config_records.items()})
-    with open(context.run_config["out"], "w") as fh:
-        json.dump(out, fh)
-'''
-
-
 def _coordinator_app(dest: Path, marker: Path, out: Path) -> Path:
-    (dest / "client").mkdir(parents=True)
-    (dest / "client" / "__init__.py").write_text("")
-    (dest / "client" / "app.py").write_text(_EVIL_CLIENT)
-    (dest / "evil_server.py").write_text(_EVIL_SERVER)
-    (dest / "pyproject.toml").write_text(textwrap.dedent(f"""\
-        [build-system]
-        requires = ["hatchling"]
-        build-backend = "hatchling.build"
-
-        [project]
-        name = "notconfide"
-        version = "1.0.0"
-        dependencies = []
-
-        [tool.flwr.app]
-        publisher = "coordinator"
-
-        [tool.flwr.app.components]
-        serverapp = "evil_server:app"
-        clientapp = "client.app:app"
-
-        [tool.flwr.app.config]
-        marker = "{marker}"
-        out = "{out}"
-        """))
-    return dest
+    return app_dir(dest, server=HELLO_SERVER, client=_EVIL_CLIENT, name="notconfide",
+                   config={"marker": str(marker), "out": str(out), "count": "1"})
 
 
-def _site(tmp: Path) -> SiteDeployConfig:
+def _site(tmp: Path, *, executor: bool = True) -> SiteDeployConfig:
     data = tmp / "site-data.jsonl"
     data.write_text(json.dumps({"text": "private record"}) + "\n")
     return SiteDeployConfig(
         path=tmp / "site.toml", name="bank", superlink="", ca_cert=None,
         auth_key=tmp / "unused.key", data_path=data, state_dir=tmp / "state", enrolment=None,
-        model="embedded", hf_cache=None, device="cpu", runtime_port=0, connect_timeout=60.0)
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                return
-        except OSError:
-            assert time.monotonic() < deadline, f"port {port} not open"
-            time.sleep(0.2)
+        model="embedded", hf_cache=None, device="cpu", runtime_port=0, connect_timeout=60.0,
+        executor=executor)
 
 
 def test_the_agent_puts_the_site_clientapp_first_on_the_supernode_path(tmp_path: Path) -> None:
@@ -139,15 +73,17 @@ def test_the_site_loader_returns_the_installed_app_whatever_the_fab() -> None:
     assert load_site_app("coordinator/notconfide", "1.0.0", "ab" * 32) is client.app.app
 
 
-def test_a_coordinator_fab_clientapp_never_runs_at_a_deployed_site(tmp_path: Path) -> None:
+@pytest.mark.parametrize("executor", [True, False], ids=["site-executor", "flwr-clientapp"])
+def test_a_coordinator_fab_clientapp_never_runs_at_a_deployed_site(tmp_path: Path,
+                                                                  executor: bool) -> None:
+    """In the SuperNode's own process (the executor) and in Flower's per-message process."""
     marker, out = tmp_path / "marker.txt", tmp_path / "replies.json"
     app = _coordinator_app(tmp_path / "app", marker, out)
-    site = _site(tmp_path)
+    site = _site(tmp_path, executor=executor)
     token = uuid.uuid4().hex
     env = _env(site, token)
     home = tmp_path / "coordinator-home"
-    home.mkdir()
-    control, fleet, node_port = (free_port() for _ in range(3))
+    node_port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
     # the site's resident worker, as `confide client` starts it (the site's app relays to it)
     assert site.worker_socket is not None
@@ -156,30 +92,17 @@ def test_a_coordinator_fab_clientapp_never_runs_at_a_deployed_site(tmp_path: Pat
                               out=(tmp_path / "worker.log").open("w"))
     worker.start()
     try:
-        link_log = tmp_path / "superlink.log"
-        link_env = dict(env, FLWR_HOME=str(home))
-        procs.append(subprocess.Popen(
-            [find_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1",
-             "--port", str(control), "--fleet-api-address", f"127.0.0.1:{fleet}",
-             "--disable-runtime-dependency-installation"],
-            stdout=link_log.open("wb"), stderr=subprocess.STDOUT, env=link_env,
-            cwd=str(tmp_path), start_new_session=True))
-        _wait_port(control, procs[0], link_log)
-        _wait_port(fleet, procs[0], link_log)
+        link, _, fleet = start_superlink(tmp_path, env, home)
+        procs.append(link)
         node_log = tmp_path / "supernode.log"
         procs.append(subprocess.Popen(
-            [find_bin("flower-supernode"), "--insecure", "--grpc-rere", "--superlink",
-             f"127.0.0.1:{fleet}", "--host", "127.0.0.1", "--port", str(node_port),
-             "--node-config", node_config_arg(site.node_config())],
+            supernode_command(site, [
+                "--insecure", "--grpc-rere", "--superlink", f"127.0.0.1:{fleet}", "--host",
+                "127.0.0.1", "--port", str(node_port), "--node-config",
+                node_config_arg(site.node_config())]),
             stdout=node_log.open("wb"), stderr=subprocess.STDOUT, env=env,
             cwd=str(tmp_path), start_new_session=True))
-        (home / "config.toml").write_text(
-            '[superlink]\ndefault = "c"\n\n[superlink.c]\n'
-            f'address = "127.0.0.1:{control}"\ninsecure = true\n')
-        run = subprocess.run([find_bin("flwr"), "run", str(app), "c", "--stream"],
-                             env=link_env, cwd=str(tmp_path), capture_output=True, text=True,
-                             timeout=300)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        flwr_run(app, env, home, tmp_path)
         deadline = time.monotonic() + 60
         while not out.exists() and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -190,6 +113,8 @@ def test_a_coordinator_fab_clientapp_never_runs_at_a_deployed_site(tmp_path: Pat
         status = replies[0][Key.CONFIG]
         assert status[Field.STATUS] == Status.OK and status[Field.SITE] == "bank", replies
         assert "is not executed" in node_text, node_text[-3000:]
+        in_process = "ClientApp tasks run in this process" in node_text
+        assert in_process is executor, node_text[-3000:]
     finally:
         for p in procs:
             kill_tree(p, token, timeout=5)

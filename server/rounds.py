@@ -25,6 +25,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from privacy.secagg import MIN_COHORT
 from protocol.adapter import AdapterError, check_state, trainable_keys
 from protocol.config import RunConfig
 from protocol.instructions import RoundInstructions
@@ -184,9 +185,24 @@ class RoundDriver:
         return sorted(rng.sample(able, min(k, len(able))))
 
     def evaluate(self, round_num: int, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        """Evaluate ``state`` at the connected sites: the round's metrics row fields."""
+        """Evaluate ``state`` at the connected sites: the round's metrics row fields.
+
+        A secure evaluation first waits, up to ``round-timeout``, for as many connected sites
+        as a secure sum needs (:data:`privacy.secagg.MIN_COHORT`; a site dropped in the round
+        may still be reconnecting); after that it runs over whoever is there.
+        """
         nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites,
                                timeout=self.cfg.round_timeout)
+        if self.secure is not None and len(nodes) < MIN_COHORT:
+            logger.info("round %d: %d sites connected; waiting up to %.0f s for the %d a "
+                        "secure evaluation needs", round_num, len(nodes),
+                        self.cfg.round_timeout, MIN_COHORT)
+            try:
+                nodes = wait_for_nodes(self.grid, minimum=MIN_COHORT,
+                                       timeout=self.cfg.round_timeout,
+                                       poll=self.cfg.poll_interval)
+            except NoSitesError:  # the evaluation then says why it cannot be set up
+                nodes = sorted(self.grid.get_node_ids())
         return self.evaluator.evaluate(round_num, state, nodes)
 
     def train_and_aggregate(

@@ -3,7 +3,7 @@
 from privacy.secagg.cohort import SiteLimits, cohort_registry
 from privacy.secagg.config import SecAggConfig, default_degree, default_threshold
 from privacy.secagg.errors import SecAggAbort, SecAggError, StageError
-from privacy.secagg.graph import NeighbourGraph, validate_threshold
+from privacy.secagg.graph import MIN_COHORT, NeighbourGraph, validate_threshold
 from privacy.secagg.guard import RoundGuard
 from privacy.secagg.keys import (
     generate_identity_key,
@@ -16,6 +16,7 @@ from privacy.secagg.site import SiteSession
 from privacy.secagg.stages import Stage, check_transition, is_valid_transition
 
 __all__ = [
+    "MIN_COHORT",
     "NeighbourGraph",
     "RoundGuard",
     "SecAggAbort",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "COMPLETE_GRAPH_MAX",
+    "MIN_COHORT",
     "NeighbourGraph",
     "default_degree",
     "default_threshold",
@@ -52,6 +53,10 @@ def default_threshold(degree: int) -> int:
     return max(2, (degree + 1) // 2 + 1)
 
 
+#: fewest sites a secure sum can be set up over (a threshold t >= 2 below the cohort)
+MIN_COHORT = 3
+
+
 def validate_threshold(*, threshold: int, cohort_size: int, degree: int) -> None:
     """Check a threshold against the cohort size and the graph degree.
 
@@ -65,8 +70,8 @@ def validate_threshold(*, threshold: int, cohort_size: int, degree: int) -> None
     ValueError
         Naming the field and value that is out of range.
     """
-    if type(cohort_size) is not int or cohort_size < 3:
-        raise ValueError(f"`cohort_size` must be an int >= 3, got {cohort_size!r}")
+    if type(cohort_size) is not int or cohort_size < MIN_COHORT:
+        raise ValueError(f"`cohort_size` must be an int >= {MIN_COHORT}, got {cohort_size!r}")
     if type(degree) is not int or not 2 <= degree <= cohort_size - 1:
         raise ValueError(f"`degree` must be an int in [2, {cohort_size - 1}], got {degree!r}")
     if degree != cohort_size - 1 and degree % 2:

@@ -1,19 +1,21 @@
 """Per-message fixed cost in deployment (``python -m simulations.bench_round --deployment``).
 
-In Flower's deployment engine every message a site receives runs in a fresh
-``flwr-clientapp`` process: imports, and for train / evaluate the model load, are paid per
-message. This bench starts a real SuperLink (TLS + SuperNode auth) and one real
-``confide client`` on 127.0.0.1, submits a bench ServerApp that sends ``--repeats`` messages
-of each kind to the site one at a time, and reports per kind the round trip (server send ->
-reply) and the time spent inside the handler (the reply's own timing metrics); the
-difference is the fixed per-message overhead (process start, imports, Flower hops).
-It also reports, in this process, what importing the ClientApp costs and whether the
-non-training stages (``query.hello``, the secure-aggregation queries) pull in torch.
+This bench starts a real SuperLink (TLS + SuperNode auth) and one real ``confide client``
+on 127.0.0.1, submits a bench ServerApp that sends ``--repeats`` messages of each kind to
+the site one at a time through the coordinator's own exchange (``server.rounds.exchange``,
+its ``poll-interval``), and reports per kind the round trip (push -> reply), the training
+or evaluation inside it (the reply's own timing metrics, less any model load the site's log
+records) and their difference, the fixed per-message overhead (processes, imports, model
+loads, Flower's hops and waits). From those it prices one secure round with secure
+evaluation per site (:func:`messages_per_round`, :func:`secure_round_cost`) and prints the
+overhead's share of it. It also reports, in this process, what importing the ClientApp
+costs and whether the non-training stages pull in torch.
 
-:func:`run_worker_bench` runs it twice, with the site's resident worker off (``worker =
-false`` in its ``site.toml``: every message loads torch and the model in its fresh process)
-and on (the default: the per-message process only relays; :mod:`client.worker`), and prints
-both side by side, with the model-load time of each train message from the site's own log.
+:func:`run_worker_bench` runs it for each site loop of :data:`SITE_LOOPS` asked for
+(``site.toml`` keys): ``off``, Flower's own (a fresh ``flwr-clientapp`` process loads torch
+and the model for every message, 3 s polling); ``worker``, the resident worker alone
+(:mod:`client.worker`); ``on``, the default (worker, the site's SuperNode process running
+each message in-process, :mod:`client.supernode_process`); and prints them side by side.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from typing import Any
 
 from protocol.wire import STAGE_MESSAGE_TYPE, MessageType
 
-__all__ = ["REAL_SETTINGS", "SITE_LOOPS", "messages_per_round", "run_bench", "run_worker_bench"]
+__all__ = ["REAL_SETTINGS", "SITE_LOOPS", "messages_per_round", "run_bench", "run_worker_bench",
+           "secure_round_cost"]
 
 _BENCH_APP = '''
 """Bench ServerApp: time single messages of each kind to one site."""
@@ -107,6 +110,7 @@ def main(grid, context):
         results[kind] = rows
     with open(out, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)
+    time.sleep(float(cfg.extra["bench-idle"]))  # the site, connected and idle, is measured
 '''
 
 
@@ -153,6 +157,59 @@ def messages_per_round() -> dict[str, int]:
     return {MessageType.HELLO: 2 * queries, MessageType.TRAIN: 1, MessageType.EVALUATE: 1}
 
 
+#: seconds the connected site is left idle at the end, its processes' CPU time measured
+IDLE_S = 10.0
+
+
+def _idle_cpu(client: subprocess.Popen[bytes], results: Path, run_app: subprocess.Popen[str],
+              *, timeout: float) -> float | None:
+    """CPU share (of one core) the site's processes use while connected and idle.
+
+    Sampled over the :data:`IDLE_S` the bench ServerApp waits after its last message: the
+    cost of the site's polling (its SuperNode's pulls, its executor's claims).
+    """
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while not results.exists():
+        if run_app.poll() is not None or time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+
+    def cpu() -> float:
+        procs = [psutil.Process(client.pid)]
+        procs += procs[0].children(recursive=True)
+        total = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                continue
+        return total
+
+    time.sleep(1.0)  # the last reply's handling is over
+    t0, c0 = time.monotonic(), cpu()
+    time.sleep(IDLE_S - 2.0)
+    return (cpu() - c0) / (time.monotonic() - t0)
+
+
+def secure_round_cost(messages: Mapping[str, Mapping[str, float]],
+                      counts: Mapping[str, int]) -> tuple[float, float, float]:
+    """Return one round's fixed overhead, training + evaluation time, and overhead share.
+
+    ``messages`` holds per kind the medians :func:`run_bench` measures; ``counts`` the
+    messages per round (:func:`messages_per_round`). A query stage costs what a
+    ``query.hello`` costs, all of it overhead; a train or evaluate message's overhead is its
+    round trip less the training or evaluation in it (a model load counts as overhead).
+    """
+    overhead = sum(n * (messages[k]["rtt_median_s"] if k == MessageType.HELLO
+                        else messages[k]["overhead_median_s"]) for k, n in counts.items())
+    compute = sum(n * messages[k]["handler_median_s"] for k, n in counts.items()
+                  if k != MessageType.HELLO)
+    return overhead, compute, overhead / (overhead + compute) if overhead + compute else 0.0
+
+
 def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
               json_path: str | None = None, timeout: float = 900.0, model: str = "embedded",
               loop: str = "on", keep: str | None = None) -> dict[str, Any]:
@@ -189,7 +246,8 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
         cfg = load_server_config(ks.root / "server.toml")
         load_site_config(ks.site_dirs["bank"] / "site.toml")
         rc = cfg.run_config()
-        defaults = {**rc.to_mapping(), "bench-repeats": repeats, "bench-out": str(out_json)}
+        defaults = {**rc.to_mapping(), "bench-repeats": repeats, "bench-out": str(out_json),
+                    "bench-idle": IDLE_S}
         app = stage_app(work / "app", defaults)
         (app / "confide_bench_app.py").write_text(_BENCH_APP, encoding="utf-8")
         pyproject = (app / "pyproject.toml").read_text()
@@ -213,14 +271,16 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
                 stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 cwd=str(Path(__file__).resolve().parent.parent))
             try:
-                done = subprocess.run([find_bin("flwr"), "run", str(app), "confide", "--stream"],
-                                      env=env, cwd=str(work), capture_output=True, text=True,
-                                      timeout=timeout)
+                run_app = subprocess.Popen(
+                    [find_bin("flwr"), "run", str(app), "confide", "--stream"], env=env,
+                    cwd=str(work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                idle = _idle_cpu(client, out_json, run_app, timeout=timeout)
+                stdout = run_app.communicate(timeout=timeout)[0]
             finally:
                 kill_tree(client, token)
                 client_log.close()
             if not out_json.exists():
-                raise RuntimeError("the bench run wrote no results:\n" + done.stdout[-3000:]
+                raise RuntimeError("the bench run wrote no results:\n" + stdout[-3000:]
                                    + (work / "client.log").read_text(errors="replace")[-3000:])
         total = time.perf_counter() - t_start
         if keep:  # the site's and the SuperLink's logs, the site's state, for a look after
@@ -233,6 +293,7 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
                  for kind, row in ((MessageType.TRAIN, TRAIN), (MessageType.EVALUATE, EVALUATE))}
     report: dict[str, Any] = {"repeats": repeats, "settings": settings, "model": model,
                               "loop": loop, "site_toml": SITE_LOOPS[loop], "wall_s": total,
+                              "idle_cpu_share": idle,
                               "messages": {}, "model_load_s": loads,
                               "imports": _import_costs()}
     print(f"per-message cost in deployment: 1 site, TLS + SuperNode auth, model {model}, "
@@ -250,21 +311,16 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
         report["messages"][kind] = {"rtt_median_s": rtt, "handler_median_s": handler,
                                     "overhead_median_s": overhead, "rows": rows}
         print(f"{kind:<14}{rtt:>14.2f}{handler:>14.2f}{overhead:>18.2f}")
-    # one secure round with secure evaluation, per site: every message's fixed overhead
-    # (a query stage costs what hello costs: all of it is overhead), and the handlers' time
     counts = messages_per_round()
-    msgs = report["messages"]
-    overhead = sum(n * (msgs[k]["rtt_median_s"] if k == MessageType.HELLO
-                        else msgs[k]["overhead_median_s"]) for k, n in counts.items())
-    compute = sum(n * msgs[k]["handler_median_s"] for k, n in counts.items()
-                  if k != MessageType.HELLO)
-    share = overhead / (overhead + compute) if overhead + compute > 0 else 0.0
+    overhead, compute, share = secure_round_cost(report["messages"], counts)
     report.update(secagg_round_fixed_overhead_s=overhead, secagg_round_handler_s=compute,
                   secagg_round_overhead_share=share, messages_per_round=counts)
     print("one secure round with secure evaluation, per site: "
           + " + ".join(f"{n} {k}" for k, n in counts.items())
           + f" messages; fixed overhead {overhead:.1f} s (model loads included), training "
           f"and evaluation {compute:.1f} s: overhead {share:.1%} of the round")
+    if idle is not None:
+        print(f"the site's processes while connected and idle: {idle:.1%} of one core")
     for kind, xs in loads.items():
         print(f"model load per {kind} message (the site's log): "
               + ", ".join(f"{x:.2f} s" for x in xs))
@@ -297,14 +353,17 @@ def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = N
         print(f"{kind:<26}{cells}")
     rows = (("round: fixed overhead s", "secagg_round_fixed_overhead_s", ".1f"),
             ("round: computing s", "secagg_round_handler_s", ".1f"),
-            ("round: overhead share", "secagg_round_overhead_share", ".1%"))
+            ("round: overhead share", "secagg_round_overhead_share", ".1%"),
+            ("idle site, CPU of a core", "idle_cpu_share", ".1%"))
     for label, key, fmt in rows:
-        print(f"{label:<26}" + "".join(f"{format(r[key], fmt):>14}" for r in runs.values()))
+        print(f"{label:<26}" + "".join(
+            f"{format(r[key], fmt) if r[key] is not None else '-':>14}" for r in runs.values()))
     for k, r in runs.items():
         print(f"loop {k}: model load per train message "
               + ", ".join(f"{x:.2f} s" for x in r["model_load_s"][MessageType.TRAIN]))
     keep = ("secagg_round_fixed_overhead_s", "secagg_round_handler_s",
-            "secagg_round_overhead_share", "model_load_s", "wall_s", "site_toml")
+            "secagg_round_overhead_share", "idle_cpu_share", "model_load_s", "wall_s",
+            "site_toml")
     out = {"model": model, "repeats": repeats, "settings": first["settings"],
            "messages_per_round": first["messages_per_round"],
            "loops": {k: {"messages": {kind: {m: v for m, v in row.items() if m != "rows"}

@@ -1,0 +1,33 @@
+"""How bench_round --deployment prices one secure round from its per-message figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol.wire import STAGE_MESSAGE_TYPE, MessageType
+from simulations.bench_deploy import messages_per_round, secure_round_cost
+
+
+def test_a_secure_round_with_secure_evaluation_is_ten_messages_per_site() -> None:
+    counts = messages_per_round()
+    # training and evaluation each go through every stage; one stage carries the work
+    assert sum(counts.values()) == 2 * len(STAGE_MESSAGE_TYPE) == 10
+    assert counts == {MessageType.HELLO: 8, MessageType.TRAIN: 1, MessageType.EVALUATE: 1}
+
+
+def test_queries_are_all_overhead_and_a_model_load_is_overhead_too() -> None:
+    messages = {
+        MessageType.HELLO: {"rtt_median_s": 0.25, "handler_median_s": 0.0,
+                            "overhead_median_s": 0.25},
+        # 9 s of training in a 12 s round trip whose handler also loaded the model for 2 s
+        MessageType.TRAIN: {"rtt_median_s": 12.0, "handler_median_s": 9.0,
+                            "overhead_median_s": 3.0},
+        MessageType.EVALUATE: {"rtt_median_s": 4.5, "handler_median_s": 4.0,
+                               "overhead_median_s": 0.5},
+    }
+    overhead, compute, share = secure_round_cost(messages, messages_per_round())
+    assert overhead == pytest.approx(8 * 0.25 + 3.0 + 0.5)
+    assert compute == pytest.approx(13.0)
+    assert share == pytest.approx(5.5 / 18.5)
+    assert secure_round_cost({k: dict.fromkeys(v, 0.0) for k, v in messages.items()},
+                             messages_per_round()) == (0.0, 0.0, 0.0)

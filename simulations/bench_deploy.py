@@ -212,8 +212,12 @@ def secure_round_cost(messages: Mapping[str, Mapping[str, float]],
 
 def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
               json_path: str | None = None, timeout: float = 900.0, model: str = "embedded",
-              loop: str = "on", keep: str | None = None) -> dict[str, Any]:
-    """Run the deployment bench with one site loop (:data:`SITE_LOOPS`); print, return figures."""
+              loop: str = "on", keep: str | None = None, poll: float | None = None,
+              ) -> dict[str, Any]:
+    """Run the deployment bench with one site loop (:data:`SITE_LOOPS`); print, return figures.
+
+    ``poll`` sets ``poll-interval`` at the coordinator and, for the ``on`` loop, at the site.
+    """
     from client.deploy_config import load_site_config
     from protocol.model_ref import bundled_sites_dir, resolve_model
     from protocol.procs import find_bin, free_port, kill_tree, toml_value
@@ -230,14 +234,17 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
         ks = make_keys(work / "keys", hosts=["127.0.0.1"], sites=["bank"])
         fleet, control = free_port(), free_port()
         out_json = work / "bench.json"
+        site_loop = {**SITE_LOOPS[loop], **({"poll-interval": poll} if poll and loop == "on"
+                                            else {})}
         run = {"num-server-rounds": 1, "min-sites": 1, **settings, "secagg": False,
+               **({"poll-interval": poll} if poll else {}),
                "allow-no-privacy": True, "round-timeout": 300.0,
                "model": model if model == "embedded" else resolve_model(model)}
         (ks.root / "server.toml").write_text(server_toml(
             sites=["bank"], fleet_port=fleet, control_port=control, metrics_port=0,
             out_dir=str(work / "run"), run=run))
         site_text = site_toml(name="bank", data_path=str(bundled_sites_dir() / "bank"),
-                              superlink=f"127.0.0.1:{fleet}", extra=SITE_LOOPS[loop])
+                              superlink=f"127.0.0.1:{fleet}", extra=site_loop)
         # a plain bench (no secure aggregation): without its own enrolment list the site
         # answers plain train and evaluate messages instead of declining them
         site_text = "\n".join(line for line in site_text.splitlines()
@@ -292,12 +299,12 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
         loads = {kind: [float(r.get(MODEL_LOAD, 0.0)) for r in read_site_rows(state, kind=row)]
                  for kind, row in ((MessageType.TRAIN, TRAIN), (MessageType.EVALUATE, EVALUATE))}
     report: dict[str, Any] = {"repeats": repeats, "settings": settings, "model": model,
-                              "loop": loop, "site_toml": SITE_LOOPS[loop], "wall_s": total,
+                              "loop": loop, "site_toml": site_loop, "wall_s": total,
                               "idle_cpu_share": idle,
                               "messages": {}, "model_load_s": loads,
                               "imports": _import_costs()}
     print(f"per-message cost in deployment: 1 site, TLS + SuperNode auth, model {model}, "
-          f"site loop {loop} {SITE_LOOPS[loop] or '(defaults)'}, {repeats} messages per "
+          f"site loop {loop} {site_loop or '(defaults)'}, {repeats} messages per "
           f"kind, {settings}")
     print(f"{'message':<14}{'round trip s':>14}{'computing s':>14}{'fixed overhead s':>18}")
     for kind, rows in raw.items():
@@ -335,10 +342,10 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
 def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
                      model: str = "embedded", json_path: str | None = None,
                      loops: tuple[str, ...] = ("off", "on"), keep: str | None = None,
-                     ) -> dict[str, Any]:
+                     poll: float | None = None) -> dict[str, Any]:
     """Run :func:`run_bench` for each site loop in ``loops``; print them side by side."""
     runs = {loop: run_bench(repeats=repeats, settings=settings, model=model, loop=loop,
-                            keep=keep)
+                            keep=keep, poll=poll)
             for loop in loops}
     first = runs[loops[0]]
     print()

@@ -9,7 +9,7 @@ Prints seconds and the share of the round; ``--json PATH`` writes ``{"phase": se
     python -m simulations.bench_round [--sites 3] [--local-steps 10] [--json PATH]
     python -m simulations.bench_round --deployment [--model M] [--loops off,worker,on]
         [--repeats 3] [--local-steps 2] [--batch-size 16] [--max-seq-len 64]
-        [--max-eval-examples 32] [--no-dp] [--json PATH]
+        [--max-eval-examples 32] [--no-dp] [--poll-interval S] [--keep DIR] [--json PATH]
 
 ``--deployment`` measures each message's fixed overhead in a real deployment, for each site
 loop (``simulations.bench_deploy.SITE_LOOPS``): ``off``, Flower's own (a fresh process
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-eval-examples", type=int, default=None,
                     help="--deployment (default 32)")
     ap.add_argument("--no-dp", action="store_true", help="--deployment: train without DP")
+    ap.add_argument("--poll-interval", type=float, default=None, metavar="S",
+                    help="--deployment: poll-interval of the coordinator and of the `on` site "
+                         "(default: theirs, 0.1)")
     ap.add_argument("--keep", default=None, metavar="DIR",
                     help="--deployment: copy each run's folder (logs, site state) to DIR/LOOP")
     args = ap.parse_args(argv)
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_dp:
             settings["dp"] = False
         run_worker_bench(repeats=args.repeats, settings=settings, model=args.model,
-                         json_path=args.json_path, loops=loops, keep=args.keep)
+                         json_path=args.json_path, loops=loops, keep=args.keep,
+                         poll=args.poll_interval)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue #15, for one CUDA machine, in about 5 minutes:
+# Confide's GPU check, for one CUDA machine, in about 5 minutes:
 #   1. the `gpu` tests (bf16 DP step, peak memory with/without checkpointing, QLoRA load);
 #   2. the DP step on the real model, non-private vs DP hooks (bench_dp: step time, peak
 #      GPU memory), at the site's default precision (auto: bf16 where the GPU has it);

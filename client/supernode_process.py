@@ -9,8 +9,10 @@ site makes for itself:
   0.5 s between checks for the ClientApp's reply. A secure round is about ten messages per
   site, each sent only when every site has answered the one before, so those sleeps alone
   added ~15 s per round per site. Here every such sleep is capped at the site's
-  ``poll-interval`` (``site.toml``; 3.0 gives Flower's behaviour back). Only the length of
-  the waits changes, nothing that is sent.
+  ``poll-interval`` (``site.toml``; 3.0 gives Flower's behaviour back), the executor and
+  the loop wake each other when a task or a reply is stored, and a message's arrays not
+  stored yet are tried again after 20 ms, not 1 s (:mod:`protocol.object_pulls`). Only the
+  length of the waits changes, nothing that is sent.
 * **Executor** (``--executor``; the default with the resident worker). Flower's
   ``subprocess`` isolation starts ``flower-superexec``, which starts one ``flwr-clientapp``
   process per message (interpreter start and imports, ~2 s each). Here the SuperNode runs
@@ -21,7 +23,7 @@ site makes for itself:
   SuperExec authentication): another local process cannot take the site's messages, which
   Flower's ``subprocess`` isolation leaves open to any process on the machine.
 
-Both changes patch Flower 1.39 internals. On any other Flower version, or when an internal
+Both patch Flower 1.39 internals. On any other Flower version, or when an internal
 has moved, the SuperNode runs unchanged (Flower's polling, ``subprocess`` isolation with the
 site's ``flwr-clientapp``) and the log says why.
 """
@@ -262,7 +264,10 @@ def run_executor(address: str, secret: bytes, poll: float,
             stop.wait(max(poll, 0.5))
             continue
         if res.HasField("task") and res.token:
-            run_task(address, res.token, load_app, poll, wake)
+            try:
+                run_task(address, res.token, load_app, poll, wake)
+            except Exception:  # noqa: BLE001 - the task expires at the SuperNode; go on
+                logger.exception("site executor: a task failed outside its ClientApp")
             continue  # another task may be waiting already
         if wake is None:
             stop.wait(poll)

@@ -97,6 +97,14 @@ def test_server_config_errors_name_the_file_the_key_and_the_value(tmp_path, edit
     (("state-dir = \"./state\"", "state-dir = \"./elsewhere\""), r"`state-dir`: no identity.key"),
     (("[privacy]", "[secagg]\nmax-cohort = 1\n[privacy]"), r"\[secagg\].*`max-cohort`.*got 1"),
     (("[privacy]", "[secagg]\nmax-cohrt = 5\n[privacy]"), r"unknown key `max-cohrt` in \[secagg\]"),
+    (("runtime-port = 0", "runtime-port = 0\npoll-interval = 0.001"),
+     r"\[site\] `poll-interval` must be >= 0.01"),
+    (("runtime-port = 0", "runtime-port = 0\npoll-interval = 120"),
+     r"\[site\] `poll-interval` must be <= 60"),
+    (("runtime-port = 0", "runtime-port = 0\nexecutor = 1"),
+     r"\[site\] `executor` must be true or false"),
+    (("runtime-port = 0", "runtime-port = 0\nworker = false\nexecutor = true"),
+     r"\[site\] `executor` must be false when `worker` is false"),
 ])
 def test_site_config_errors_name_the_file_the_key_and_the_value(tmp_path, edit, message):
     dep = make_deployment(tmp_path)

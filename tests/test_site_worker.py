@@ -25,7 +25,12 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 
 from client.app import app
-from client.deploy_config import NODE_WORKER_SOCKET, NODE_WORKER_WAIT, worker_socket_path
+from client.deploy_config import (
+    NODE_WORKER_SOCKET,
+    NODE_WORKER_WAIT,
+    POLL_INTERVAL_S,
+    worker_socket_path,
+)
 from client.local_round import MODEL_LOAD
 from client.worker import JOURNAL_FILE, WorkerSupervisor
 from privacy.ledger import PrivacyLedger
@@ -223,6 +228,8 @@ def test_site_toml_worker_switch_names_the_socket_in_the_node_config_only_when_o
     path.write_text(text.replace("[site]", "[site]\nworker = false", 1))
     off = load_site_config(path)
     assert off.worker_socket is None and NODE_WORKER_SOCKET not in off.node_config()
+    assert on.executor and not off.executor  # the executor relays to the worker
+    assert on.poll_interval == POLL_INTERVAL_S
     path.write_text(text.replace("[site]", "[site]\nworker = \"yes\"", 1))
     with pytest.raises(DeployConfigError, match=r"\[site\] `worker` must be true or false"):
         load_site_config(path)

@@ -7,9 +7,11 @@ with the site's node config: data path, state directory (privacy ledger, identit
 privacy policy, model, device, the worker's socket. While the coordinator is unreachable
 it retries with exponential backoff, up to ``connect-timeout`` seconds without a
 connection; a certificate that does not verify or a key the coordinator has not enrolled
-ends the agent at once with an error that says so. Each message's ClientApp process runs
-the site's installed ClientApp, never the code of the FAB the coordinator submitted
-(:mod:`client.clientapp_process`); with the worker it only relays the message to it.
+ends the agent at once with an error that says so. The SuperNode runs through the site's
+own process (:func:`supernode_command`, :mod:`client.supernode_process`): with the worker it
+runs each message's ClientApp in-process and relays the message to the worker; without, a
+fresh process per message runs it (:mod:`client.clientapp_process`). Either way it is the
+site's installed ClientApp, never the code of the FAB the coordinator submitted.
 
 ``export_ledger`` verifies the hash chain of the site's privacy ledger and writes a copy, with
 a verified copy of its site-level ledger beside it.

@@ -73,6 +73,10 @@ class RunConfig:
     base_quantization: str = "none"
     out_dir: str = "runs/flwr"
     round_timeout: float = 600.0
+    #: seconds to wait for a site's ``query.hello`` (its name; no model is loaded). A node
+    #: that stays silent, e.g. a killed SuperNode the SuperLink still lists, is not asked
+    #: again in the same round
+    hello_timeout: float = 30.0
     #: seconds between two pulls of the replies not yet received (Flower's own
     #: ``Grid.send_and_receive`` waits 3 s)
     poll_interval: float = 0.1
@@ -157,6 +161,7 @@ class RunConfig:
         need(self.base_quantization == "none" or self.device != "cpu", "base-quantization",
              "'none' when device is 'cpu' (4-bit base weights need CUDA)")
         need(self.round_timeout > 0, "round-timeout", "> 0")
+        need(self.hello_timeout > 0, "hello-timeout", "> 0")
         need(0.01 <= self.poll_interval <= 10.0, "poll-interval", "in [0.01, 10]")
         need(self.max_eval_examples >= 0, "max-eval-examples", ">= 0")
         need(self.secagg_clip > 0, "secagg-clip", "> 0")

@@ -107,6 +107,8 @@ class RoundDriver:
         self.lora_cfg = lora_cfg
         self.shapes = dict(shapes)
         self.site_names: dict[int, str] = {}
+        #: node -> the round in which it did not answer ``query.hello`` (not asked again then)
+        self._silent: dict[int, int] = {}
         self.upload_keys = trainable_keys(list(shapes), cfg.aggregation)
         self.exhausted: set[int] = set()  # declined for budget: never sampled again
         self.stopped_early = ""
@@ -127,20 +129,24 @@ class RoundDriver:
         return self.send_each({n: content for n in nodes}, kind, round_num)
 
     def send_each(self, contents: Mapping[int, RecordDict], kind: str,
-                  round_num: int) -> list[SiteReply]:
-        """Send each node its own content; wait at most ``round-timeout`` for the replies."""
+                  round_num: int, *, timeout_key: str = "round-timeout") -> list[SiteReply]:
+        """Send each node its own content; wait at most ``round-timeout`` for the replies.
+
+        ``timeout_key`` names another run-config key to wait for instead (``hello-timeout``).
+        """
+        limit = self.cfg.hello_timeout if timeout_key == "hello-timeout" \
+            else self.cfg.round_timeout
         nodes = sorted(contents)
         messages = [Message(contents[n], dst_node_id=n, message_type=kind,
                             group_id=str(round_num)) for n in nodes]
         t0 = time.perf_counter()
-        raw = exchange(self.grid, messages, timeout=self.cfg.round_timeout,
-                       poll=self.cfg.poll_interval)
+        raw = exchange(self.grid, messages, timeout=limit, poll=self.cfg.poll_interval)
         waited = time.perf_counter() - t0
         self.clock.waited(round_num, waited)
-        if waited > SLOW_STAGE_SHARE * self.cfg.round_timeout:
-            logger.warning("round %d: %s took %.0f s of the %.0f s round-timeout: on a slower "
-                           "or busier machine sites would be dropped here (raise "
-                           "round-timeout)", round_num, kind, waited, self.cfg.round_timeout)
+        if waited > SLOW_STAGE_SHARE * limit:
+            logger.warning("round %d: %s took %.0f s of the %.0f s %s: on a slower or busier "
+                           "machine sites would be dropped here (raise %s)", round_num, kind,
+                           waited, limit, timeout_key, timeout_key)
         self.bytes_received[round_num] = (self.bytes_received.get(round_num, 0)
                                           + sum(_safe_bytes(m) for m in raw))
         if self.cfg.record_received:  # what the coordinator received, as received
@@ -149,14 +155,13 @@ class RoundDriver:
         replies = [r for r in replies if r.node_id in contents]
         got = {r.node_id for r in replies}
         if len(got) < len(nodes):
-            logger.warning("round %d: %s: %d of %d sites replied within %.0f s", round_num, kind,
-                           len(got), len(nodes), self.cfg.round_timeout)
+            logger.warning("round %d: %s: %d of %d sites replied within %g s (%s)", round_num,
+                           kind, len(got), len(nodes), limit, timeout_key)
         for n in nodes:
             if n not in got:
                 replies.append(SiteReply(
                     n, self.site_names.get(n, f"node-{n}"), Status.TIMEOUT,
-                    reason=f"no reply to {kind} within {self.cfg.round_timeout:.0f} s "
-                           "(round-timeout)"))
+                    reason=f"no reply to {kind} within {limit:g} s ({timeout_key})"))
         for r in replies:
             if r.status == Status.OK:
                 self.site_names[r.node_id] = r.site
@@ -168,11 +173,21 @@ class RoundDriver:
         return sorted(replies, key=lambda r: r.node_id)
 
     def discover_names(self, nodes: Iterable[int], round_num: int) -> None:
-        """Ask nodes whose site name is not known yet (cheap: no model is loaded)."""
-        unknown = [n for n in nodes if n not in self.site_names]
-        if unknown:
-            self._send(unknown, MessageType.HELLO, RecordDict({Key.CONFIG: ConfigRecord({})}),
-                       round_num)
+        """Ask nodes whose site name is not known yet (cheap: no model is loaded).
+
+        Each waits at most ``hello-timeout``; one that stayed silent is not asked again in
+        the same round (a killed SuperNode stays listed until its heartbeats expire).
+        """
+        unknown = [n for n in nodes if n not in self.site_names
+                   and self._silent.get(n) != round_num]
+        if not unknown:
+            return
+        content = RecordDict({Key.CONFIG: ConfigRecord({})})
+        replies = self.send_each({n: content for n in unknown}, MessageType.HELLO, round_num,
+                                 timeout_key="hello-timeout")
+        for r in replies:
+            if r.status == Status.TIMEOUT:
+                self._silent[r.node_id] = round_num
 
     # phases ------------------------------------------------------------------------------
     def sample(self, round_num: int) -> list[int]:

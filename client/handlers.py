@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.deploy_config import NODE_ENROLMENT
 from client.faults import inject_fault
-from client.local_round import MODEL_LOAD, load_site, local_update
+from client.local_round import MODEL_LOAD, load_site_timed, local_update
 from client.site import site_spec
 from protocol.config import RunConfig
 from protocol.instructions import RoundInstructions
@@ -66,14 +66,12 @@ def held_out(msg: Message, context: Context) -> tuple[str, dict[str, Any]]:
 
     The figures are also appended to the site's own log (:mod:`protocol.site_log`).
     """
-    from client.model import _load_cached, set_adapter_state
+    from client.model import set_adapter_state
     from client.train import evaluate as held_out_loss
 
     t0 = time.perf_counter()
     instr = RoundInstructions.from_record(msg.content[Key.CONFIG])
-    loads = _load_cached.cache_info().misses
-    cfg, sm, data = load_site(context)
-    t_model_load = time.perf_counter() - t0 if _load_cached.cache_info().misses > loads else 0.0
+    cfg, sm, data, t_model_load = load_site_timed(context)
     set_adapter_state(sm, record_to_state(msg.content.array_records[Key.ARRAYS]),
                       aggregation=instr.aggregation)
     res = held_out_loss(sm.model, data.held_out, batch_size=max(cfg.batch_size, 16),

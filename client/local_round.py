@@ -34,8 +34,8 @@ from protocol.wire import Metric, Reason, Status
 if TYPE_CHECKING:
     from client.model import SiteModel
 
-__all__ = ["LocalUpdate", "MODEL_LOAD", "clear_metrics", "load_site", "local_update",
-           "releases_metrics"]
+__all__ = ["LocalUpdate", "MODEL_LOAD", "clear_metrics", "load_site", "load_site_timed",
+           "local_update", "releases_metrics"]
 
 #: the site log's figure of a train message: seconds spent loading the base model (0: cached)
 MODEL_LOAD = "time-model-load"
@@ -79,6 +79,21 @@ def load_site(context: Context) -> tuple[RunConfig, SiteModel, SiteData]:
     )
     data = load_site_data(spec, cfg, site_model.tokenizer)
     return cfg, site_model, data
+
+
+def load_site_timed(context: Context) -> tuple[RunConfig, SiteModel, SiteData, float]:
+    """:func:`load_site`, and the seconds it spent loading the base model (0: cached).
+
+    The site's own log records that time per message (:data:`MODEL_LOAD`): a resident
+    worker loads the model once per run, so it is 0 after its first message.
+    """
+    from client.model import _load_cached
+
+    t0 = time.perf_counter()
+    loads = _load_cached.cache_info().misses
+    cfg, sm, data = load_site(context)
+    loaded = _load_cached.cache_info().misses > loads
+    return cfg, sm, data, time.perf_counter() - t0 if loaded else 0.0
 
 
 def _round_seed(cfg_seed: int, round_num: int, site: str) -> int:
@@ -157,15 +172,11 @@ def local_update(instr: RoundInstructions, arrays: Any, context: Context) -> Loc
     With a site privacy policy the ledger entry is written before this returns, i.e. before
     anything derived from the round's training can leave the site.
     """
-    from client.model import _load_cached, get_adapter_state, set_adapter_state
+    from client.model import get_adapter_state, set_adapter_state
     from client.train import dp_train, train_steps
 
     t0 = time.perf_counter()
-    loads = _load_cached.cache_info().misses
-    cfg, sm, data = load_site(context)
-    # the site's own log shows whether this message loaded the base model (a resident
-    # worker loads it once per run: 0 after the first train message)
-    t_model_load = time.perf_counter() - t0 if _load_cached.cache_info().misses > loads else 0.0
+    cfg, sm, data, t_model_load = load_site_timed(context)
     round_num, run_id, steps = instr.round_num, instr.run_id, instr.local_steps
     site = data.spec.name
 

@@ -50,8 +50,8 @@ from flwr.app import Message
 from protocol.object_pulls import (
     BACKOFF_CAP_S,
     FIRST_RETRY_S,
-    FLOWER_SERIES,
     quicken_object_pulls,
+    unsupported_flower,
 )
 
 __all__ = ["SECRET_NAME", "Wakeups", "main", "patch_polling", "run_executor", "run_task"]
@@ -61,12 +61,6 @@ logger = logging.getLogger("client.supernode_process")  # also when run as __mai
 _CAPPED = "_confide_capped"
 #: the file in the worker's folder that hands the SuperNode this start's executor secret
 SECRET_NAME = "superexec.secret"
-
-
-def _flower_version() -> str:
-    from importlib.metadata import version
-
-    return version("flwr")
 
 
 @dataclass
@@ -89,9 +83,9 @@ def patch_polling(poll: float, wake: Wakeups | None = None) -> str | None:
     (:func:`protocol.object_pulls.quicken_object_pulls`); and with ``wake``, each
     message it stores sets ``wake.task``.
     """
-    version = _flower_version()
-    if not version.startswith(FLOWER_SERIES):
-        return f"flwr {version} is not {FLOWER_SERIES}x"
+    why = unsupported_flower()
+    if why:
+        return why
     from flwr.supernode import start_client_internal as sci
 
     current = getattr(sci, "time", None)
@@ -277,9 +271,9 @@ def run_executor(address: str, secret: bytes, poll: float,
 
 
 def _executor_unsupported() -> str | None:
-    version = _flower_version()
-    if not version.startswith(FLOWER_SERIES):
-        return f"flwr {version} is not {FLOWER_SERIES}x"
+    why = unsupported_flower()
+    if why:
+        return why
     try:
         from flwr.supercore.superexec import run_superexec
         from flwr.supernode.runtime import run_clientapp

@@ -19,7 +19,8 @@ import functools
 import importlib
 import inspect
 
-__all__ = ["BACKOFF_CAP_S", "FIRST_RETRY_S", "FLOWER_SERIES", "quicken_object_pulls"]
+__all__ = ["BACKOFF_CAP_S", "FIRST_RETRY_S", "FLOWER_SERIES", "quicken_object_pulls",
+           "unsupported_flower"]
 
 #: first wait before an object is tried again (Flower's own: 1 s); it doubles each try
 FIRST_RETRY_S = 0.02
@@ -30,6 +31,16 @@ FLOWER_SERIES = "1.39."
 _MARK = "_confide_quick_pulls"
 
 
+def unsupported_flower() -> str | None:
+    """Why the installed Flower is not the one Confide's patches were checked against, or None."""
+    from importlib.metadata import version
+
+    flwr_version = version("flwr")
+    if not flwr_version.startswith(FLOWER_SERIES):
+        return f"flwr {flwr_version} is not {FLOWER_SERIES}x"
+    return None
+
+
 def quicken_object_pulls(module_name: str) -> str | None:
     """Make ``module_name.pull_objects`` retry sooner; the reason when it cannot.
 
@@ -37,11 +48,9 @@ def quicken_object_pulls(module_name: str) -> str | None:
     nothing, on a Flower other than :data:`FLOWER_SERIES` or when the module has no such
     function with an ``initial_backoff`` parameter.
     """
-    from importlib.metadata import version
-
-    flwr_version = version("flwr")
-    if not flwr_version.startswith(FLOWER_SERIES):
-        return f"flwr {flwr_version} is not {FLOWER_SERIES}x"
+    why = unsupported_flower()
+    if why:
+        return why
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

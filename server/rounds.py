@@ -134,8 +134,7 @@ class RoundDriver:
 
         ``timeout_key`` names another run-config key to wait for instead (``hello-timeout``).
         """
-        limit = self.cfg.hello_timeout if timeout_key == "hello-timeout" \
-            else self.cfg.round_timeout
+        limit = float(getattr(self.cfg, timeout_key.replace("-", "_")))
         nodes = sorted(contents)
         messages = [Message(contents[n], dst_node_id=n, message_type=kind,
                             group_id=str(round_num)) for n in nodes]

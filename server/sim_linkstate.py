@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from protocol.object_pulls import FLOWER_SERIES
+
 __all__ = ["install", "installed"]
 
 logger = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ def install() -> bool:
     """
     import flwr
 
-    if not str(getattr(flwr, "__version__", "")).startswith("1.39."):
+    if not str(getattr(flwr, "__version__", "")).startswith(FLOWER_SERIES):
         logger.debug("flwr %s: the in-memory link state is left as it is",
                      getattr(flwr, "__version__", "?"))
         return False

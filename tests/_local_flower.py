@@ -6,15 +6,18 @@ A test starts the site side itself (the command ``confide client`` uses,
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import textwrap
 import time
 from pathlib import Path
 
+from client.deploy_config import SiteDeployConfig
 from protocol.procs import find_bin, free_port
 
-__all__ = ["HELLO_SERVER", "app_dir", "flwr_run", "start_superlink", "wait_port"]
+__all__ = ["HELLO_SERVER", "app_dir", "flwr_run", "site_config", "start_superlink",
+           "wait_port"]
 
 #: a ServerApp that sends ``query.hello`` to the first node, ``count`` times one after the
 #: other, and writes each reply (its config records, or its error) to ``out`` as JSON
@@ -47,6 +50,17 @@ def main(grid, context):
     with open(context.run_config["out"], "w") as fh:
         json.dump(out, fh)
 '''
+
+
+def site_config(tmp: Path, *, executor: bool = True, worker: bool = True) -> SiteDeployConfig:
+    """A site ``bank`` with one private record, its state under ``tmp`` (no coordinator yet)."""
+    data = tmp / "site-data.jsonl"
+    data.write_text(json.dumps({"text": "private record"}) + "\n")
+    return SiteDeployConfig(
+        path=tmp / "site.toml", name="bank", superlink="", ca_cert=None,
+        auth_key=tmp / "unused.key", data_path=data, state_dir=tmp / "state", enrolment=None,
+        model="embedded", hf_cache=None, device="cpu", runtime_port=0, connect_timeout=60.0,
+        executor=executor, worker=worker)
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:

@@ -30,17 +30,18 @@ from client.supernode_process import SECRET_NAME, patch_polling, run_executor
 from protocol.object_pulls import BACKOFF_CAP_S, FIRST_RETRY_S
 from protocol.procs import free_port, kill_tree
 from protocol.wire import Field, Key, Status
-from tests._local_flower import HELLO_SERVER, app_dir, flwr_run, start_superlink, wait_port
+from tests._local_flower import (
+    HELLO_SERVER,
+    app_dir,
+    flwr_run,
+    site_config,
+    start_superlink,
+    wait_port,
+)
 
 
 def _site(tmp: Path, *, executor: bool) -> SiteDeployConfig:
-    data = tmp / "site-data.jsonl"
-    data.write_text(json.dumps({"text": "private record"}) + "\n")
-    return SiteDeployConfig(
-        path=tmp / "site.toml", name="bank", superlink="", ca_cert=None,
-        auth_key=tmp / "unused.key", data_path=data, state_dir=tmp / "state", enrolment=None,
-        model="embedded", hf_cache=None, device="cpu", runtime_port=0, connect_timeout=60.0,
-        executor=executor, worker=executor)
+    return site_config(tmp, executor=executor, worker=executor)
 
 
 def _flower_args(fleet: int, port: int, node_config: dict[str, Any]) -> list[str]:

@@ -23,7 +23,7 @@ from client.deploy_config import SiteDeployConfig, worker_dir
 from client.worker import WorkerSupervisor
 from protocol.procs import free_port, kill_tree
 from protocol.wire import Field, Key, Status
-from tests._local_flower import HELLO_SERVER, app_dir, flwr_run, start_superlink
+from tests._local_flower import HELLO_SERVER, app_dir, flwr_run, site_config, start_superlink
 
 _EVIL_CLIENT = '''
 from pathlib import Path
@@ -46,13 +46,7 @@ def _coordinator_app(dest: Path, marker: Path, out: Path) -> Path:
 
 
 def _site(tmp: Path, *, executor: bool = True) -> SiteDeployConfig:
-    data = tmp / "site-data.jsonl"
-    data.write_text(json.dumps({"text": "private record"}) + "\n")
-    return SiteDeployConfig(
-        path=tmp / "site.toml", name="bank", superlink="", ca_cert=None,
-        auth_key=tmp / "unused.key", data_path=data, state_dir=tmp / "state", enrolment=None,
-        model="embedded", hf_cache=None, device="cpu", runtime_port=0, connect_timeout=60.0,
-        executor=executor)
+    return site_config(tmp, executor=executor)
 
 
 def test_the_agent_puts_the_site_clientapp_first_on_the_supernode_path(tmp_path: Path) -> None:

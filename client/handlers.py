@@ -22,7 +22,8 @@ from protocol.messages import record_to_state, reply_content, state_to_record
 from protocol.site_log import EVALUATE, append_site_row
 from protocol.wire import Field, Key, MessageType, Metric, Reason, Status
 
-__all__ = ["evaluate", "held_out", "hello", "requires_secure_aggregation", "train"]
+__all__ = ["evaluate", "held_out", "hello", "received_figures", "requires_secure_aggregation",
+           "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +55,37 @@ def train(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
     inject_fault(cfg, site_spec(context.node_config, cfg).name, MessageType.TRAIN,
                  instr.round_num)
+    figures = received_figures(msg, context, instr) if instr.evaluate_received else None
     upd = local_update(instr, msg.content[Key.ARRAYS], context)
     arrays = state_to_record(upd.delta) if upd.delta is not None else None
+    metrics = dict(upd.metrics)
+    if figures is not None and upd.status == Status.OK:
+        metrics.update({Metric.EVAL_LOSS: figures[Metric.EVAL_LOSS],
+                        Metric.EVAL_NUM_EXAMPLES: figures[Metric.NUM_EXAMPLES],
+                        Metric.EVAL_NUM_TOKENS: figures[Metric.NUM_TOKENS],
+                        Metric.TIME_EVAL: figures[Metric.TIME_EVAL]})
     return Message(reply_content(site=upd.site, status=upd.status, reason=upd.reason,
-                                 metrics=upd.metrics, arrays=arrays,
+                                 metrics=metrics, arrays=arrays,
                                  ledger_summary=upd.ledger_summary), reply_to=msg)
 
 
-def held_out(msg: Message, context: Context) -> tuple[str, dict[str, Any]]:
+def received_figures(msg: Message, context: Context,
+                     instr: RoundInstructions) -> dict[str, Any]:
+    """Return the held-out figures of the adapter a train message carries (``evaluate-received``).
+
+    That adapter is the one after the previous round, so the site's log files them under
+    ``round - 1``, where the coordinator's metrics row puts them. They are computed before
+    the site trains, on the adapter as received.
+    """
+    return held_out(msg, context, round_num=instr.round_num - 1)[1]
+
+
+def held_out(msg: Message, context: Context, *,
+             round_num: int | None = None) -> tuple[str, dict[str, Any]]:
     """Return the site's name and the held-out figures of the message's adapter.
 
-    The figures are also appended to the site's own log (:mod:`protocol.site_log`).
+    The figures are also appended to the site's own log (:mod:`protocol.site_log`), under
+    ``round_num`` (default: the instructions' round).
     """
     from client.model import set_adapter_state
     from client.train import evaluate as held_out_loss
@@ -84,7 +105,8 @@ def held_out(msg: Message, context: Context) -> tuple[str, dict[str, Any]]:
     }
     if data.spec.state_dir is not None:
         append_site_row(data.spec.state_dir, kind=EVALUATE, run_id=instr.run_id,
-                        round_num=instr.round_num, figures={**metrics, MODEL_LOAD: t_model_load})
+                        round_num=instr.round_num if round_num is None else round_num,
+                        figures={**metrics, MODEL_LOAD: t_model_load})
     return data.spec.name, metrics
 
 

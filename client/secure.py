@@ -34,7 +34,12 @@ from protocol.enrolment import load_enrolment
 from protocol.instructions import RoundInstructions
 from protocol.messages import get_payload
 from protocol.ring import check_ring
-from protocol.secure_stats import append_weight, weight_limbs
+from protocol.secure_stats import (
+    append_eval_stats,
+    append_weight,
+    eval_stats_limbs,
+    weight_limbs,
+)
 from protocol.wire import Field, Key, Metric
 
 __all__ = ["SecureSite", "site_limits"]
@@ -133,7 +138,7 @@ class SecureSite:
                 del context.state[key]
 
     def encode(self, upd: LocalUpdate, instr: RoundInstructions, session: SiteSession,
-               context: Context) -> np.ndarray:
+               context: Context, *, eval_stats: np.ndarray | None = None) -> np.ndarray:
         """Encode the trained delta as the round's ring vector (clipped, weighted or noised).
 
         Without site-level DP the weight (number of examples) follows as its exact integer
@@ -141,12 +146,17 @@ class SecureSite:
         never in the clear. Before encoding, the site checks the ring and grid it is handed
         (:func:`protocol.ring.check_ring`): it refuses a pair under which its clipped,
         weighted input, or the cohort's sum, could wrap.
+
+        ``eval_stats`` (``evaluate-received``) follow the weight as their exact limbs
+        (:func:`protocol.secure_stats.append_eval_stats`).
         """
         if instr.codec is None or upd.delta is None:
             raise SecAggError("a masked input needs the round's codec and a trained delta")
         delta = {k: upd.delta[k] for k in sorted(upd.delta)}
         manifest = Manifest.from_arrays(delta)
         manifest.check_digest(instr.codec.manifest)
+        if (eval_stats is not None) != instr.evaluate_received:
+            raise SecAggError("evaluation figures asked for and given must agree")
         if instr.site_level_dp is not None:  # site-level DP: clip, rotate, round, add own noise
             return encode_site_level_dp(delta, manifest, instr.site_level_dp, self.cfg,
                                         session.config, context, run_id=instr.run_id)
@@ -159,6 +169,8 @@ class SecureSite:
                        modulus_bits=bits)
             limbs = weight_limbs(modulus_bits=bits, n_sites=n_sites,
                                  max_weight=instr.codec.max_weight)[1]
+            if eval_stats is not None:
+                limbs += eval_stats_limbs(modulus_bits=bits, n_sites=n_sites)
         except ValueError as exc:
             raise SecAggError(f"refused the round's codec: {exc}") from None
         if session.config.vector_length != manifest.dim + limbs:
@@ -167,5 +179,11 @@ class SecureSite:
         vec = encode(delta, manifest, clip_norm=instr.codec.clip, weight=float(weight),
                      scale=instr.codec.scale, modulus_bits=bits,
                      rng=np.random.default_rng(), max_weight=instr.codec.max_weight)
-        return append_weight(vec, weight, modulus_bits=bits, max_weight=instr.codec.max_weight,
-                             n_sites=n_sites)
+        vec = append_weight(vec, weight, modulus_bits=bits, max_weight=instr.codec.max_weight,
+                            n_sites=n_sites)
+        if eval_stats is None:
+            return vec
+        try:
+            return append_eval_stats(vec, eval_stats, modulus_bits=bits, n_sites=n_sites)
+        except ValueError as exc:
+            raise SecAggError(f"refused the round's codec: {exc}") from None

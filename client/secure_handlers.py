@@ -112,7 +112,15 @@ def masked_train(msg: Message, context: Context) -> Message:
     A site that already sent a masked input for this (run, round), in any attempt, declines
     before training: it never trains a round twice nor sends two inputs to sums that could
     differ in it (the coordinator's re-run of an interrupted round goes on without it).
+
+    With ``evaluate-received`` the site first evaluates the adapter it received (the one
+    after round r - 1) and appends the figures to its input (:func:`~protocol.secure_stats.
+    append_eval_stats`), so they reach the coordinator only inside the round's sum. That
+    uses up the site's evaluation of round r - 1: it refuses such a request when it already
+    sent an evaluation for round r - 1, and refuses a later evaluation of round r - 1.
     """
+    from client.handlers import received_figures
+
     site = SecureSite.of(context)
     inject_fault(site.cfg, site.name, Stage.MASKED_INPUT, _round_of(msg))
     session = None
@@ -122,7 +130,16 @@ def masked_train(msg: Message, context: Context) -> Message:
         cfg = session.config
         if is_eval_round(cfg.round):
             raise SecAggError("a training input asked for in an evaluation's session")
+        if cfg.round != instr.round_num:
+            raise SecAggError(f"instructions for round {instr.round_num} in the session of "
+                              f"round {cfg.round}")
         done = Stage.MASKED_INPUT in site.guard.record(cfg.run_id, cfg.round)
+        evaluated = None
+        if instr.evaluate_received and not done:
+            evaluated = eval_round(cfg.round - 1)
+            if Stage.MASKED_INPUT in site.guard.record(cfg.run_id, evaluated):
+                raise SecAggError(f"this site already sent its evaluation of round "
+                                  f"{cfg.round - 1}; it never sends two")
     except _REFUSALS as exc:
         return _refuse(msg, context, site.name, exc, session)
     if done:
@@ -132,6 +149,7 @@ def masked_train(msg: Message, context: Context) -> Message:
         return _answer(msg, site.name, None, status=Status.DECLINED,
                        reason=Reason.ROUND_ALREADY_CONTRIBUTED)
     try:
+        figures = received_figures(msg, context, instr) if evaluated is not None else None
         upd = local_update(instr, msg.content[Key.ARRAYS], context)
     except Exception as exc:  # noqa: BLE001 - whatever it is, the local round failed
         return _training_failed(msg, context, site.name, exc, session)
@@ -142,16 +160,30 @@ def masked_train(msg: Message, context: Context) -> Message:
                        metrics=clear_metrics(upd.metrics, release=release),
                        ledger_summary=upd.ledger_summary)
     try:
-        vector = site.encode(upd, instr, session, context)
+        stats = None if figures is None else _eval_stats(figures)
+        vector = site.encode(upd, instr, session, context, eval_stats=stats)
+        if evaluated is not None:  # before anything is sent: a second evaluation is refused
+            site.guard.claim_masked_input(cfg.run_id, evaluated, cfg.attempt)
         reply = session.masked_input(get_payload(msg.content), vector=vector)
-        del vector  # only the masked vector leaves
+        del vector, stats  # only the masked vector leaves
     except _REFUSALS as exc:  # trained and charged: the refusal carries the ledger summary
         upd.refresh_summary()
         return _refuse(msg, context, site.name, exc, session, upd.ledger_summary)
     upd.refresh_summary()  # now covering this round's site-level charge (made by encode)
     site.save(context, session)
-    return _answer(msg, site.name, reply, metrics=clear_metrics(upd.metrics, release=release),
-                   ledger_summary=upd.ledger_summary)
+    metrics = clear_metrics(upd.metrics, release=release)
+    if release and figures is not None:
+        metrics.update({Metric.EVAL_LOSS: figures[Metric.EVAL_LOSS],
+                        Metric.EVAL_NUM_EXAMPLES: figures[Metric.NUM_EXAMPLES],
+                        Metric.EVAL_NUM_TOKENS: figures[Metric.NUM_TOKENS]})
+    return _answer(msg, site.name, reply, metrics=metrics, ledger_summary=upd.ledger_summary)
+
+
+def _eval_stats(figures: dict[str, Any]) -> Any:
+    """Encode a site's held-out figures as the stats vector of a secure sum."""
+    return encode_eval_stats(loss=float(figures[Metric.EVAL_LOSS]),
+                             num_examples=int(figures[Metric.NUM_EXAMPLES]),
+                             num_tokens=int(figures[Metric.NUM_TOKENS]))
 
 
 def masked_evaluate(msg: Message, context: Context) -> Message:
@@ -183,9 +215,7 @@ def masked_evaluate(msg: Message, context: Context) -> Message:
     except Exception as exc:  # noqa: BLE001 - whatever it is, the evaluation failed
         return _training_failed(msg, context, site.name, exc, session)
     try:
-        vector = encode_eval_stats(loss=float(figures[Metric.EVAL_LOSS]),
-                                   num_examples=int(figures[Metric.NUM_EXAMPLES]),
-                                   num_tokens=int(figures[Metric.NUM_TOKENS]))
+        vector = _eval_stats(figures)
         reply = session.masked_input(get_payload(msg.content), vector=vector)
         del vector
     except _REFUSALS as exc:

@@ -80,6 +80,11 @@ class RunConfig:
     #: seconds between two pulls of the replies not yet received (Flower's own
     #: ``Grid.send_and_receive`` waits 3 s)
     poll_interval: float = 0.1
+    #: each round's train message also evaluates the adapter it carries (the previous
+    #: round's), so a round needs no evaluation messages of its own; the final adapter gets
+    #: one. Under secure aggregation the figures ride in the training input's sum (not with
+    #: site-level DP: then every round still has its own secure evaluation)
+    eval_in_train: bool = True
     #: write RUN_DIR/received.jsonl, one line per reply received (protocol.run_folder)
     record_received: bool = False
     max_eval_examples: int = 0

@@ -158,6 +158,9 @@ class RoundInstructions:
     site_level_dp: SiteLevelDPPlan | None = field(default=None, kw_only=True)
     #: the wire format the coordinator speaks (:data:`protocol.wire.PROTOCOL_VERSION`)
     protocol_version: int = field(default=PROTOCOL_VERSION, kw_only=True)
+    #: train messages only: also return the held-out figures of the adapter received (the
+    #: adapter after round ``round_num - 1``); never with site-level DP
+    evaluate_received: bool = field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_fields(self, _BASE)
@@ -175,6 +178,15 @@ class RoundInstructions:
               Field.NOISE_MULTIPLIER, ">= 0 (or -1: left to the site)", self.noise_multiplier)
         if self.site_level_dp is not None and self.codec is None:
             raise InstructionError("site-level DP instructions without the secagg codec")
+        _need(type(self.evaluate_received) is bool, Field.EVALUATE_RECEIVED, "true or false",
+              self.evaluate_received)
+        if self.evaluate_received:
+            _need(self.round_num >= 1, Field.ROUND, ">= 1 when the message evaluates the "
+                  "adapter it carries (the previous round's)", self.round_num)
+            if self.site_level_dp is not None:
+                raise InstructionError(f"`{Field.EVALUATE_RECEIVED}` with site-level DP: its "
+                                       "noise covers the whole input, the figures would not "
+                                       "decode")
 
     @classmethod
     def for_round(cls, cfg: RunConfig, *, round_num: int, run_id: str) -> RoundInstructions:
@@ -183,6 +195,10 @@ class RoundInstructions:
                    local_steps=cfg.local_steps, batch_size=cfg.batch_size,
                    learning_rate=cfg.learning_rate, planned_rounds=cfg.num_server_rounds,
                    dp_enabled=cfg.dp, noise_multiplier=cfg.dp_noise_multiplier)
+
+    def evaluating_received(self) -> RoundInstructions:
+        """Return these instructions, also asking for the figures of the adapter sent."""
+        return dataclasses.replace(self, evaluate_received=True)
 
     def with_secagg(self, codec: SecAggCodec,
                     site_level_dp: SiteLevelDPPlan | None = None) -> RoundInstructions:
@@ -198,6 +214,8 @@ class RoundInstructions:
         """Return the wire form: kebab-case keys, base fields, then codec, then site-level DP."""
         out: dict[str, Scalar] = {name: getattr(self, attr) for name, attr, _ in _BASE}
         out[Field.PROTOCOL_VERSION] = self.protocol_version
+        if self.evaluate_received:
+            out[Field.EVALUATE_RECEIVED] = True
         if self.codec is not None:
             out.update(self.codec.to_config())
         if self.site_level_dp is not None:
@@ -211,7 +229,8 @@ class RoundInstructions:
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> RoundInstructions:
         """Parse (and check) the ConfigRecord a site received; unknown keys are refused."""
-        known = {name for name, _, _ in _BASE} | {Field.PROTOCOL_VERSION}
+        known = {name for name, _, _ in _BASE} | {Field.PROTOCOL_VERSION,
+                                                   Field.EVALUATE_RECEIVED}
         codec = site_level_dp = None
         if Field.MANIFEST in rec:
             codec = SecAggCodec.from_config(rec)
@@ -225,4 +244,5 @@ class RoundInstructions:
                                    f"(value {rec[unknown[0]]!r})")
         return cls(*(_take(rec, name, kind) for name, _, kind in _BASE), codec=codec,
                    site_level_dp=site_level_dp,
-                   protocol_version=rec.get(Field.PROTOCOL_VERSION, PROTOCOL_VERSION))
+                   protocol_version=rec.get(Field.PROTOCOL_VERSION, PROTOCOL_VERSION),
+                   evaluate_received=rec.get(Field.EVALUATE_RECEIVED, False))

@@ -5,6 +5,9 @@ Layout (names are the constants below)::
     run.json                      RunInfo: run id, configuration, versions
     state.json                    RunState: the last completed round (written last per round)
     metrics.jsonl                 MetricsRow per round: evaluation, contributors, epsilon
+    pending-metrics.json          the rounds whose metrics row waits for the evaluation of
+                                  their adapter (``eval-in-train``: it comes with the next
+                                  round), so a resumed run still writes them
     participation.jsonl           ParticipationRow per round: sampled, declined, failed
     rounds/<n>/adapter/           the global adapter after round n (round 0: the initial one)
     adapter/                      the final adapter (a copy of the last round's)
@@ -46,6 +49,7 @@ __all__ = [
     "LEDGER_SUMMARIES_DIR",
     "METRICS_FILE",
     "PARTICIPATION_FILE",
+    "PENDING_METRICS_FILE",
     "RECEIVED_FILE",
     "RECORD_RECEIVED_KEY",
     "ROUNDS_DIR",
@@ -61,6 +65,7 @@ RUN_FILE = "run.json"
 STATE_FILE = "state.json"
 METRICS_FILE = "metrics.jsonl"
 PARTICIPATION_FILE = "participation.jsonl"
+PENDING_METRICS_FILE = "pending-metrics.json"
 ROUNDS_DIR = "rounds"
 ADAPTER_DIR = "adapter"
 ENROLMENT_FILE = "enrolment.json"
@@ -72,6 +77,7 @@ RECEIVED_FILE = "received.jsonl"
 RECORD_RECEIVED_KEY = "record-received"
 AUDIT_DIR = "audit"
 
+_HEX = "0123456789abcdef"
 _R = TypeVar("_R", MetricsRow, ParticipationRow)
 _D = TypeVar("_D", RunState, RunInfo, LedgerSummaryRecord)
 #: Called with a message for each line a reader skips; without one the reader raises.
@@ -162,6 +168,11 @@ class RunFolder:
         return self.root / AUDIT_DIR
 
     @property
+    def pending_metrics_path(self) -> Path:
+        """``pending-metrics.json``: metrics rows waiting for their adapter's evaluation."""
+        return self.root / PENDING_METRICS_FILE
+
+    @property
     def received_path(self) -> Path:
         """``received.jsonl``: what the coordinator received, one line per reply."""
         return self.root / RECEIVED_FILE
@@ -198,6 +209,37 @@ class RunFolder:
         line = json.dumps(row.to_json(), sort_keys=True, allow_nan=False)
         atomic_write_text(self.participation_path, "".join(x + "\n" for x in lines[:-1])
                           + line + "\n")
+
+    def write_pending_metrics(self, digest: str, rows: list[dict[str, Any]]) -> None:
+        """Write the rows waiting for the evaluation of the adapter ``digest``, atomically.
+
+        Each row is a metrics row without its evaluation fields; no rows: the file is removed.
+        """
+        if not rows:
+            self.pending_metrics_path.unlink(missing_ok=True)
+            return
+        atomic_write_json(self.pending_metrics_path, {"digest": digest, "rows": rows})
+
+    def read_pending_metrics(self) -> tuple[str, list[dict[str, Any]]]:
+        """Read the adapter digest and rows of ``pending-metrics.json`` (``("", [])``: none).
+
+        :class:`RunFolderError` names a malformed field.
+        """
+        if not self.pending_metrics_path.exists():
+            return "", []
+        doc = self.read_json_object(self.pending_metrics_path)
+        digest, rows = doc.get("digest"), doc.get("rows")
+        name = self.pending_metrics_path.name
+        if not isinstance(digest, str) or len(digest) != 64 or set(digest) - set(_HEX):
+            raise RunFolderError(f"{name}: `digest` must be a SHA-256 hex digest, got "
+                                 f"{digest!r}")
+        if not isinstance(rows, list) or not rows:
+            raise RunFolderError(f"{name}: `rows` must be a non-empty list, got {rows!r}")
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or type(row.get("round")) is not int:
+                raise RunFolderError(f"{name}: `rows[{i}]` must be an object with an integer "
+                                     f"`round`, got {row!r}")
+        return digest, rows
 
     def write_ledger_summary(self, record: LedgerSummaryRecord) -> None:
         """Write ``record`` to ``ledger-summaries/<site>.json`` atomically."""
@@ -241,6 +283,9 @@ class RunFolder:
                         path == self.participation_path and row.get("charged") is True):
                     kept.append(line)
             atomic_write_text(path, "".join(k + "\n" for k in kept))
+        if self.pending_metrics_path.exists():
+            digest, rows = self.read_pending_metrics()
+            self.write_pending_metrics(digest, [r for r in rows if r["round"] <= round_num])
 
     # readers -----------------------------------------------------------------------------
     def read_state(self) -> RunState:

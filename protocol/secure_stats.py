@@ -31,15 +31,20 @@ __all__ = [
     "EVAL_MODULUS_BITS",
     "EVAL_ROUND_BIT",
     "EVAL_STATS_LEN",
+    "EVAL_STATS_MAX",
     "MAX_EVAL_COUNT",
     "MAX_EVAL_LOSS",
     "EvalTotals",
+    "append_eval_stats",
     "append_weight",
     "decode_eval_stats",
     "encode_eval_stats",
     "eval_round",
+    "eval_stats_limbs",
+    "int_limbs",
     "is_eval_round",
     "round_label",
+    "split_eval_stats",
     "split_weight",
     "weight_limbs",
 ]
@@ -82,27 +87,42 @@ def _weight(weight: object, max_weight: float) -> int:
     return weight
 
 
-def weight_limbs(*, modulus_bits: int, n_sites: int, max_weight: float) -> tuple[int, int]:
-    """``(b, L)``: the weight travels as L limbs of b bits, ``w = sum_j limb_j 2^(b j)``.
+def int_limbs(*, modulus_bits: int, n_sites: int, max_value: int) -> tuple[int, int]:
+    """``(b, L)``: an integer in ``[0, max_value]`` as L limbs of b bits, ``sum_j limb_j 2^(b j)``.
 
     One coordinate (``L = 1``, ``b`` = the ring's width minus a sign bit) when the ring
-    holds ``n_sites * max_weight``; otherwise ``b = k - bitlen(n)`` so that the sum of
-    ``n_sites`` limbs (each < 2^b) stays below 2^k, and as many limbs as ``max_weight``
+    holds ``n_sites * max_value``; otherwise ``b = k - bitlen(n)`` so that the sum of
+    ``n_sites`` limbs (each < 2^b) stays below 2^k, and as many limbs as ``max_value``
     needs. Either way the decoded total is exact.
     """
     if type(modulus_bits) is not int or not 2 <= modulus_bits <= 64:
         raise ValueError(f"`modulus_bits` must be an int in [2, 64], got {modulus_bits!r}")
     if type(n_sites) is not int or n_sites < 1:
         raise ValueError(f"`n_sites` must be an int >= 1, got {n_sites!r}")
-    if not math.isfinite(max_weight) or max_weight < 1:
-        raise ValueError(f"`max_weight` must be finite and >= 1, got {max_weight!r}")
-    top = int(max_weight)
-    if n_sites * top < 1 << (modulus_bits - 1):
+    if type(max_value) is not int or max_value < 1:
+        raise ValueError(f"`max_value` must be an int >= 1, got {max_value!r}")
+    if n_sites * max_value < 1 << (modulus_bits - 1):
         return modulus_bits - 1, 1
     bits = modulus_bits - n_sites.bit_length()
     if bits < 1:
-        raise ValueError(f"a 2^{modulus_bits} ring cannot sum the weights of {n_sites} sites")
-    return bits, -(-top.bit_length() // bits)
+        raise ValueError(f"a 2^{modulus_bits} ring cannot sum the limbs of {n_sites} sites")
+    return bits, -(-max_value.bit_length() // bits)
+
+
+def weight_limbs(*, modulus_bits: int, n_sites: int, max_weight: float) -> tuple[int, int]:
+    """``(b, L)``: the weight travels as L limbs of b bits (:func:`int_limbs`)."""
+    if not math.isfinite(max_weight) or max_weight < 1:
+        raise ValueError(f"`max_weight` must be finite and >= 1, got {max_weight!r}")
+    return int_limbs(modulus_bits=modulus_bits, n_sites=n_sites, max_value=int(max_weight))
+
+
+def _limbs(value: int, bits: int, count: int) -> list[int]:
+    return [(value >> (bits * j)) & ((1 << bits) - 1) for j in range(count)]
+
+
+def _join(limb_sums: np.ndarray, bits: int, modulus_bits: int) -> int:
+    ring = 1 << modulus_bits
+    return sum((int(x) % ring) << (bits * j) for j, x in enumerate(limb_sums))
 
 
 def append_weight(vec: np.ndarray, weight: int, *, modulus_bits: int, max_weight: float,
@@ -111,8 +131,7 @@ def append_weight(vec: np.ndarray, weight: int, *, modulus_bits: int, max_weight
     w = _weight(weight, max_weight)
     bits, count = weight_limbs(modulus_bits=modulus_bits, n_sites=n_sites,
                                max_weight=max_weight)
-    limbs = [(w >> (bits * j)) & ((1 << bits) - 1) for j in range(count)]
-    return np.concatenate([vec, np.array(limbs, dtype=vec.dtype)])
+    return np.concatenate([vec, np.array(_limbs(w, bits, count), dtype=vec.dtype)])
 
 
 def split_weight(sum_vec: np.ndarray, *, modulus_bits: int, max_weight: float = 1.0,
@@ -123,9 +142,7 @@ def split_weight(sum_vec: np.ndarray, *, modulus_bits: int, max_weight: float = 
     if sum_vec.ndim != 1 or sum_vec.shape[0] < count:
         raise ValueError(f"a weighted sum needs {count} weight coordinate(s), "
                          f"got shape {sum_vec.shape}")
-    ring = 1 << modulus_bits
-    total = sum((int(x) % ring) << (bits * j) for j, x in enumerate(sum_vec[-count:]))
-    return sum_vec[:-count], total
+    return sum_vec[:-count], _join(sum_vec[-count:], bits, modulus_bits)
 
 
 @dataclass(frozen=True)
@@ -176,3 +193,56 @@ def decode_eval_stats(sum_vec: np.ndarray, *, n_sites: int) -> EvalTotals:
         raise ValueError(f"decoded evaluation totals out of range ({n} examples, {t} tokens "
                          f"from {n_sites} sites)")
     return EvalTotals(a / step, b / step, n, t)
+
+
+#: the largest value of each coordinate of :func:`encode_eval_stats`
+EVAL_STATS_MAX: tuple[int, ...] = (
+    int(MAX_EVAL_LOSS) * MAX_EVAL_COUNT << EVAL_FRACTION_BITS,
+    int(MAX_EVAL_LOSS) * MAX_EVAL_COUNT << EVAL_FRACTION_BITS,
+    MAX_EVAL_COUNT, MAX_EVAL_COUNT)
+
+
+def eval_stats_limbs(*, modulus_bits: int, n_sites: int) -> int:
+    """Ring coordinates an evaluation's stats take at the end of a training input.
+
+    A train message that evaluates the adapter it carries (``evaluate-received``) appends
+    each of the :data:`EVAL_STATS_LEN` stats as exact integer limbs (:func:`int_limbs`),
+    after the weight: the training ring (at most 32 bits) is too narrow for them.
+    """
+    return sum(int_limbs(modulus_bits=modulus_bits, n_sites=n_sites, max_value=m)[1]
+               for m in EVAL_STATS_MAX)
+
+
+def append_eval_stats(vec: np.ndarray, stats: np.ndarray, *, modulus_bits: int,
+                      n_sites: int) -> np.ndarray:
+    """``vec`` with a site's stats (:func:`encode_eval_stats`) appended as their limbs."""
+    if stats.shape != (EVAL_STATS_LEN,):
+        raise ValueError(f"evaluation stats have shape ({EVAL_STATS_LEN},), got {stats.shape}")
+    limbs: list[int] = []
+    for value, top in zip((int(x) for x in stats), EVAL_STATS_MAX, strict=True):
+        if not 0 <= value <= top:
+            raise ValueError(f"an evaluation stat must be in [0, {top}], got {value}")
+        bits, count = int_limbs(modulus_bits=modulus_bits, n_sites=n_sites, max_value=top)
+        limbs += _limbs(value, bits, count)
+    return np.concatenate([vec, np.array(limbs, dtype=vec.dtype)])
+
+
+def split_eval_stats(sum_vec: np.ndarray, *, modulus_bits: int,
+                     n_sites: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split the stats limbs off a summed training input: the rest, and the stats' sum.
+
+    The sum is a uint64 vector for :func:`decode_eval_stats`; a total that does not fit
+    (only an out-of-range input can make one) raises ``ValueError``.
+    """
+    count = eval_stats_limbs(modulus_bits=modulus_bits, n_sites=n_sites)
+    if sum_vec.ndim != 1 or sum_vec.shape[0] < count:
+        raise ValueError(f"a training input with evaluation stats needs {count} stats "
+                         f"coordinates, got shape {sum_vec.shape}")
+    tail, out, at = sum_vec[-count:], [], 0
+    for top in EVAL_STATS_MAX:
+        bits, n = int_limbs(modulus_bits=modulus_bits, n_sites=n_sites, max_value=top)
+        out.append(_join(tail[at:at + n], bits, modulus_bits))
+        at += n
+    if any(v >= 1 << EVAL_MODULUS_BITS for v in out):
+        raise ValueError(f"decoded evaluation totals out of range: {out}")
+    return sum_vec[:-count], np.array(out, dtype=np.uint64)

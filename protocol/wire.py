@@ -27,8 +27,10 @@ __all__ = [
     "fault_point",
 ]
 
-PROTOCOL_VERSION = 3  # 2: masked inputs in the ring's own width (uint16 up to 16 bits);
+PROTOCOL_VERSION = 4  # 2: masked inputs in the ring's own width (uint16 up to 16 bits);
 #                       3: adapters as one packed buffer (protocol.messages.state_to_record)
+#                       4: a train message may evaluate the adapter it carries
+#                          (evaluate-received; its masked input then ends in the figures)
 
 
 class _Names:
@@ -154,6 +156,9 @@ class Field(_Names):
     NOISE_MULTIPLIER = "noise-multiplier"
     #: the coordinator's PROTOCOL_VERSION; a site refuses any other (absent: not checked)
     PROTOCOL_VERSION = "protocol-version"
+    #: present (true) when a train message also asks for the held-out figures of the adapter
+    #: it carries, the previous round's (``eval-in-train``)
+    EVALUATE_RECEIVED = "evaluate-received"
     # the secure-aggregation codec (added to the instructions of train.secagg)
     SECAGG_CLIP = "secagg-clip"
     SECAGG_SCALE = "secagg-scale"
@@ -185,6 +190,9 @@ class Metric(_Names):
     NUM_TOKENS = "num-tokens"
     TRAIN_LOSS = "train-loss"
     EVAL_LOSS = "eval-loss"
+    #: a plain train reply's held-out figures of the adapter it received (``eval-in-train``)
+    EVAL_NUM_EXAMPLES = "eval-num-examples"
+    EVAL_NUM_TOKENS = "eval-num-tokens"
     STEPS = "steps"
     EPSILON = "epsilon"
     DELTA = "delta"

@@ -6,6 +6,12 @@ aggregation (``SecureAggregator.evaluate``) the row holds the round's totals, no
 figures. A secure evaluation that aborts over an adapter already evaluated (its digest
 unchanged, e.g. every site declined a re-run) keeps that evaluation, since sites rightly
 refuse a second sum over it; after a resume the recorded row stands in for it.
+
+With ``eval-in-train`` a round's metrics row waits (:meth:`RoundEvaluator.defer`) until the
+next round's train message has evaluated its adapter at the sites (:meth:`RoundEvaluator.settle`);
+the rows waiting are kept in RUN_DIR (``pending-metrics.json``) so a resumed run writes them.
+They all wait for one adapter, the current global one: a row is only deferred for it, and
+settled before the adapter changes.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from flwr.app import RecordDict
 
 from protocol.instructions import RoundInstructions
 from protocol.messages import state_to_record
+from protocol.run_rows import MetricsRow
+from protocol.secure_stats import EvalTotals
 from protocol.wire import Key, MessageType, Metric, Reason, Status
 from server.replies import SiteReply
 from server.rundir import RunDir
@@ -68,13 +76,17 @@ def state_digest(state: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _eval_problem(m: Mapping[str, Any]) -> str | None:
-    """Say what is missing or wrong in an evaluation reply's metrics, or return None."""
-    for key in (Metric.EVAL_LOSS, Metric.NUM_EXAMPLES, Metric.NUM_TOKENS):
+def _eval_problem(m: Mapping[str, Any], keys: tuple[str, str, str]) -> str | None:
+    """Say what is missing or wrong in an evaluation's metrics ``keys``: loss, examples, tokens."""
+    for key in keys:
         if key not in m:
-            return f"metric `{key}` is missing"
-    if m[Metric.NUM_EXAMPLES] <= 0:
-        return f"metric `{Metric.NUM_EXAMPLES}` must be > 0, got {m[Metric.NUM_EXAMPLES]!r}"
+            return f"{Reason.MALFORMED_REPLY}: metric `{key}` is missing"
+    loss, n = m[keys[0]], m[keys[1]]
+    if not isinstance(loss, (int, float)) or isinstance(loss, bool) or not math.isfinite(loss):
+        return (f"{Reason.MALFORMED_REPLY}: metric `{keys[0]}` must be a finite number, "
+                f"got {loss!r}")
+    if type(n) is not int or n <= 0:
+        return f"{Reason.MALFORMED_REPLY}: metric `{keys[1]}` must be an integer > 0, got {n!r}"
     return None
 
 
@@ -85,6 +97,84 @@ class RoundEvaluator:
         self.driver = driver
         #: (digest, evaluation) of the last adapter evaluated under secure aggregation
         self._last_eval: tuple[str, dict[str, Any]] | None = None
+        #: the adapter the deferred rows wait for (its digest), and the rows
+        self._pending_digest = ""
+        self._pending: list[dict[str, Any]] = []
+
+    # rows waiting for their adapter's evaluation (eval-in-train) -------------------------
+    @property
+    def unsettled(self) -> bool:
+        """Whether some metrics row waits for the evaluation of the current adapter."""
+        return bool(self._pending)
+
+    def defer(self, fields: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> None:
+        """Keep a metrics row (without its evaluation) until ``state`` is evaluated.
+
+        An adapter evaluated already (a round released nothing) has its row written at once.
+        """
+        digest = state_digest(state)
+        if self._pending and self._pending_digest != digest:
+            raise RuntimeError(f"round {fields['round']}: rows of another adapter still wait "
+                               "for their evaluation")
+        if self._last_eval is not None and self._last_eval[0] == digest:
+            self._write([dict(fields)], self._last_eval[1])
+            return
+        self._pending_digest = digest
+        self._pending.append(dict(fields))
+        self.driver.rundir.write_pending_metrics(digest, self._pending)
+
+    def settle(self, state: Mapping[str, np.ndarray], ev: Mapping[str, Any]) -> None:
+        """Write the rows waiting for ``state`` with its evaluation ``ev``."""
+        digest = state_digest(state)
+        if self._pending and self._pending_digest != digest:
+            raise RuntimeError("an evaluation of another adapter than the rows wait for")
+        self._write(self._pending, ev)
+        self._pending = []
+        self.driver.rundir.write_pending_metrics(digest, [])
+        if ev.get("secure_evaluation"):
+            self._last_eval = (digest, dict(ev))
+
+    def _write(self, rows: list[dict[str, Any]], ev: Mapping[str, Any]) -> None:
+        for fields in rows:
+            self.driver.rundir.append_metrics(MetricsRow.from_json({**fields, **ev}))
+            logger.info("round %d: eval loss %.4f (perplexity %.2f)", fields["round"],
+                        ev["eval_loss"], ev["eval_perplexity"])
+
+    def secure_fields(self, totals: EvalTotals, part: Mapping[str, Any]) -> dict[str, Any]:
+        """Return the metrics-row fields of a secure evaluation: its totals, its sites."""
+        loss = totals.eval_loss
+        n = len(part["contributed"])
+        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "sites": {},
+                "secure_evaluation": True, "eval_num_examples": totals.num_examples,
+                "eval_num_tokens": totals.num_tokens, "eval_contributed": part["contributed"],
+                "eval_decoding_error_bound": EvalTotals.error_bound(n) / totals.num_examples}
+
+    @staticmethod
+    def plain_fields(replies: list[SiteReply], *, in_train: bool = False,
+                     round_num: int) -> dict[str, Any] | None:
+        """Return a plain evaluation's metrics-row fields: each site's figures (None: none).
+
+        ``in_train``: the figures a plain train reply carries for the adapter it received.
+        """
+        loss_key, n_key, t_key = ((Metric.EVAL_LOSS, Metric.EVAL_NUM_EXAMPLES,
+                                   Metric.EVAL_NUM_TOKENS) if in_train else
+                                  (Metric.EVAL_LOSS, Metric.NUM_EXAMPLES, Metric.NUM_TOKENS))
+        sites = {}
+        for r in replies:
+            problem = (_eval_problem(r.metrics, (loss_key, n_key, t_key))
+                       if r.status == Status.OK else r.reason or r.status)
+            if problem is not None:
+                logger.warning("round %d: evaluation at %s: %s", round_num, r.site, problem)
+                continue
+            loss = float(r.metrics[loss_key])
+            sites[r.site] = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
+                             "num_examples": int(r.metrics[n_key]),
+                             "num_tokens": int(r.metrics[t_key])}
+        if not sites:
+            return None
+        total = sum(s["num_examples"] for s in sites.values())
+        loss = sum(s["eval_loss"] * s["num_examples"] for s in sites.values()) / total
+        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "sites": sites}
 
     def evaluate(self, round_num: int, state: Mapping[str, np.ndarray],
                  nodes: list[int]) -> dict[str, Any]:
@@ -95,29 +185,10 @@ class RoundEvaluator:
                               Key.CONFIG: self.driver.instructions(round_num).to_record()})
         replies = self.driver.send_each({n: content for n in nodes}, MessageType.EVALUATE,
                                         round_num)
-        for r in replies:
-            problem = _eval_problem(r.metrics) if r.status == Status.OK else None
-            if problem is not None:
-                r.status, r.reason = Status.FAILED, f"{Reason.MALFORMED_REPLY}: {problem}"
-        ok = [r for r in replies if r.status == Status.OK]
-        for r in replies:
-            if r.status != Status.OK:
-                logger.warning("round %d: evaluation at %s %s: %s", round_num, r.site, r.status,
-                               r.reason)
-        if not ok:
+        ev = self.plain_fields(replies, round_num=round_num)
+        if ev is None:
             raise RuntimeError(f"round {round_num}: no site returned an evaluation")
-        sites = {
-            r.site: {
-                "eval_loss": float(r.metrics[Metric.EVAL_LOSS]),
-                "eval_perplexity": math.exp(min(float(r.metrics[Metric.EVAL_LOSS]), 50.0)),
-                "num_examples": int(r.metrics[Metric.NUM_EXAMPLES]),
-                "num_tokens": int(r.metrics[Metric.NUM_TOKENS]),
-            }
-            for r in ok
-        }
-        total = sum(s["num_examples"] for s in sites.values())
-        loss = sum(s["eval_loss"] * s["num_examples"] for s in sites.values()) / total
-        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "sites": sites}
+        return ev
 
     def _secure_evaluate(self, round_num: int, state: Mapping[str, np.ndarray],
                          nodes: list[int]) -> dict[str, Any]:
@@ -139,18 +210,21 @@ class RoundEvaluator:
                 return dict(self._last_eval[1])
             raise RuntimeError(f"round {round_num}: the secure evaluation was aborted: "
                                f"{part.get('abort_reason', '')}")
-        loss = totals.eval_loss
-        ev = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "sites": {},
-              "secure_evaluation": True, "eval_num_examples": totals.num_examples,
-              "eval_num_tokens": totals.num_tokens, "eval_contributed": part["contributed"],
-              "eval_decoding_error_bound": part["decoding_error_bound"] / totals.num_examples}
+        ev = self.secure_fields(totals, part)
         self._last_eval = (digest, ev)
         return ev
 
     def resume(self, state: Mapping[str, np.ndarray], last_round: int) -> None:
-        """Take the recorded secure evaluation of the checkpointed adapter (resume)."""
+        """Take up the rows waiting for the checkpointed adapter, or its recorded evaluation."""
+        digest = state_digest(state)
+        pending_digest, pending = self.driver.rundir.read_pending_metrics()
+        if pending:
+            if pending_digest != digest:
+                raise RuntimeError(f"the metrics rows of rounds {[r['round'] for r in pending]} "
+                                   "wait for another adapter than the checkpoint of round "
+                                   f"{last_round}")
+            self._pending_digest, self._pending = digest, pending
         rows = [r for r in self.driver.rundir.read_metrics() if r.round == last_round]
         if rows and rows[-1].secure_evaluation:
             doc = rows[-1].to_json()
-            self._last_eval = (state_digest(state),
-                               {k: doc[k] for k in _SECURE_EVAL_FIELDS if k in doc})
+            self._last_eval = (digest, {k: doc[k] for k in _SECURE_EVAL_FIELDS if k in doc})

@@ -30,13 +30,13 @@ from protocol.adapter import AdapterError, check_state, trainable_keys
 from protocol.config import RunConfig
 from protocol.instructions import RoundInstructions
 from protocol.messages import state_to_record
-from protocol.run_rows import RUN_RUNNING, MetricsRow, ParticipationRow
+from protocol.run_rows import RUN_RUNNING, MetricsRow, ParticipationRow, RunState
 from protocol.wire import Key, MessageType, Metric, Reason, Status
 from server.aggregate import apply_delta, weighted_mean
 from server.evaluation import RoundEvaluator
 from server.received import describe_reply
 from server.replies import SiteReply, content_bytes, parse_reply
-from server.rundir import RunDir, RunState
+from server.rundir import RunDir
 from server.stage_clock import StageClock
 
 __all__ = ["RoundDriver", "SLOW_STAGE_SHARE", "SiteReply", "exchange", "parse_reply",
@@ -220,12 +220,22 @@ class RoundDriver:
         return self.evaluator.evaluate(round_num, state, nodes)
 
     def train_and_aggregate(
-        self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int]
-    ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
-        """Send ``train``, check and aggregate the replies; return the new state (or None)."""
+        self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int], *,
+        evaluate: bool = False,
+    ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any], dict[str, Any] | None]:
+        """Send ``train``, check and aggregate the replies.
+
+        Return the new state (or None), the round's participation record and, with
+        ``evaluate``, the metrics-row evaluation of ``state`` from the figures the replies
+        carry (None: no site's).
+        """
+        instr = self.instructions(round_num)
         content = RecordDict({Key.ARRAYS: state_to_record(state),
-                              Key.CONFIG: self.instructions(round_num).to_record()})
+                              Key.CONFIG: (instr.evaluating_received() if evaluate
+                                           else instr).to_record()})
         replies = self._send(nodes, MessageType.TRAIN, content, round_num)
+        ev = (self.evaluator.plain_fields(replies, in_train=True, round_num=round_num)
+              if evaluate else None)
         expected = {k: self.shapes[k] for k in self.upload_keys}
         accepted: list[SiteReply] = []
         part: dict[str, Any] = {"round": round_num, "sampled": [], "contributed": [],
@@ -260,7 +270,7 @@ class RoundDriver:
                                     f"{len(part['failed'])} failed of {len(replies)} sampled)")
             logger.warning("round %d: %s; nothing released", round_num, part["abort_reason"])
             part["sampled"].sort()
-            return None, part
+            return None, part, ev
         mean = weighted_mean([r.arrays for r in accepted if r.arrays is not None],
                              [float(r.metrics[Metric.NUM_EXAMPLES]) for r in accepted])
         part["contributed"] = sorted(r.site for r in accepted)
@@ -268,7 +278,7 @@ class RoundDriver:
         part["train_loss"] = {r.site: float(r.metrics.get(Metric.TRAIN_LOSS, float("nan")))
                               for r in accepted}
         part["sampled"].sort()
-        return apply_delta(state, mean), part
+        return apply_delta(state, mean), part, ev
 
     # the record --------------------------------------------------------------------------
     def write_ahead(self, part: Mapping[str, Any]) -> None:
@@ -308,26 +318,97 @@ class RoundDriver:
             return self.evaluate(round_num, state)
 
     # the run -----------------------------------------------------------------------------
+    @property
+    def eval_in_train(self) -> bool:
+        """Whether each train message evaluates the adapter it carries (``eval-in-train``).
+
+        Not with site-level DP: its noise covers the whole input.
+        """
+        return self.cfg.eval_in_train and (self.secure is None
+                                           or self.secure.site_level_dp is None)
+
+    def _train_round(self, rnd: int, state: dict[str, np.ndarray], nodes: list[int], *,
+                     resumed_at: int) -> tuple[dict[str, np.ndarray] | None, dict[str, Any],
+                                               dict[str, Any] | None, bool]:
+        """Run round ``rnd``'s training: new state, participation, evaluation of ``state``.
+
+        The last item says whether the train message asked for that evaluation: only when a
+        metrics row waits for it (:meth:`RoundEvaluator.defer`).
+        """
+        evaluate = self.eval_in_train and self.evaluator.unsettled
+        if self.secure is None:
+            with self.clock.stage(rnd, "train"):
+                return (*self.train_and_aggregate(rnd, state, nodes, evaluate=evaluate),
+                        evaluate)
+        with self.clock.stage(rnd, "hello"):
+            self.discover_names(nodes, rnd)
+        attempt = self.attempt(rnd, resumed=rnd == resumed_at)
+        new_state, part, totals = self.secure.round(rnd, state, nodes, self.instructions(rnd),
+                                                    attempt=attempt, evaluate=evaluate)
+        ev = None if totals is None else self.evaluator.secure_fields(totals, part)
+        return new_state, part, ev, evaluate
+
+    def _settle(self, rnd: int, sent: dict[str, np.ndarray], ev: dict[str, Any] | None,
+                changed: bool) -> None:
+        """Write the rows waiting for ``sent`` with the evaluation round ``rnd`` brought.
+
+        Without one (the figures did not come or decode) they wait for the next round when
+        the adapter is unchanged; otherwise ``sent`` is evaluated on its own now, at the
+        sites that can still give one (a site sends one evaluation per adapter).
+        """
+        if ev is None and not changed:
+            return
+        if ev is None:
+            logger.warning("round %d: the training inputs brought no evaluation of round "
+                           "%d's adapter; evaluating it on its own", rnd, rnd - 1)
+            ev = self._timed_evaluate(rnd - 1, sent)
+        self.evaluator.settle(sent, ev)
+
+    def _metrics_row(self, rnd: int, t0: float, part: Mapping[str, Any]) -> dict[str, Any]:
+        """Round ``rnd``'s metrics-row fields other than its evaluation (and forget its times)."""
+        fields: dict[str, Any] = {"round": rnd, "round_time_s": time.perf_counter() - t0,
+                                  "bytes_received": self.bytes_received.pop(rnd, 0),
+                                  **self._stage_fields(rnd)}
+        if rnd > 0:
+            fields.update({"contributed": part["contributed"], "released": part["released"],
+                           "dropped": part.get("dropped", []),
+                           "train_loss": part.get("train_loss", {}),
+                           "epsilon": part["epsilon"], "declined": part["declined"]})
+        return fields
+
+    def _close_round(self, rnd: int, t0: float, part: Mapping[str, Any],
+                     state: dict[str, np.ndarray]) -> None:
+        """Write round ``rnd``'s metrics row (or defer it to the next round's evaluation)."""
+        if self.eval_in_train:
+            self.evaluator.defer(self._metrics_row(rnd, t0, part), state)
+        else:
+            ev = self._timed_evaluate(rnd, state)
+            row = {**self._metrics_row(rnd, t0, part), **ev}
+            self.rundir.append_metrics(MetricsRow.from_json(row))
+            logger.info("round %d: eval loss %.4f (perplexity %.2f)", rnd, ev["eval_loss"],
+                        ev["eval_perplexity"])
+        self.rundir.write_state(RunState(self.run_id, rnd, self.cfg.num_server_rounds,
+                                         RUN_RUNNING))
+
+    # the run -----------------------------------------------------------------------------
     def run(self, state: dict[str, np.ndarray], *, start_round: int) -> dict[str, np.ndarray]:
-        """Run rounds ``start_round``.. to the end and return the final global adapter."""
+        """Run rounds ``start_round``.. to the end and return the final global adapter.
+
+        With ``eval-in-train`` round r's train message evaluates the adapter after round
+        r - 1, whose metrics row is written then; the last adapter is evaluated on its own.
+        """
         cfg = self.cfg
         resumed_at = start_round if start_round > 0 else -1
         check_state(state, self.shapes, what="starting adapter")
-        if start_round > 0 and self.secure is not None:
+        if start_round > 0:
             self.evaluator.resume(state, start_round - 1)
+        last = start_round - 1
         if start_round == 0:
-            start_round = 1
+            start_round, last = 1, 0
             t0 = time.perf_counter()
-            ev = self._timed_evaluate(0, state)
             with self.clock.stage(0, "checkpoint"):
                 self.rundir.save_round(0, state, self.lora_cfg)
-            self.rundir.append_metrics(MetricsRow.from_json({
-                "round": 0, **ev, "round_time_s": time.perf_counter() - t0,
-                "bytes_received": self.bytes_received.pop(0, 0), **self._stage_fields(0)}))
-            self.rundir.write_state(RunState(self.run_id, 0, cfg.num_server_rounds,
-                                             RUN_RUNNING))
-            logger.info("round 0/%d: eval loss %.4f (perplexity %.2f)", cfg.num_server_rounds,
-                        ev["eval_loss"], ev["eval_perplexity"])
+            self._close_round(0, t0, {}, state)
         for rnd in range(start_round, cfg.num_server_rounds + 1):
             t0 = time.perf_counter()
             with self.clock.stage(rnd, "sample"):
@@ -337,42 +418,30 @@ class RoundDriver:
                                       f"{Reason.BUDGET_EXHAUSTED}; no site can train")
                 logger.warning("stopping %s", self.stopped_early)
                 break
-            if self.secure is not None:
-                with self.clock.stage(rnd, "hello"):
-                    self.discover_names(nodes, rnd)
-                attempt = self.attempt(rnd, resumed=rnd == resumed_at)
-                new_state, part = self.secure.round(rnd, state, nodes, self.instructions(rnd),
-                                                    attempt=attempt)
-                if part.get("site_level_dp", {}).get("budget_exhausted"):
-                    # nothing was trained or released; further rounds would only be refused
-                    self.rundir.append_participation(ParticipationRow.from_json(part))
-                    self.stopped_early = (f"before round {rnd}: {part['abort_reason']}; no "
-                                          "further aggregate may be released")
-                    logger.warning("stopping %s", self.stopped_early)
-                    break
-            else:
-                with self.clock.stage(rnd, "train"):
-                    new_state, part = self.train_and_aggregate(rnd, state, nodes)
+            new_state, part, ev, asked = self._train_round(rnd, state, nodes,
+                                                           resumed_at=resumed_at)
+            if part.get("site_level_dp", {}).get("budget_exhausted"):
+                # nothing was trained or released; further rounds would only be refused
+                self.rundir.append_participation(ParticipationRow.from_json(part))
+                self.stopped_early = (f"before round {rnd}: {part['abort_reason']}; no "
+                                      "further aggregate may be released")
+                logger.warning("stopping %s", self.stopped_early)
+                break
+            sent = state
             if new_state is None:
                 logger.warning("round %d: no update released; global adapter unchanged", rnd)
             else:
                 state = new_state
+            if asked:
+                self._settle(rnd, sent, ev, changed=new_state is not None)
             with self.clock.stage(rnd, "checkpoint"):
                 self._record(part)  # before the checkpoint: a crash after it keeps the record
                 self.rundir.save_round(rnd, state, self.lora_cfg)
-            ev = self._timed_evaluate(rnd, state)
-            elapsed = time.perf_counter() - t0
-            self.rundir.append_metrics(MetricsRow.from_json({
-                "round": rnd, **ev, "round_time_s": elapsed,
-                "contributed": part["contributed"], "released": part["released"],
-                "dropped": part.get("dropped", []),
-                "train_loss": part.get("train_loss", {}), "epsilon": part["epsilon"],
-                "declined": part["declined"], "bytes_received": self.bytes_received.pop(rnd, 0),
-                **self._stage_fields(rnd),
-            }))
-            self.rundir.write_state(RunState(self.run_id, rnd, cfg.num_server_rounds,
-                                             RUN_RUNNING))
-            logger.info("round %d/%d: %d/%d sites contributed, eval loss %.4f (perplexity %.2f), "
-                        "%.1f s", rnd, cfg.num_server_rounds, len(part["contributed"]), len(nodes),
-                        ev["eval_loss"], ev["eval_perplexity"], elapsed)
+            self._close_round(rnd, t0, part, state)
+            last = rnd
+            logger.info("round %d/%d: %d/%d sites contributed, %.1f s", rnd,
+                        cfg.num_server_rounds, len(part["contributed"]), len(nodes),
+                        time.perf_counter() - t0)
+        if self.evaluator.unsettled:  # the last adapter, on its own
+            self.evaluator.settle(state, self._timed_evaluate(last, state))
         return state

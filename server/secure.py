@@ -29,7 +29,9 @@ applies it (or, with site-level DP, releases the accounted unweighted mean).
 :meth:`~SecureAggregator.evaluate` runs the same stages for a round's federated evaluation
 (``kind`` evaluate: ``evaluate.secagg`` at stage 3, no charge): each site masks a short stats
 vector (:mod:`protocol.secure_stats`) and the coordinator learns the round's total held-out
-loss and example and token counts, never a site's.
+loss and example and token counts, never a site's. With ``eval-in-train`` a training round
+carries that evaluation instead, for the adapter it sends (``round(evaluate=True)``): each
+input ends in the site's stats as exact limbs, and the unmasked sum gives their totals.
 
 A malformed reply (a wrong type, a bad metric, a payload nested too deep or too large) drops
 that site from the round with a named reason (``server.replies.parse_reply``); never the run.
@@ -58,6 +60,8 @@ from protocol.secure_stats import (
     EvalTotals,
     decode_eval_stats,
     eval_round,
+    eval_stats_limbs,
+    split_eval_stats,
     split_weight,
     weight_limbs,
 )
@@ -102,16 +106,28 @@ class SecureAggregator:
         self.bits = bits
 
     def round(self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int],
-              instructions: RoundInstructions, *, attempt: int = 0) -> Outcome:
+              instructions: RoundInstructions, *, attempt: int = 0,
+              evaluate: bool = False) -> tuple[dict[str, np.ndarray] | None, dict[str, Any],
+                                               EvalTotals | None]:
         """Run one secure round over ``nodes``.
 
-        Return the new global state (None: unchanged) and the round's participation record
-        (``part["charged"]``: already written ahead).
+        Return the new global state (None: unchanged), the round's participation record
+        (``part["charged"]``: already written ahead) and, with ``evaluate``, the totals of
+        the held-out figures of ``state`` the contributors' inputs end in (None when they
+        were not released or did not decode). Not with site-level DP.
 
         ``attempt`` is 0 for a round's first run; a resumed re-run passes a new one.
         """
+        if evaluate and self.site_level_dp is not None:
+            raise ValueError("a round with site-level DP cannot carry its evaluation")
         rnd = self._new_round(round_num, state, nodes)
         rnd.attempt = rnd.part["attempt"] = attempt
+        rnd.evaluate = evaluate
+        new_state, part = self._train(rnd, instructions)
+        return new_state, part, rnd.eval_totals
+
+    def _train(self, rnd: SecureRound, instructions: RoundInstructions) -> Outcome:
+        """Run the stages of a training round (:meth:`round`); abort with the reason."""
         timed = stage_timer(getattr(self.driver, "clock", None), rnd.num)
         try:
             with timed("secagg: keys"):
@@ -188,6 +204,8 @@ class SecureAggregator:
                 bits, rnd.scale = plan_ring(n_sites=n, clip=self.clip, max_weight=self.max_weight,
                                             dim=rnd.manifest.dim, bits=self.bits)
                 limbs = weight_limbs(modulus_bits=bits, n_sites=n, max_weight=self.max_weight)[1]
+                if rnd.evaluate:  # then the held-out stats of the adapter sent
+                    limbs += eval_stats_limbs(modulus_bits=bits, n_sites=n)
                 length, secagg_round = rnd.manifest.dim + limbs, rnd.num
             config = SecAggConfig.create(
                 run_id=int(self.driver.run_id, 16), round=secagg_round, cohort=rnd.cohort,
@@ -222,6 +240,8 @@ class SecureAggregator:
                                 manifest=rnd.manifest.digest())
             plan = None if rnd.plan is None else SiteLevelDPPlan(self.site_level_dp.mode,
                                                                  rnd.plan.to_config())
+            if rnd.evaluate:
+                instructions = instructions.evaluating_received()
             extra = RecordDict({Key.ARRAYS: state_to_record(rnd.state),
                                 Key.CONFIG: instructions.with_secagg(codec, plan).to_record()})
         replies = self._send_stage(Stage.MASKED_INPUT, rnd.session.masked_input_requests(), rnd,
@@ -286,7 +306,16 @@ class SecureAggregator:
             return self._release_site_level_dp(rnd, result, rnd.plan, rnd.admission)
         part = rnd.part
         bits = part["modulus_bits"]
-        vector, total_weight = split_weight(result.vector, modulus_bits=bits,
+        vector = result.vector
+        if rnd.evaluate:  # the stats come last; their sum decodes whatever the weight says
+            vector, stats = split_eval_stats(vector, modulus_bits=bits,
+                                             n_sites=max(len(rnd.cohort), 1))
+            try:
+                rnd.eval_totals = decode_eval_stats(stats, n_sites=len(result.contributors))
+            except ValueError as exc:
+                logger.warning("round %d: the evaluation in the training inputs does not "
+                               "decode (%s); it is not used", rnd.num, exc)
+        vector, total_weight = split_weight(vector, modulus_bits=bits,
                                             max_weight=self.max_weight,
                                             n_sites=len(rnd.cohort))
         n = len(result.contributors)

@@ -16,6 +16,7 @@ from privacy.ddg import DDGParams
 from privacy.secagg import ServerSession
 from protocol.codec import Manifest
 from protocol.ring import auto_modulus_bits, grid_scale
+from protocol.secure_stats import EvalTotals
 from server.site_level_dp import Admission
 
 __all__ = ["EVALUATE", "TRAIN", "Outcome", "RoundAborted", "SecureRound", "plan_ring"]
@@ -66,6 +67,10 @@ class SecureRound:
     #: nodes whose masked input the server holds (their weights are inside the sum)
     inputs: set[int] = field(default_factory=set)
     admission: Admission | None = None
+    #: a training round whose inputs end in the held-out stats of the adapter sent
+    #: (``evaluate-received``); their decoded totals once released
+    evaluate: bool = False
+    eval_totals: EvalTotals | None = None
 
     @property
     def session(self) -> ServerSession:

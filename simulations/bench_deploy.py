@@ -6,9 +6,12 @@ the site one at a time through the coordinator's own exchange (``server.rounds.e
 its ``poll-interval``), and reports per kind the round trip (push -> reply), the training
 or evaluation inside it (the reply's own timing metrics, less any model load the site's log
 records) and their difference, the fixed per-message overhead (processes, imports, model
-loads, Flower's hops and waits). From those it prices one secure round with secure
-evaluation per site (:func:`messages_per_round`, :func:`secure_round_cost`) and prints the
-overhead's share of it. It also reports, in this process, what importing the ClientApp
+loads, Flower's hops and waits). The kinds are ``query.hello``, ``evaluate``, ``train`` and
+``train+evaluate`` (a train message that also evaluates the adapter it carries, as every
+round's does with ``eval-in-train``). From those it prices one secure round with secure
+evaluation per site (:func:`messages_per_round`, :func:`secure_round_cost`), with the
+evaluation in the train message (the default) and as a sum of its own, and prints the
+overhead's share of each. It also reports, in this process, what importing the ClientApp
 costs and whether the non-training stages pull in torch.
 
 :func:`run_worker_bench` runs it for each site loop of :data:`SITE_LOOPS` asked for
@@ -34,8 +37,12 @@ from typing import Any
 
 from protocol.wire import STAGE_MESSAGE_TYPE, MessageType
 
-__all__ = ["REAL_SETTINGS", "SITE_LOOPS", "messages_per_round", "run_bench", "run_worker_bench",
-           "secure_round_cost"]
+__all__ = ["REAL_SETTINGS", "SITE_LOOPS", "TRAIN_EVALUATE", "messages_per_round", "run_bench",
+           "run_worker_bench", "secure_round_cost"]
+
+#: the bench's label of a train message that also evaluates the adapter it carries
+#: (``eval-in-train``; on the wire a ``train`` message with ``evaluate-received``)
+TRAIN_EVALUATE = "train+evaluate"
 
 _BENCH_APP = '''
 """Bench ServerApp: time single messages of each kind to one site."""
@@ -51,6 +58,7 @@ from protocol.instructions import RoundInstructions
 from protocol.messages import state_to_record
 from protocol.wire import Field, Key, MessageType, Metric, Status
 from protocol.model_ref import resolve_model
+from simulations.bench_deploy import TRAIN_EVALUATE
 from server.app import quick_replies
 from server.rounds import exchange
 
@@ -73,12 +81,12 @@ def main(grid, context):
                        target_modules=cfg.target_modules, base_model=ref)
     state = initial_adapter_state(adapter_shapes(ref, lcfg), seed=0)
 
-    def instr(i):  # a fresh round number per message: a site trains each round once
+    def instr(i, **kw):  # a fresh round number per message: a site trains each round once
         return RoundInstructions(
             round_num=i + 1, run_id="bench", aggregation=cfg.aggregation,
             local_steps=cfg.local_steps, batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate, planned_rounds=repeats, dp_enabled=cfg.dp,
-            noise_multiplier=cfg.dp_noise_multiplier).to_record()
+            learning_rate=cfg.learning_rate, planned_rounds=2 * repeats, dp_enabled=cfg.dp,
+            noise_multiplier=cfg.dp_noise_multiplier, **kw).to_record()
 
     plan = [(MessageType.HELLO, lambda i: RecordDict({Key.CONFIG: ConfigRecord({})}), ()),
             (MessageType.EVALUATE, lambda i: RecordDict({Key.ARRAYS: state_to_record(state),
@@ -86,12 +94,19 @@ def main(grid, context):
              (Metric.TIME_EVAL,)),
             (MessageType.TRAIN, lambda i: RecordDict({Key.ARRAYS: state_to_record(state),
                                                       Key.CONFIG: instr(i)}),
-             (Metric.TIME_SETUP, Metric.TIME_TRAIN))]
+             (Metric.TIME_SETUP, Metric.TIME_TRAIN)),
+            # eval-in-train: the train message also evaluates the adapter it carries
+            (TRAIN_EVALUATE, lambda i: RecordDict({Key.ARRAYS: state_to_record(state),
+                                                   Key.CONFIG: instr(repeats + i,
+                                                                     evaluate_received=True)}),
+             (Metric.TIME_EVAL, Metric.TIME_SETUP, Metric.TIME_TRAIN))]
+    wire_type = {TRAIN_EVALUATE: MessageType.TRAIN}
     results = {}
     for kind, content, handler_keys in plan:
         rows = []
         for i in range(repeats):
-            msg = Message(content(i), dst_node_id=node, message_type=kind, group_id=str(i))
+            msg = Message(content(i), dst_node_id=node, message_type=wire_type.get(kind, kind),
+                          group_id=str(i))
             t0 = time.perf_counter()
             # the coordinator's own exchange (its `poll-interval`), as in a round
             replies = exchange(grid, [msg], timeout=cfg.round_timeout, poll=cfg.poll_interval)
@@ -145,15 +160,19 @@ REAL_SETTINGS: dict[str, Any] = {"local-steps": 2, "batch-size": 16, "max-seq-le
                                  "max-eval-examples": 32, "dp": True}
 
 
-def messages_per_round() -> dict[str, int]:
+def messages_per_round(*, eval_in_train: bool = True) -> dict[str, int]:
     """Messages one site handles in a secure round with secure evaluation, by kind.
 
-    Training and evaluation each run every secure-aggregation stage
-    (:data:`protocol.wire.STAGE_MESSAGE_TYPE`): one message per stage, the masked one
-    carrying the training (``train``) or the evaluation (``evaluate``); the others are
-    query stages, which cost what a ``query.hello`` costs.
+    Every secure sum runs every secure-aggregation stage (:data:`protocol.wire.
+    STAGE_MESSAGE_TYPE`): one message per stage, the masked one carrying the work; the
+    others are query stages, which cost what a ``query.hello`` costs. With
+    ``eval-in-train`` (the default) a round is one sum, whose train message also evaluates
+    the adapter it carries (:data:`TRAIN_EVALUATE`; the run's final adapter is evaluated
+    once more on its own); without it, training and evaluation are a sum each.
     """
     queries = len(STAGE_MESSAGE_TYPE) - 1
+    if eval_in_train:
+        return {MessageType.HELLO: queries, TRAIN_EVALUATE: 1}
     return {MessageType.HELLO: 2 * queries, MessageType.TRAIN: 1, MessageType.EVALUATE: 1}
 
 
@@ -296,8 +315,14 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
         from client.local_round import MODEL_LOAD
 
         state = ks.site_dirs["bank"] / "state"
-        loads = {kind: [float(r.get(MODEL_LOAD, 0.0)) for r in read_site_rows(state, kind=row)]
-                 for kind, row in ((MessageType.TRAIN, TRAIN), (MessageType.EVALUATE, EVALUATE))}
+        logged = {row: [float(r.get(MODEL_LOAD, 0.0)) for r in read_site_rows(state, kind=row)]
+                  for row in (TRAIN, EVALUATE)}
+        # the site's log holds the plain messages' rows first, then the folded ones'
+        loads = {MessageType.TRAIN: logged[TRAIN][:repeats],
+                 MessageType.EVALUATE: logged[EVALUATE][:repeats],
+                 TRAIN_EVALUATE: [a + b for a, b in zip(logged[TRAIN][repeats:],
+                                                        logged[EVALUATE][repeats:],
+                                                        strict=False)]}
     report: dict[str, Any] = {"repeats": repeats, "settings": settings, "model": model,
                               "loop": loop, "site_toml": site_loop, "wall_s": total,
                               "idle_cpu_share": idle,
@@ -318,14 +343,18 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
         report["messages"][kind] = {"rtt_median_s": rtt, "handler_median_s": handler,
                                     "overhead_median_s": overhead, "rows": rows}
         print(f"{kind:<14}{rtt:>14.2f}{handler:>14.2f}{overhead:>18.2f}")
-    counts = messages_per_round()
-    overhead, compute, share = secure_round_cost(report["messages"], counts)
-    report.update(secagg_round_fixed_overhead_s=overhead, secagg_round_handler_s=compute,
-                  secagg_round_overhead_share=share, messages_per_round=counts)
-    print("one secure round with secure evaluation, per site: "
-          + " + ".join(f"{n} {k}" for k, n in counts.items())
-          + f" messages; fixed overhead {overhead:.1f} s (model loads included), training "
-          f"and evaluation {compute:.1f} s: overhead {share:.1%} of the round")
+    for eval_in_train, suffix in ((True, ""), (False, "_separate_eval")):
+        counts = messages_per_round(eval_in_train=eval_in_train)
+        overhead, compute, share = secure_round_cost(report["messages"], counts)
+        report.update({f"secagg_round_fixed_overhead_s{suffix}": overhead,
+                       f"secagg_round_handler_s{suffix}": compute,
+                       f"secagg_round_overhead_share{suffix}": share,
+                       f"messages_per_round{suffix}": counts})
+        print(f"one secure round with secure evaluation, per site, eval-in-train "
+              f"{str(eval_in_train).lower()}: "
+              + " + ".join(f"{n} {k}" for k, n in counts.items())
+              + f" messages; fixed overhead {overhead:.1f} s (model loads included), training "
+              f"and evaluation {compute:.1f} s: overhead {share:.1%} of the round")
     if idle is not None:
         print(f"the site's processes while connected and idle: {idle:.1%} of one core")
     for kind, xs in loads.items():
@@ -361,6 +390,9 @@ def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = N
     rows = (("round: fixed overhead s", "secagg_round_fixed_overhead_s", ".1f"),
             ("round: computing s", "secagg_round_handler_s", ".1f"),
             ("round: overhead share", "secagg_round_overhead_share", ".1%"),
+            ("  separate eval: overhead s", "secagg_round_fixed_overhead_s_separate_eval",
+             ".1f"),
+            ("  separate eval: share", "secagg_round_overhead_share_separate_eval", ".1%"),
             ("idle site, CPU of a core", "idle_cpu_share", ".1%"))
     for label, key, fmt in rows:
         print(f"{label:<26}" + "".join(
@@ -369,10 +401,12 @@ def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = N
         print(f"loop {k}: model load per train message "
               + ", ".join(f"{x:.2f} s" for x in r["model_load_s"][MessageType.TRAIN]))
     keep = ("secagg_round_fixed_overhead_s", "secagg_round_handler_s",
-            "secagg_round_overhead_share", "idle_cpu_share", "model_load_s", "wall_s",
-            "site_toml")
+            "secagg_round_overhead_share", "secagg_round_fixed_overhead_s_separate_eval",
+            "secagg_round_handler_s_separate_eval", "secagg_round_overhead_share_separate_eval",
+            "idle_cpu_share", "model_load_s", "wall_s", "site_toml")
     out = {"model": model, "repeats": repeats, "settings": first["settings"],
            "messages_per_round": first["messages_per_round"],
+           "messages_per_round_separate_eval": first["messages_per_round_separate_eval"],
            "loops": {k: {"messages": {kind: {m: v for m, v in row.items() if m != "rows"}
                                       for kind, row in r["messages"].items()},
                          **{m: r[m] for m in keep}}

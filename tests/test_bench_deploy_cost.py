@@ -5,11 +5,18 @@ from __future__ import annotations
 import pytest
 
 from protocol.wire import STAGE_MESSAGE_TYPE, MessageType
-from simulations.bench_deploy import messages_per_round, secure_round_cost
+from simulations.bench_deploy import TRAIN_EVALUATE, messages_per_round, secure_round_cost
 
 
-def test_a_secure_round_with_secure_evaluation_is_ten_messages_per_site() -> None:
+def test_a_secure_round_with_its_evaluation_in_the_train_message_is_five_messages() -> None:
     counts = messages_per_round()
+    # one sum: every stage once, the masked one trains and evaluates
+    assert sum(counts.values()) == len(STAGE_MESSAGE_TYPE) == 5
+    assert counts == {MessageType.HELLO: 4, TRAIN_EVALUATE: 1}
+
+
+def test_a_secure_round_with_a_separate_secure_evaluation_is_ten_messages_per_site() -> None:
+    counts = messages_per_round(eval_in_train=False)
     # training and evaluation each go through every stage; one stage carries the work
     assert sum(counts.values()) == 2 * len(STAGE_MESSAGE_TYPE) == 10
     assert counts == {MessageType.HELLO: 8, MessageType.TRAIN: 1, MessageType.EVALUATE: 1}
@@ -25,9 +32,10 @@ def test_queries_are_all_overhead_and_a_model_load_is_overhead_too() -> None:
         MessageType.EVALUATE: {"rtt_median_s": 4.5, "handler_median_s": 4.0,
                                "overhead_median_s": 0.5},
     }
-    overhead, compute, share = secure_round_cost(messages, messages_per_round())
+    counts = messages_per_round(eval_in_train=False)
+    overhead, compute, share = secure_round_cost(messages, counts)
     assert overhead == pytest.approx(8 * 0.25 + 3.0 + 0.5)
     assert compute == pytest.approx(13.0)
     assert share == pytest.approx(5.5 / 18.5)
     assert secure_round_cost({k: dict.fromkeys(v, 0.0) for k, v in messages.items()},
-                             messages_per_round()) == (0.0, 0.0, 0.0)
+                             counts) == (0.0, 0.0, 0.0)

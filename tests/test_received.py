@@ -75,12 +75,13 @@ def test_a_secure_round_records_every_reply_and_none_holds_a_per_site_figure(
     with server_identity():
         run_server(grid, cfg)  # type: ignore[arg-type]
 
-    # assert: one line per reply; every stage of training and both evaluations are there
+    # assert: one line per reply; every stage of training and of the final evaluation is
+    # there (round 1's train messages carry round 0's evaluation: eval-in-train)
     rows = RunFolder(cfg.out_dir).read_received()
     assert len(rows) == len(grid.sent)
     assert {MessageType.SECAGG_MASKED, MessageType.SECAGG_EVALUATE} <= {
         r["message_type"] for r in rows}
-    assert {r["node_id"] for r in rows} == set(nodes) and {r["round"] for r in rows} == {0, 1}
+    assert {r["node_id"] for r in rows} == set(nodes) and {r["round"] for r in rows} == {1}
     assert {r["records"][Key.CONFIG]["values"][Field.SITE] for r in rows} == set(SITES)
     masked = [r for r in rows if r["message_type"] == MessageType.SECAGG_MASKED]
     assert len(masked) == 3 and all(

@@ -60,7 +60,7 @@ def test_fault_points_keep_the_short_names_users_write() -> None:
 
 
 #: the same record today: the legacy fields, then the wire format's version
-WIRE = {**LEGACY, "protocol-version": 3}
+WIRE = {**LEGACY, "protocol-version": 4}
 
 
 def test_instructions_are_byte_compatible_with_the_legacy_record() -> None:
@@ -72,9 +72,9 @@ def test_instructions_are_byte_compatible_with_the_legacy_record() -> None:
     assert RoundInstructions.from_record(LEGACY) == instr  # absent: not checked
 
 
-@pytest.mark.parametrize("version", [1, 2, 4, "3", True])
+@pytest.mark.parametrize("version", [1, 2, 3, 5, "4", True])
 def test_a_site_refuses_another_protocol_version_naming_it(version: Any) -> None:
-    with pytest.raises(InstructionError, match=f"`protocol-version` must be 3, the version "
+    with pytest.raises(InstructionError, match=f"`protocol-version` must be 4, the version "
                                                f"this site speaks, got {version!r}"):
         RoundInstructions.from_record({**WIRE, "protocol-version": version})
 
@@ -88,6 +88,35 @@ def test_secure_instructions_round_trip_with_codec_and_site_level_dp_plan() -> N
     assert keys == [*WIRE, "secagg-clip", "secagg-scale", "secagg-max-weight", "manifest",
                     *SiteLevelDPKey.ALL, "site-level-dp-mode"]
     assert RoundInstructions.from_record(instr.to_record()) == instr
+
+
+def test_a_train_message_that_evaluates_what_it_carries_says_so_on_the_wire() -> None:
+    base = RoundInstructions.from_record(LEGACY)
+    asked = base.evaluating_received()
+    assert asked.to_config() == {**WIRE, "evaluate-received": True}
+    assert RoundInstructions.from_record(asked.to_record()) == asked
+    assert "evaluate-received" not in base.to_config()  # absent unless asked
+    assert not RoundInstructions.from_record(WIRE).evaluate_received
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"evaluate-received": 1}, "`evaluate-received` must be true or false, got 1"),
+    ({"evaluate-received": True, "round": 0},
+     r"`round` must be >= 1 when the message evaluates the adapter it carries .*got 0"),
+])
+def test_a_site_refuses_a_malformed_evaluate_received_naming_it(change: dict[str, Any],
+                                                                 match: str) -> None:
+    with pytest.raises(InstructionError, match=match):
+        RoundInstructions.from_record({**WIRE, **change})
+
+
+def test_a_site_refuses_to_evaluate_inside_a_site_level_dp_input() -> None:
+    # the DDG noise covers the whole input: the figures could not decode, so never asked
+    codec = SecAggCodec(clip=10.0, scale=1e-6, max_weight=1e5, manifest="d1")
+    instr = RoundInstructions.from_record(LEGACY).with_secagg(
+        codec, SiteLevelDPPlan("distributed", _plan()))
+    with pytest.raises(InstructionError, match="`evaluate-received` with site-level DP"):
+        RoundInstructions.from_record({**instr.to_config(), "evaluate-received": True})
 
 
 @pytest.mark.parametrize("key,value,match", [

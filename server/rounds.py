@@ -190,9 +190,12 @@ class RoundDriver:
 
     # phases ------------------------------------------------------------------------------
     def sample(self, round_num: int) -> list[int]:
-        """Sites for this round, among those whose budget is not known to be exhausted."""
-        nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites,
-                               timeout=self.cfg.round_timeout)
+        """Sites for this round, among those whose budget is not known to be exhausted.
+
+        Under secure aggregation it first waits for as many connected sites as a secure sum
+        needs (:meth:`_connected`).
+        """
+        nodes = self._connected(round_num, "secure round")
         able = [n for n in nodes if n not in self.exhausted]
         k = max(self.cfg.min_sites, math.ceil(self.cfg.fraction_train * len(able)))
         rng = random.Random(f"{self.cfg.seed}|{round_num}")
@@ -205,19 +208,27 @@ class RoundDriver:
         as a secure sum needs (:data:`privacy.secagg.MIN_COHORT`; a site dropped in the round
         may still be reconnecting); after that it runs over whoever is there.
         """
+        return self.evaluator.evaluate(round_num, state,
+                                       self._connected(round_num, "secure evaluation"))
+
+    def _connected(self, round_num: int, what: str) -> list[int]:
+        """Return the connected sites: at least ``min-sites``, more under secure aggregation.
+
+        A secure sum needs :data:`privacy.secagg.MIN_COHORT` sites (a site dropped in the
+        last round may still be reconnecting): wait for them up to ``round-timeout``, then
+        take whoever is there (the sum then says why it cannot be set up).
+        """
         nodes = wait_for_nodes(self.grid, minimum=self.cfg.min_sites,
                                timeout=self.cfg.round_timeout)
-        if self.secure is not None and len(nodes) < MIN_COHORT:
-            logger.info("round %d: %d sites connected; waiting up to %.0f s for the %d a "
-                        "secure evaluation needs", round_num, len(nodes),
-                        self.cfg.round_timeout, MIN_COHORT)
-            try:
-                nodes = wait_for_nodes(self.grid, minimum=MIN_COHORT,
-                                       timeout=self.cfg.round_timeout,
-                                       poll=self.cfg.poll_interval)
-            except NoSitesError:  # the evaluation then says why it cannot be set up
-                nodes = sorted(self.grid.get_node_ids())
-        return self.evaluator.evaluate(round_num, state, nodes)
+        if self.secure is None or len(nodes) >= MIN_COHORT:
+            return nodes
+        logger.info("round %d: %d sites connected; waiting up to %.0f s for the %d a %s "
+                    "needs", round_num, len(nodes), self.cfg.round_timeout, MIN_COHORT, what)
+        try:
+            return wait_for_nodes(self.grid, minimum=MIN_COHORT,
+                                  timeout=self.cfg.round_timeout, poll=self.cfg.poll_interval)
+        except NoSitesError:
+            return sorted(self.grid.get_node_ids())
 
     def train_and_aggregate(
         self, round_num: int, state: Mapping[str, np.ndarray], nodes: list[int], *,

@@ -40,9 +40,8 @@ class RejoiningGrid(LoopbackGrid):
         return nodes
 
 
-def test_a_secure_evaluation_waits_for_a_site_that_is_reconnecting(
-    tmp_path: Path, tiny_model: Path, tiny_sites: Path
-) -> None:
+def _driver(tmp_path: Path, tiny_model: Path, tiny_sites: Path
+            ) -> tuple[RoundDriver, RejoiningGrid, dict]:  # type: ignore[type-arg]
     assert len(SITES) == MIN_COHORT
     cfg = RunConfig.from_mapping({
         "num-server-rounds": 1, "model": str(tiny_model), "data-dir": str(tiny_sites),
@@ -60,12 +59,32 @@ def test_a_secure_evaluation_waits_for_a_site_that_is_reconnecting(
     nodes = {101 + i: {"partition-id": i, "num-partitions": len(SITES)}
              for i in range(len(SITES))}
     grid = RejoiningGrid(app, nodes, cfg.to_mapping())
+    driver = RoundDriver(grid, cfg, RunDir(cfg.out_dir), run_id="0123456789ab",  # type: ignore[arg-type]
+                         lora_cfg=lcfg, shapes=shapes)
+    driver.secure = SecureAggregator(driver, enrolment=load_enrolment(cfg.secagg_enrolment),
+                                     clip=cfg.secagg_clip, max_weight=cfg.secagg_max_weight)
+    return driver, grid, initial_adapter_state(shapes, seed=cfg.lora_seed)
+
+
+def test_a_secure_evaluation_waits_for_a_site_that_is_reconnecting(
+    tmp_path: Path, tiny_model: Path, tiny_sites: Path
+) -> None:
+    driver, grid, state = _driver(tmp_path, tiny_model, tiny_sites)
     with server_identity():
-        driver = RoundDriver(grid, cfg, RunDir(cfg.out_dir), run_id="0123456789ab",  # type: ignore[arg-type]
-                             lora_cfg=lcfg, shapes=shapes)
-        driver.secure = SecureAggregator(driver, enrolment=load_enrolment(cfg.secagg_enrolment),
-                                         clip=cfg.secagg_clip, max_weight=cfg.secagg_max_weight)
-        ev = driver.evaluate(0, initial_adapter_state(shapes, seed=cfg.lora_seed))
+        ev = driver.evaluate(0, state)
 
     assert grid.gone == 0, "the evaluation started before the site was back"
     assert ev["secure_evaluation"] and len(ev["eval_contributed"]) == len(SITES), ev
+
+
+def test_a_secure_training_round_waits_for_a_site_that_is_reconnecting(
+    tmp_path: Path, tiny_model: Path, tiny_sites: Path
+) -> None:
+    # with the evaluation inside the train message no evaluation waits between two rounds:
+    # the next round's sampling must wait itself, or it samples two sites and aborts
+    driver, grid, _ = _driver(tmp_path, tiny_model, tiny_sites)
+    with server_identity():
+        sampled = driver.sample(1)
+
+    assert grid.gone == 0, "the round was sampled before the site was back"
+    assert len(sampled) == len(SITES)

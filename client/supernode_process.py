@@ -6,10 +6,11 @@ coordinator, TLS, SuperNode authentication, node state and Runtime API), with tw
 site makes for itself:
 
 * **Polling.** Flower 1.39's SuperNode sleeps 3 s whenever a pull finds no message, and
-  0.5 s between checks for the ClientApp's reply. A secure round is about ten messages per
-  site, each sent only when every site has answered the one before, so those sleeps alone
-  added ~15 s per round per site. Here every such sleep is capped at the site's
-  ``poll-interval`` (``site.toml``; 3.0 gives Flower's behaviour back), the executor and
+  0.5 s between checks for the ClientApp's reply. A secure round is five messages per site
+  (ten with a separate secure evaluation), each sent only when every site has answered the
+  one before, so those sleeps alone added ~15 s per round per site. Here every such sleep
+  is capped at the site's ``poll-interval`` (``site.toml``; 3.0 gives Flower's behaviour
+  back), the executor and
   the loop wake each other when a task or a reply is stored, and a message's arrays not
   stored yet are tried again after 20 ms, not 1 s (:mod:`protocol.object_pulls`). Only the
   length of the waits changes, nothing that is sent.

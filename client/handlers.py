@@ -22,8 +22,8 @@ from protocol.messages import record_to_state, reply_content, state_to_record
 from protocol.site_log import EVALUATE, append_site_row
 from protocol.wire import Field, Key, MessageType, Metric, Reason, Status
 
-__all__ = ["evaluate", "held_out", "hello", "received_figures", "requires_secure_aggregation",
-           "train"]
+__all__ = ["carried_metrics", "evaluate", "held_out", "hello", "received_figures",
+           "requires_secure_aggregation", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,7 @@ def train(msg: Message, context: Context) -> Message:
     arrays = state_to_record(upd.delta) if upd.delta is not None else None
     metrics = dict(upd.metrics)
     if figures is not None and upd.status == Status.OK:
-        metrics.update({Metric.EVAL_LOSS: figures[Metric.EVAL_LOSS],
-                        Metric.EVAL_NUM_EXAMPLES: figures[Metric.NUM_EXAMPLES],
-                        Metric.EVAL_NUM_TOKENS: figures[Metric.NUM_TOKENS],
-                        Metric.TIME_EVAL: figures[Metric.TIME_EVAL]})
+        metrics.update({**carried_metrics(figures), Metric.TIME_EVAL: figures[Metric.TIME_EVAL]})
     return Message(reply_content(site=upd.site, status=upd.status, reason=upd.reason,
                                  metrics=metrics, arrays=arrays,
                                  ledger_summary=upd.ledger_summary), reply_to=msg)
@@ -78,6 +75,13 @@ def received_figures(msg: Message, context: Context,
     the site trains, on the adapter as received.
     """
     return held_out(msg, context, round_num=instr.round_num - 1)[1]
+
+
+def carried_metrics(figures: dict[str, Any]) -> dict[str, Any]:
+    """Return held-out figures under the names a train reply carries them (``eval-*``)."""
+    return {Metric.EVAL_LOSS: figures[Metric.EVAL_LOSS],
+            Metric.EVAL_NUM_EXAMPLES: figures[Metric.NUM_EXAMPLES],
+            Metric.EVAL_NUM_TOKENS: figures[Metric.NUM_TOKENS]}
 
 
 def held_out(msg: Message, context: Context, *,

@@ -119,7 +119,7 @@ def masked_train(msg: Message, context: Context) -> Message:
     uses up the site's evaluation of round r - 1: it refuses such a request when it already
     sent an evaluation for round r - 1, and refuses a later evaluation of round r - 1.
     """
-    from client.handlers import received_figures
+    from client.handlers import carried_metrics, received_figures
 
     site = SecureSite.of(context)
     inject_fault(site.cfg, site.name, Stage.MASKED_INPUT, _round_of(msg))
@@ -173,9 +173,7 @@ def masked_train(msg: Message, context: Context) -> Message:
     site.save(context, session)
     metrics = clear_metrics(upd.metrics, release=release)
     if release and figures is not None:
-        metrics.update({Metric.EVAL_LOSS: figures[Metric.EVAL_LOSS],
-                        Metric.EVAL_NUM_EXAMPLES: figures[Metric.NUM_EXAMPLES],
-                        Metric.EVAL_NUM_TOKENS: figures[Metric.NUM_TOKENS]})
+        metrics.update(carried_metrics(figures))
     return _answer(msg, site.name, reply, metrics=metrics, ledger_summary=upd.ledger_summary)
 
 

@@ -117,7 +117,7 @@ class RoundEvaluator:
             raise RuntimeError(f"round {fields['round']}: rows of another adapter still wait "
                                "for their evaluation")
         if self._last_eval is not None and self._last_eval[0] == digest:
-            self._write([dict(fields)], self._last_eval[1])
+            self.write([dict(fields)], self._last_eval[1])
             return
         self._pending_digest = digest
         self._pending.append(dict(fields))
@@ -128,13 +128,14 @@ class RoundEvaluator:
         digest = state_digest(state)
         if self._pending and self._pending_digest != digest:
             raise RuntimeError("an evaluation of another adapter than the rows wait for")
-        self._write(self._pending, ev)
+        self.write(self._pending, ev)
         self._pending = []
         self.driver.rundir.write_pending_metrics(digest, [])
         if ev.get("secure_evaluation"):
             self._last_eval = (digest, dict(ev))
 
-    def _write(self, rows: list[dict[str, Any]], ev: Mapping[str, Any]) -> None:
+    def write(self, rows: list[dict[str, Any]], ev: Mapping[str, Any]) -> None:
+        """Append ``rows`` (metrics rows without their evaluation) with the evaluation ``ev``."""
         for fields in rows:
             self.driver.rundir.append_metrics(MetricsRow.from_json({**fields, **ev}))
             logger.info("round %d: eval loss %.4f (perplexity %.2f)", fields["round"],

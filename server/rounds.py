@@ -30,7 +30,7 @@ from protocol.adapter import AdapterError, check_state, trainable_keys
 from protocol.config import RunConfig
 from protocol.instructions import RoundInstructions
 from protocol.messages import state_to_record
-from protocol.run_rows import RUN_RUNNING, MetricsRow, ParticipationRow, RunState
+from protocol.run_rows import RUN_RUNNING, ParticipationRow, RunState
 from protocol.wire import Key, MessageType, Metric, Reason, Status
 from server.aggregate import apply_delta, weighted_mean
 from server.evaluation import RoundEvaluator
@@ -394,10 +394,7 @@ class RoundDriver:
             self.evaluator.defer(self._metrics_row(rnd, t0, part), state)
         else:
             ev = self._timed_evaluate(rnd, state)
-            row = {**self._metrics_row(rnd, t0, part), **ev}
-            self.rundir.append_metrics(MetricsRow.from_json(row))
-            logger.info("round %d: eval loss %.4f (perplexity %.2f)", rnd, ev["eval_loss"],
-                        ev["eval_perplexity"])
+            self.evaluator.write([self._metrics_row(rnd, t0, part)], ev)
         self.rundir.write_state(RunState(self.run_id, rnd, self.cfg.num_server_rounds,
                                          RUN_RUNNING))
 

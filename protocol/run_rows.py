@@ -204,13 +204,19 @@ class MetricsRow(_Row):
     (``eval_num_examples``, ``eval_num_tokens``, summed over ``eval_contributed``) and is
     within ``eval_decoding_error_bound`` of the plaintext figure of the same sites. Each
     site's own figures stay in its state directory (:mod:`protocol.site_log`).
+
+    A round whose evaluation could not be had (a secure sum aborted or did not decode: a
+    site's input is hidden, so one enrolled site can spoil the sum) has no ``eval_loss`` and
+    ``eval_perplexity`` but ``eval_unavailable``, the reason; the run goes on.
     """
 
     _WHAT = "metrics row"
     round: int
-    eval_loss: float
-    eval_perplexity: float
     sites: Mapping[str, SiteEval]
+    #: the held-out loss and perplexity; both None exactly when ``eval_unavailable`` says why
+    eval_loss: float | None = None
+    eval_perplexity: float | None = None
+    eval_unavailable: str | None = None
     round_time_s: float | None = None
     bytes_received: int | None = None
     contributed: tuple[str, ...] | None = None
@@ -229,9 +235,33 @@ class MetricsRow(_Row):
     stage_time_s: Mapping[str, float] | None = None
     stage_wait_s: Mapping[str, float] | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eval_unavailable is not None:
+            for name in ("eval_loss", "eval_perplexity"):
+                if getattr(self, name) is not None:
+                    raise RowError(f"{self._WHAT}: `{name}` is given but `eval_unavailable` "
+                                   f"says there is no evaluation ({self.eval_unavailable!r})")
+            return
+        for name in ("eval_loss", "eval_perplexity"):  # an evaluation, or why there is none
+            if getattr(self, name) is None:
+                raise RowError(f"{self._WHAT}: `{name}` is missing (and no "
+                               "`eval_unavailable` says why)")
+
+    @property
+    def evaluated(self) -> bool:
+        """Whether the row holds an evaluation (not ``eval_unavailable``)."""
+        return self.eval_unavailable is None
+
+    def held_out(self) -> tuple[float, float]:
+        """Return the held-out loss and perplexity; :class:`RowError` says why if none."""
+        if self.eval_loss is None or self.eval_perplexity is None:
+            raise RowError(f"round {self.round}: no held-out evaluation ({self.eval_unavailable})")
+        return float(self.eval_loss), float(self.eval_perplexity)
+
 
 MetricsRow._CHECKS = {
-    "round": _int, "eval_loss": _num, "eval_perplexity": _num,
+    "round": _int, "eval_loss": _num, "eval_perplexity": _num, "eval_unavailable": _str,
     "sites": _map_of(_SITE_EVAL, "site evaluations"), "round_time_s": _num,
     "bytes_received": _int, "contributed": _names, "released": _bool, "dropped": _names,
     "train_loss": _num_map, "epsilon": _num_map, "declined": _str_map,

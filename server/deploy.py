@@ -153,10 +153,12 @@ def _check_out_dir(cfg: ServerDeployConfig, resume: bool) -> None:
 
 def _log_round(rec: MetricsRow, part: ParticipationRow | None) -> None:
     eps = rec.epsilon or {}
-    logger.info("round %d done: %d sampled, %d reporting, %d declined, %d dropped, eval loss %.4f, "
+    loss = (f"{rec.eval_loss:.4f}" if rec.eval_loss is not None
+            else f"unavailable ({rec.eval_unavailable})")
+    logger.info("round %d done: %d sampled, %d reporting, %d declined, %d dropped, eval loss %s, "
                 "%.1f s, %d bytes received%s", rec.round, len(part.sampled) if part else 0,
                 len(part.contributed) if part else 0, len(part.declined) if part else 0,
-                dropped_sites(part), float(rec.eval_loss), float(rec.round_time_s or 0.0),
+                dropped_sites(part), loss, float(rec.round_time_s or 0.0),
                 rec.bytes_received or 0,
                 ("; eps " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(eps.items())))
                 if eps else "")

@@ -5,7 +5,10 @@ path each site's figures come back in the clear and the metrics row lists them; 
 aggregation (``SecureAggregator.evaluate``) the row holds the round's totals, no site's
 figures. A secure evaluation that aborts over an adapter already evaluated (its digest
 unchanged, e.g. every site declined a re-run) keeps that evaluation, since sites rightly
-refuse a second sum over it; after a resume the recorded row stands in for it.
+refuse a second sum over it; after a resume the recorded row stands in for it. One that
+aborts over a new adapter, or does not decode, leaves the row without an evaluation
+(``eval_unavailable``: why) and the run goes on: a site's input is hidden, so one enrolled
+site can spoil a sum, and a malformed message from one site must not end a run.
 
 With ``eval-in-train`` a round's metrics row waits (:meth:`RoundEvaluator.defer`) until the
 next round's train message has evaluated its adapter at the sites (:meth:`RoundEvaluator.settle`);
@@ -41,7 +44,7 @@ logger = logging.getLogger(__name__)
 #: metrics-row fields of a secure evaluation, taken from the recorded row on resume
 _SECURE_EVAL_FIELDS = ("eval_loss", "eval_perplexity", "sites", "secure_evaluation",
                        "eval_num_examples", "eval_num_tokens", "eval_contributed",
-                       "eval_decoding_error_bound")
+                       "eval_decoding_error_bound", "eval_unavailable")
 
 
 class _Driver(Protocol):
@@ -138,8 +141,24 @@ class RoundEvaluator:
         """Append ``rows`` (metrics rows without their evaluation) with the evaluation ``ev``."""
         for fields in rows:
             self.driver.rundir.append_metrics(MetricsRow.from_json({**fields, **ev}))
-            logger.info("round %d: eval loss %.4f (perplexity %.2f)", fields["round"],
-                        ev["eval_loss"], ev["eval_perplexity"])
+            if "eval_unavailable" in ev:
+                logger.warning("round %d: no held-out evaluation: %s", fields["round"],
+                               ev["eval_unavailable"])
+            else:
+                logger.info("round %d: eval loss %.4f (perplexity %.2f)", fields["round"],
+                            ev["eval_loss"], ev["eval_perplexity"])
+
+    @staticmethod
+    def unavailable(reason: str, *, secure: bool) -> dict[str, Any]:
+        """Return the metrics-row fields of an evaluation that could not be had, and why.
+
+        Under secure aggregation one enrolled site can spoil a sum (its input is hidden, so
+        the coordinator cannot tell whose it was): the round's row says so, the run goes on.
+        """
+        fields: dict[str, Any] = {"sites": {}, "eval_unavailable": reason}
+        if secure:
+            fields["secure_evaluation"] = True
+        return fields
 
     def secure_fields(self, totals: EvalTotals, part: Mapping[str, Any]) -> dict[str, Any]:
         """Return the metrics-row fields of a secure evaluation: its totals, its sites."""
@@ -187,9 +206,8 @@ class RoundEvaluator:
         replies = self.driver.send_each({n: content for n in nodes}, MessageType.EVALUATE,
                                         round_num)
         ev = self.plain_fields(replies, round_num=round_num)
-        if ev is None:
-            raise RuntimeError(f"round {round_num}: no site returned an evaluation")
-        return ev
+        return ev if ev is not None else self.unavailable("no site returned an evaluation",
+                                                          secure=False)
 
     def _secure_evaluate(self, round_num: int, state: Mapping[str, np.ndarray],
                          nodes: list[int]) -> dict[str, Any]:
@@ -209,8 +227,10 @@ class RoundEvaluator:
                                "unchanged, its last evaluation stands", round_num,
                                part.get("abort_reason", ""))
                 return dict(self._last_eval[1])
-            raise RuntimeError(f"round {round_num}: the secure evaluation was aborted: "
-                               f"{part.get('abort_reason', '')}")
+            ev = self.unavailable(f"the secure evaluation was aborted: "
+                                  f"{part.get('abort_reason', '')}", secure=True)
+            self._last_eval = (digest, ev)  # no second sum over the same adapter
+            return ev
         ev = self.secure_fields(totals, part)
         self._last_eval = (digest, ev)
         return ev

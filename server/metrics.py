@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.server
 import logging
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ _HELP = {
     "confide_sites_declined": ("gauge", "Sampled sites that declined the last round."),
     "confide_round_duration_seconds": ("gauge", "Wall time of the last completed round."),
     "confide_bytes_received_total": ("counter", "Payload bytes received from sites."),
-    "confide_eval_loss": ("gauge", "Weighted held-out loss after the last completed round."),
+    "confide_eval_loss": ("gauge", "Weighted held-out loss after the last round with an "
+                          "evaluation (NaN before any)."),
     "confide_example_level_epsilon": ("gauge", "Epsilon each site reported (its ledger total)."),
     "confide_run_completed": ("gauge", "1 once the run has completed."),
 }
@@ -95,7 +97,8 @@ class RunMetrics:
                 "confide_round_duration_seconds": float(last.round_time_s or 0.0),
                 "confide_bytes_received_total": float(sum(m.bytes_received or 0
                                                           for m in metrics)),
-                "confide_eval_loss": float(last.eval_loss),
+                "confide_eval_loss": next((float(m.eval_loss) for m in reversed(metrics)
+                                           if m.eval_loss is not None), math.nan),
             })
             for m in metrics:
                 self._eps.update({k: float(v) for k, v in (m.epsilon or {}).items()})

@@ -77,9 +77,9 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "variant": variant,
         "site_level_epsilon": released[-1]["epsilon_after"] if released else None,
-        "perplexity": float(last.eval_perplexity),
-        "eval_loss": float(last.eval_loss),
-        "initial_perplexity": float(rows[0].eval_perplexity),
+        "perplexity": last.held_out()[1],
+        "eval_loss": last.held_out()[0],
+        "initial_perplexity": rows[0].held_out()[1],
         "example_epsilon": max((last.epsilon or {}).values(), default=None),
         "noise_multiplier": released[-1]["noise_multiplier"] if released else None,
         "noise_std_of_mean": released[-1]["noise_std_of_mean"] if released else None,

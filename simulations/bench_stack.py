@@ -72,7 +72,7 @@ def _run(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError(f"variant {variant}: the run failed (exit {code}); see {out}")
     times = [float(r.round_time_s or 0.0) for r in rows if r.round >= 1]
     return {"variant": variant, "round_s": statistics.fmean(times), "round_times_s": times,
-            "wall_s": wall, "final_eval_loss": float(rows[-1].eval_loss)}
+            "wall_s": wall, "final_eval_loss": rows[-1].held_out()[0]}
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"federated run failed (exit {code}); see {out}", file=sys.stderr)
         return 1
     t_fed = time.perf_counter() - t0
-    fed_loss = float(rows[-1].eval_loss)
+    fed_loss = rows[-1].held_out()[0]  # or RowError: why not
     fed_sites = {k: v.eval_loss for k, v in rows[-1].sites.items()}
 
     # 2. base and centralised, in-process with the same client code

@@ -54,6 +54,8 @@ def _run(cfg: RunConfig, sites: int) -> list[MetricsRow]:
     rows = RunFolder(cfg.out_dir).read_metrics()
     if code != 0 or not rows or rows[-1].round != cfg.num_server_rounds:
         raise SystemExit(f"run in {cfg.out_dir} failed (exit {code})")
+    for r in rows:  # the curves need every round's evaluation
+        r.held_out()
     return rows
 
 

@@ -286,8 +286,10 @@ def _summary(out: Path, cfg: Any) -> str:
     for r in rows:
         sites = "-" if r.contributed is None else str(len(r.contributed))
         max_eps = f"{max(r.epsilon.values()):.3f}" if r.epsilon else "-"
-        line = (f"{r.round:>5}  {r.eval_loss:>9.4f}  {r.eval_perplexity:>10.2f}  "
-                f"{sites:>5}  {max_eps:>8}  ")
+        loss, ppl = ((f"{r.eval_loss:>9.4f}", f"{r.eval_perplexity:>10.2f}")
+                     if r.eval_loss is not None and r.eval_perplexity is not None
+                     else (f"{'n/a':>9}", f"{'n/a':>10}"))
+        line = f"{r.round:>5}  {loss}  {ppl}  {sites:>5}  {max_eps:>8}  "
         if site_eps:
             last_site = site_eps.get(r.round, last_site)
             line += f"{('-' if r.round == 0 else f'{last_site:.3f}'):>8}  "
@@ -295,6 +297,8 @@ def _summary(out: Path, cfg: Any) -> str:
     lines.append("(max eps: the largest example-level eps of a site so far" + (
         "; site eps: site-level eps of the released aggregates so far)" if site_eps else ")"))
     lines += folder.unreleased_rounds()  # never silent: each with its recorded reason
+    lines += [f"round {r.round}: no held-out evaluation ({r.eval_unavailable})"
+              for r in rows if not r.evaluated]
     lines.append("")
     lines += _story(folder, rows, cfg, site_eps)
     return "\n".join(lines)
@@ -302,13 +306,15 @@ def _summary(out: Path, cfg: Any) -> str:
 
 def _story(folder: Any, rows: Any, cfg: Any, site_eps: dict[int, float]) -> list[str]:
     """Tell what the run shows in a few lines: learning, privacy spent, what the server saw."""
-    first, last = rows[0], rows[-1]
-    drop = 100.0 * (1.0 - last.eval_perplexity / first.eval_perplexity)
-    out = [f"learned:   held-out perplexity {first.eval_perplexity:.2f} (base) -> "
-           f"{last.eval_perplexity:.2f} after round {last.round} ({drop:.1f}% lower)"
-           if drop >= 0 else
-           f"learned:   held-out perplexity {first.eval_perplexity:.2f} (base) -> "
-           f"{last.eval_perplexity:.2f} after round {last.round} (no improvement)"]
+    evaluated = [r for r in rows if r.evaluated]
+    if len(evaluated) < 2 or evaluated[0].round != 0:
+        out = ["learned:   not shown: the base and a later round were not both evaluated"]
+    else:
+        first, last = evaluated[0], evaluated[-1]
+        (_, base), (_, after) = first.held_out(), last.held_out()
+        drop = 100.0 * (1.0 - after / base)
+        out = [f"learned:   held-out perplexity {base:.2f} (base) -> {after:.2f} after round "
+               f"{last.round} " + (f"({drop:.1f}% lower)" if drop >= 0 else "(no improvement)")]
     eps: dict[str, float] = {}
     declined: set[str] = set()
     for r in rows:

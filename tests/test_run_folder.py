@@ -76,7 +76,7 @@ def test_reader_names_the_file_and_line_or_hands_each_bad_line_to_the_caller(tmp
                                                                              ) -> None:
     folder = RunFolder(tmp_path)
     folder.metrics_path.write_text(METRICS_LINE + '\n{"round": 2, "eval_loss": "x"}\n{oops\n')
-    with pytest.raises(RunFolderError, match="metrics.jsonl:2: metrics row: `eval_perplexity` "
+    with pytest.raises(RunFolderError, match="metrics.jsonl:2: metrics row: `sites` "
                                              "is missing"):
         folder.read_metrics()
     skipped: list[str] = []

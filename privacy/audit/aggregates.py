@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from privacy.audit._format import fmt_num
+
 __all__ = ["AggregateRound"]
 
 
@@ -22,3 +24,11 @@ class AggregateRound:
     released: bool | None
     eval_loss: float | None
     eval_perplexity: float | None
+    #: why the round has no held-out evaluation (a secure sum aborted or did not decode)
+    eval_unavailable: str | None = None
+
+    def eval_text(self) -> str:
+        """Return the round's held-out loss as a report cell, or why there is none."""
+        if self.eval_unavailable is not None:
+            return f"n/a: {self.eval_unavailable}"
+        return fmt_num(self.eval_loss)

@@ -158,6 +158,8 @@ def _aggregate_rounds(participation: Sequence[Mapping[str, Any]],
             released=released if isinstance(released, bool) else None,
             eval_loss=_num_or_none(m.get("eval_loss")),
             eval_perplexity=_num_or_none(m.get("eval_perplexity")),
+            eval_unavailable=(m["eval_unavailable"] if isinstance(m.get("eval_unavailable"), str)
+                              else None),
         ))
     return tuple(out)
 

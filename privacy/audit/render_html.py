@@ -254,7 +254,7 @@ def _rounds_table(report: AuditReport) -> str:
             + _td(fmt_names(f"{k} ({v})" for k, v in r.failed.items()))
             + _td(fmt_names(r.dropped)) + _td(fmt_num(r.threshold, "d"), "num")
             + _td(released, "" if r.released is not False else "red")
-            + _td(fmt_num(r.eval_loss), "num") + "</tr>")
+            + _td(r.eval_text(), "num") + "</tr>")
     return _table(["round", "sampled", "in aggregate", "declined", "failed", "dropped",
                    "threshold", "released", "eval loss"], rows)
 

@@ -104,7 +104,7 @@ def render_md(report: AuditReport) -> str:
           fmt_names(f"{k} ({v})" for k, v in r.declined.items()),
           fmt_names(f"{k} ({v})" for k, v in r.failed.items()), fmt_names(r.dropped),
           fmt_num(r.threshold, "d"), {True: "yes", False: "**no**", None: "-"}[r.released],
-          fmt_num(r.eval_loss)] for r in report.rounds])
+          r.eval_text()] for r in report.rounds])
     lines.append("")
     if report.empirical:
         lines += ["## Empirical audit (one-run canaries)", ""]

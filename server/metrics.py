@@ -119,7 +119,8 @@ class RunMetrics:
             if name == "confide_example_level_epsilon":
                 lines += [f'{name}{{site="{_label(s)}"}} {v!r}' for s, v in sorted(eps.items())]
             else:
-                lines.append(f"{name} {values.get(name, 0.0)!r}")
+                value = values.get(name, 0.0)
+                lines.append(f"{name} {'NaN' if math.isnan(value) else repr(value)}")
         return "\n".join(lines) + "\n"
 
 

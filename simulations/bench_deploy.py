@@ -1,18 +1,18 @@
 """Per-message fixed cost in deployment (``python -m simulations.bench_round --deployment``).
 
-This bench starts a real SuperLink (TLS + SuperNode auth) and one real ``confide client``
-on 127.0.0.1, submits a bench ServerApp that sends ``--repeats`` messages of each kind to
-the site one at a time through the coordinator's own exchange (``server.rounds.exchange``,
-its ``poll-interval``), and reports per kind the round trip (push -> reply), the training
-or evaluation inside it (the reply's own timing metrics, less any model load the site's log
-records) and their difference, the fixed per-message overhead (processes, imports, model
-loads, Flower's hops and waits). The kinds are ``query.hello``, ``evaluate``, ``train`` and
-``train+evaluate`` (a train message that also evaluates the adapter it carries, as every
-round's does with ``eval-in-train``). From those it prices one secure round with secure
-evaluation per site (:func:`messages_per_round`, :func:`secure_round_cost`), with the
-evaluation in the train message (the default) and as a sum of its own, and prints the
-overhead's share of each. It also reports, in this process, what importing the ClientApp
-costs and whether the non-training stages pull in torch.
+This bench starts a real SuperLink (TLS + SuperNode auth) and one real ``confide client`` on
+127.0.0.1, submits a bench ServerApp that sends ``--repeats`` messages of each kind to the
+site one at a time (the kinds in turn) through the coordinator's own exchange
+(``server.rounds.exchange``, its ``poll-interval``), and reports per kind the round trip
+(push -> reply), the training or evaluation inside it (the reply's own timing metrics, less
+any model load the site's log records) and their difference, the fixed per-message overhead
+(processes, imports, model loads, Flower's hops and waits). The kinds are ``query.hello``,
+``evaluate``, ``train`` and ``train+evaluate`` (a train message that also evaluates the
+adapter it carries, as every round's does with ``eval-in-train``). From those it prices one
+secure round with secure evaluation per site (:func:`messages_per_round`,
+:func:`secure_round_cost`), with the evaluation in the train message (the default) and as a
+sum of its own, and prints the overhead's share of each. It also reports, in this process,
+what importing the ClientApp costs and whether the non-training stages pull in torch.
 
 :func:`run_worker_bench` runs it for each site loop of :data:`SITE_LOOPS` asked for
 (``site.toml`` keys): ``off``, Flower's own (a fresh ``flwr-clientapp`` process loads torch
@@ -81,11 +81,13 @@ def main(grid, context):
                        target_modules=cfg.target_modules, base_model=ref)
     state = initial_adapter_state(adapter_shapes(ref, lcfg), seed=0)
 
+    FOLDED = 2 * repeats  # the train+evaluate messages' rounds (and their evaluations'), apart
+
     def instr(i, **kw):  # a fresh round number per message: a site trains each round once
         return RoundInstructions(
             round_num=i + 1, run_id="bench", aggregation=cfg.aggregation,
             local_steps=cfg.local_steps, batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate, planned_rounds=2 * repeats, dp_enabled=cfg.dp,
+            learning_rate=cfg.learning_rate, planned_rounds=3 * repeats, dp_enabled=cfg.dp,
             noise_multiplier=cfg.dp_noise_multiplier, **kw).to_record()
 
     plan = [(MessageType.HELLO, lambda i: RecordDict({Key.CONFIG: ConfigRecord({})}), ()),
@@ -97,14 +99,16 @@ def main(grid, context):
              (Metric.TIME_SETUP, Metric.TIME_TRAIN)),
             # eval-in-train: the train message also evaluates the adapter it carries
             (TRAIN_EVALUATE, lambda i: RecordDict({Key.ARRAYS: state_to_record(state),
-                                                   Key.CONFIG: instr(repeats + i,
+                                                   Key.CONFIG: instr(FOLDED + i,
                                                                      evaluate_received=True)}),
              (Metric.TIME_EVAL, Metric.TIME_SETUP, Metric.TIME_TRAIN))]
     wire_type = {TRAIN_EVALUATE: MessageType.TRAIN}
-    results = {}
-    for kind, content, handler_keys in plan:
-        rows = []
-        for i in range(repeats):
+    results = {kind: [] for kind, _, _ in plan}
+    # one message of each kind in turn, `repeats` times: a drift of the machine's speed
+    # touches every kind alike, so a round priced from them stays one moment's price
+    for i in range(repeats):
+        for kind, content, handler_keys in plan:
+            rows = results[kind]
             msg = Message(content(i), dst_node_id=node, message_type=wire_type.get(kind, kind),
                           group_id=str(i))
             t0 = time.perf_counter()
@@ -122,7 +126,6 @@ def main(grid, context):
             rows.append({"rtt": rtt, "handler": sum(float(metrics.get(k, 0.0))
                                                     for k in handler_keys),
                          **{k: float(metrics[k]) for k in handler_keys if k in metrics}})
-        results[kind] = rows
     with open(out, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)
     time.sleep(float(cfg.extra["bench-idle"]))  # the site, connected and idle, is measured
@@ -315,13 +318,16 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
         from client.local_round import MODEL_LOAD
 
         state = ks.site_dirs["bank"] / "state"
-        logged = {row: [float(r.get(MODEL_LOAD, 0.0)) for r in read_site_rows(state, kind=row)]
-                  for row in (TRAIN, EVALUATE)}
-        # the site's log holds the plain messages' rows first, then the folded ones'
-        loads = {MessageType.TRAIN: logged[TRAIN][:repeats],
-                 MessageType.EVALUATE: logged[EVALUATE][:repeats],
-                 TRAIN_EVALUATE: [a + b for a, b in zip(logged[TRAIN][repeats:],
-                                                        logged[EVALUATE][repeats:],
+        logged = {row: [(int(r["round"]), float(r.get(MODEL_LOAD, 0.0)))
+                        for r in read_site_rows(state, kind=row)] for row in (TRAIN, EVALUATE)}
+        # the plain messages' rounds are 1..repeats; the folded ones train 2 repeats + 1..
+        # and file the evaluation they carry one round earlier
+        def load(row: str, folded: bool) -> list[float]:
+            return [s for r, s in logged[row] if (r >= 2 * repeats) == folded]
+
+        loads = {MessageType.TRAIN: load(TRAIN, False),
+                 MessageType.EVALUATE: load(EVALUATE, False),
+                 TRAIN_EVALUATE: [a + b for a, b in zip(load(TRAIN, True), load(EVALUATE, True),
                                                         strict=False)]}
     report: dict[str, Any] = {"repeats": repeats, "settings": settings, "model": model,
                               "loop": loop, "site_toml": site_loop, "wall_s": total,

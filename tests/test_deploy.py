@@ -157,6 +157,24 @@ def test_metrics_exposition_reports_rounds_sites_bytes_and_epsilon(tmp_path):
     assert "confide_bytes_received_total 1010.0" in body
     assert 'confide_example_level_epsilon{site="law"} 2.0' in body
     assert "confide_round_duration_seconds 9.5" in body
+    assert "confide_eval_loss 4.5" in body
+
+
+def test_the_eval_loss_gauge_keeps_the_last_evaluation_when_a_round_has_none(tmp_path):
+    from protocol.run_folder import RunFolder
+    from protocol.run_rows import MetricsRow
+    from server.metrics import RunMetrics
+
+    folder = RunFolder(tmp_path)
+    folder.append_metrics(MetricsRow(round=0, sites={}, eval_unavailable="aborted"))
+    m = RunMetrics(tmp_path, planned_rounds=3)
+    m.refresh()
+    assert "confide_eval_loss NaN\n" in m.exposition()  # no round evaluated yet
+    folder.append_metrics(MetricsRow(round=1, eval_loss=4.5, eval_perplexity=90.0, sites={}))
+    folder.append_metrics(MetricsRow(round=2, sites={}, eval_unavailable="aborted"))
+    m.refresh()
+    body = m.exposition()
+    assert "confide_eval_loss 4.5\n" in body and "confide_current_round 2.0" in body
 
 
 # ledger export ---------------------------------------------------------------------------------

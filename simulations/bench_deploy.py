@@ -19,6 +19,10 @@ what importing the ClientApp costs and whether the non-training stages pull in t
 and the model for every message, 3 s polling); ``worker``, the resident worker alone
 (:mod:`client.worker`); ``on``, the default (worker, the site's SuperNode process running
 each message in-process, :mod:`client.supernode_process`); and prints them side by side.
+The coordinator's SuperLink and ServerApp share the site's cores here, which slows the
+site's training; so it also times the same ``train+evaluate`` messages handled by the
+site's ClientApp in a process of its own (:func:`site_alone_work`) and weighs each round's
+fixed overhead against that work too (``site alone: share``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Any
 from protocol.wire import STAGE_MESSAGE_TYPE, MessageType
 
 __all__ = ["REAL_SETTINGS", "SITE_LOOPS", "TRAIN_EVALUATE", "messages_per_round", "run_bench",
-           "run_worker_bench", "secure_round_cost"]
+           "run_worker_bench", "secure_round_cost", "site_alone_work"]
 
 #: the bench's label of a train message that also evaluates the adapter it carries
 #: (``eval-in-train``; on the wire a ``train`` message with ``evaluate-received``)
@@ -374,6 +378,71 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
     return report
 
 
+_SITE_ALONE = '''
+"""The site's own work per train+evaluate message, with nothing else on the machine."""
+import json, sys, tempfile
+from flwr.app import Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from client.app import app
+from protocol.adapter import adapter_shapes, initial_adapter_state, lora_config
+from protocol.config import RunConfig
+from protocol.instructions import RoundInstructions
+from protocol.messages import state_to_record
+from protocol.model_ref import resolve_model
+from protocol.wire import Field, Key, Metric, MessageType, Status
+
+settings, repeats, policy = json.loads(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+cfg = RunConfig.from_mapping({**settings, "secagg": False, "allow-no-privacy": True,
+                              "sites-state-dir": tempfile.mkdtemp()}, allow_extra=True)
+# the bench site's data (bank, the first bundled partition) and privacy policy
+ctx = Context(run_id=1, node_id=7, state=RecordDict(), run_config=cfg.to_mapping(),
+              node_config={"partition-id": 0, "num-partitions": 3,
+                           **{f"dp-{k}": v for k, v in policy.items()}})
+ref = resolve_model(cfg.model)
+lcfg = lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                   target_modules=cfg.target_modules, base_model=ref)
+arrays = state_to_record(initial_adapter_state(adapter_shapes(ref, lcfg), seed=0))
+TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+keys = (Metric.TIME_EVAL, Metric.TIME_SETUP, Metric.TIME_TRAIN)  # as the bench app's
+out = []
+for i in range(repeats + 1):  # the first loads the model: not counted
+    instr = RoundInstructions.for_round(cfg.replace(num_server_rounds=repeats + 2),
+                                        round_num=i + 1, run_id="alone").evaluating_received()
+    reply = app(Message(RecordDict({Key.ARRAYS: arrays, Key.CONFIG: instr.to_record()}),
+                        dst_node_id=7, message_type=MessageType.TRAIN, group_id=str(i)), ctx)
+    m = dict(reply.content[Key.METRICS])
+    if dict(reply.content[Key.CONFIG]).get(Field.STATUS) != Status.OK:
+        raise SystemExit(f"the site answered {dict(reply.content[Key.CONFIG])}")
+    out.append(sum(float(m.get(k, 0.0)) for k in keys))
+print("ALONE", json.dumps(out[1:]))
+'''
+
+
+def site_alone_work(*, repeats: int, settings: Mapping[str, Any], model: str,
+                    timeout: float = 900.0) -> list[float]:
+    """Return the training and evaluation time of ``repeats`` ``train+evaluate`` messages.
+
+    They are handled by the site's ClientApp in a process of its own, with no coordinator
+    on the machine (after one that loads the model).
+
+    The deployment bench runs the coordinator's SuperLink and ServerApp on the site's cores;
+    this is the site's own work that a round's fixed overhead is to be weighed against.
+    """
+    import os
+
+    from protocol.model_ref import resolve_model
+
+    run = {**settings, "model": model if model == "embedded" else resolve_model(model)}
+    policy = {"budget-epsilon": 8.0, "max-grad-norm": 0.01}  # the bench site's [privacy]
+    proc = subprocess.run(
+        [sys.executable, "-c", _SITE_ALONE, json.dumps(run), str(repeats), json.dumps(policy)],
+        capture_output=True, text=True, timeout=timeout, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("ALONE ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError("the site-alone run failed:\n" + proc.stderr[-3000:])
+    return [float(x) for x in json.loads(lines[-1][len("ALONE "):])]
+
+
 def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
                      model: str = "embedded", json_path: str | None = None,
                      loops: tuple[str, ...] = ("off", "on"), keep: str | None = None,
@@ -403,13 +472,23 @@ def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = N
     for label, key, fmt in rows:
         print(f"{label:<26}" + "".join(
             f"{format(r[key], fmt) if r[key] is not None else '-':>14}" for r in runs.values()))
+    alone = site_alone_work(repeats=repeats, settings=first["settings"], model=model)
+    work = statistics.median(alone)
+    for r in runs.values():
+        fixed = r["secagg_round_fixed_overhead_s"]
+        r["site_alone_work_s"] = alone
+        r["secagg_round_overhead_share_site_alone"] = fixed / (fixed + work)
+    print(f"{'site alone: work s':<26}" + "".join(f"{work:>14.1f}" for _ in runs))
+    print(f"{'site alone: share':<26}" + "".join(
+        f"{r['secagg_round_overhead_share_site_alone']:>14.1%}" for r in runs.values()))
     for k, r in runs.items():
         print(f"loop {k}: model load per train message "
               + ", ".join(f"{x:.2f} s" for x in r["model_load_s"][MessageType.TRAIN]))
     keep = ("secagg_round_fixed_overhead_s", "secagg_round_handler_s",
             "secagg_round_overhead_share", "secagg_round_fixed_overhead_s_separate_eval",
             "secagg_round_handler_s_separate_eval", "secagg_round_overhead_share_separate_eval",
-            "idle_cpu_share", "model_load_s", "wall_s", "site_toml")
+            "idle_cpu_share", "model_load_s", "wall_s", "site_toml", "site_alone_work_s",
+            "secagg_round_overhead_share_site_alone")
     out = {"model": model, "repeats": repeats, "settings": first["settings"],
            "messages_per_round": first["messages_per_round"],
            "messages_per_round_separate_eval": first["messages_per_round_separate_eval"],

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from protocol.wire import STAGE_MESSAGE_TYPE, MessageType
-from simulations.bench_deploy import TRAIN_EVALUATE, messages_per_round, secure_round_cost
+from simulations.bench_deploy import (
+    TRAIN_EVALUATE,
+    messages_per_round,
+    secure_round_cost,
+    site_alone_work,
+)
 
 
 def test_a_secure_round_with_its_evaluation_in_the_train_message_is_five_messages() -> None:
@@ -39,3 +46,13 @@ def test_queries_are_all_overhead_and_a_model_load_is_overhead_too() -> None:
     assert share == pytest.approx(5.5 / 18.5)
     assert secure_round_cost({k: dict.fromkeys(v, 0.0) for k, v in messages.items()},
                              counts) == (0.0, 0.0, 0.0)
+
+
+def test_the_site_alone_times_each_train_evaluate_message_after_the_model_load(
+    tiny_model: Path, tiny_sites: Path
+) -> None:
+    # the site's own work, the denominator of a round's overhead share in the bench
+    times = site_alone_work(repeats=2, model=str(tiny_model), settings={
+        "local-steps": 1, "batch-size": 8, "max-seq-len": 32, "max-eval-examples": 4,
+        "dp": True, "data-dir": str(tiny_sites)})
+    assert len(times) == 2 and all(t > 0 for t in times)

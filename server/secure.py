@@ -308,11 +308,11 @@ class SecureAggregator:
         bits = part["modulus_bits"]
         vector = result.vector
         if rnd.evaluate:  # the stats come last; their sum decodes whatever the weight says
-            count = eval_stats_limbs(modulus_bits=bits, n_sites=max(len(rnd.cohort), 1))
-            vector, tail = vector[:-count], vector[-count:]
+            n_cohort = max(len(rnd.cohort), 1)
+            count = eval_stats_limbs(modulus_bits=bits, n_sites=n_cohort)
+            vector, limbs = vector[:-count], vector[-count:]
             try:  # a site may have sent anything there: it spoils the figures, not the round
-                _, stats = split_eval_stats(tail, modulus_bits=bits,
-                                            n_sites=max(len(rnd.cohort), 1))
+                _, stats = split_eval_stats(limbs, modulus_bits=bits, n_sites=n_cohort)
                 rnd.eval_totals = decode_eval_stats(stats, n_sites=len(result.contributors))
             except ValueError as exc:
                 logger.warning("round %d: the evaluation in the training inputs does not "

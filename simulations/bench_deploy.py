@@ -39,14 +39,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from protocol.wire import STAGE_MESSAGE_TYPE, MessageType
+from protocol.wire import STAGE_MESSAGE_TYPE, MessageType, Metric
 
-__all__ = ["REAL_SETTINGS", "SITE_LOOPS", "TRAIN_EVALUATE", "messages_per_round", "run_bench",
+__all__ = ["HANDLER_METRICS", "REAL_SETTINGS", "SITE_LOOPS", "TRAIN_EVALUATE",
+           "messages_per_round", "run_bench",
            "run_worker_bench", "secure_round_cost", "site_alone_work"]
 
 #: the bench's label of a train message that also evaluates the adapter it carries
 #: (``eval-in-train``; on the wire a ``train`` message with ``evaluate-received``)
 TRAIN_EVALUATE = "train+evaluate"
+
+#: per message kind, the reply's timing metrics whose sum is the work inside the message
+HANDLER_METRICS: dict[str, tuple[str, ...]] = {
+    MessageType.HELLO: (),
+    MessageType.EVALUATE: (Metric.TIME_EVAL,),
+    MessageType.TRAIN: (Metric.TIME_SETUP, Metric.TIME_TRAIN),
+    TRAIN_EVALUATE: (Metric.TIME_EVAL, Metric.TIME_SETUP, Metric.TIME_TRAIN),
+}
 
 _BENCH_APP = '''
 """Bench ServerApp: time single messages of each kind to one site."""
@@ -60,9 +69,9 @@ from protocol.adapter import adapter_shapes, initial_adapter_state, lora_config
 from protocol.config import RunConfig
 from protocol.instructions import RoundInstructions
 from protocol.messages import state_to_record
-from protocol.wire import Field, Key, MessageType, Metric, Status
+from protocol.wire import Field, Key, MessageType, Status
 from protocol.model_ref import resolve_model
-from simulations.bench_deploy import TRAIN_EVALUATE
+from simulations.bench_deploy import HANDLER_METRICS, TRAIN_EVALUATE
 from server.app import quick_replies
 from server.rounds import exchange
 
@@ -94,25 +103,22 @@ def main(grid, context):
             learning_rate=cfg.learning_rate, planned_rounds=3 * repeats, dp_enabled=cfg.dp,
             noise_multiplier=cfg.dp_noise_multiplier, **kw).to_record()
 
-    plan = [(MessageType.HELLO, lambda i: RecordDict({Key.CONFIG: ConfigRecord({})}), ()),
+    plan = [(MessageType.HELLO, lambda i: RecordDict({Key.CONFIG: ConfigRecord({})})),
             (MessageType.EVALUATE, lambda i: RecordDict({Key.ARRAYS: state_to_record(state),
-                                                         Key.CONFIG: instr(i)}),
-             (Metric.TIME_EVAL,)),
+                                                         Key.CONFIG: instr(i)})),
             (MessageType.TRAIN, lambda i: RecordDict({Key.ARRAYS: state_to_record(state),
-                                                      Key.CONFIG: instr(i)}),
-             (Metric.TIME_SETUP, Metric.TIME_TRAIN)),
+                                                      Key.CONFIG: instr(i)})),
             # eval-in-train: the train message also evaluates the adapter it carries
             (TRAIN_EVALUATE, lambda i: RecordDict({Key.ARRAYS: state_to_record(state),
                                                    Key.CONFIG: instr(FOLDED + i,
-                                                                     evaluate_received=True)}),
-             (Metric.TIME_EVAL, Metric.TIME_SETUP, Metric.TIME_TRAIN))]
+                                                                     evaluate_received=True)}))]
     wire_type = {TRAIN_EVALUATE: MessageType.TRAIN}
-    results = {kind: [] for kind, _, _ in plan}
+    results = {kind: [] for kind, _ in plan}
     # one message of each kind in turn, `repeats` times: a drift of the machine's speed
     # touches every kind alike, so a round priced from them stays one moment's price
     for i in range(repeats):
-        for kind, content, handler_keys in plan:
-            rows = results[kind]
+        for kind, content in plan:
+            rows, handler_keys = results[kind], HANDLER_METRICS[kind]
             msg = Message(content(i), dst_node_id=node, message_type=wire_type.get(kind, kind),
                           group_id=str(i))
             t0 = time.perf_counter()
@@ -277,7 +283,7 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
                               if not line.startswith("enrolment ="))
         (ks.site_dirs["bank"] / "site.toml").write_text(site_text + "\n")
         cfg = load_server_config(ks.root / "server.toml")
-        load_site_config(ks.site_dirs["bank"] / "site.toml")
+        site_privacy = dict(load_site_config(ks.site_dirs["bank"] / "site.toml").privacy)
         rc = cfg.run_config()
         defaults = {**rc.to_mapping(), "bench-repeats": repeats, "bench-out": str(out_json),
                     "bench-idle": IDLE_S}
@@ -335,7 +341,7 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
                                                         strict=False)]}
     report: dict[str, Any] = {"repeats": repeats, "settings": settings, "model": model,
                               "loop": loop, "site_toml": site_loop, "wall_s": total,
-                              "idle_cpu_share": idle,
+                              "idle_cpu_share": idle, "site_privacy": site_privacy,
                               "messages": {}, "model_load_s": loads,
                               "imports": _import_costs()}
     print(f"per-message cost in deployment: 1 site, TLS + SuperNode auth, model {model}, "
@@ -389,7 +395,8 @@ from protocol.config import RunConfig
 from protocol.instructions import RoundInstructions
 from protocol.messages import state_to_record
 from protocol.model_ref import resolve_model
-from protocol.wire import Field, Key, Metric, MessageType, Status
+from protocol.wire import Field, Key, MessageType, Status
+from simulations.bench_deploy import HANDLER_METRICS, TRAIN_EVALUATE
 
 settings, repeats, policy = json.loads(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
 cfg = RunConfig.from_mapping({**settings, "secagg": False, "allow-no-privacy": True,
@@ -403,7 +410,6 @@ lcfg = lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                    target_modules=cfg.target_modules, base_model=ref)
 arrays = state_to_record(initial_adapter_state(adapter_shapes(ref, lcfg), seed=0))
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-keys = (Metric.TIME_EVAL, Metric.TIME_SETUP, Metric.TIME_TRAIN)  # as the bench app's
 out = []
 for i in range(repeats + 1):  # the first loads the model: not counted
     instr = RoundInstructions.for_round(cfg.replace(num_server_rounds=repeats + 2),
@@ -413,13 +419,13 @@ for i in range(repeats + 1):  # the first loads the model: not counted
     m = dict(reply.content[Key.METRICS])
     if dict(reply.content[Key.CONFIG]).get(Field.STATUS) != Status.OK:
         raise SystemExit(f"the site answered {dict(reply.content[Key.CONFIG])}")
-    out.append(sum(float(m.get(k, 0.0)) for k in keys))
+    out.append(sum(float(m.get(k, 0.0)) for k in HANDLER_METRICS[TRAIN_EVALUATE]))
 print("ALONE", json.dumps(out[1:]))
 '''
 
 
 def site_alone_work(*, repeats: int, settings: Mapping[str, Any], model: str,
-                    timeout: float = 900.0) -> list[float]:
+                    policy: Mapping[str, Any], timeout: float = 900.0) -> list[float]:
     """Return the training and evaluation time of ``repeats`` ``train+evaluate`` messages.
 
     They are handled by the site's ClientApp in a process of its own, with no coordinator
@@ -427,15 +433,16 @@ def site_alone_work(*, repeats: int, settings: Mapping[str, Any], model: str,
 
     The deployment bench runs the coordinator's SuperLink and ServerApp on the site's cores;
     this is the site's own work that a round's fixed overhead is to be weighed against.
+    ``policy`` is the site's ``[privacy]`` table (its DP policy).
     """
     import os
 
     from protocol.model_ref import resolve_model
 
     run = {**settings, "model": model if model == "embedded" else resolve_model(model)}
-    policy = {"budget-epsilon": 8.0, "max-grad-norm": 0.01}  # the bench site's [privacy]
     proc = subprocess.run(
-        [sys.executable, "-c", _SITE_ALONE, json.dumps(run), str(repeats), json.dumps(policy)],
+        [sys.executable, "-c", _SITE_ALONE, json.dumps(run), str(repeats),
+         json.dumps(dict(policy))],
         capture_output=True, text=True, timeout=timeout, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     lines = [x for x in proc.stdout.splitlines() if x.startswith("ALONE ")]
     if proc.returncode != 0 or not lines:
@@ -472,7 +479,8 @@ def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = N
     for label, key, fmt in rows:
         print(f"{label:<26}" + "".join(
             f"{format(r[key], fmt) if r[key] is not None else '-':>14}" for r in runs.values()))
-    alone = site_alone_work(repeats=repeats, settings=first["settings"], model=model)
+    alone = site_alone_work(repeats=repeats, settings=first["settings"], model=model,
+                            policy=first["site_privacy"])
     work = statistics.median(alone)
     for r in runs.values():
         fixed = r["secagg_round_fixed_overhead_s"]

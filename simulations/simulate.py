@@ -286,8 +286,7 @@ def _summary(out: Path, cfg: Any) -> str:
     for r in rows:
         sites = "-" if r.contributed is None else str(len(r.contributed))
         max_eps = f"{max(r.epsilon.values()):.3f}" if r.epsilon else "-"
-        loss, ppl = ((f"{r.eval_loss:>9.4f}", f"{r.eval_perplexity:>10.2f}")
-                     if r.eval_loss is not None and r.eval_perplexity is not None
+        loss, ppl = ((f"{r.held_out()[0]:>9.4f}", f"{r.held_out()[1]:>10.2f}") if r.evaluated
                      else (f"{'n/a':>9}", f"{'n/a':>10}"))
         line = f"{r.round:>5}  {loss}  {ppl}  {sites:>5}  {max_eps:>8}  "
         if site_eps:

@@ -52,7 +52,8 @@ def test_the_site_alone_times_each_train_evaluate_message_after_the_model_load(
     tiny_model: Path, tiny_sites: Path
 ) -> None:
     # the site's own work, the denominator of a round's overhead share in the bench
-    times = site_alone_work(repeats=2, model=str(tiny_model), settings={
+    times = site_alone_work(repeats=2, model=str(tiny_model),
+                            policy={"budget-epsilon": 8.0, "max-grad-norm": 0.01}, settings={
         "local-steps": 1, "batch-size": 8, "max-seq-len": 32, "max-eval-examples": 4,
         "dp": True, "data-dir": str(tiny_sites)})
     assert len(times) == 2 and all(t > 0 for t in times)

@@ -75,13 +75,13 @@ def _nothing() -> Iterator[None]:
 
 
 def _run(tmp_path: Path, tiny_model: Path, tiny_sites: Path, *, eval_in_train: bool,
-         forge: Any) -> tuple[RunFolder, RunConfig]:
+         forge: Any, **extra: Any) -> tuple[RunFolder, RunConfig]:
     cfg = RunConfig.from_mapping({
         "num-server-rounds": 2, "model": str(tiny_model), "data-dir": str(tiny_sites),
         "out-dir": str(tmp_path / "run"), "sites-state-dir": str(tmp_path / "sites"),
         "secagg": True, "secagg-enrolment": str(tmp_path / "enrolment.json"),
         "min-sites": 3, "local-steps": 1, "batch-size": 8, "max-seq-len": 32,
-        "max-eval-examples": 4, "device": "cpu", "eval-in-train": eval_in_train,
+        "max-eval-examples": 4, "device": "cpu", "eval-in-train": eval_in_train, **extra,
     })
     enrol({s: tmp_path / "sites" / s for s in SITES}, tmp_path / "enrolment.json")
     nodes = {101 + i: {"partition-id": i, "num-partitions": 3} for i in range(3)}
@@ -99,13 +99,17 @@ def _trained_every_round(folder: RunFolder) -> None:
     assert all(p.released and p.contributed == SITES for p in part)
 
 
+@pytest.mark.parametrize("bits", [
+    0,  # each round's own ring (32 bits here): the limbs join, the totals are out of range
+    24,  # 22-bit limbs: the forged limbs no longer join into 64 bits at all
+], ids=["totals-out-of-range", "limbs-overflow"])
 def test_forged_limbs_in_the_training_inputs_leave_the_evaluation_unavailable_not_the_run(
-    tmp_path: Path, tiny_model: Path, tiny_sites: Path
+    tmp_path: Path, tiny_model: Path, tiny_sites: Path, bits: int
 ) -> None:
     # act: gamma forges the evaluation limbs of every training input it sends
     folder, cfg = _run(tmp_path, tiny_model, tiny_sites, eval_in_train=True,
-                  forge=lambda: mock.patch.object(client.secure, "append_eval_stats",
-                                                  _forged_limbs))
+                       forge=lambda: mock.patch.object(client.secure, "append_eval_stats",
+                                                       _forged_limbs), **{"secagg-bits": bits})
 
     _trained_every_round(folder)  # the training sums still decode: their weight is honest
     rows = folder.read_metrics()

@@ -12,6 +12,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client.ahead import MODEL_LOCK
 from client.deploy_config import NODE_ENROLMENT
 from client.faults import inject_fault
 from client.local_round import MODEL_LOAD, load_site_timed, local_update
@@ -22,7 +23,7 @@ from protocol.messages import record_to_state, reply_content, state_to_record
 from protocol.site_log import EVALUATE, append_site_row
 from protocol.wire import Field, Key, MessageType, Metric, Reason, Status
 
-__all__ = ["carried_metrics", "evaluate", "held_out", "hello", "received_figures",
+__all__ = ["carried_metrics", "evaluate", "held_out", "held_out_of", "hello", "received_figures",
            "requires_secure_aggregation", "train"]
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ def train(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_mapping(context.run_config, allow_extra=True)
     inject_fault(cfg, site_spec(context.node_config, cfg).name, MessageType.TRAIN,
                  instr.round_num)
-    figures = received_figures(msg, context, instr) if instr.evaluate_received else None
+    figures = (received_figures(instr, msg.content[Key.ARRAYS], context)
+               if instr.evaluate_received else None)
     upd = local_update(instr, msg.content[Key.ARRAYS], context)
     arrays = state_to_record(upd.delta) if upd.delta is not None else None
     metrics = dict(upd.metrics)
@@ -66,15 +68,15 @@ def train(msg: Message, context: Context) -> Message:
                                  ledger_summary=upd.ledger_summary), reply_to=msg)
 
 
-def received_figures(msg: Message, context: Context,
-                     instr: RoundInstructions) -> dict[str, Any]:
-    """Return the held-out figures of the adapter a train message carries (``evaluate-received``).
+def received_figures(instr: RoundInstructions, arrays: Any,
+                     context: Context) -> dict[str, Any]:
+    """Return the held-out figures of the adapter a round carries (``evaluate-received``).
 
     That adapter is the one after the previous round, so the site's log files them under
     ``round - 1``, where the coordinator's metrics row puts them. They are computed before
     the site trains, on the adapter as received.
     """
-    return held_out(msg, context, round_num=instr.round_num - 1)[1]
+    return held_out_of(instr, arrays, context, round_num=instr.round_num - 1)[1]
 
 
 def carried_metrics(figures: dict[str, Any]) -> dict[str, Any]:
@@ -86,27 +88,33 @@ def carried_metrics(figures: dict[str, Any]) -> dict[str, Any]:
 
 def held_out(msg: Message, context: Context, *,
              round_num: int | None = None) -> tuple[str, dict[str, Any]]:
-    """Return the site's name and the held-out figures of the message's adapter.
+    """Return the site's name and the held-out figures of the message's adapter."""
+    return held_out_of(RoundInstructions.from_record(msg.content[Key.CONFIG]),
+                       msg.content.array_records[Key.ARRAYS], context, round_num=round_num)
+
+
+def held_out_of(instr: RoundInstructions, arrays: Any, context: Context, *,
+                round_num: int | None = None) -> tuple[str, dict[str, Any]]:
+    """Return the site's name and the held-out figures of the adapter ``arrays``.
 
     The figures are also appended to the site's own log (:mod:`protocol.site_log`), under
-    ``round_num`` (default: the instructions' round).
+    ``round_num`` (default: the instructions' round). Holds :data:`client.ahead.MODEL_LOCK`.
     """
     from client.model import set_adapter_state
     from client.train import evaluate as held_out_loss
 
-    t0 = time.perf_counter()
-    instr = RoundInstructions.from_record(msg.content[Key.CONFIG])
-    cfg, sm, data, t_model_load = load_site_timed(context)
-    set_adapter_state(sm, record_to_state(msg.content.array_records[Key.ARRAYS]),
-                      aggregation=instr.aggregation)
-    res = held_out_loss(sm.model, data.held_out, batch_size=max(cfg.batch_size, 16),
-                        pad_id=int(sm.tokenizer.pad_token_id), device=sm.device)
-    metrics: dict[str, Any] = {
-        Metric.NUM_EXAMPLES: res.num_examples,
-        Metric.NUM_TOKENS: res.num_tokens,
-        Metric.EVAL_LOSS: res.loss,
-        Metric.TIME_EVAL: time.perf_counter() - t0,
-    }
+    with MODEL_LOCK:
+        t0 = time.perf_counter()
+        cfg, sm, data, t_model_load = load_site_timed(context)
+        set_adapter_state(sm, record_to_state(arrays), aggregation=instr.aggregation)
+        res = held_out_loss(sm.model, data.held_out, batch_size=max(cfg.batch_size, 16),
+                            pad_id=int(sm.tokenizer.pad_token_id), device=sm.device)
+        metrics: dict[str, Any] = {
+            Metric.NUM_EXAMPLES: res.num_examples,
+            Metric.NUM_TOKENS: res.num_tokens,
+            Metric.EVAL_LOSS: res.loss,
+            Metric.TIME_EVAL: time.perf_counter() - t0,
+        }
     if data.spec.state_dir is not None:
         append_site_row(data.spec.state_dir, kind=EVALUATE, run_id=instr.run_id,
                         round_num=instr.round_num if round_num is None else round_num,

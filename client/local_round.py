@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.app import Context
 
+from client.ahead import MODEL_LOCK
 from client.privacy_agent import SitePrivacy, policy_from_config
 from client.site import SiteData, load_site_data, site_spec
 from privacy.budget import Decline, RoundPlan
@@ -170,8 +171,14 @@ def local_update(instr: RoundInstructions, arrays: Any, context: Context) -> Loc
     """Plan (or decline) under the site's policy, train, write the ledger, return the delta.
 
     With a site privacy policy the ledger entry is written before this returns, i.e. before
-    anything derived from the round's training can leave the site.
+    anything derived from the round's training can leave the site. Holds
+    :data:`client.ahead.MODEL_LOCK` throughout.
     """
+    with MODEL_LOCK:
+        return _local_update(instr, arrays, context)
+
+
+def _local_update(instr: RoundInstructions, arrays: Any, context: Context) -> LocalUpdate:
     from client.model import get_adapter_state, set_adapter_state
     from client.train import dp_train, train_steps
 

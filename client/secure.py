@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, RecordDict
 
+from client import ahead
 from client.deploy_config import NODE_ENROLMENT
 from client.identity import load_site_identity
 from client.local_round import LocalUpdate
@@ -130,9 +131,10 @@ class SecureSite:
 
     @staticmethod
     def wipe(context: Context, session: SiteSession | None = None) -> None:
-        """Wipe ``session``'s secrets, if given, and drop the session from the context."""
+        """Wipe ``session``'s secrets, if given; drop the session and its local work."""
         if session is not None:
             session.wipe()
+        ahead.discard(context)
         for key in (_STATE_KEY, _NAMES_KEY):
             if key in context.state:
                 del context.state[key]

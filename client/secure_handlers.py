@@ -21,10 +21,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
+from client import ahead
 from client.faults import inject_fault
-from client.local_round import clear_metrics, local_update, releases_metrics
+from client.local_round import LocalUpdate, clear_metrics, local_update, releases_metrics
 from client.secure import SecureSite
 from client.site_level_dp import check_unmask
 from privacy.secagg import SecAggError, SiteSession
@@ -73,16 +74,73 @@ def _training_failed(msg: Message, context: Context, me: str, exc: Exception,
 
 
 def advertise(msg: Message, context: Context) -> Message:
-    """Stage 1: fresh round keys, signed with the site's identity key."""
+    """Stage 1: fresh round keys, signed with the site's identity key; the local work begins.
+
+    The request carries the round's adapter and instructions (:mod:`client.ahead`). They are
+    checked against the session here, before any work: instructions for another round than
+    the session's, an evaluation outside its own session, or a round whose evaluation this
+    site already sent are refused. A round this site already sent a masked input for starts
+    no work (the masked-input stage declines it).
+    """
     site = SecureSite.of(context)
     site.wipe(context)
     inject_fault(site.cfg, site.name, Stage.ADVERTISE_KEYS, _round_of(msg))
+    session = None
     try:
         session, reply = site.start(context, msg.content)
+        work = _local_work(site, session, msg.content)
     except _REFUSALS as exc:
-        return _refuse(msg, context, site.name, exc)
+        return _refuse(msg, context, site.name, exc, session)
     site.save(context, session)
+    ahead.start(context, session.config.binding.encode(), *work)
     return _answer(msg, site.name, reply)
+
+
+def _local_work(site: SecureSite, session: SiteSession, content: RecordDict,
+                ) -> tuple[ConfigRecord, ArrayRecord, ahead.Work | None]:
+    """Check the round's adapter and instructions against the session; the work they ask for.
+
+    No work (None) when this site already sent a masked input in this (run, round): the
+    masked-input stage declines it.
+    """
+    if Key.CONFIG not in content.config_records or Key.ARRAYS not in content.array_records:
+        raise SecAggError("the round's adapter and instructions must come with advertise-keys")
+    record, arrays = content.config_records[Key.CONFIG], content.array_records[Key.ARRAYS]
+    instr = RoundInstructions.from_record(record)
+    cfg = session.config
+    if is_eval_round(cfg.round):
+        if cfg.round != eval_round(instr.round_num):
+            raise SecAggError("an evaluation asked for outside its round's evaluation session")
+        if Stage.MASKED_INPUT in site.guard.record(cfg.run_id, cfg.round):
+            return record, arrays, None
+        return record, arrays, _evaluate_work
+    if cfg.round != instr.round_num:
+        raise SecAggError(f"instructions for round {instr.round_num} in the session of "
+                          f"round {cfg.round}")
+    if Stage.MASKED_INPUT in site.guard.record(cfg.run_id, cfg.round):
+        return record, arrays, None
+    if instr.evaluate_received and Stage.MASKED_INPUT in site.guard.record(
+            cfg.run_id, eval_round(cfg.round - 1)):
+        raise SecAggError(f"this site already sent its evaluation of round {cfg.round - 1}; "
+                          f"it never sends two")
+    return record, arrays, _train_work
+
+
+def _train_work(instr: RoundInstructions, arrays: ArrayRecord, context: Context,
+                ) -> tuple[dict[str, Any] | None, LocalUpdate]:
+    """Evaluate the received adapter (``evaluate-received``), then train: a round's work."""
+    from client.handlers import received_figures
+
+    figures = received_figures(instr, arrays, context) if instr.evaluate_received else None
+    return figures, local_update(instr, arrays, context)
+
+
+def _evaluate_work(instr: RoundInstructions, arrays: ArrayRecord,
+                   context: Context) -> dict[str, Any]:
+    """Return the held-out figures of the adapter: a secure evaluation's work."""
+    from client.handlers import held_out_of
+
+    return held_out_of(instr, arrays, context)[1]
 
 
 def _session_stage(msg: Message, context: Context, stage: str,
@@ -107,32 +165,33 @@ def share(msg: Message, context: Context) -> Message:
 
 
 def masked_train(msg: Message, context: Context) -> Message:
-    """Stage 3: train (DP first), encode the delta, mask it, send it.
+    """Stage 3: take the round's local work (DP first), encode the delta, mask it, send it.
 
-    A site that already sent a masked input for this (run, round), in any attempt, declines
-    before training: it never trains a round twice nor sends two inputs to sums that could
-    differ in it (the coordinator's re-run of an interrupted round goes on without it).
+    The work began at advertise-keys (:func:`advertise`, :mod:`client.ahead`), on the adapter
+    and instructions that came with it; this request carries only the shares routed here.
 
-    With ``evaluate-received`` the site first evaluates the adapter it received (the one
-    after round r - 1) and appends the figures to its input (:func:`~protocol.secure_stats.
-    append_eval_stats`), so they reach the coordinator only inside the round's sum. That
-    uses up the site's evaluation of round r - 1: it refuses such a request when it already
-    sent an evaluation for round r - 1, and refuses a later evaluation of round r - 1.
+    A site that already sent a masked input for this (run, round), in any attempt, declines:
+    it never trains a round twice nor sends two inputs to sums that could differ in it (the
+    coordinator's re-run of an interrupted round goes on without it).
+
+    With ``evaluate-received`` the work first evaluated the adapter received (the one after
+    round r - 1); the figures are appended to the input (:func:`~protocol.secure_stats.
+    append_eval_stats`), so they reach the coordinator only inside the round's sum. That uses
+    up the site's evaluation of round r - 1: it refuses such a round when it already sent an
+    evaluation for round r - 1 (at advertise-keys, and again here), and a later evaluation of
+    round r - 1.
     """
-    from client.handlers import carried_metrics, received_figures
+    from client.handlers import carried_metrics
 
     site = SecureSite.of(context)
     inject_fault(site.cfg, site.name, Stage.MASKED_INPUT, _round_of(msg))
     session = None
     try:
         session = site.restore(context)
-        instr = RoundInstructions.from_record(msg.content[Key.CONFIG])
         cfg = session.config
         if is_eval_round(cfg.round):
             raise SecAggError("a training input asked for in an evaluation's session")
-        if cfg.round != instr.round_num:
-            raise SecAggError(f"instructions for round {instr.round_num} in the session of "
-                              f"round {cfg.round}")
+        instr = ahead.instructions(context, cfg.binding.encode())
         done = Stage.MASKED_INPUT in site.guard.record(cfg.run_id, cfg.round)
         evaluated = None
         if instr.evaluate_received and not done:
@@ -149,8 +208,7 @@ def masked_train(msg: Message, context: Context) -> Message:
         return _answer(msg, site.name, None, status=Status.DECLINED,
                        reason=Reason.ROUND_ALREADY_CONTRIBUTED)
     try:
-        figures = received_figures(msg, context, instr) if evaluated is not None else None
-        upd = local_update(instr, msg.content[Key.ARRAYS], context)
+        figures, upd = ahead.result(context, cfg.binding.encode(), _train_work)
     except Exception as exc:  # noqa: BLE001 - whatever it is, the local round failed
         return _training_failed(msg, context, site.name, exc, session)
     release = releases_metrics(context, site.cfg)
@@ -170,6 +228,7 @@ def masked_train(msg: Message, context: Context) -> Message:
         upd.refresh_summary()
         return _refuse(msg, context, site.name, exc, session, upd.ledger_summary)
     upd.refresh_summary()  # now covering this round's site-level charge (made by encode)
+    ahead.discard(context)
     site.save(context, session)
     metrics = clear_metrics(upd.metrics, release=release)
     if release and figures is not None:
@@ -190,15 +249,14 @@ def masked_evaluate(msg: Message, context: Context) -> Message:
     The session must be this round's evaluation (its secure-aggregation round carries
     :data:`~protocol.secure_stats.EVAL_ROUND_BIT`), and the site sends one evaluation per
     (run, round): a re-run could otherwise difference this site's figures out of two sums.
+    The evaluation began at advertise-keys, on the adapter that came with it.
     """
-    from client.handlers import held_out
-
     site = SecureSite.of(context)
     session = None
     try:
         session = site.restore(context)
-        instr = RoundInstructions.from_record(msg.content[Key.CONFIG])
         cfg = session.config
+        instr = ahead.instructions(context, cfg.binding.encode())
         if cfg.round != eval_round(instr.round_num):
             raise SecAggError("an evaluation asked for outside its round's evaluation session")
         done = Stage.MASKED_INPUT in site.guard.record(cfg.run_id, cfg.round)
@@ -209,7 +267,7 @@ def masked_evaluate(msg: Message, context: Context) -> Message:
         return _answer(msg, site.name, None, status=Status.DECLINED,
                        reason=Reason.ROUND_ALREADY_CONTRIBUTED)
     try:
-        _, figures = held_out(msg, context)
+        figures = ahead.result(context, cfg.binding.encode(), _evaluate_work)
     except Exception as exc:  # noqa: BLE001 - whatever it is, the evaluation failed
         return _training_failed(msg, context, site.name, exc, session)
     try:
@@ -218,6 +276,7 @@ def masked_evaluate(msg: Message, context: Context) -> Message:
         del vector
     except _REFUSALS as exc:
         return _refuse(msg, context, site.name, exc, session)
+    ahead.discard(context)
     site.save(context, session)
     release = releases_metrics(context, site.cfg)
     return _answer(msg, site.name, reply, metrics=figures if release else None)

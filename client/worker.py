@@ -10,7 +10,8 @@ handlers :func:`client.app.build_app` registers, on the message and context rebu
 Flower's serde, so the base model (on CUDA when the site's device resolves to it), the
 tokenised data (``client.model``, ``client.site`` caches) and the imported privacy stack stay
 in memory across the messages of a run; the ledger is still written by the handler, before
-its reply leaves.
+its reply leaves. A secure round's local work runs in a thread of the worker from the round's
+advertise-keys request on (:mod:`client.ahead`), while keys and shares are routed.
 
 Exactly once: before it runs a request the worker writes the request's id to its journal
 (``<state-dir>/worker/requests.json``, fsynced). A request the relay sends again because the
@@ -208,6 +209,9 @@ def serve(sock: Path, journal_dir: Path, *, parent_pid: int | None = None,
     if lock is None:
         return 0
     worker = SiteWorker(journal_dir)
+    from client import ahead
+
+    ahead.run_in_background()  # this process lives across messages: work starts at once
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=channel_options())
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "confide.SiteWorker", {

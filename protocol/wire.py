@@ -27,10 +27,12 @@ __all__ = [
     "fault_point",
 ]
 
-PROTOCOL_VERSION = 4  # 2: masked inputs in the ring's own width (uint16 up to 16 bits);
+PROTOCOL_VERSION = 5  # 2: masked inputs in the ring's own width (uint16 up to 16 bits);
 #                       3: adapters as one packed buffer (protocol.messages.state_to_record)
 #                       4: a train message may evaluate the adapter it carries
 #                          (evaluate-received; its masked input then ends in the figures)
+#                       5: a secure round's adapter and instructions come with advertise-keys
+#                          (the site's local work begins there), not with the masked input
 
 
 class _Names:

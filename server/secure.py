@@ -3,14 +3,15 @@
 Stages (each one message per site, each with the round timeout), one method each, named as
 in Flower's ``SecAggPlusWorkflow``:
 
-1. :meth:`~SecureAggregator.setup_stage` (``query.secagg_advertise``): the round's config;
-   sites return signed X25519 keys.
+1. :meth:`~SecureAggregator.setup_stage` (``query.secagg_advertise``): the round's config,
+   with the global adapter, the round's instructions and the codec parameters; sites return
+   signed X25519 keys and begin the round's local work at once (:mod:`client.ahead`), so
+   it runs while keys and shares are routed.
 2. :meth:`~SecureAggregator.share_keys_stage` (``query.secagg_share``): neighbours' signed
    adverts; sites return encrypted Shamir shares.
-3. :meth:`~SecureAggregator.collect_masked_vectors_stage` (``train.secagg``): the global
-   adapter, the round's instructions, the codec parameters and the shares routed to the
-   site; the site trains (DP at the site first), encodes its delta (clip, weight, stochastic
-   rounding mod 2^k) and returns it masked.
+3. :meth:`~SecureAggregator.collect_masked_vectors_stage` (``train.secagg``): the shares
+   routed to the site; the site takes its local work (DP-SGD first), encodes its delta
+   (clip, weight, stochastic rounding mod 2^k) and returns it masked.
 4. :meth:`~SecureAggregator.consistency_check_stage` (``query.secagg_consistency``): the
    set of sites whose masked inputs the server holds; every contributor signs that exact set
    (Bonawitz et al. 2017, ConsistencyCheck) and no site reveals anything without enough
@@ -27,7 +28,8 @@ last coordinate: each site's weight travels inside its masked input, never in th
 applies it (or, with site-level DP, releases the accounted unweighted mean).
 
 :meth:`~SecureAggregator.evaluate` runs the same stages for a round's federated evaluation
-(``kind`` evaluate: ``evaluate.secagg`` at stage 3, no charge): each site masks a short stats
+(``kind`` evaluate: the adapter at stage 1, ``evaluate.secagg`` at stage 3, no charge): each
+site masks a short stats
 vector (:mod:`protocol.secure_stats`) and the coordinator learns the round's total held-out
 loss and example and token counts, never a site's. With ``eval-in-train`` a training round
 carries that evaluation instead, for the adapter it sends (``round(evaluate=True)``): each
@@ -131,11 +133,11 @@ class SecureAggregator:
         timed = stage_timer(getattr(self.driver, "clock", None), rnd.num)
         try:
             with timed("secagg: keys"):
-                self.setup_stage(rnd)
+                self.setup_stage(rnd, instructions)
             with timed("secagg: shares"):
                 self.share_keys_stage(rnd)
             with timed("train (masked)"):
-                self.collect_masked_vectors_stage(rnd, instructions)
+                self.collect_masked_vectors_stage(rnd)
             with timed("secagg: consistency"):
                 self.consistency_check_stage(rnd)
             with timed("secagg: charge"):
@@ -163,11 +165,11 @@ class SecureAggregator:
         timed = stage_timer(getattr(self.driver, "clock", None), rnd.num)
         try:
             with timed("eval: keys"):
-                self.setup_stage(rnd)
+                self.setup_stage(rnd, instructions)
             with timed("eval: shares"):
                 self.share_keys_stage(rnd)
             with timed("evaluate (masked)"):
-                self.collect_masked_vectors_stage(rnd, instructions)
+                self.collect_masked_vectors_stage(rnd)
             with timed("eval: consistency"):
                 self.consistency_check_stage(rnd)
             with timed("eval: unmask"):
@@ -182,8 +184,12 @@ class SecureAggregator:
         return totals, rnd.part
 
     # stages ------------------------------------------------------------------------------
-    def setup_stage(self, rnd: SecureRound) -> None:
-        """Plan the round (ring, site-level DP), open the server session, collect adverts."""
+    def setup_stage(self, rnd: SecureRound, instructions: RoundInstructions) -> None:
+        """Plan the round (ring, site-level DP), open the server session, collect adverts.
+
+        The advertise-keys request carries the round's work: the adapter and instructions
+        (:meth:`_work`).
+        """
         if self.site_level_dp is not None and rnd.kind == TRAIN:
             plan = self.site_level_dp.plan(cohort_size=len(rnd.cohort), dim=rnd.manifest.dim)
             if isinstance(plan, PlanRefusal):
@@ -217,35 +223,35 @@ class SecureAggregator:
             raise RoundAborted(f"cannot set up secure aggregation: {exc}") from None
         rnd.part.update(threshold=config.threshold, degree=config.degree, modulus_bits=bits)
         replies = self._send_stage(Stage.ADVERTISE_KEYS, rnd.session.advertise_requests(), rnd,
+                                   self._work(rnd, instructions),
                                    names={n: rnd.names[n] for n in rnd.cohort})
         self._accept(replies, rnd.session.receive_advertisement)
 
-    def share_keys_stage(self, rnd: SecureRound) -> None:
-        """Route the signed adverts; collect each site's encrypted Shamir shares."""
-        replies = self._send_stage(Stage.SHARE_KEYS, rnd.session.share_keys_requests(), rnd)
-        self._accept(replies, rnd.session.receive_shares)
-
-    def collect_masked_vectors_stage(self, rnd: SecureRound,
-                                     instructions: RoundInstructions) -> None:
-        """Send the adapter and instructions; check and keep each masked input and weight.
-
-        With site-level DP the sum of the inputs received is admitted (or the round aborted)
-        here, before anything is unmasked.
-        """
-        if rnd.kind == EVALUATE:
-            extra = RecordDict({Key.ARRAYS: state_to_record(rnd.state),
-                                Key.CONFIG: instructions.to_record()})
-        else:
+    def _work(self, rnd: SecureRound, instructions: RoundInstructions) -> RecordDict:
+        """Return the adapter and instructions of the round's local work (codec included)."""
+        if rnd.kind == TRAIN:
             codec = SecAggCodec(clip=self.clip, scale=rnd.scale, max_weight=self.max_weight,
                                 manifest=rnd.manifest.digest())
             plan = None if rnd.plan is None else SiteLevelDPPlan(self.site_level_dp.mode,
                                                                  rnd.plan.to_config())
             if rnd.evaluate:
                 instructions = instructions.evaluating_received()
-            extra = RecordDict({Key.ARRAYS: state_to_record(rnd.state),
-                                Key.CONFIG: instructions.with_secagg(codec, plan).to_record()})
-        replies = self._send_stage(Stage.MASKED_INPUT, rnd.session.masked_input_requests(), rnd,
-                                   extra)
+            instructions = instructions.with_secagg(codec, plan)
+        return RecordDict({Key.ARRAYS: state_to_record(rnd.state),
+                           Key.CONFIG: instructions.to_record()})
+
+    def share_keys_stage(self, rnd: SecureRound) -> None:
+        """Route the signed adverts; collect each site's encrypted Shamir shares."""
+        replies = self._send_stage(Stage.SHARE_KEYS, rnd.session.share_keys_requests(), rnd)
+        self._accept(replies, rnd.session.receive_shares)
+
+    def collect_masked_vectors_stage(self, rnd: SecureRound) -> None:
+        """Route each site its shares; check and keep each masked input and weight.
+
+        With site-level DP the sum of the inputs received is admitted (or the round aborted)
+        here, before anything is unmasked.
+        """
+        replies = self._send_stage(Stage.MASKED_INPUT, rnd.session.masked_input_requests(), rnd)
         for n, r in replies.items():
             self._take_masked_input(rnd, n, r)
         if rnd.plan is not None:  # decide before anything is unmasked

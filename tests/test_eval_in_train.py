@@ -10,8 +10,9 @@ dishonestly; the sites run the unmodified ClientApp over the in-process loopback
 * The totals a training sum carries equal the standalone secure evaluation of the adapter.
 * The site's evaluation of round r - 1 is used up by either: a coordinator that asks for
   both (in either order) gets a refusal, and the site trains nothing for the refused one.
-* Instructions for another round than the session's, or a session too short for the
-  figures, are refused.
+* Instructions for another round than the session's are refused when they arrive (with the
+  round's keys, before any work), a session too short for the figures before anything is
+  sent.
 * A whole run sends one secure evaluation (the final adapter's) instead of one per round,
   its metrics rows are complete and in order, and a crash between rounds loses none.
 """
@@ -31,7 +32,7 @@ from protocol.config import RunConfig
 from protocol.model_ref import resolve_model
 from protocol.run_folder import RunFolder
 from protocol.site_log import EVALUATE, TRAIN, read_site_rows
-from protocol.wire import MessageType, Reason
+from protocol.wire import MessageType, Reason, Stage
 from server.app import run_server
 from server.rounds import RoundDriver
 from server.rundir import RunDir
@@ -40,6 +41,8 @@ from tests._loopback import LoopbackGrid, enrol, server_identity
 
 SITES = ("alpha-0", "alpha-1", "beta", "gamma")  # partitions 0, 3 share alpha's data
 RUN_SITES = ("alpha", "beta", "gamma")  # a run's three partitions
+#: a refusal at the first stage, where the round's adapter and instructions arrive
+AT_ADVERTISE = f"{Stage.ADVERTISE_KEYS}: {Reason.SECAGG_REFUSED}"
 
 
 def _cfg(tmp_path: Path, tiny_model: Path, tiny_sites: Path, **extra: Any) -> RunConfig:
@@ -110,7 +113,7 @@ def test_a_site_that_evaluated_a_round_refuses_to_carry_it_again_and_trains_noth
 
     assert first is not None
     assert new is None and carried is None and part["released"] is False
-    assert part["failed"] == {s: Reason.SECAGG_REFUSED for s in SITES}
+    assert part["failed"] == {s: AT_ADVERTISE for s in SITES}  # before any work
     assert all(_rows(tmp_path, s, EVALUATE) == [0] for s in SITES)  # evaluated once
     assert all(_rows(tmp_path, s, TRAIN) == [] for s in SITES)  # refused before training
 
@@ -141,7 +144,7 @@ def test_instructions_for_another_round_than_the_session_are_refused_before_trai
                                            evaluate=True)
 
     assert new is None and part["released"] is False
-    assert part["failed"] == {s: Reason.SECAGG_REFUSED for s in SITES}
+    assert part["failed"] == {s: AT_ADVERTISE for s in SITES}  # before any work
     assert all(_rows(tmp_path, s, TRAIN) == [] and _rows(tmp_path, s, EVALUATE) == []
                for s in SITES)
 

@@ -28,7 +28,11 @@ NODES = {101 + i: {"partition-id": i, "num-partitions": 3} for i in range(3)}
 
 
 class WrongManifestGrid(LoopbackGrid):
-    """Sends one node a train.secagg request whose manifest digest is not its adapter's."""
+    """Sends one node round instructions whose manifest digest is not its adapter's.
+
+    They come with the advertise-keys request; the site finds the mismatch when it encodes
+    its trained delta, at the masked-input stage.
+    """
 
     def __init__(self, *args: Any, node: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -40,7 +44,8 @@ class WrongManifestGrid(LoopbackGrid):
         out = []
         for m in messages:
             if (m.metadata.dst_node_id == self.node
-                    and m.metadata.message_type == MessageType.SECAGG_MASKED):
+                    and m.metadata.message_type == MessageType.SECAGG_ADVERTISE
+                    and Key.CONFIG in m.content):
                 content = RecordDict(dict(m.content.items()))
                 config = dict(content[Key.CONFIG])
                 config[Field.MANIFEST] = "0" * 64

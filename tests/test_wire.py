@@ -60,7 +60,7 @@ def test_fault_points_keep_the_short_names_users_write() -> None:
 
 
 #: the same record today: the legacy fields, then the wire format's version
-WIRE = {**LEGACY, "protocol-version": 4}
+WIRE = {**LEGACY, "protocol-version": 5}
 
 
 def test_instructions_are_byte_compatible_with_the_legacy_record() -> None:
@@ -72,9 +72,9 @@ def test_instructions_are_byte_compatible_with_the_legacy_record() -> None:
     assert RoundInstructions.from_record(LEGACY) == instr  # absent: not checked
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 5, "4", True])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 6, "5", True])
 def test_a_site_refuses_another_protocol_version_naming_it(version: Any) -> None:
-    with pytest.raises(InstructionError, match=f"`protocol-version` must be 4, the version "
+    with pytest.raises(InstructionError, match=f"`protocol-version` must be 5, the version "
                                                f"this site speaks, got {version!r}"):
         RoundInstructions.from_record({**WIRE, "protocol-version": version})
 

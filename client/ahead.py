@@ -10,7 +10,7 @@ Where the work runs is the site's choice, never the coordinator's:
 
 * In the resident worker (:mod:`client.worker` calls :func:`run_in_background`), the work
   runs in a thread of the worker from the advertise-keys request on; the masked-input
-  handler waits for it. If the worker restarts in between, the work is lost and the site
+  handler waits for it (unless the site sets ``work-ahead = false``). If the worker restarts in between, the work is lost and the site
   drops out of that round (its ledger, written by the work before anything leaves, says what
   it spent).
 * Anywhere else (the simulation engine, Flower's own process per message), the adapter and
@@ -32,6 +32,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
+from client.deploy_config import NODE_WORK_AHEAD
 from protocol.instructions import RoundInstructions
 
 __all__ = ["MODEL_LOCK", "LocalWorkLost", "discard", "instructions", "result", "run_in_background",
@@ -96,7 +97,7 @@ def start(context: Context, binding: bytes, instr_record: ConfigRecord, arrays: 
     instr = RoundInstructions.from_record(instr_record)
     if work is None:
         return
-    if not _background:
+    if not _background or context.node_config.get(NODE_WORK_AHEAD) is False:
         context.state[_ARRAYS_KEY] = arrays
         return
     job = _Job(binding)

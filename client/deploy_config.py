@@ -26,6 +26,7 @@ table, the key and the value. Relative paths are taken relative to the file's di
     worker = true                  # keep model, data and DP stack in a resident worker
     worker-wait = 120.0            # how long a message waits for a (re)starting worker
     executor = true                # run each message's ClientApp in the SuperNode's process
+    work-ahead = true              # with the worker: train from a round's first stage on
     poll-interval = 0.1            # seconds between the SuperNode's checks (Flower's own: 3)
 
     [privacy]                # the site's own DP policy (privacy.policy.SitePrivacyPolicy keys)
@@ -54,7 +55,7 @@ from protocol.deploy_config import DeployConfigError, Table, no_other_tables, re
 from protocol.enrolment import SITE_NAME
 from protocol.model_ref import ModelError, resolve_model
 
-__all__ = ["COMPUTE_KEYS", "NODE_ENROLMENT", "NODE_WORKER_SOCKET", "NODE_WORKER_WAIT",
+__all__ = ["COMPUTE_KEYS", "NODE_ENROLMENT", "NODE_WORKER_SOCKET", "NODE_WORKER_WAIT", "NODE_WORK_AHEAD",
            "POLL_INTERVAL_S", "WORKER_WAIT_S", "SiteDeployConfig", "load_site_config", "worker_dir",
            "worker_socket_path"]
 
@@ -74,6 +75,10 @@ NODE_WORKER_SOCKET = "worker-socket"
 NODE_WORKER_WAIT = "worker-wait"
 #: default of `worker-wait` (site.toml) and of a node config without it
 WORKER_WAIT_S = 120.0
+
+#: node-config key (``work-ahead`` in site.toml, with the worker): false runs a secure round's
+#: local work at its masked-input stage instead of from its advertise-keys stage on
+NODE_WORK_AHEAD = "work-ahead"
 
 #: default of `poll-interval` (site.toml): the longest the site's SuperNode sleeps between
 #: pulls and checks (client.supernode_process); Flower 1.39's own sleeps are 3 s and 0.5 s
@@ -129,6 +134,8 @@ class SiteDeployConfig:
     #: run each message's ClientApp in the SuperNode's process (``executor``; needs the worker)
     executor: bool = True
     poll_interval: float = POLL_INTERVAL_S
+    #: with the worker, begin a secure round's local work at its first stage (``work-ahead``)
+    work_ahead: bool = True
     #: the site's compute settings (:data:`COMPUTE_KEYS`); the device is :attr:`device`
     compute: Mapping[str, Any] = field(default_factory=dict)
 
@@ -151,6 +158,7 @@ class SiteDeployConfig:
         if self.worker_socket is not None:
             out[NODE_WORKER_SOCKET] = str(self.worker_socket)
             out[NODE_WORKER_WAIT] = self.worker_wait
+            out[NODE_WORK_AHEAD] = self.work_ahead
         out.update({f"dp-{k}": v for k, v in self.privacy.items()})
         out.update(self.secagg_limits)
         return out
@@ -197,7 +205,7 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
     runtime_port = s.integer("runtime-port", 0, lo=0, hi=65535)
     timeout = s.number("connect-timeout", 600.0)
     grace = s.number("activation-grace", 30.0)
-    worker, executor = (_flag(s, key) for key in ("worker", "executor"))
+    worker, executor, ahead = (_flag(s, key) for key in ("worker", "executor", "work-ahead"))
     if executor and not worker and "executor" in s.data:
         raise s.error("executor", "must be false when `worker` is false (the executor relays "
                       "each message to the site's worker)")
@@ -218,7 +226,7 @@ def load_site_config(path: str | Path, *, check_files: bool = True) -> SiteDeplo
     return SiteDeployConfig(p, name, superlink, ca, auth, data, state, enrolment, model, cache,
                             device, runtime_port, timeout, grace, dict(pr.data),
                             _secagg_limits(p, doc), worker, worker_wait, executor and worker,
-                            poll, compute)
+                            poll, ahead, compute)
 
 
 def _flag(s: Table, key: str, default: bool = True) -> bool:

@@ -23,6 +23,12 @@ The coordinator's SuperLink and ServerApp share the site's cores here, which slo
 site's training; so it also times the same ``train+evaluate`` messages handled by the
 site's ClientApp in a process of its own (:func:`site_alone_work`) and weighs each round's
 fixed overhead against that work too (``site alone: share``).
+
+A priced round counts the messages on a site's critical path (:func:`messages_per_round`):
+with ``work-ahead`` (the default, :mod:`client.ahead`) the site works from a round's first
+stage on, so that stage and share-keys are hidden behind the work. :func:`secure_rounds`
+checks the pricing on real rounds: a federation of three sites on this machine, the sites'
+``work-ahead`` on and then off, each round's time less its slowest site's work.
 """
 
 from __future__ import annotations
@@ -35,15 +41,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from protocol.wire import STAGE_MESSAGE_TYPE, MessageType, Metric
 
-__all__ = ["HANDLER_METRICS", "REAL_SETTINGS", "SITE_LOOPS", "TRAIN_EVALUATE",
-           "messages_per_round", "run_bench",
-           "run_worker_bench", "secure_round_cost", "site_alone_work"]
+__all__ = ["HANDLER_METRICS", "REAL_SETTINGS", "SECURE_ROUND_STAGES", "SITE_LOOPS",
+           "TRAIN_EVALUATE", "messages_per_round", "round_overheads", "run_bench",
+           "run_worker_bench", "secure_round_cost", "secure_rounds", "site_alone_work"]
 
 #: the bench's label of a train message that also evaluates the adapter it carries
 #: (``eval-in-train``; on the wire a ``train`` message with ``evaluate-received``)
@@ -173,17 +179,20 @@ REAL_SETTINGS: dict[str, Any] = {"local-steps": 2, "batch-size": 16, "max-seq-le
                                  "max-eval-examples": 32, "dp": True}
 
 
-def messages_per_round(*, eval_in_train: bool = True) -> dict[str, int]:
-    """Messages one site handles in a secure round with secure evaluation, by kind.
+def messages_per_round(*, eval_in_train: bool = True, work_ahead: bool = True) -> dict[str, int]:
+    """Messages on one site's critical path in a secure round with secure evaluation, by kind.
 
     Every secure sum runs every secure-aggregation stage (:data:`protocol.wire.
-    STAGE_MESSAGE_TYPE`): one message per stage, the masked one carrying the work; the
-    others are query stages, which cost what a ``query.hello`` costs. With
-    ``eval-in-train`` (the default) a round is one sum, whose train message also evaluates
-    the adapter it carries (:data:`TRAIN_EVALUATE`; the run's final adapter is evaluated
-    once more on its own); without it, training and evaluation are a sum each.
+    STAGE_MESSAGE_TYPE`): one message per stage, the masked one returning the work; the
+    others are query stages, which cost what a ``query.hello`` costs. With ``work_ahead``
+    (the site's default, :mod:`client.ahead`) the work begins at advertise-keys, so that
+    stage and share-keys run while the site works and are not counted (the measured rounds
+    of :func:`secure_rounds` check this). With ``eval-in-train`` (the default) a round is one
+    sum, whose work also evaluates the adapter it carries (:data:`TRAIN_EVALUATE`; the run's
+    final adapter is evaluated once more on its own); without it, training and evaluation
+    are a sum each.
     """
-    queries = len(STAGE_MESSAGE_TYPE) - 1
+    queries = len(STAGE_MESSAGE_TYPE) - 1 - (2 if work_ahead else 0)
     if eval_in_train:
         return {MessageType.HELLO: queries, TRAIN_EVALUATE: 1}
     return {MessageType.HELLO: 2 * queries, MessageType.TRAIN: 1, MessageType.EVALUATE: 1}
@@ -359,15 +368,16 @@ def run_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
         report["messages"][kind] = {"rtt_median_s": rtt, "handler_median_s": handler,
                                     "overhead_median_s": overhead, "rows": rows}
         print(f"{kind:<14}{rtt:>14.2f}{handler:>14.2f}{overhead:>18.2f}")
-    for eval_in_train, suffix in ((True, ""), (False, "_separate_eval")):
-        counts = messages_per_round(eval_in_train=eval_in_train)
+    for eval_in_train, ahead, suffix in ((True, True, ""), (True, False, "_no_work_ahead"),
+                                         (False, True, "_separate_eval")):
+        counts = messages_per_round(eval_in_train=eval_in_train, work_ahead=ahead)
         overhead, compute, share = secure_round_cost(report["messages"], counts)
         report.update({f"secagg_round_fixed_overhead_s{suffix}": overhead,
                        f"secagg_round_handler_s{suffix}": compute,
                        f"secagg_round_overhead_share{suffix}": share,
                        f"messages_per_round{suffix}": counts})
         print(f"one secure round with secure evaluation, per site, eval-in-train "
-              f"{str(eval_in_train).lower()}: "
+              f"{str(eval_in_train).lower()}, work-ahead {str(ahead).lower()}: "
               + " + ".join(f"{n} {k}" for k, n in counts.items())
               + f" messages; fixed overhead {overhead:.1f} s (model loads included), training "
               f"and evaluation {compute:.1f} s: overhead {share:.1%} of the round")
@@ -453,8 +463,13 @@ def site_alone_work(*, repeats: int, settings: Mapping[str, Any], model: str,
 def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = None,
                      model: str = "embedded", json_path: str | None = None,
                      loops: tuple[str, ...] = ("off", "on"), keep: str | None = None,
-                     poll: float | None = None) -> dict[str, Any]:
-    """Run :func:`run_bench` for each site loop in ``loops``; print them side by side."""
+                     poll: float | None = None, secure_round_count: int = 0,
+                     ) -> dict[str, Any]:
+    """Run :func:`run_bench` for each site loop in ``loops``; print them side by side.
+
+    With ``secure_round_count`` it then measures that many real secure rounds
+    (:func:`secure_rounds`), with the sites' ``work-ahead`` on and off.
+    """
     runs = {loop: run_bench(repeats=repeats, settings=settings, model=model, loop=loop,
                             keep=keep, poll=poll)
             for loop in loops}
@@ -475,6 +490,9 @@ def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = N
             ("  separate eval: overhead s", "secagg_round_fixed_overhead_s_separate_eval",
              ".1f"),
             ("  separate eval: share", "secagg_round_overhead_share_separate_eval", ".1%"),
+            ("  no work-ahead: overhead s", "secagg_round_fixed_overhead_s_no_work_ahead",
+             ".1f"),
+            ("  no work-ahead: share", "secagg_round_overhead_share_no_work_ahead", ".1%"),
             ("idle site, CPU of a core", "idle_cpu_share", ".1%"))
     for label, key, fmt in rows:
         print(f"{label:<26}" + "".join(
@@ -495,8 +513,17 @@ def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = N
     keep = ("secagg_round_fixed_overhead_s", "secagg_round_handler_s",
             "secagg_round_overhead_share", "secagg_round_fixed_overhead_s_separate_eval",
             "secagg_round_handler_s_separate_eval", "secagg_round_overhead_share_separate_eval",
+            "secagg_round_fixed_overhead_s_no_work_ahead",
+            "secagg_round_overhead_share_no_work_ahead",
             "idle_cpu_share", "model_load_s", "wall_s", "site_toml", "site_alone_work_s",
             "secagg_round_overhead_share_site_alone")
+    measured = {}
+    if secure_round_count:
+        for ahead in (True, False):
+            measured["work_ahead" if ahead else "no_work_ahead"] = secure_rounds(
+                rounds=secure_round_count, settings=first["settings"], model=model,
+                work_ahead=ahead, keep=keep)
+        _print_secure_rounds(measured)
     out = {"model": model, "repeats": repeats, "settings": first["settings"],
            "messages_per_round": first["messages_per_round"],
            "messages_per_round_separate_eval": first["messages_per_round_separate_eval"],
@@ -504,7 +531,143 @@ def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = N
                                       for kind, row in r["messages"].items()},
                          **{m: r[m] for m in keep}}
                      for k, r in runs.items()},
+           "secure_rounds": measured,
            "runs": runs}
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2))
     return out
+
+
+#: the coordinator's stages of one secure training round (:mod:`server.secure`), timed by
+#: its stage clock into each metrics row's ``stage_time_s``
+SECURE_ROUND_STAGES = ("secagg: keys", "secagg: shares", "train (masked)",
+                       "secagg: consistency", "secagg: charge", "secagg: unmask",
+                       "secagg: release")
+
+
+def secure_rounds(*, sites: int = 3, rounds: int = 3, settings: Mapping[str, Any] | None = None,
+                  model: str = "embedded", work_ahead: bool = True, timeout: float = 1800.0,
+                  keep: str | None = None) -> dict[str, Any]:
+    """Run a real federation on 127.0.0.1 and measure each secure round's fixed overhead.
+
+    ``confide server`` and ``sites`` ``confide client`` processes (TLS, SuperNode auth, DP,
+    secure aggregation, ``eval-in-train``; the bundled sites' data) run ``rounds`` rounds.
+    Per round from round 2 on (round 1 loads the model): the round's time (the coordinator's
+    secure-round stages, :data:`SECURE_ROUND_STAGES`), the slowest site's work in it (from
+    each site's own log: setup and training of round r, the evaluation it carried, filed
+    under r - 1), and their difference, the fixed overhead no site's work hides. All the
+    sites share this machine's cores, which slows their work. ``work_ahead`` is the sites'
+    ``work-ahead`` (false: the work runs at the masked-input stage).
+    """
+    from protocol.model_ref import bundled_sites_dir, resolve_model
+    from protocol.procs import flower_env, free_port, kill_tree
+    from protocol.run_folder import RunFolder
+    from protocol.site_log import EVALUATE, TRAIN, read_site_rows
+    from server.deploy_samples import server_toml, site_toml
+    from server.devkeys import make_keys
+
+    names = [p.name for p in sorted(bundled_sites_dir().iterdir()) if p.is_dir()][:sites]
+    if len(names) < sites:
+        raise ValueError(f"`sites` {sites}: only {len(names)} bundled sites")
+    settings = dict(REAL_SETTINGS if settings is None else settings)
+    run = {"num-server-rounds": rounds, "min-sites": sites, **settings, "secagg": True,
+           "round-timeout": 600.0,
+           "model": model if model == "embedded" else resolve_model(model)}
+    repo = Path(__file__).resolve().parent.parent
+    token = uuid.uuid4().hex
+    env = {**flower_env(token), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    cli = [sys.executable, "-m", "simulations.cli"]
+    with tempfile.TemporaryDirectory(prefix="confide-bench-rounds-") as tmp:
+        work = Path(tmp)
+        ks = make_keys(work / "keys", hosts=["127.0.0.1"], sites=names)
+        fleet = free_port()
+        server_cfg = ks.root / "server.toml"
+        server_cfg.write_text(server_toml(sites=names, fleet_port=fleet, control_port=free_port(),
+                                          metrics_port=0, out_dir=str(work / "run"), run=run))
+        for name in names:
+            (ks.site_dirs[name] / "site.toml").write_text(site_toml(
+                name=name, data_path=str(bundled_sites_dir() / name),
+                superlink=f"127.0.0.1:{fleet}", extra={"work-ahead": work_ahead}))
+        procs: list[subprocess.Popen[bytes]] = []
+        logs = [(work / f"{n}.log").open("wb") for n in ("server", *names)]
+        t0 = time.perf_counter()
+        try:
+            for args, log in zip([["server", "--config", str(server_cfg)]]
+                                 + [["client", "--config", str(ks.site_dirs[n] / "site.toml")]
+                                    for n in names], logs, strict=True):
+                procs.append(subprocess.Popen(cli + args, stdout=log, stderr=subprocess.STDOUT,
+                                              env=env, cwd=str(repo), start_new_session=True))
+            rc = procs[0].wait(timeout=timeout)
+        finally:
+            for p in procs:
+                kill_tree(p, token)
+            for log in logs:
+                log.close()
+        wall = time.perf_counter() - t0
+        if keep:
+            shutil.copytree(work, Path(keep) / f"rounds-ahead-{str(work_ahead).lower()}",
+                            dirs_exist_ok=True, symlinks=True)
+        if rc != 0:
+            raise RuntimeError(f"the bench federation ended with {rc}:\n"
+                               + (work / "server.log").read_text(errors="replace")[-3000:])
+        rows = RunFolder(work / "run").read_metrics()
+        site_rows = {n: {kind: {int(r["round"]): r for r in read_site_rows(
+            ks.site_dirs[n] / "state", kind=kind)} for kind in (TRAIN, EVALUATE)} for n in names}
+    per_round = round_overheads(rows, site_rows)
+    if not per_round:
+        raise RuntimeError("the bench federation recorded no secure round after round 1")
+    return {"sites": names, "rounds": rounds, "model": model, "settings": settings,
+            "work_ahead": work_ahead, "wall_s": wall, "per_round": per_round,
+            "fixed_overhead_median_s": statistics.median(p["fixed_overhead_s"]
+                                                         for p in per_round),
+            "round_median_s": statistics.median(p["round_s"] for p in per_round),
+            "overhead_share_median": statistics.median(p["overhead_share"] for p in per_round)}
+
+
+def round_overheads(rows: Sequence[Any], site_rows: Mapping[str, Mapping[str, Mapping[int, Any]]],
+                    ) -> list[dict[str, Any]]:
+    """Per secure round from round 2 on: its time, the slowest site's work, the difference.
+
+    ``rows`` are the run's metrics rows (:class:`protocol.run_rows.MetricsRow`; the round's
+    time is the sum of its :data:`SECURE_ROUND_STAGES`); ``site_rows`` per site and kind
+    (``train``, ``evaluate``) its own log's rows by round. A site's work in round r is its
+    setup and training of round r and the evaluation it carried (filed under r - 1).
+    """
+    from protocol.site_log import EVALUATE, TRAIN
+
+    out = []
+    for row in rows:
+        r, times = row.round, row.stage_time_s or {}
+        if r < 2 or not set(SECURE_ROUND_STAGES) <= set(times):
+            continue
+        round_s = sum(times[s] for s in SECURE_ROUND_STAGES)
+        work_s = {n: float(s[TRAIN][r].get(Metric.TIME_SETUP, 0.0))
+                  + float(s[TRAIN][r].get(Metric.TIME_TRAIN, 0.0))
+                  + float(s[EVALUATE].get(r - 1, {}).get(Metric.TIME_EVAL, 0.0))
+                  for n, s in site_rows.items() if r in s[TRAIN]}
+        if not work_s:
+            continue
+        slowest = max(work_s.values())
+        out.append({"round": r, "round_s": round_s, "work_s": work_s, "slowest_work_s": slowest,
+                    "fixed_overhead_s": round_s - slowest,
+                    "overhead_share": (round_s - slowest) / round_s if round_s else 0.0,
+                    "stage_time_s": {s: times[s] for s in SECURE_ROUND_STAGES}})
+    return out
+
+
+def _print_secure_rounds(measured: Mapping[str, Mapping[str, Any]]) -> None:
+    first = next(iter(measured.values()))
+    rounds = [p["round"] for p in first["per_round"]]
+    print()
+    print(f"real secure rounds: {len(first['sites'])} sites on this machine's cores, model "
+          f"{first['model']}, rounds {rounds[0]}-{rounds[-1]} (round 1 loads the model), "
+          f"median per round")
+    print(f"{'':<26}" + "".join(f"{k.replace('_', '-'):>16}" for k in measured))
+    for label, key, fmt in (("round s", "round_median_s", ".1f"),
+                            ("fixed overhead s", "fixed_overhead_median_s", ".2f"),
+                            ("overhead share", "overhead_share_median", ".1%")):
+        print(f"{label:<26}" + "".join(f"{format(m[key], fmt):>16}" for m in measured.values()))
+    for k, m in measured.items():
+        print(f"{k.replace('_', '-')}: per round (round s / slowest site's work s / overhead s) "
+              + ", ".join(f"{p['round_s']:.1f}/{p['slowest_work_s']:.1f}/"
+                          f"{p['fixed_overhead_s']:.2f}" for p in m["per_round"]))

@@ -9,7 +9,8 @@ Prints seconds and the share of the round; ``--json PATH`` writes ``{"phase": se
     python -m simulations.bench_round [--sites 3] [--local-steps 10] [--json PATH]
     python -m simulations.bench_round --deployment [--model M] [--loops off,worker,on]
         [--repeats 3] [--local-steps 2] [--batch-size 16] [--max-seq-len 64]
-        [--max-eval-examples 32] [--no-dp] [--poll-interval S] [--keep DIR] [--json PATH]
+        [--max-eval-examples 32] [--no-dp] [--poll-interval S] [--secure-rounds N]
+        [--keep DIR] [--json PATH]
 
 ``--deployment`` measures each message's fixed overhead in a real deployment, for each site
 loop (``simulations.bench_deploy.SITE_LOOPS``): ``off``, Flower's own (a fresh process
@@ -17,7 +18,8 @@ loads torch and the model per message, 3 s polling); ``worker``, the resident wo
 alone; ``on``, the default of ``confide client`` (worker, the site's executor, its
 ``poll-interval``); and the model-load time of each train message. Its defaults are the
 README's real-model settings (``make demo-real``), and it prints the fixed overhead of one
-secure round with secure evaluation as a share of that round.
+secure round with secure evaluation as a share of that round, priced from those figures and
+measured in ``--secure-rounds`` real rounds of three sites (``work-ahead`` on and off).
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-interval", type=float, default=None, metavar="S",
                     help="--deployment: poll-interval of the coordinator and of the `on` site "
                          "(default: theirs, 0.1)")
+    ap.add_argument("--secure-rounds", type=int, default=4, metavar="N",
+                    help="--deployment: then run N real secure rounds with 3 sites, their "
+                         "work-ahead on and off (default 4; 0: skip)")
     ap.add_argument("--keep", default=None, metavar="DIR",
                     help="--deployment: copy each run's folder (logs, site state) to DIR/LOOP")
     args = ap.parse_args(argv)
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             settings["dp"] = False
         run_worker_bench(repeats=args.repeats, settings=settings, model=args.model,
                          json_path=args.json_path, loops=loops, keep=args.keep,
-                         poll=args.poll_interval)
+                         poll=args.poll_interval, secure_round_count=args.secure_rounds)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -228,3 +228,34 @@ def test_work_lost_with_its_process_drops_the_site_and_sends_nothing(
     assert status["status"] == Status.FAILED
     # the work itself ran (and wrote the site's own log) in the process that is gone
     assert [r["round"] for r in read_site_rows(tmp_path / "sites" / "gamma", kind=TRAIN)] == [1]
+
+
+def test_a_site_that_sets_work_ahead_false_runs_the_work_at_the_masked_input_stage(
+    background: None,
+) -> None:
+    ran: list[int] = []
+
+    def work(instr: RoundInstructions, arrays: ArrayRecord, context: Context) -> Any:
+        ran.append(instr.round_num)
+        return instr.round_num
+
+    context = Context(run_id=1, node_id=7, node_config={"work-ahead": False},
+                      state=RecordDict(), run_config={})
+    ahead.start(context, b"session-1", _instr(1), _arrays(1.0), work)
+    time.sleep(0.1)
+    assert ran == [] and 7 not in ahead._jobs  # nothing began at advertise-keys
+    assert ahead.result(context, b"session-1", work) == 1 and ran == [1]
+
+
+def test_work_ahead_in_site_toml_reaches_the_node_config(tmp_path: Path) -> None:
+    from client.deploy_config import NODE_WORK_AHEAD, load_site_config
+    from server.deploy_samples import site_toml
+
+    path = tmp_path / "site.toml"
+    path.write_text(site_toml(name="bank", data_path=str(tmp_path), superlink="127.0.0.1:9092",
+                              extra={"work-ahead": False}))
+    assert load_site_config(path, check_files=False).node_config()[NODE_WORK_AHEAD] is False
+    path.write_text(site_toml(name="bank", data_path=str(tmp_path), superlink="127.0.0.1:9092",
+                              extra={"work-ahead": 1}))
+    with pytest.raises(Exception, match="work-ahead.*must be true or false"):
+        load_site_config(path, check_files=False)

@@ -10,9 +10,9 @@ Where the work runs is the site's choice, never the coordinator's:
 
 * In the resident worker (:mod:`client.worker` calls :func:`run_in_background`), the work
   runs in a thread of the worker from the advertise-keys request on; the masked-input
-  handler waits for it (unless the site sets ``work-ahead = false``). If the worker restarts in between, the work is lost and the site
-  drops out of that round (its ledger, written by the work before anything leaves, says what
-  it spent).
+  handler waits for it (unless the site sets ``work-ahead = false``). If the worker
+  restarts in between, the work is lost and the site drops out of that round (its ledger,
+  written by the work before anything leaves, says what it spent).
 * Anywhere else (the simulation engine, Flower's own process per message), the adapter and
   instructions are kept in the node's ``context.state`` and the work runs inside the
   masked-input handler, as if they had come with it.

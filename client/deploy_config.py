@@ -55,9 +55,9 @@ from protocol.deploy_config import DeployConfigError, Table, no_other_tables, re
 from protocol.enrolment import SITE_NAME
 from protocol.model_ref import ModelError, resolve_model
 
-__all__ = ["COMPUTE_KEYS", "NODE_ENROLMENT", "NODE_WORKER_SOCKET", "NODE_WORKER_WAIT", "NODE_WORK_AHEAD",
-           "POLL_INTERVAL_S", "WORKER_WAIT_S", "SiteDeployConfig", "load_site_config", "worker_dir",
-           "worker_socket_path"]
+__all__ = ["COMPUTE_KEYS", "NODE_ENROLMENT", "NODE_WORKER_SOCKET", "NODE_WORKER_WAIT",
+           "NODE_WORK_AHEAD", "POLL_INTERVAL_S", "WORKER_WAIT_S", "SiteDeployConfig",
+           "load_site_config", "worker_dir", "worker_socket_path"]
 
 #: node-config key of the site's own copy of the enrolment list; a site that has one answers
 #: only under secure aggregation (client.handlers.requires_secure_aggregation)

@@ -557,8 +557,12 @@ def secure_rounds(*, sites: int = 3, rounds: int = 3, settings: Mapping[str, Any
     each site's own log: setup and training of round r, the evaluation it carried, filed
     under r - 1), and their difference, the fixed overhead no site's work hides. All the
     sites share this machine's cores, which slows their work. ``work_ahead`` is the sites'
-    ``work-ahead`` (false: the work runs at the masked-input stage).
+    ``work-ahead`` (false: the work runs at the masked-input stage). Each site's torch gets
+    an equal share of the cores (``OMP_NUM_THREADS``: cores // sites, at least 1), so the
+    sites do not oversubscribe them.
     """
+    import os
+
     from protocol.model_ref import bundled_sites_dir, resolve_model
     from protocol.procs import flower_env, free_port, kill_tree
     from protocol.run_folder import RunFolder
@@ -575,7 +579,9 @@ def secure_rounds(*, sites: int = 3, rounds: int = 3, settings: Mapping[str, Any
            "model": model if model == "embedded" else resolve_model(model)}
     repo = Path(__file__).resolve().parent.parent
     token = uuid.uuid4().hex
+    threads = max(1, (os.cpu_count() or 1) // sites)
     env = {**flower_env(token), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    site_env = {**env, "OMP_NUM_THREADS": str(threads)}
     cli = [sys.executable, "-m", "simulations.cli"]
     with tempfile.TemporaryDirectory(prefix="confide-bench-rounds-") as tmp:
         work = Path(tmp)
@@ -595,8 +601,9 @@ def secure_rounds(*, sites: int = 3, rounds: int = 3, settings: Mapping[str, Any
             for args, log in zip([["server", "--config", str(server_cfg)]]
                                  + [["client", "--config", str(ks.site_dirs[n] / "site.toml")]
                                     for n in names], logs, strict=True):
-                procs.append(subprocess.Popen(cli + args, stdout=log, stderr=subprocess.STDOUT,
-                                              env=env, cwd=str(repo), start_new_session=True))
+                procs.append(subprocess.Popen(
+                    cli + args, stdout=log, stderr=subprocess.STDOUT, cwd=str(repo),
+                    env=env if args[0] == "server" else site_env, start_new_session=True))
             rc = procs[0].wait(timeout=timeout)
         finally:
             for p in procs:
@@ -617,7 +624,8 @@ def secure_rounds(*, sites: int = 3, rounds: int = 3, settings: Mapping[str, Any
     if not per_round:
         raise RuntimeError("the bench federation recorded no secure round after round 1")
     return {"sites": names, "rounds": rounds, "model": model, "settings": settings,
-            "work_ahead": work_ahead, "wall_s": wall, "per_round": per_round,
+            "work_ahead": work_ahead, "threads_per_site": threads, "wall_s": wall,
+            "per_round": per_round,
             "fixed_overhead_median_s": statistics.median(p["fixed_overhead_s"]
                                                          for p in per_round),
             "round_median_s": statistics.median(p["round_s"] for p in per_round),

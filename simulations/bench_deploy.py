@@ -510,7 +510,7 @@ def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = N
     for k, r in runs.items():
         print(f"loop {k}: model load per train message "
               + ", ".join(f"{x:.2f} s" for x in r["model_load_s"][MessageType.TRAIN]))
-    keep = ("secagg_round_fixed_overhead_s", "secagg_round_handler_s",
+    kept = ("secagg_round_fixed_overhead_s", "secagg_round_handler_s",
             "secagg_round_overhead_share", "secagg_round_fixed_overhead_s_separate_eval",
             "secagg_round_handler_s_separate_eval", "secagg_round_overhead_share_separate_eval",
             "secagg_round_fixed_overhead_s_no_work_ahead",
@@ -529,7 +529,7 @@ def run_worker_bench(*, repeats: int = 3, settings: Mapping[str, Any] | None = N
            "messages_per_round_separate_eval": first["messages_per_round_separate_eval"],
            "loops": {k: {"messages": {kind: {m: v for m, v in row.items() if m != "rows"}
                                       for kind, row in r["messages"].items()},
-                         **{m: r[m] for m in keep}}
+                         **{m: r[m] for m in kept}}
                      for k, r in runs.items()},
            "secure_rounds": measured,
            "runs": runs}

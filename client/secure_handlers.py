@@ -28,7 +28,8 @@ from client.faults import inject_fault
 from client.local_round import LocalUpdate, clear_metrics, local_update, releases_metrics
 from client.secure import SecureSite
 from client.site_level_dp import check_unmask
-from privacy.secagg import SecAggError, SiteSession
+from privacy.secagg import SecAggError, SiteSession, check_transition
+from privacy.secagg import Stage as SessionStage
 from protocol.instructions import RoundInstructions
 from protocol.messages import get_payload, reply_content
 from protocol.secure_stats import encode_eval_stats, eval_round, is_eval_round
@@ -170,7 +171,8 @@ def masked_train(msg: Message, context: Context) -> Message:
     The work began at advertise-keys (:func:`advertise`, :mod:`client.ahead`), on the adapter
     and instructions that came with it; this request carries only the shares routed here.
 
-    A site that already sent a masked input for this (run, round), in any attempt, declines:
+    A request out of order (before share-keys) is refused before any work is run here. A
+    site that already sent a masked input for this (run, round), in any attempt, declines:
     it never trains a round twice nor sends two inputs to sums that could differ in it (the
     coordinator's re-run of an interrupted round goes on without it).
 
@@ -188,6 +190,7 @@ def masked_train(msg: Message, context: Context) -> Message:
     session = None
     try:
         session = site.restore(context)
+        check_transition(session.stage, SessionStage.MASKED_INPUT)  # before any work
         cfg = session.config
         if is_eval_round(cfg.round):
             raise SecAggError("a training input asked for in an evaluation's session")
@@ -255,6 +258,7 @@ def masked_evaluate(msg: Message, context: Context) -> Message:
     session = None
     try:
         session = site.restore(context)
+        check_transition(session.stage, SessionStage.MASKED_INPUT)  # before any work
         cfg = session.config
         instr = ahead.instructions(context, cfg.binding.encode())
         if cfg.round != eval_round(instr.round_num):

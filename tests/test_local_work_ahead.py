@@ -259,3 +259,37 @@ def test_work_ahead_in_site_toml_reaches_the_node_config(tmp_path: Path) -> None
                               extra={"work-ahead": 1}))
     with pytest.raises(Exception, match="work-ahead.*must be true or false"):
         load_site_config(path, check_files=False)
+
+
+class _SkipsShareKeys:
+    """A coordinator that sends the share-keys stage's request as the masked-input one."""
+
+    def __init__(self, grid: Any) -> None:
+        self.grid = grid
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> list[Message]:
+        out = []
+        for m in messages:
+            if m.metadata.message_type == MessageType.SECAGG_SHARE:
+                m = Message(m.content, dst_node_id=m.metadata.dst_node_id,
+                            message_type=MessageType.SECAGG_MASKED, group_id=m.metadata.group_id)
+            out.append(m)
+        return type(self.grid).send_and_receive(self.grid, out, timeout=timeout)
+
+
+def test_a_masked_input_request_out_of_order_is_refused_before_the_work_runs(
+    tmp_path: Path, tiny_model: Path, tiny_sites: Path,
+) -> None:
+    # the site's work runs at the masked-input stage (not in the background) here
+    from tests._loopback import server_identity
+
+    with server_identity():
+        driver, state, nodes = _coordinator(tmp_path, tiny_model, tiny_sites)
+        grid = driver.grid
+        grid.send_and_receive = _SkipsShareKeys(grid).send_and_receive  # type: ignore[method-assign]
+        new, part, _ = driver.secure.round(1, state, nodes, driver.instructions(1))
+
+    assert new is None and part["released"] is False
+    assert set(part["failed"]) == set(SITES)
+    assert all(_rows(tmp_path, s, TRAIN) == [] for s in SITES)  # nothing trained, nothing spent

@@ -126,9 +126,19 @@ def test_an_advertise_request_without_the_rounds_work_is_refused_before_training
 
 def test_a_replayed_round_starts_no_work_and_is_declined(
     tmp_path: Path, tiny_model: Path, tiny_sites: Path, background: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from tests._loopback import server_identity
 
+    started: list[bool] = []  # per advertise-keys request: whether work was begun
+    real_start = ahead.start
+
+    def start(context: Context, binding: bytes, record: ConfigRecord, arrays: ArrayRecord,
+              work: Any) -> None:
+        started.append(work is not None)
+        real_start(context, binding, record, arrays, work)
+
+    monkeypatch.setattr(ahead, "start", start)
     with server_identity():
         driver, state, nodes = _coordinator(tmp_path, tiny_model, tiny_sites)
         first, part, _ = driver.secure.round(1, state, nodes, driver.instructions(1))
@@ -139,6 +149,7 @@ def test_a_replayed_round_starts_no_work_and_is_declined(
     assert first is not None and part["released"] is True
     assert again is None and part2["released"] is False
     assert part2["declined"] == {s: Reason.ROUND_ALREADY_CONTRIBUTED for s in SITES}
+    assert started == [True] * len(SITES) + [False] * len(SITES)  # no work for the replay
     assert all(_rows(tmp_path, s, TRAIN) == [1] for s in SITES)  # trained once
 
 

@@ -24,7 +24,6 @@ local work uses the site's cached model at a time (:data:`MODEL_LOCK`).
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,8 +36,6 @@ from protocol.instructions import RoundInstructions
 
 __all__ = ["MODEL_LOCK", "LocalWorkLost", "discard", "instructions", "result", "run_in_background",
            "start"]
-
-logger = logging.getLogger(__name__)
 
 #: context.state keys of the work's inputs (site-local, never sent)
 _INSTR_KEY = "ahead-instructions"
@@ -94,12 +91,12 @@ def start(context: Context, binding: bytes, instr_record: ConfigRecord, arrays: 
     discard(context)
     context.state[_INSTR_KEY] = instr_record
     context.state[_BINDING_KEY] = ConfigRecord({"binding": binding})
-    instr = RoundInstructions.from_record(instr_record)
     if work is None:
         return
     if not _background or context.node_config.get(NODE_WORK_AHEAD) is False:
         context.state[_ARRAYS_KEY] = arrays
         return
+    instr = RoundInstructions.from_record(instr_record)
     job = _Job(binding)
     with _jobs_lock:
         _jobs[context.node_id] = job
@@ -115,16 +112,19 @@ def instructions(context: Context, binding: bytes) -> RoundInstructions:
     return RoundInstructions.from_record(context.state[_INSTR_KEY])
 
 
-def result(context: Context, binding: bytes, work: Work) -> Any:
+def result(context: Context, binding: bytes, instr: RoundInstructions, work: Work) -> Any:
     """Return the outcome of the session's local work: wait for it, or run it now.
 
-    Raises what the work raised, or :class:`LocalWorkLost` when it was started in a process
-    that is gone.
+    ``instr`` are the session's instructions (:func:`instructions`). Raises what the work
+    raised, or :class:`LocalWorkLost` when it was started in a process that is gone.
     """
-    instr = instructions(context, binding)
     with _jobs_lock:
-        job = _jobs.pop(context.node_id, None)
-    if job is not None and job.binding == binding:
+        job = _jobs.get(context.node_id)
+        if job is not None and job.binding == binding:
+            del _jobs[context.node_id]
+        else:
+            job = None
+    if job is not None:
         job.done.wait()
         if job.error is not None:
             raise job.error

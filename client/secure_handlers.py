@@ -211,7 +211,7 @@ def masked_train(msg: Message, context: Context) -> Message:
         return _answer(msg, site.name, None, status=Status.DECLINED,
                        reason=Reason.ROUND_ALREADY_CONTRIBUTED)
     try:
-        figures, upd = ahead.result(context, cfg.binding.encode(), _train_work)
+        figures, upd = ahead.result(context, cfg.binding.encode(), instr, _train_work)
     except Exception as exc:  # noqa: BLE001 - whatever it is, the local round failed
         return _training_failed(msg, context, site.name, exc, session)
     release = releases_metrics(context, site.cfg)
@@ -271,7 +271,7 @@ def masked_evaluate(msg: Message, context: Context) -> Message:
         return _answer(msg, site.name, None, status=Status.DECLINED,
                        reason=Reason.ROUND_ALREADY_CONTRIBUTED)
     try:
-        figures = ahead.result(context, cfg.binding.encode(), _evaluate_work)
+        figures = ahead.result(context, cfg.binding.encode(), instr, _evaluate_work)
     except Exception as exc:  # noqa: BLE001 - whatever it is, the evaluation failed
         return _training_failed(msg, context, site.name, exc, session)
     try:

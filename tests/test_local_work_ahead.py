@@ -191,9 +191,10 @@ def test_a_new_session_over_running_work_never_takes_the_old_result_nor_shares_t
     # act: the coordinator opens another session while the first one's work still runs
     ahead.start(context, b"session-2", _instr(2), _arrays(2.0), work)
     with pytest.raises(KeyError):  # the first session's work is gone with its session
-        ahead.result(context, b"session-1", work)
+        ahead.result(context, b"session-1", ahead.instructions(context, b"session-1"), work)
     threading.Timer(0.3, release_old.set).start()
-    outcome = ahead.result(context, b"session-2", work)
+    outcome = ahead.result(context, b"session-2", ahead.instructions(context, b"session-2"),
+                           work)
 
     assert outcome == (2, 2.0)
     assert inside == ["in 1", "out 1", "in 2", "out 2"]  # one at a time on the model
@@ -255,7 +256,8 @@ def test_a_site_that_sets_work_ahead_false_runs_the_work_at_the_masked_input_sta
     ahead.start(context, b"session-1", _instr(1), _arrays(1.0), work)
     time.sleep(0.1)
     assert ran == [] and 7 not in ahead._jobs  # nothing began at advertise-keys
-    assert ahead.result(context, b"session-1", work) == 1 and ran == [1]
+    instr = ahead.instructions(context, b"session-1")
+    assert ahead.result(context, b"session-1", instr, work) == 1 and ran == [1]
 
 
 def test_work_ahead_in_site_toml_reaches_the_node_config(tmp_path: Path) -> None:
